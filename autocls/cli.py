@@ -1,0 +1,187 @@
+"""The ``autocls`` command line: search, refit, predict, space."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from autocls import __version__
+from autocls.errors import AutoclsError
+
+STORAGE_ENV = "AUTOCLS_STORAGE"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autocls",
+        description="Find the best image classifier for a folder of labelled images by transfer learning.",
+    )
+    parser.add_argument("--version", action="version", version=f"autocls {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser, study: bool = True) -> None:
+        p.add_argument("--quiet", action="store_true", help="print only warnings, errors and results")
+        p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
+        if study:
+            p.add_argument("--workdir", type=Path, default=Path("autocls-runs"), help="default: ./autocls-runs")
+            p.add_argument(
+                "--storage",
+                default=os.environ.get(STORAGE_ENV),
+                help=f"Optuna storage URL (default: ${STORAGE_ENV}, else sqlite:///WORKDIR/autocls.db)",
+            )
+            p.add_argument("--study", help="study name (search: default from the data folder's name)")
+
+    search = commands.add_parser("search", help="run (or continue) a hyperparameter search")
+    search.add_argument("data", help="folder of class sub-folders, or a CSV of file,label rows")
+    search.add_argument("--labels", help="CSV of file,label rows for the images under DATA")
+    search.add_argument("--file-column", help="CSV column of image paths (default: detected)")
+    search.add_argument("--label-column", help="CSV column of labels (default: detected)")
+    search.add_argument("--space", help="search space name (default, fast) or .toml file; default: default")
+    search.add_argument("--trials", type=_positive_int, default=20, help="target number of finished trials")
+    search.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    search.add_argument("--folds", type=_positive_int, help="folds of stratified cross-validation (default 5)")
+    search.add_argument("--seed", type=int, help="seed for sampling, folds and training (default 0)")
+    search.add_argument("--weights", help="folder of pretrained checkpoints by model name ($AUTOCLS_WEIGHTS)")
+    common(search)
+
+    refit = commands.add_parser("refit", help="retrain a trial on every fold and save the fold ensemble")
+    which = refit.add_mutually_exclusive_group()
+    which.add_argument("--best", action="store_true", help="the best completed trial (the default)")
+    which.add_argument("--trial", type=int, help="this trial number instead of the best")
+    refit.add_argument("--out", type=Path, help="model folder (default: WORKDIR/STUDY/model)")
+    common(refit)
+
+    predict = commands.add_parser("predict", help="predict images with a saved ensemble")
+    predict.add_argument("model", type=Path, help="model folder written by autocls refit")
+    predict.add_argument("inputs", nargs="+", help="image files or folders")
+    predict.add_argument("--out", type=Path, help="write the table as CSV here (default: print it)")
+    common(predict, study=False)
+
+    space = commands.add_parser("space", help="inspect search spaces")
+    space_commands = space.add_subparsers(dest="space_command", required=True, metavar="ACTION")
+    show = space_commands.add_parser("show", help="print a search space as a table")
+    show.add_argument("name", help="built-in name or .toml path")
+    return parser
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from autocls.data import DataSpec
+    from autocls.progress import Reporter
+    from autocls.study import SearchRequest, run_search
+    from autocls.trainer import configure_threads, resolve_device
+
+    configure_threads()
+    request = SearchRequest(
+        data=DataSpec.of(args.data, args.labels, file_column=args.file_column, label_column=args.label_column),
+        workdir=args.workdir,
+        storage=args.storage,
+        study_name=args.study,
+        space=args.space,
+        trials=args.trials,
+        timeout=args.timeout,
+        folds=args.folds,
+        seed=args.seed,
+        device=args.device,
+        weights=args.weights or os.environ.get("AUTOCLS_WEIGHTS"),
+    )
+    reporter = Reporter(quiet=args.quiet)
+    study = run_search(request, resolve_device(args.device), reporter)
+    try:
+        best = study.best_trial
+    except ValueError:
+        return 1
+    print(f"best trial {best.number}: cv accuracy {best.value:.4f}")
+    print(f"next: autocls refit --best --study {study.study_name}")
+    return 0
+
+
+def run_refit(args: argparse.Namespace) -> int:
+    from autocls.ensemble import refit
+    from autocls.progress import Reporter
+    from autocls.study import default_storage, open_study
+    from autocls.trainer import configure_threads, resolve_device
+
+    configure_threads()
+    storage = args.storage or default_storage(args.workdir)
+    study = open_study(storage, args.study)
+    out = args.out or args.workdir / study.study_name / "model"
+    result = refit(study, out, args.trial, resolve_device(args.device), Reporter(quiet=args.quiet))
+    folds = " ".join(f"{f.best.val_accuracy:.4f}" for f in result.cv.folds)
+    trial = result.ensemble.manifest["trial"]
+    print(f"saved {len(result.cv.folds)}-fold ensemble of trial {trial} to {result.directory}")
+    print(f"fold accuracies: {folds}; mean {result.cv.mean_accuracy:.4f}")
+    print(f"out-of-fold accuracy of the ensemble: {result.cv.oof_accuracy:.4f}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from autocls.predict import predict
+    from autocls.trainer import configure_threads
+
+    configure_threads()
+    frame = predict(args.model, args.inputs, args.device)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(args.out, index=False)
+        if not args.quiet:
+            print(f"wrote {len(frame)} predictions to {args.out}")
+    else:
+        frame.to_csv(sys.stdout, index=False)
+    return 0
+
+
+def run_space(args: argparse.Namespace) -> int:
+    from autocls.space import load_space
+
+    space = load_space(args.name)
+    table = Table(title=f"search space {space.name}: {space.description}")
+    for column in ("dimension", "type", "choices or range", "condition"):
+        table.add_column(column, overflow="fold")
+    for dim in space.dimensions:
+        condition = " and ".join(f"{k} in {list(v)}" for k, v in dim.when.items())
+        table.add_row(dim.name, dim.kind, dim.describe(), condition)
+    for name, value in space.fixed.items():
+        table.add_row(name, "fixed", str(value), "")
+    Console().print(table)
+    return 0
+
+
+HANDLERS = {"search": run_search, "refit": run_refit, "predict": run_predict, "space": run_space}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from autocls.progress import setup_logging
+
+    setup_logging(quiet=getattr(args, "quiet", False))
+    try:
+        return HANDLERS[args.command](args)
+    except AutoclsError as err:
+        print(f"autocls: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autocls: interrupted; finished trials are saved, run the same command to continue.", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"autocls: unexpected error: {err.__class__.__name__}: {err} (rerun with --debug)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The resolved configuration of one training run: what a search trial samples and refit re-runs."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from autocls.errors import AutoclsError
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("cosine", "plateau", "step")
+AUGMENTATIONS = ("none", "light", "randaugment")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything the trainer needs to train one fold model.
+
+    ``freeze`` is the fraction of the backbone's stages (timm's coarse parameter groups, head
+    excluded) that stay frozen: 0 fine-tunes everything, 1 trains the head alone (a linear probe).
+    """
+
+    backbone: str
+    pretrained: bool = True
+    freeze: float = 0.0
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    scheduler: str = "cosine"
+    warmup_epochs: int = 1
+    augmentation: str = "light"
+    batch_size: int = 32
+    resolution: int = 64
+    epochs: int = 10
+    patience: int = 3
+    label_smoothing: float = 0.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for field, allowed in (
+            ("optimizer", OPTIMIZERS),
+            ("scheduler", SCHEDULERS),
+            ("augmentation", AUGMENTATIONS),
+        ):
+            value = getattr(self, field)
+            if value not in allowed:
+                raise AutoclsError(f"{field} must be one of {list(allowed)}, got {value!r}.")
+        if not 0.0 <= self.freeze <= 1.0:
+            raise AutoclsError(f"freeze is a fraction of the backbone's stages in [0, 1], got {self.freeze}.")
+        for field in ("batch_size", "resolution", "epochs"):
+            if getattr(self, field) < 1:
+                raise AutoclsError(f"{field} must be a positive integer, got {getattr(self, field)}.")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise AutoclsError(f"unknown training settings {unknown}; known ones are {list(cls.field_names())}.")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,213 @@
+"""Dataset discovery and validation.
+
+Two layouts are understood:
+
+* a folder with one sub-folder per class (``data/cat/*.jpg``, ``data/dog/*.png``), images found
+  recursively inside each class folder, extensions matched in any case;
+* a CSV with a file column and a label column, paths relative to the data folder or to the CSV.
+
+The result is a :class:`LabelledImages`: image paths, integer labels and the sorted class names.
+Everything that can be checked without decoding pixels is checked here, with messages that name
+the file or class and say what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from autocls.errors import AutoclsError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+FILE_COLUMN_NAMES = ("file", "filename", "file_name", "path", "filepath", "image", "image_path", "img", "name")
+LABEL_COLUMN_NAMES = ("label", "labels", "class", "class_name", "target", "category", "y")
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Image files with integer labels; ``class_names[label]`` is the label's name (sorted)."""
+
+    paths: tuple[Path, ...]
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=len(self.class_names))
+        return {name: int(c) for name, c in zip(self.class_names, counts)}
+
+    def subset(self, keep: np.ndarray | list[int]) -> LabelledImages:
+        """The images at positions ``keep``; class names stay the same."""
+        keep = np.asarray(keep, dtype=np.int64)
+        return LabelledImages(tuple(self.paths[i] for i in keep), self.labels[keep], self.class_names)
+
+    def fingerprint(self) -> str:
+        """A hash of file names, sizes, modification times and labels: changes when the data does."""
+        digest = hashlib.sha256()
+        for path, label in zip(self.paths, self.labels):
+            stat = path.stat()
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode())
+        digest.update("\0".join(self.class_names).encode())
+        return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where a study's images and labels come from; stored with the study so refit finds them again."""
+
+    source: str
+    labels_csv: str | None = None
+    file_column: str | None = None
+    label_column: str | None = None
+
+    @classmethod
+    def of(cls, source: str | Path, labels_csv: str | Path | None = None, **columns: str | None) -> DataSpec:
+        resolve = lambda p: str(Path(p).expanduser().resolve())  # noqa: E731
+        return cls(resolve(source), resolve(labels_csv) if labels_csv else None, **columns)
+
+    def discover(self) -> LabelledImages:
+        return discover(self.source, self.labels_csv, self.file_column, self.label_column)
+
+    @property
+    def name(self) -> str:
+        """A study name derived from the data: the folder's (or CSV's) name."""
+        path = Path(self.source)
+        stem = path.stem if path.suffix.lower() == ".csv" else path.name
+        return re.sub(r"[^\w.-]+", "-", stem).strip("-") or "autocls"
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def discover(
+    source: str | Path,
+    labels_csv: str | Path | None = None,
+    file_column: str | None = None,
+    label_column: str | None = None,
+) -> LabelledImages:
+    """Find the labelled images of ``source`` (a class-folder tree or a CSV file).
+
+    ``labels_csv`` names a CSV of file,label rows for the images under the folder ``source``.
+    """
+    source = Path(source).expanduser()
+    if not source.exists():
+        raise AutoclsError(f"{source}: no such file or folder; give a folder of class sub-folders or a CSV.")
+    if labels_csv is not None:
+        return _from_csv(Path(labels_csv).expanduser(), source, file_column, label_column)
+    if source.is_file():
+        if source.suffix.lower() != ".csv":
+            raise AutoclsError(f"{source}: expected a folder of class sub-folders or a .csv of file,label rows.")
+        return _from_csv(source, source.parent, file_column, label_column)
+    return _from_folders(source)
+
+
+def _from_folders(root: Path) -> LabelledImages:
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        csvs = sorted(root.glob("*.csv"))
+        hint = f" or pass --labels {csvs[0]}" if csvs else ""
+        raise AutoclsError(f"{root}: no class sub-folders found; put each class's images in its own folder{hint}.")
+    paths: list[Path] = []
+    names: list[str] = []
+    for class_dir in class_dirs:
+        files = sorted(p for p in class_dir.rglob("*") if is_image_file(p))
+        if not files:
+            logger.warning("class folder %s has no images; it is ignored", class_dir)
+            continue
+        paths.extend(files)
+        names.extend([class_dir.name] * len(files))
+    return _labelled(paths, names, str(root))
+
+
+def _pick_column(columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, csv: Path) -> str:
+    if given is not None:
+        if given not in columns:
+            raise AutoclsError(f"{csv}: no column {given!r} for the {what}; the columns are {columns}.")
+        return given
+    lowered = {c.strip().lower(): c for c in columns}
+    for name in candidates:
+        if name in lowered:
+            return lowered[name]
+    raise AutoclsError(
+        f"{csv}: cannot tell which column holds the {what} among {columns}; "
+        f"name it with --{'file' if what == 'image files' else 'label'}-column."
+    )
+
+
+def _from_csv(csv: Path, data_dir: Path, file_column: str | None, label_column: str | None) -> LabelledImages:
+    if not csv.is_file():
+        raise AutoclsError(f"{csv}: labels CSV not found.")
+    try:
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise AutoclsError(f"{csv}: not a readable CSV ({err}).") from None
+    columns = list(table.columns)
+    if len(columns) == 2 and file_column is None and label_column is None:
+        file_column, label_column = columns  # the common two-column file,label layout, whatever the header says
+    file_col = _pick_column(columns, file_column, FILE_COLUMN_NAMES, "image files", csv)
+    label_col = _pick_column(columns, label_column, LABEL_COLUMN_NAMES, "labels", csv)
+
+    bases = [data_dir] if data_dir == csv.parent else [data_dir, csv.parent]
+    paths: list[Path] = []
+    names: list[str] = []
+    missing: list[str] = []
+    empty: list[int] = []
+    for row, (file_name, label) in enumerate(zip(table[file_col], table[label_col]), start=2):
+        if not label.strip():
+            empty.append(row)
+            continue
+        found = next((base / file_name for base in bases if (base / file_name).is_file()), None)
+        if found is None:
+            missing.append(file_name)
+            continue
+        paths.append(found)
+        names.append(label.strip())
+    if empty:
+        raise AutoclsError(f"{csv}: {len(empty)} rows have an empty label (rows {_first(empty)}); fill or remove them.")
+    if missing:
+        where = " or ".join(str(b) for b in bases)
+        raise AutoclsError(
+            f"{csv}: {len(missing)} listed files do not exist under {where} ({_first(missing)}); fix the paths."
+        )
+    return _labelled(paths, names, str(csv))
+
+
+def _first(items: list, n: int = 3) -> str:
+    shown = ", ".join(str(i) for i in items[:n])
+    return shown + (f", ... {len(items) - n} more" if len(items) > n else "")
+
+
+def _labelled(paths: list[Path], names: list[str], origin: str) -> LabelledImages:
+    class_names = tuple(sorted(set(names)))
+    if len(class_names) < 2:
+        found = f"only {class_names[0]!r}" if class_names else "none"
+        raise AutoclsError(f"{origin}: a classifier needs at least 2 classes with images; found {found}.")
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = np.array([index[n] for n in names], dtype=np.int64)
+    return LabelledImages(tuple(paths), labels, class_names)
+
+
+def check_folds(data: LabelledImages, folds: int) -> None:
+    """Stratified k-fold needs every class in every fold; sklearn only warns, so fail clearly here."""
+    if folds < 2:
+        raise AutoclsError(f"--folds must be at least 2, got {folds}.")
+    small = {name: n for name, n in data.class_counts().items() if n < folds}
+    if small:
+        listed = ", ".join(f"{name!r} has {n}" for name, n in list(small.items())[:5])
+        raise AutoclsError(
+            f"{len(small)} classes have fewer images than the {folds} folds ({listed}); "
+            f"use --folds {max(2, min(small.values()))} or add images to those classes."
+        )

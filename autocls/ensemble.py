@@ -1,0 +1,230 @@
+"""Refit and the k-fold ensemble: one model per fold, their softmax outputs averaged.
+
+A saved ensemble is a directory holding ``fold<i>.safetensors`` per fold model and ``manifest.json``
+(configuration, class names, preprocessing, fold scores, library versions). Nothing is pickled. The
+directory is written under a temporary name and renamed when complete, so a failed refit never
+leaves a half-written model or replaces a good one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from autocls.backbones import create_classifier
+from autocls.config import TrainConfig
+from autocls.errors import AutoclsError
+from autocls.images import fit_square, load_square, resize_batch
+from autocls.progress import Reporter
+from autocls.study import PreparedData, StudySetup, fold_summaries, library_versions
+from autocls.trainer import CVResult, cross_validate, resolve_device
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+PREDICT_BATCH = 128
+
+
+class Ensemble:
+    """Fold models of one configuration; predictions are the mean of their softmax outputs."""
+
+    def __init__(self, models: list[nn.Module], manifest: dict[str, Any], device: torch.device | None = None) -> None:
+        self.device = device or torch.device("cpu")
+        self.models = [m.to(self.device).eval() for m in models]
+        self.manifest = manifest
+        self.config = TrainConfig.from_dict(manifest["config"])
+        self.class_names: list[str] = list(manifest["class_names"])
+        pre = manifest["preprocessing"]
+        self.decode_size = int(pre["decode_size"])
+        self.mean = torch.tensor(pre["mean"], device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(pre["std"], device=self.device).view(1, 3, 1, 1)
+
+    # -- persistence -------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write the ensemble to ``directory`` atomically (temporary sibling, then rename)."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        staging.chmod(0o755)  # mkdtemp makes it private; a model folder is an ordinary folder
+        try:
+            for i, model in enumerate(self.models):
+                state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+                save_file(state, staging / f"fold{i}.safetensors", metadata={"format": "pt"})
+            (staging / MANIFEST).write_text(json.dumps(self.manifest, indent=2), encoding="utf-8")
+            if directory.exists():
+                retired = directory.with_name(f".{directory.name}.old")
+                shutil.rmtree(retired, ignore_errors=True)
+                directory.rename(retired)
+                staging.rename(directory)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                staging.rename(directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "auto") -> Ensemble:
+        """Load a saved ensemble; weights are safetensors, so loading runs no code from the files."""
+        directory = Path(directory)
+        manifest_path = directory / MANIFEST
+        if not manifest_path.is_file():
+            raise AutoclsError(f"{directory}: not an autocls model folder (no {MANIFEST}); run autocls refit first.")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        config = TrainConfig.from_dict(manifest["config"])
+        models = []
+        for i in range(len(manifest["folds"])):
+            model = create_classifier(config, len(manifest["class_names"]), load_weights=False)
+            model.load_state_dict(load_file(directory / f"fold{i}.safetensors"))
+            models.append(model)
+        dev = resolve_device(device) if isinstance(device, str) else device
+        return cls(models, manifest, dev)
+
+    # -- prediction --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict_images(self, images: torch.Tensor) -> np.ndarray:
+        """Class probabilities for an ``(N, 3, H, W)`` uint8 batch decoded at ``decode_size``."""
+        images = resize_batch(images, self.config.resolution)
+        out = []
+        for start in range(0, len(images), PREDICT_BATCH):
+            x = images[start : start + PREDICT_BATCH].to(self.device).float().div_(255.0)
+            x = (x - self.mean) / self.std
+            if self.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                probs = torch.stack([m(x).float().softmax(dim=1) for m in self.models]).mean(dim=0)
+            out.append(probs.cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, len(self.class_names)), np.float32)
+
+    def predict_proba(self, inputs: Sequence[str | Path | Image.Image]) -> np.ndarray:
+        """Averaged class probabilities, one row per input (image paths or PIL images)."""
+        return self.predict_images(self._decode(inputs))
+
+    def predict(self, inputs: Sequence[str | Path | Image.Image]) -> pd.DataFrame:
+        """A table with ``path``, ``label``, ``confidence`` and one ``prob_<class>`` column per class."""
+        probs = self.predict_proba(inputs)
+        return self.to_frame([str(i) if isinstance(i, str | Path) else "" for i in inputs], probs)
+
+    def to_frame(self, paths: list[str], probs: np.ndarray) -> pd.DataFrame:
+        best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
+        frame = pd.DataFrame(
+            {
+                "path": paths,
+                "label": [self.class_names[i] for i in best],
+                "confidence": probs[np.arange(len(probs)), best] if len(probs) else [],
+            }
+        )
+        for i, name in enumerate(self.class_names):
+            frame[f"prob_{name}"] = probs[:, i]
+        return frame
+
+    def _decode(self, inputs: Sequence[str | Path | Image.Image]) -> torch.Tensor:
+        arrays = []
+        for item in inputs:
+            if isinstance(item, Image.Image):
+                arrays.append(fit_square(item, self.decode_size))
+            else:
+                arrays.append(load_square(item, self.decode_size))
+        if not arrays:
+            return torch.zeros((0, 3, self.decode_size, self.decode_size), dtype=torch.uint8)
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass
+class RefitResult:
+    ensemble: Ensemble
+    cv: CVResult
+    directory: Path
+
+
+def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
+    """Trial ``number``, or the best completed trial."""
+    if number is None:
+        try:
+            return study.best_trial
+        except ValueError:
+            raise AutoclsError(f"study {study.study_name!r} has no completed trial yet; run autocls search.") from None
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise AutoclsError(f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1}).")
+    trial = trials[number]
+    if "config" not in trial.user_attrs:
+        raise AutoclsError(f"trial {number} has no recorded configuration (state {trial.state.name}).")
+    return trial
+
+
+def refit(
+    study: optuna.Study,
+    out: str | Path,
+    trial_number: int | None = None,
+    device: torch.device | None = None,
+    reporter: Reporter | None = None,
+) -> RefitResult:
+    """Retrain the chosen trial's configuration on every fold and save the averaged fold ensemble."""
+    reporter = reporter or Reporter(quiet=True)
+    device = device or resolve_device("auto")
+    setup = StudySetup.from_study(study)
+    trial = pick_trial(study, trial_number)
+    config = TrainConfig.from_dict(trial.user_attrs["config"])
+    seed = int(trial.user_attrs.get("seed", setup.seed))
+    data = PreparedData.load(setup, setup.search_space.max_resolution)
+    reporter.print(f"refit trial {trial.number} of study {study.study_name!r}: {setup.folds} fold models")
+    with reporter.live(f"refit trial {trial.number}"):
+        cv = cross_validate(
+            config,
+            data.store,
+            data.images.labels,
+            data.splits,
+            len(data.images.class_names),
+            device,
+            setup.weights_dir,
+            seed,
+            reporter,
+            keep_models=True,
+        )
+    models = []
+    for fold in cv.folds:
+        model = create_classifier(config, cv.num_classes, load_weights=False)
+        model.load_state_dict(fold.state_dict)
+        models.append(model)
+    probe = models[0]
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "study": study.study_name,
+        "trial": trial.number,
+        "config": config.to_dict(),
+        "class_names": list(data.images.class_names),
+        "preprocessing": {
+            "decode_size": data.store.base_size,
+            "resolution": config.resolution,
+            "resize": "shorter side to decode_size, centre crop, then bilinear (antialiased) to resolution",
+            "mean": list(probe.pretrained_cfg.get("mean", (0.485, 0.456, 0.406))),
+            "std": list(probe.pretrained_cfg.get("std", (0.229, 0.224, 0.225))),
+        },
+        "folds": fold_summaries(cv.folds),
+        "cv_accuracy": cv.mean_accuracy,
+        "oof_accuracy": cv.oof_accuracy,
+        "search_cv_accuracy": trial.value,
+        "seed": seed,
+        "data": {"source": setup.data.source, "images": len(data.images), "fingerprint": data.images.fingerprint()},
+        "versions": library_versions(),
+    }
+    ensemble = Ensemble(models, manifest, device)
+    directory = ensemble.save(out)
+    return RefitResult(ensemble, cv, directory)

@@ -1,0 +1,142 @@
+"""Console output: a live progress line per trial/fold/epoch, a line per finished trial, result tables.
+
+Everything the user sees goes through a :class:`Reporter`; ``Reporter(quiet=True)`` prints only
+warnings and errors, for scripts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import optuna
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from autocls.trainer import EpochRecord, FoldResult, TrainingObserver
+
+SHOWN_PARAMS = ("backbone", "resolution", "freeze", "optimizer", "lr", "scheduler", "augmentation", "batch_size")
+
+
+def setup_logging(quiet: bool = False, console: Console | None = None) -> None:
+    """Route autocls's log records to rich on stderr; silence the libraries' chatter."""
+    handler = RichHandler(console=console or Console(stderr=True), show_time=False, show_path=False)
+    root = logging.getLogger("autocls")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.propagate = False
+    logging.getLogger("timm").setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial failures are reported by autocls itself
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def summarise_params(params: dict[str, Any]) -> str:
+    shown = [f"{k}={format_value(params[k])}" for k in SHOWN_PARAMS if k in params]
+    return " ".join(shown)
+
+
+class Reporter(TrainingObserver):
+    """Shows training progress live and prints finished trials; silent but for warnings when quiet."""
+
+    def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
+        self.quiet = quiet
+        self.console = console or Console(stderr=True)
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._title = ""
+
+    def print(self, *objects: Any) -> None:
+        if not self.quiet:
+            self.console.print(*objects)
+
+    @contextmanager
+    def live(self, title: str) -> Iterator[None]:
+        """Show a transient progress line while the block runs."""
+        self._title = title
+        if self.quiet:
+            yield
+            return
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=20),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        with self._progress:
+            self._task = self._progress.add_task(title, total=None)
+            try:
+                yield
+            finally:
+                self._progress = None
+
+    def set_title(self, title: str) -> None:
+        self._title = title
+        self._update(title, total=None, completed=0)
+
+    def _update(self, description: str, **kwargs: Any) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=description, **kwargs)
+
+    def on_fold_start(self, fold: int, folds: int, epochs: int) -> None:
+        self._folds = folds
+        self._update(f"{self._title} · fold {fold + 1}/{folds}", total=epochs, completed=0)
+
+    def on_epoch_end(self, fold: int, record: EpochRecord) -> None:
+        self._update(
+            f"{self._title} · fold {fold + 1}/{self._folds} · epoch {record.epoch + 1} · "
+            f"val_loss {record.val_loss:.3f} · val_acc {record.val_accuracy:.3f}",
+            completed=record.epoch + 1,
+        )
+
+    def on_fold_end(self, result: FoldResult) -> None:
+        best = result.best
+        self.print(
+            f"  {self._title} fold {result.fold + 1}: val_acc {best.val_accuracy:.4f} "
+            f"(epoch {result.best_epoch + 1}/{len(result.history)}, {result.seconds:.0f}s)"
+        )
+
+    def trial_finished(self, trial: optuna.trial.FrozenTrial) -> None:
+        seconds = trial.duration.total_seconds() if trial.duration else 0.0
+        state = trial.state.name
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            outcome = f"[green]{state}[/] cv_acc {trial.value:.4f}"
+        elif trial.state == optuna.trial.TrialState.PRUNED:
+            outcome = f"[yellow]{state}[/] at step {trial.last_step}"
+        else:
+            outcome = f"[red]{state}[/] {trial.user_attrs.get('fail_reason', '')}"
+        config = trial.user_attrs.get("config", trial.params)
+        self.print(f"trial {trial.number} {outcome} in {seconds:.0f}s · {summarise_params(config)}")
+
+    def best_trials_table(self, study: optuna.Study, top: int = 5) -> None:
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not done:
+            self.print("no trial has completed yet.")
+            return
+        counts = {s.name: sum(1 for t in study.trials if t.state == s) for s in optuna.trial.TrialState}
+        table = Table(
+            title=f"study {study.study_name}: best of {counts['COMPLETE']} complete, "
+            f"{counts['PRUNED']} pruned, {counts['FAIL']} failed trials"
+        )
+        for column in ("trial", "cv acc", "fold accuracies", "time", "configuration"):
+            table.add_column(column, overflow="fold")
+        for trial in sorted(done, key=lambda t: t.value, reverse=True)[:top]:
+            folds = " ".join(f"{f['val_accuracy']:.3f}" for f in trial.user_attrs.get("folds", []))
+            seconds = trial.duration.total_seconds() if trial.duration else 0.0
+            table.add_row(
+                str(trial.number),
+                f"{trial.value:.4f}",
+                folds,
+                f"{seconds:.0f}s",
+                summarise_params(trial.user_attrs.get("config", trial.params)),
+            )
+        self.print(table)
