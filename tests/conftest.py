@@ -1,0 +1,75 @@
+"""Fixtures: tiny generated image datasets and a tiny search space, all in tmp dirs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+TINY_SPACE = """
+description = "tests: timm's 100k-parameter test model, 24 px, 2 epochs"
+
+[fixed]
+backbone = "test_efficientnet"
+pretrained = false
+resolution = 24
+epochs = 2
+patience = 2
+batch_size = 8
+warmup_epochs = 0
+
+[params.optimizer]
+choices = ["adamw", "sgd"]
+
+[params.momentum]
+low = 0.8
+high = 0.95
+when = { optimizer = ["sgd"] }
+
+[params.lr]
+low = 0.003
+high = 0.03
+log = true
+
+[params.augmentation]
+choices = ["none", "light"]
+"""
+
+
+def class_image(label: int, rng: np.random.Generator, size: int = 16) -> Image.Image:
+    """An image whose dominant colour channel is its class: learnable in a couple of epochs."""
+    pixels = rng.integers(0, 60, size=(size, size, 3))
+    pixels[..., label % 3] += 180
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8), mode="RGB")
+
+
+def write_class_folders(root: Path, classes: int = 3, per_class: int = 8, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    suffixes = [".png", ".PNG", ".jpg", ".JPEG"]
+    for label in range(classes):
+        folder = root / f"class_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            class_image(label, rng).save(folder / f"img {i}{suffixes[i % len(suffixes)]}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return write_class_folders(tmp_path / "data")
+
+
+@pytest.fixture
+def tiny_space(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_SPACE)
+    return path
+
+
+# The test models are tiny: one intra-op thread is as fast and does not fight other processes.
+os.environ["AUTOCLS_THREADS"] = "1"
+torch.set_num_threads(1)

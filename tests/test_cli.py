@@ -1,0 +1,122 @@
+"""End-to-end: search -> refit -> predict through the CLI, on tiny generated images."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from PIL import Image
+
+from autocls.cli import main
+from autocls.ensemble import Ensemble
+from autocls.predict import predict
+from autocls.study import FOLD_STEP
+from tests.conftest import class_image, write_class_folders
+
+COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+
+
+def storage_of(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'autocls.db'}"
+
+
+def search(data: Path, workdir: Path, space: Path, *extra: str) -> int:
+    args = ["search", str(data), "--space", str(space), "--folds", "2", "--workdir", str(workdir), "--quiet"]
+    return main([*args, *extra])
+
+
+def test_search_refit_predict(image_folder: Path, tiny_space: Path, tmp_path: Path, capsys) -> None:
+    workdir = tmp_path / "runs"
+    assert search(image_folder, workdir, tiny_space, "--trials", "2") == 0
+    study = optuna.load_study(study_name="data", storage=storage_of(workdir))
+    assert [t.state for t in study.trials] == [COMPLETE, COMPLETE]
+    trial = study.best_trial
+    assert len(trial.user_attrs["folds"]) == 2 and len(trial.user_attrs["history"]) == 2
+    assert trial.user_attrs["config"]["backbone"] == "test_efficientnet"
+    assert trial.value == pytest.approx(sum(f["val_accuracy"] for f in trial.user_attrs["folds"]) / 2)
+    assert set(trial.intermediate_values) >= {0, 1, FOLD_STEP, FOLD_STEP + 1}
+    assert study.user_attrs["autocls"]["folds"] == 2
+
+    assert main(["refit", "--best", "--workdir", str(workdir), "--quiet"]) == 0
+    refit_out = capsys.readouterr().out
+    assert "out-of-fold accuracy of the ensemble" in refit_out
+    model_dir = workdir / "data" / "model"
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["class_names"] == ["class_0", "class_1", "class_2"]
+    assert manifest["trial"] == trial.number and len(manifest["folds"]) == 2
+    assert {"autocls", "timm"} <= set(manifest["versions"])
+    assert sorted(p.name for p in model_dir.iterdir()) == ["fold0.safetensors", "fold1.safetensors", "manifest.json"]
+    # refit of the same trial, same seed and folds, reproduces the search's CV score
+    assert manifest["cv_accuracy"] == pytest.approx(trial.value, abs=1e-6)
+
+    new_images = write_class_folders(tmp_path / "new", per_class=2, seed=1)
+    out_csv = tmp_path / "pred" / "predictions.csv"
+    assert main(["predict", str(model_dir), str(new_images), "--out", str(out_csv), "--quiet"]) == 0
+    table = pd.read_csv(out_csv)
+    assert list(table.columns) == ["path", "label", "confidence", "prob_class_0", "prob_class_1", "prob_class_2"]
+    assert len(table) == 6
+    assert table.filter(like="prob_").sum(axis=1).round(4).eq(1.0).all()
+    assert (table["confidence"] == table.filter(like="prob_").max(axis=1)).all()
+
+    # the Python function gives the same table; PIL images give the same probabilities as files
+    frame = predict(model_dir, [new_images])
+    pd.testing.assert_frame_equal(frame, table, check_dtype=False, atol=1e-5)
+    ensemble = Ensemble.load(model_dir, "cpu")
+    paths = sorted(new_images.rglob("*.png"))
+    with Image.open(paths[0]) as image:
+        from_pil = ensemble.predict_proba([image.copy()])
+    assert from_pil == pytest.approx(ensemble.predict_proba([paths[0]]), abs=1e-6)
+
+
+def test_trials_is_a_target_and_a_rerun_continues(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "runs"
+    assert search(image_folder, workdir, tiny_space, "--trials", "1") == 0
+    assert search(image_folder, workdir, tiny_space, "--trials", "1") == 0  # already done: no new trial
+    study = optuna.load_study(study_name="data", storage=storage_of(workdir))
+    assert len(study.trials) == 1
+    assert search(image_folder, workdir, tiny_space, "--trials", "2") == 0
+    assert len(optuna.load_study(study_name="data", storage=storage_of(workdir)).trials) == 2
+    # a continued study keeps its folds; asking for others is an error, not a silent mix
+    assert search(image_folder, workdir, tiny_space, "--trials", "3", "--folds", "3") == 2
+
+
+def test_losing_trial_is_pruned(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "runs"
+    workdir.mkdir()
+    study = optuna.create_study(study_name="data", storage=storage_of(workdir), direction="maximize")
+    for lr in (0.02, 0.02, 0.02, 1e-9):  # three that learn, then one that cannot
+        study.enqueue_trial({"optimizer": "adamw", "lr": lr, "augmentation": "none"})
+    space = tiny_space.read_text().replace("epochs = 2", "epochs = 4").replace("low = 0.003", "low = 1e-9")
+    tiny_space.write_text(space)
+    assert search(image_folder, workdir, tiny_space, "--trials", "4") == 0
+    study = optuna.load_study(study_name="data", storage=storage_of(workdir))
+    states = [t.state for t in study.trials]
+    assert states == [COMPLETE, COMPLETE, COMPLETE, PRUNED]
+    assert max(study.trials[3].intermediate_values) < FOLD_STEP  # stopped inside its first fold
+
+
+def test_bad_input_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "only").mkdir()
+    class_image(0, np.random.default_rng(0)).save(tmp_path / "only" / "a.png")
+    result = subprocess.run(
+        [sys.executable, "-m", "autocls.cli", "search", str(tmp_path), "--workdir", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("autocls: error:")
+    assert "at least 2 classes" in result.stderr
+
+
+def test_space_show_prints_every_dimension(capsys) -> None:
+    assert main(["space", "show", "fast"]) == 0
+    out = capsys.readouterr().out
+    for name in ("backbone", "freeze", "optimizer", "momentum", "scheduler", "augmentation", "batch_size"):
+        assert name in out

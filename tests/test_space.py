@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autocls.config import TrainConfig
+from autocls.errors import AutoclsError
+from autocls.space import builtin_space_names, load_space, space_from_dict
+
+
+@pytest.mark.parametrize("name", ["default", "fast"])
+def test_builtin_spaces_cover_the_required_dimensions(name: str) -> None:
+    space = load_space(name)
+    searched = {d.name for d in space.dimensions}
+    assert {"backbone", "freeze", "optimizer", "lr", "weight_decay", "scheduler", "augmentation"} <= searched
+    assert {"batch_size", "resolution"} <= searched
+    assert set(space.values_of("optimizer")) == {"adamw", "adam", "sgd"}
+    assert set(space.values_of("scheduler")) == {"cosine", "plateau", "step"}
+    assert set(space.values_of("augmentation")) == {"none", "light", "randaugment"}
+    assert min(space.values_of("freeze")) == 0.0 and max(space.values_of("freeze")) == 1.0
+
+
+def test_builtin_names() -> None:
+    assert {"default", "fast"} <= set(builtin_space_names())
+
+
+def test_conditional_dimension_is_sampled_only_when_its_condition_holds(tiny_space: Path) -> None:
+    space = load_space(tiny_space)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {"adamw": 0, "sgd": 0}
+    for _ in range(20):
+        trial = study.ask()
+        config = space.sample(trial)
+        seen[config.optimizer] += 1
+        assert ("momentum" in trial.params) == (config.optimizer == "sgd")
+        assert config.backbone == "test_efficientnet" and config.resolution == 24  # fixed settings
+        study.tell(trial, 0.0)
+    assert seen["adamw"] and seen["sgd"]
+
+
+def test_round_trip_through_dict(tiny_space: Path) -> None:
+    space = load_space(tiny_space)
+    again = space_from_dict(space.to_dict(), name=space.name)
+    assert again == space
+    assert space.max_resolution == 24
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"fixed": {"backbone": "x", "colour": 1}}, "unknown setting 'colour'"),
+        ({"params": {"backbone": {"choices": []}}}, "non-empty list"),
+        ({"fixed": {"backbone": "x"}, "params": {"lr": {"low": 1.0, "high": 0.1}}}, "low must be below high"),
+        (
+            {"fixed": {"backbone": "x"}, "params": {"lr": {"low": 0.1, "high": 1.0, "when": {"opt": "sgd"}}}},
+            "not a dimension",
+        ),
+        ({"params": {"lr": {"low": 0.1, "high": 1.0}}}, "fix or search 'backbone'"),
+        ({"fixed": {"backbone": "x"}, "extra": 1}, "unknown top-level"),
+    ],
+)
+def test_invalid_spaces_are_rejected_with_the_reason(data: dict, message: str) -> None:
+    with pytest.raises(AutoclsError, match=message):
+        space_from_dict(data, name="bad", origin="bad.toml")
+
+
+def test_unknown_space_name_lists_the_builtins() -> None:
+    with pytest.raises(AutoclsError, match="one of"):
+        load_space("no-such-space")
+
+
+def test_config_validates_choices() -> None:
+    with pytest.raises(AutoclsError, match="optimizer must be one of"):
+        TrainConfig(backbone="resnet18", optimizer="lion")
+    with pytest.raises(AutoclsError, match="freeze"):
+        TrainConfig(backbone="resnet18", freeze=1.5)

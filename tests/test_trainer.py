@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autocls.config import AUGMENTATIONS, OPTIMIZERS, SCHEDULERS, TrainConfig
+from autocls.data import discover
+from autocls.errors import NonFiniteLossError
+from autocls.images import build_store
+from autocls.trainer import Trainer, TrainingObserver, cross_validate, stratified_folds
+
+CPU = torch.device("cpu")
+BASE = TrainConfig(backbone="test_efficientnet", pretrained=False, resolution=16, batch_size=8, epochs=2, lr=0.01)
+
+
+@pytest.fixture
+def prepared(image_folder: Path):
+    data = discover(image_folder)
+    kept, store = build_store(data, 16)
+    return kept, store
+
+
+def test_cross_validation_trains_every_fold_and_fills_out_of_fold(prepared) -> None:
+    data, store = prepared
+    splits = stratified_folds(data.labels, 3, seed=0)
+    events: list[str] = []
+
+    class Recorder(TrainingObserver):
+        def on_fold_start(self, fold, folds, epochs):
+            events.append(f"start {fold}/{folds}")
+
+        def on_epoch_end(self, fold, record):
+            events.append(f"epoch {fold}.{record.epoch}")
+
+        def on_fold_end(self, result):
+            events.append(f"end {result.fold}")
+
+    config = TrainConfig(**{**BASE.to_dict(), "epochs": 8, "lr": 0.02})
+    result = cross_validate(config, store, data.labels, splits, 3, CPU, observer=Recorder(), keep_models=True)
+    assert len(result.folds) == 3 and events[0] == "start 0/3" and events[-1] == "end 2"
+    assert not np.isnan(result.oof_probs).any()
+    np.testing.assert_allclose(result.oof_probs.sum(axis=1), 1.0, atol=1e-5)
+    assert result.mean_accuracy > 0.6  # colour-coded classes are easy
+    assert all(f.state_dict is not None for f in result.folds)
+    for fold in result.folds:
+        assert fold.best.val_loss <= min(r.val_loss for r in fold.history) + 1e-4  # the best epoch is kept
+
+
+def test_early_stopping_stops_after_patience(prepared) -> None:
+    data, store = prepared
+    splits = stratified_folds(data.labels, 2, seed=0)
+    config = TrainConfig(**{**BASE.to_dict(), "epochs": 30, "patience": 1, "lr": 1e-9})  # never improves
+    result = cross_validate(config, store, data.labels, splits[:1], 3, CPU)
+    assert len(result.folds[0].history) < 30
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"optimizer": o} for o in OPTIMIZERS]
+    + [{"scheduler": s} for s in SCHEDULERS]
+    + [{"augmentation": a} for a in AUGMENTATIONS]
+    + [{"freeze": 1.0}, {"label_smoothing": 0.1, "dropout": 0.2}, {"backbone": "test_vit"}],
+    ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()),
+)
+def test_every_choice_trains(prepared, changes: dict) -> None:
+    data, store = prepared
+    config = TrainConfig(**{**BASE.to_dict(), "epochs": 1, **changes})
+    trainer = Trainer(config, 3, CPU)
+    train_idx, val_idx = stratified_folds(data.labels, 2, seed=0)[0]
+    result = trainer.fit(store.at(16), torch.as_tensor(data.labels), train_idx, val_idx)
+    assert np.isfinite(result.best.train_loss) and 0.0 <= result.best.val_accuracy <= 1.0
+
+
+def test_diverging_loss_is_reported(prepared) -> None:
+    data, store = prepared
+    config = TrainConfig(**{**BASE.to_dict(), "lr": 1e30, "optimizer": "sgd", "warmup_epochs": 0, "epochs": 3})
+    with pytest.raises(NonFiniteLossError, match="loss became"):
+        cross_validate(config, store, data.labels, stratified_folds(data.labels, 2, 0), 3, CPU)
