@@ -1,8 +1,8 @@
-"""Training-time augmentation policies, keyed by name, on uint8 image tensors.
+"""Training-time augmentation, keyed by policy name, on uint8 image tensors.
 
-Policies run per image on ``(3, H, W)`` uint8 tensors from the image store (torchvision's v2
-transforms), so they never touch the files; normalisation happens afterwards, per batch, in the
-trainer.
+Policies run per image on ``(3, H, W)`` uint8 tensors from the image store with torchvision's v2
+transforms, so no file is read again; normalisation and MixUp/CutMix (timm's ``Mixup``, which mixes
+whole batches) happen afterwards, in the trainer.
 """
 
 from __future__ import annotations
@@ -14,29 +14,25 @@ from torchvision.transforms import v2
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
-
-def _light(resolution: int) -> Transform:
-    return v2.Compose(
-        [
-            v2.RandomHorizontalFlip(),
-            v2.RandomRotation(15),
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
-        ]
-    )
-
-
-def _randaugment(resolution: int) -> Transform:
-    return v2.Compose([v2.RandomHorizontalFlip(), v2.RandAugment(num_ops=2, magnitude=9)])
-
-
-POLICIES: dict[str, Callable[[int], Transform]] = {
-    "light": _light,
-    "randaugment": _randaugment,
+POLICIES: dict[str, Callable[[], list[Transform]]] = {
+    "none": lambda: [],
+    "light": lambda: [
+        v2.RandomHorizontalFlip(),
+        v2.RandomRotation(15),
+        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+    ],
+    "randaugment": lambda: [v2.RandomHorizontalFlip(), v2.RandAugment(num_ops=2, magnitude=9)],
+    "trivialaugment": lambda: [v2.RandomHorizontalFlip(), v2.TrivialAugmentWide()],
+    "autoaugment": lambda: [v2.RandomHorizontalFlip(), v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)],
 }
 
 
-def create_augmentation(policy: str, resolution: int) -> Transform | None:
-    """The per-image transform for ``policy``, or ``None`` for ``"none"``."""
-    if policy == "none":
-        return None
-    return POLICIES[policy](resolution)
+def create_augmentation(policy: str, random_erasing: float = 0.0) -> Transform | None:
+    """The per-image transform for ``policy`` plus RandomErasing with probability ``random_erasing``.
+
+    ``None`` when there is nothing to do, so the trainer can skip the per-image loop entirely.
+    """
+    steps = POLICIES[policy]()
+    if random_erasing > 0:
+        steps.append(v2.RandomErasing(p=random_erasing, value=0))
+    return v2.Compose(steps) if steps else None

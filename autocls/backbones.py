@@ -20,6 +20,7 @@ import importlib.util
 import logging
 import os
 import socket
+import sys
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlparse
@@ -107,8 +108,22 @@ def _local_state_dict(model_name: str, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _adapt_to_model(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Run the model module's own ``checkpoint_filter_fn`` (timm resamples ViT position embeddings
+    and Swin position tables there when the model was built for another input size)."""
+    module = sys.modules.get(type(model).__module__)
+    adapt = getattr(module, "checkpoint_filter_fn", None)
+    if adapt is None:
+        return state
+    try:
+        return adapt(dict(state), model)
+    except (TypeError, KeyError, RuntimeError, AttributeError):
+        return state  # a filter for another checkpoint flavour; the checks in _load_into still hold
+
+
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
     """Load ``state`` into ``model``; only a classifier of another class count may stay new."""
+    state = _adapt_to_model(model, state)
     head = _classifier_prefixes(model)
     own = model.state_dict()
     reinitialised = sorted(k for k, v in state.items() if k.startswith(head) and k in own and own[k].shape != v.shape)
@@ -126,11 +141,27 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], origin: str) ->
 
 
 def zero_classifier(model: nn.Module) -> None:
-    """Start a new head at zero, as BiT does for transfer: timm's TF-style head init gives logits in
-    the tens on pretrained features, and the first large gradients then wreck those features."""
-    head = model.get_classifier()
-    for param in head.parameters() if isinstance(head, nn.Module) else ():
-        nn.init.zeros_(param)
+    """Start a new head's output layer at zero, as BiT does for transfer: timm's TF-style head init
+    gives logits in the tens on pretrained features, and the first large gradients wreck them."""
+    linears = [m for m in model.get_classifier().modules() if isinstance(m, nn.Linear)]
+    if linears:
+        nn.init.zeros_(linears[-1].weight)
+        nn.init.zeros_(linears[-1].bias)
+
+
+def add_hidden_layer(model: nn.Module, width: int, dropout: float) -> None:
+    """Replace the linear classifier by Linear -> GELU -> Dropout -> Linear with ``width`` hidden units."""
+    name = _classifier_prefixes(model)[0][:-1]
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attr)
+    if not isinstance(old, nn.Linear):
+        raise AutoclsError(f"head_hidden needs a linear classifier; {type(model).__name__}'s is {type(old).__name__}.")
+    new = nn.Sequential(
+        nn.Linear(old.in_features, width), nn.GELU(), nn.Dropout(dropout), nn.Linear(width, old.out_features)
+    )
+    setattr(parent, attr, new)
+    zero_classifier(model)
 
 
 def create_classifier(
@@ -140,7 +171,10 @@ def create_classifier(
 
     ``load_weights=False`` builds the same architecture for loading a saved fold model into.
     """
-    kwargs = {"num_classes": num_classes, "drop_rate": config.dropout}
+    kwargs: dict[str, object] = {"num_classes": num_classes, "drop_rate": config.dropout}
+    pretrained_cfg = timm.get_pretrained_cfg(config.backbone.split(".")[0])
+    if pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
+        kwargs["img_size"] = config.resolution  # ViT, Swin: built for the trial's resolution
     try:
         if config.pretrained and load_weights:
             model = _pretrained_model(config.backbone, weights_dir, kwargs)
@@ -150,6 +184,8 @@ def create_classifier(
         if "Unknown model" in str(err):
             raise AutoclsError(f"{config.backbone!r} is not a timm model name; see timm.list_models().") from None
         raise
+    if config.head_hidden:
+        add_hidden_layer(model, config.head_hidden, config.dropout)
     model.frozen_stages = freeze_stages(model, config.freeze)
     return model
 

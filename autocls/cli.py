@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     search.add_argument("--folds", type=_positive_int, help="folds of stratified cross-validation (default 5)")
     search.add_argument("--seed", type=int, help="seed for sampling, folds and training (default 0)")
+    search.add_argument(
+        "--metric",
+        choices=["accuracy", "balanced_accuracy", "macro_f1", "log_loss"],
+        help="what trials are scored by (default accuracy; balanced_accuracy when classes are 5:1 imbalanced)",
+    )
     search.add_argument("--weights", help="folder of pretrained checkpoints by model name ($AUTOCLS_WEIGHTS)")
     common(search)
 
@@ -95,6 +100,7 @@ def run_search(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         folds=args.folds,
         seed=args.seed,
+        metric=args.metric,
         device=args.device,
         weights=args.weights or os.environ.get("AUTOCLS_WEIGHTS"),
     )
@@ -104,7 +110,7 @@ def run_search(args: argparse.Namespace) -> int:
         best = study.best_trial
     except ValueError:
         return 1
-    print(f"best trial {best.number}: cv accuracy {best.value:.4f}")
+    print(f"best trial {best.number}: cv {study.metric_names[0] if study.metric_names else 'score'} {best.value:.4f}")
     print(f"next: autocls refit --best --study {study.study_name}")
     return 0
 
@@ -120,11 +126,13 @@ def run_refit(args: argparse.Namespace) -> int:
     study = open_study(storage, args.study)
     out = args.out or args.workdir / study.study_name / "model"
     result = refit(study, out, args.trial, resolve_device(args.device), Reporter(quiet=args.quiet))
-    folds = " ".join(f"{f.best.val_accuracy:.4f}" for f in result.cv.folds)
+    folds = " ".join(f"{f.best.val_score:.4f}" for f in result.cv.folds)
+    metric = result.cv.metric
     trial = result.ensemble.manifest["trial"]
     print(f"saved {len(result.cv.folds)}-fold ensemble of trial {trial} to {result.directory}")
-    print(f"fold accuracies: {folds}; mean {result.cv.mean_accuracy:.4f}")
-    print(f"out-of-fold accuracy of the ensemble: {result.cv.oof_accuracy:.4f}")
+    print(f"fold {metric}: {folds}; mean {result.cv.mean_score:.4f}")
+    accuracy = result.cv.oof_score("accuracy")
+    print(f"out-of-fold {metric}: {result.cv.oof_score():.4f}; out-of-fold accuracy: {accuracy:.4f}")
     return 0
 
 

@@ -9,8 +9,9 @@ from typing import Any
 from autocls.errors import AutoclsError
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULERS = ("cosine", "plateau", "step")
-AUGMENTATIONS = ("none", "light", "randaugment")
+SCHEDULERS = ("cosine", "onecycle", "step", "plateau", "constant")
+AUGMENTATIONS = ("none", "light", "randaugment", "trivialaugment", "autoaugment")
+IMBALANCE = ("none", "class_weight", "sampler")
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,10 @@ class TrainConfig:
 
     ``freeze`` is the fraction of the backbone's stages (timm's coarse parameter groups, head
     excluded) that stay frozen: 0 fine-tunes everything, 1 trains the head alone (a linear probe).
+    ``layer_decay`` below 1 gives lower layers smaller learning rates (timm's layer-wise decay).
+    ``sam_rho`` above 0 wraps the optimizer in SAM with that neighbourhood radius. ``mixup`` and
+    ``cutmix`` are Beta alphas (0 is off), ``random_erasing`` a probability. ``imbalance`` picks
+    class-weighted loss or a class-balanced sampler.
     """
 
     backbone: str
@@ -28,27 +33,38 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9
+    nesterov: bool = False
+    sam_rho: float = 0.0
+    layer_decay: float = 1.0
     scheduler: str = "cosine"
     warmup_epochs: int = 1
     augmentation: str = "light"
+    random_erasing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    label_smoothing: float = 0.0
+    imbalance: str = "none"
+    dropout: float = 0.0
+    head_hidden: int = 0
     batch_size: int = 32
     resolution: int = 64
     epochs: int = 10
     patience: int = 3
-    label_smoothing: float = 0.0
-    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for field, allowed in (
             ("optimizer", OPTIMIZERS),
             ("scheduler", SCHEDULERS),
             ("augmentation", AUGMENTATIONS),
+            ("imbalance", IMBALANCE),
         ):
             value = getattr(self, field)
             if value not in allowed:
                 raise AutoclsError(f"{field} must be one of {list(allowed)}, got {value!r}.")
         if not 0.0 <= self.freeze <= 1.0:
             raise AutoclsError(f"freeze is a fraction of the backbone's stages in [0, 1], got {self.freeze}.")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise AutoclsError(f"layer_decay must be in (0, 1], got {self.layer_decay}.")
         for field in ("batch_size", "resolution", "epochs"):
             if getattr(self, field) < 1:
                 raise AutoclsError(f"{field} must be a positive integer, got {getattr(self, field)}.")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from autocls.errors import AutoclsError
 
@@ -86,6 +87,19 @@ class DataSpec:
         path = Path(self.source)
         stem = path.stem if path.suffix.lower() == ".csv" else path.name
         return re.sub(r"[^\w.-]+", "-", stem).strip("-") or "autocls"
+
+
+def typical_side(paths: tuple[Path, ...], sample: int = 200) -> int:
+    """Median shorter side of up to ``sample`` images, read from their headers only (no decoding)."""
+    step = max(1, len(paths) // sample)
+    sides = []
+    for path in paths[::step][:sample]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except OSError:
+            continue
+    return int(np.median(sides)) if sides else 224
 
 
 def is_image_file(path: Path) -> bool:

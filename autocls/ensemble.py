@@ -197,6 +197,7 @@ def refit(
             seed,
             reporter,
             keep_models=True,
+            metric=setup.metric,
         )
     models = []
     for fold in cv.folds:
@@ -218,9 +219,11 @@ def refit(
             "std": list(probe.pretrained_cfg.get("std", (0.229, 0.224, 0.225))),
         },
         "folds": fold_summaries(cv.folds),
-        "cv_accuracy": cv.mean_accuracy,
-        "oof_accuracy": cv.oof_accuracy,
-        "search_cv_accuracy": trial.value,
+        "metric": setup.metric,
+        "cv_score": cv.mean_score,
+        "oof_score": cv.oof_score(),
+        "oof_accuracy": cv.oof_score("accuracy"),
+        "search_cv_score": trial.value,
         "seed": seed,
         "data": {"source": setup.data.source, "images": len(data.images), "fingerprint": data.images.fingerprint()},
         "versions": library_versions(),

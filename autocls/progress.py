@@ -94,14 +94,14 @@ class Reporter(TrainingObserver):
     def on_epoch_end(self, fold: int, record: EpochRecord) -> None:
         self._update(
             f"{self._title} · fold {fold + 1}/{self._folds} · epoch {record.epoch + 1} · "
-            f"val_loss {record.val_loss:.3f} · val_acc {record.val_accuracy:.3f}",
+            f"val_loss {record.val_loss:.3f} · val_score {record.val_score:.3f}",
             completed=record.epoch + 1,
         )
 
     def on_fold_end(self, result: FoldResult) -> None:
         best = result.best
         self.print(
-            f"  {self._title} fold {result.fold + 1}: val_acc {best.val_accuracy:.4f} "
+            f"  {self._title} fold {result.fold + 1}: score {best.val_score:.4f} "
             f"(epoch {result.best_epoch + 1}/{len(result.history)}, {result.seconds:.0f}s)"
         )
 
@@ -109,7 +109,7 @@ class Reporter(TrainingObserver):
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
         state = trial.state.name
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            outcome = f"[green]{state}[/] cv_acc {trial.value:.4f}"
+            outcome = f"[green]{state}[/] cv score {trial.value:.4f}"
         elif trial.state == optuna.trial.TrialState.PRUNED:
             outcome = f"[yellow]{state}[/] at step {trial.last_step}"
         else:
@@ -117,7 +117,7 @@ class Reporter(TrainingObserver):
         config = trial.user_attrs.get("config", trial.params)
         self.print(f"trial {trial.number} {outcome} in {seconds:.0f}s · {summarise_params(config)}")
 
-    def best_trials_table(self, study: optuna.Study, top: int = 5) -> None:
+    def best_trials_table(self, study: optuna.Study, metric: str = "accuracy", top: int = 5) -> None:
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not done:
             self.print("no trial has completed yet.")
@@ -127,10 +127,11 @@ class Reporter(TrainingObserver):
             title=f"study {study.study_name}: best of {counts['COMPLETE']} complete, "
             f"{counts['PRUNED']} pruned, {counts['FAIL']} failed trials"
         )
-        for column in ("trial", "cv acc", "fold accuracies", "time", "configuration"):
+        for column in ("trial", f"cv {metric}", "folds", "time", "configuration"):
             table.add_column(column, overflow="fold")
-        for trial in sorted(done, key=lambda t: t.value, reverse=True)[:top]:
-            folds = " ".join(f"{f['val_accuracy']:.3f}" for f in trial.user_attrs.get("folds", []))
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        for trial in sorted(done, key=lambda t: t.value, reverse=maximize)[:top]:
+            folds = " ".join(f"{f['score']:.3f}" for f in trial.user_attrs.get("folds", []))
             seconds = trial.duration.total_seconds() if trial.duration else 0.0
             table.add_row(
                 str(trial.number),

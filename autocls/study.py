@@ -5,17 +5,26 @@ Intermediate values, and what the pruner compares
 Optuna's pruners compare a trial's value at step ``s`` with other trials' values at the same ``s``,
 one value per step, so each step number means the same thing in every trial:
 
-* steps ``0 .. epochs-1``: validation accuracy after that epoch of the **first fold** (fold 0);
-* step ``FOLD_STEP + f``: the mean best-epoch validation accuracy of folds ``0..f``.
+* steps ``0 .. epochs-1``: the validation score after that epoch of the **first fold** (fold 0);
+* step ``FOLD_STEP + f``: the mean best-epoch validation score of folds ``0..f``.
 
-A losing trial is thus stopped after a few epochs of its first fold, and a trial whose first folds
-fall below the others' same folds stops before training the rest. A pruned trial ends PRUNED.
+With Optuna's median rule at each of these steps, a losing trial stops after a few epochs of its
+first fold, and a trial whose first folds fall below the median of the other trials' same folds
+stops before training the rest. A pruned trial ends PRUNED.
+
+Time budget
+-----------
+``--timeout`` bounds the whole command: a trial or a fold does not start when the time left cannot
+hold it (estimated from finished trials and from the trial's own first fold), and a running trial
+is stopped after the epoch that crosses the deadline, so the command ends within one epoch of it.
+A trial stopped so is recorded FAIL with the reason; the next run retries it.
 """
 
 from __future__ import annotations
 
 import logging
 import platform
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,13 +37,14 @@ import torch
 
 from autocls import __version__
 from autocls.backbones import check_weights
-from autocls.config import TrainConfig
-from autocls.data import DataSpec, LabelledImages, check_folds
+from autocls.data import DataSpec, LabelledImages, check_folds, typical_side
 from autocls.errors import AutoclsError
 from autocls.images import ImageStore, build_store
+from autocls.metrics import default_metric, get_metric
+from autocls.portfolio import DataStats, portfolio
 from autocls.progress import Reporter
 from autocls.space import SearchSpace, load_space, space_from_dict
-from autocls.trainer import EpochRecord, FoldResult, TrainingObserver, cross_validate, stratified_folds
+from autocls.trainer import EpochRecord, FoldResult, TrainingObserver, cross_validate, folds_hash, stratified_folds
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +54,7 @@ DEFAULT_SPACE = "default"
 FOLD_STEP = 1000  # intermediate steps from here on are running fold means (see the module docstring)
 STUDY_ATTR = "autocls"  # the study user attribute that holds how the study was set up
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+MAX_CONSECUTIVE_FAILURES = 10
 
 
 def default_storage(workdir: Path) -> str:
@@ -69,6 +80,7 @@ class StudySetup:
     space: dict[str, Any]
     folds: int
     seed: int
+    metric: str = "accuracy"
     weights: str | None = None
 
     def to_attr(self) -> dict[str, Any]:
@@ -76,10 +88,11 @@ class StudySetup:
 
     @classmethod
     def from_study(cls, study: optuna.Study) -> StudySetup:
-        stored = study.user_attrs.get(STUDY_ATTR)
-        if stored is None:
+        stored = dict(study.user_attrs.get(STUDY_ATTR) or {})
+        if not stored:
             raise AutoclsError(f"study {study.study_name!r} was not created by autocls search.")
-        return cls(DataSpec(**stored["data"]), stored["space"], stored["folds"], stored["seed"], stored.get("weights"))
+        stored.pop("versions", None)
+        return cls(**{**stored, "data": DataSpec(**stored["data"])})
 
     @property
     def search_space(self) -> SearchSpace:
@@ -108,52 +121,68 @@ class PreparedData:
         return cls(data, store, stratified_folds(data.labels, setup.folds, setup.seed))
 
 
-def open_study(storage: str, study_name: str | None, create: bool = False, seed: int = 0) -> optuna.Study:
-    """Load ``study_name`` from ``storage`` (the only study there when no name is given), or create it."""
-    if create:
-        return optuna.create_study(
-            study_name=study_name,
-            storage=storage,
-            direction="maximize",
-            sampler=make_sampler(seed),
-            pruner=make_pruner(),
-            load_if_exists=True,
-        )
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+def study_names(storage: str) -> list[str]:
+    return [s.study_name for s in optuna.get_all_study_summaries(storage)]
+
+
+def open_study(storage: str, study_name: str | None) -> optuna.Study:
+    """Load ``study_name`` from ``storage``, or the only study there when no name is given."""
+    names = study_names(storage)
     if study_name is None:
         if len(names) != 1:
             raise AutoclsError(f"{storage} holds {len(names)} studies {names}; choose one with --study.")
         study_name = names[0]
     if study_name not in names:
         raise AutoclsError(f"no study {study_name!r} in {storage}; studies there: {names}.")
-    return optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(seed), pruner=make_pruner())
+    return optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(0), pruner=make_pruner())
 
 
 def make_sampler(seed: int) -> optuna.samplers.BaseSampler:
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # Multivariate TPE models the dimensions jointly; group=True splits the conditional space
     # (momentum only under SGD, warmup only under cosine) into the sub-spaces that co-occur, so a
     # conditional dimension is modelled only with the trials that had it. constant_liar keeps
     # parallel workers from all proposing the same point while their trials run.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
 
 
 def make_pruner() -> optuna.pruners.BasePruner:
-    # Median rule at the same step (see the module docstring): no pruning before 3 trials have
-    # finished, nor on the first epoch, whose accuracy says little.
+    # The median rule at the same step (see the module docstring): no pruning before 3 trials have
+    # finished, nor on the first epoch, whose score says little.
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
 
 
-class TrialObserver(TrainingObserver):
-    """Reports a trial's epochs and folds to Optuna (and prunes), and forwards them to the console."""
+class BudgetExhausted(AutoclsError):
+    """The --timeout budget cannot hold more training."""
 
-    def __init__(self, trial: optuna.Trial, reporter: Reporter) -> None:
+
+class Budget:
+    """A wall-clock deadline for the whole command; ``None`` seconds means no deadline."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.deadline = time.monotonic() + seconds if seconds else None
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic() if self.deadline else float("inf")
+
+    def check(self, needed: float, what: str) -> None:
+        if needed > self.left():
+            raise BudgetExhausted(f"--timeout: {self.left():.0f}s left, {what} needs about {needed:.0f}s")
+
+
+class TrialObserver(TrainingObserver):
+    """Reports a trial's epochs and folds to Optuna (and prunes), records them, enforces the budget."""
+
+    def __init__(self, trial: optuna.Trial, reporter: Reporter, budget: Budget) -> None:
         self.trial = trial
         self.reporter = reporter
+        self.budget = budget
         self.folds: list[FoldResult] = []
         self.history: list[list[dict[str, float]]] = []
 
     def on_fold_start(self, fold: int, folds: int, epochs: int) -> None:
+        if self.folds:
+            self.budget.check(float(np.mean([f.seconds for f in self.folds])), f"fold {fold + 1}")
         self.history.append([])
         self.reporter.on_fold_start(fold, folds, epochs)
 
@@ -162,13 +191,14 @@ class TrialObserver(TrainingObserver):
         self.trial.set_user_attr("history", self.history)
         self.reporter.on_epoch_end(fold, record)
         if fold == 0:
-            self._report(record.val_accuracy, record.epoch)
+            self._report(record.val_score, record.epoch)
+        self.budget.check(0.0, "the next epoch")
 
     def on_fold_end(self, result: FoldResult) -> None:
         self.folds.append(result)
         self.trial.set_user_attr("folds", fold_summaries(self.folds))
         self.reporter.on_fold_end(result)
-        self._report(float(np.mean([f.best.val_accuracy for f in self.folds])), FOLD_STEP + result.fold)
+        self._report(float(np.mean([f.best.val_score for f in self.folds])), FOLD_STEP + result.fold)
 
     def _report(self, value: float, step: int) -> None:
         self.trial.report(value, step)
@@ -181,7 +211,7 @@ def fold_summaries(folds: list[FoldResult]) -> list[dict[str, float | int]]:
     return [
         {
             "fold": f.fold,
-            "val_accuracy": round(float(f.best.val_accuracy), 6),
+            "score": round(float(f.best.val_score), 6),
             "val_loss": round(float(f.best.val_loss), 6),
             "best_epoch": f.best_epoch,
             "epochs_run": len(f.history),
@@ -192,21 +222,31 @@ def fold_summaries(folds: list[FoldResult]) -> list[dict[str, float | int]]:
 
 
 class Objective:
-    """One trial: sample a configuration from the space, cross-validate it, return mean fold accuracy."""
+    """One trial: sample a configuration from the space, cross-validate it, return the mean fold score."""
 
-    def __init__(self, setup: StudySetup, data: PreparedData, device: torch.device, reporter: Reporter) -> None:
+    def __init__(
+        self, setup: StudySetup, data: PreparedData, device: torch.device, reporter: Reporter, budget: Budget
+    ) -> None:
         self.setup = setup
         self.space = setup.search_space
         self.data = data
         self.device = device
         self.reporter = reporter
+        self.budget = budget
+        self.records = {
+            "folds_hash": folds_hash(data.splits),
+            "data_fingerprint": data.images.fingerprint(),
+            "versions": library_versions(),
+        }
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = self.space.sample(trial)
         seed = self.setup.seed + trial.number
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("seed", seed)
-        observer = TrialObserver(trial, self.reporter)
+        for key, value in self.records.items():
+            trial.set_user_attr(key, value)
+        observer = TrialObserver(trial, self.reporter, self.budget)
         self.reporter.set_title(f"trial {trial.number}")
         try:
             result = cross_validate(
@@ -219,41 +259,41 @@ class Objective:
                 self.setup.weights_dir,
                 seed,
                 observer,
+                metric=self.setup.metric,
             )
         except AutoclsError as err:  # a fault of this configuration (no weights, diverged): FAIL, go on
             trial.set_user_attr("fail_reason", str(err))
+            if isinstance(err, BudgetExhausted):
+                trial.set_user_attr("stopped_by", "timeout")
             raise
         except torch.OutOfMemoryError as err:
             trial.set_user_attr("fail_reason", f"out of memory: {str(err).splitlines()[0]}")
             raise
         trial.set_user_attr("frozen_stages", result.folds[0].frozen_stages)
-        trial.set_user_attr("oof_accuracy", round(result.oof_accuracy, 6))
-        return result.mean_accuracy
+        trial.set_user_attr("oof_score", round(result.oof_score(), 6))
+        return result.mean_score
 
 
 def narrow_to_available_weights(space: SearchSpace, weights_dir: Path | None) -> SearchSpace:
     """Drop backbones whose pretrained weights cannot be found, saying so once, before any trial.
 
-    Only when the space fixes ``pretrained = true``; a space that allows ``pretrained = false``
-    keeps every backbone and a trial that needs missing weights fails with the reason.
+    Only when the space fixes ``pretrained = true``; where ``pretrained`` is searched, every backbone
+    stays (it can train from scratch) and a trial that needs missing weights fails with the reason.
     """
-    if space.fixed.get("pretrained", TrainConfig.pretrained) is not True:
-        return space
-    data = space.to_dict()
-    backbones = space.values_of("backbone")
-    missing = {name: reason for name in backbones if (reason := check_weights(str(name), weights_dir))}
+    can_pretrain = True in space.values_of("pretrained")
+    backbones = [str(b) for b in space.values_of("backbone")]
+    missing = {name: reason for name in backbones if can_pretrain and (reason := check_weights(name, weights_dir))}
     if not missing:
+        return space
+    example = next(iter(missing.values()))
+    if space.values_of("pretrained") != [True]:
+        logger.warning("no pretrained weights for %s; those trials will train from scratch or fail", ", ".join(missing))
         return space
     available = [b for b in backbones if b not in missing]
     if not available:
-        raise AutoclsError(next(iter(missing.values())))
-    logger.warning(
-        "no pretrained weights for %s, left out of this study; e.g. %s",
-        ", ".join(map(str, missing)),
-        next(iter(missing.values())),
-    )
-    if "backbone" in data["fixed"]:
-        return space
+        raise AutoclsError(example)
+    logger.warning("no pretrained weights for %s, left out of this study; e.g. %s", ", ".join(missing), example)
+    data = space.to_dict()
     data["params"]["backbone"]["choices"] = available
     return space_from_dict(data, name=space.name)
 
@@ -271,30 +311,43 @@ class SearchRequest:
     timeout: float | None = None
     folds: int | None = None
     seed: int | None = None
+    metric: str | None = None
     device: str = "auto"
     weights: str | None = None
 
 
-def resolve_setup(study: optuna.Study, request: SearchRequest) -> StudySetup:
-    """The study's stored setup, checked against the request; or a new one, stored on the study."""
-    if STUDY_ATTR in study.user_attrs:
-        setup = StudySetup.from_study(study)
-        clashes = [
-            f"{what} {asked} (the study has {stored})"
-            for what, asked, stored in (
-                ("--folds", request.folds, setup.folds),
-                ("--seed", request.seed, setup.seed),
-                ("--space", request.space, setup.space.get("name")),
-                ("data", request.data.source, setup.data.source),
-            )
-            if asked is not None and asked != stored and not (what == "--space" and Path(asked).stem == stored)
-        ]
-        if clashes:
-            raise AutoclsError(
-                f"study {study.study_name!r} continues with its own settings, not {'; '.join(clashes)}; "
-                "drop those options or start a new study with --study NAME."
-            )
-        return setup
+def _check_continuation(study: optuna.Study, setup: StudySetup, request: SearchRequest) -> None:
+    clashes = [
+        f"{what} {asked} (the study has {stored})"
+        for what, asked, stored in (
+            ("--folds", request.folds, setup.folds),
+            ("--seed", request.seed, setup.seed),
+            ("--metric", request.metric, setup.metric),
+            ("--space", request.space, setup.space.get("name")),
+            ("data", request.data.source, setup.data.source),
+        )
+        if asked is not None and asked != stored and not (what == "--space" and Path(asked).stem == stored)
+    ]
+    if clashes:
+        raise AutoclsError(
+            f"study {study.study_name!r} continues with its own settings, not {'; '.join(clashes)}; "
+            "drop those options or start a new study with --study NAME."
+        )
+
+
+def create_or_continue(storage: str, study_name: str, request: SearchRequest) -> tuple[optuna.Study, StudySetup]:
+    """Continue ``study_name`` with its stored setup, or create it: metric, space and warm start."""
+    if study_name in study_names(storage):
+        study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner())
+        if STUDY_ATTR in study.user_attrs:
+            setup = StudySetup.from_study(study)
+            _check_continuation(study, setup, request)
+            return study, setup
+    data = request.data.discover()
+    metric = request.metric or default_metric(data.class_counts())
+    if request.metric is None and metric != "accuracy":
+        logger.warning("classes are imbalanced 5:1 or more: optimising balanced_accuracy (--metric to change)")
+    get_metric(metric)
     weights = request.weights
     space = narrow_to_available_weights(load_space(request.space or DEFAULT_SPACE), Path(weights) if weights else None)
     setup = StudySetup(
@@ -302,29 +355,62 @@ def resolve_setup(study: optuna.Study, request: SearchRequest) -> StudySetup:
         space=space.to_dict(),
         folds=request.folds or DEFAULT_FOLDS,
         seed=request.seed if request.seed is not None else 0,
+        metric=metric,
         weights=weights,
     )
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        direction=get_metric(metric).direction,
+        pruner=make_pruner(),
+        load_if_exists=True,  # a study created beforehand (e.g. with enqueued trials) is adopted
+    )
     study.set_user_attr(STUDY_ATTR, setup.to_attr())
-    return setup
+    study.set_metric_names([metric])
+    if not study.trials:
+        stats = DataStats(len(data), len(data.class_names), typical_side(data.paths))
+        for params in portfolio(space, stats):
+            study.enqueue_trial(params, user_attrs={"portfolio": True}, skip_if_exists=True)
+    return study, setup
 
 
 def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+class _StopConditions:
+    """Study callback: stop on the time budget, or after too many failures in a row."""
+
+    def __init__(self, budget: Budget, reporter: Reporter) -> None:
+        self.budget = budget
+        self.reporter = reporter
+        self.failures = 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.reporter.trial_finished(trial)
+        self.failures = self.failures + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
+        if trial.user_attrs.get("stopped_by") == "timeout":
+            study.stop()
+        elif self.failures >= MAX_CONSECUTIVE_FAILURES:
+            logger.warning("stopping: the last %d trials failed (see their fail_reason)", self.failures)
+            study.stop()
+        else:
+            durations = [t.duration.total_seconds() for t in study.get_trials(states=FINISHED) if t.duration]
+            if durations and np.median(durations) > self.budget.left():
+                study.stop()  # a typical trial no longer fits in the time left
+
+
 def run_search(request: SearchRequest, device: torch.device, reporter: Reporter | None = None) -> optuna.Study:
     """Run (or continue) a study until it has ``request.trials`` finished trials or time runs out."""
     reporter = reporter or Reporter(quiet=True)
+    budget = Budget(request.timeout)
     storage = request.storage or default_storage(request.workdir)
-    study_name = request.study_name or request.data.name
-    study = open_study(storage, study_name, create=True)
-    setup = resolve_setup(study, request)
+    study, setup = create_or_continue(storage, request.study_name or request.data.name, request)
     # Seeded by the study's seed and its trial count: reproducible, and a continued study does not
     # replay the random start-up proposals of its first run.
     study.sampler = make_sampler(setup.seed + len(study.trials))
     data = PreparedData.load(setup, setup.search_space.max_resolution)
     study.set_user_attr("dataset", {"images": len(data.images), "classes": list(data.images.class_names)})
-    study.set_metric_names(["cv_accuracy"])
 
     remaining = request.trials - count_finished(study)
     if remaining <= 0:
@@ -332,20 +418,20 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
         return study
     reporter.print(
         f"study {study.study_name!r}: {remaining} more trials of space {setup.space.get('name')!r}, "
-        f"{setup.folds}-fold CV on {len(data.images)} images, {len(data.images.class_names)} classes, "
-        f"device {device.type}"
+        f"{setup.folds}-fold CV of {setup.metric} on {len(data.images)} images, "
+        f"{len(data.images.class_names)} classes, device {device.type}"
     )
-    objective = Objective(setup, data, device, reporter)
+    objective = Objective(setup, data, device, reporter, budget)
     with reporter.live(f"study {study.study_name}"):
         study.optimize(
             objective,
-            n_trials=remaining,
+            n_trials=None,
             timeout=request.timeout,
             catch=(AutoclsError, torch.OutOfMemoryError),
             callbacks=[
                 optuna.study.MaxTrialsCallback(request.trials, states=FINISHED),
-                lambda _study, trial: reporter.trial_finished(trial),
+                _StopConditions(budget, reporter),
             ],
         )
-    reporter.best_trials_table(study)
+    reporter.best_trials_table(study, setup.metric)
     return study

@@ -7,16 +7,19 @@ trainer knowing about either.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
+from timm.data.mixup import Mixup, mixup_target
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
@@ -26,22 +29,22 @@ from autocls.backbones import create_classifier
 from autocls.config import TrainConfig
 from autocls.errors import AutoclsError, NonFiniteLossError
 from autocls.images import ImageStore
+from autocls.metrics import get_metric
 
 logger = logging.getLogger(__name__)
 
 EVAL_BATCH = 256
 MIN_IMPROVEMENT = 1e-4  # a validation loss must drop by this much to reset early stopping's patience
-TIMM_OPTIMIZER = {"adamw": "adamw", "adam": "adam", "sgd": "momentum"}  # timm's "sgd" means Nesterov
 
 
 @dataclass
 class EpochRecord:
-    """Metrics of one epoch of one fold."""
+    """Metrics of one epoch of one fold; ``val_score`` is the study's metric."""
 
     epoch: int
     train_loss: float
     val_loss: float
-    val_accuracy: float
+    val_score: float
     lr: float
     seconds: float
 
@@ -74,11 +77,13 @@ class CVResult:
     folds: list[FoldResult]
     labels: np.ndarray
     num_classes: int
+    metric: str = "accuracy"
     _oof: np.ndarray | None = field(default=None, repr=False)
 
     @property
-    def mean_accuracy(self) -> float:
-        return float(np.mean([f.best.val_accuracy for f in self.folds]))
+    def mean_score(self) -> float:
+        """The mean of the folds' best-epoch scores: a trial's value."""
+        return float(np.mean([f.best.val_score for f in self.folds]))
 
     @property
     def oof_probs(self) -> np.ndarray:
@@ -90,10 +95,10 @@ class CVResult:
             self._oof = oof
         return self._oof
 
-    @property
-    def oof_accuracy(self) -> float:
+    def oof_score(self, metric: str | None = None) -> float:
+        """``metric`` (the study's by default) over all out-of-fold predictions at once."""
         covered = ~np.isnan(self.oof_probs[:, 0])
-        return float((self.oof_probs[covered].argmax(1) == self.labels[covered]).mean())
+        return get_metric(metric or self.metric)(self.labels[covered], self.oof_probs[covered])
 
 
 class TrainingObserver:
@@ -115,6 +120,14 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np
     return list(splitter.split(np.zeros(len(labels)), labels))
 
 
+def folds_hash(splits: list[tuple[np.ndarray, np.ndarray]]) -> str:
+    """A short hash of which image is in which validation fold, to prove two runs used the same folds."""
+    digest = hashlib.sha256()
+    for _, val_idx in splits:
+        digest.update(np.sort(val_idx).astype(np.int64).tobytes() + b"|")
+    return digest.hexdigest()[:16]
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -134,7 +147,13 @@ def configure_threads() -> None:
 
 
 class Trainer:
-    """Trains one fold model of ``config`` on images from an :class:`ImageStore`."""
+    """Trains one fold model of ``config`` on images from an :class:`ImageStore`.
+
+    Every technique of the configuration lives here, once, for search and refit alike: timm's
+    optimizers (with layer-wise lr decay) and schedulers, SAM, torchvision augmentation policies,
+    RandomErasing, timm's MixUp/CutMix, label smoothing, class-weighted loss or a class-balanced
+    sampler, and early stopping on the validation loss.
+    """
 
     def __init__(
         self,
@@ -143,13 +162,25 @@ class Trainer:
         device: torch.device,
         weights_dir: Path | None = None,
         seed: int = 0,
+        metric: str = "accuracy",
     ) -> None:
         self.config = config
         self.num_classes = num_classes
         self.device = device
         self.weights_dir = weights_dir
         self.seed = seed
-        self.augment = create_augmentation(config.augmentation, config.resolution)
+        self.metric = get_metric(metric)
+        self.augment = create_augmentation(config.augmentation, config.random_erasing)
+        self.mixup = (
+            Mixup(
+                mixup_alpha=config.mixup,
+                cutmix_alpha=config.cutmix,
+                label_smoothing=config.label_smoothing,
+                num_classes=num_classes,
+            )
+            if config.mixup > 0 or config.cutmix > 0
+            else None
+        )
 
     def fit(
         self,
@@ -165,22 +196,15 @@ class Trainer:
         cfg = self.config
         torch.manual_seed(self.seed + fold)
         generator = torch.Generator().manual_seed(self.seed + fold)
-        model = create_classifier(cfg, self.num_classes, self.weights_dir)
-        model = self._to_device(model)
-        norm = _normaliser(model, self.device)
-
         batch = min(cfg.batch_size, len(train_idx))
-        steps = max(1, len(train_idx) // batch)
-        optimizer = create_optimizer_v2(
-            model,
-            opt=TIMM_OPTIMIZER[cfg.optimizer],
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            momentum=cfg.momentum,
-        )
+        batch -= batch % 2  # MixUp/CutMix pair each image with another: batches must be even
+        steps = max(1, len(train_idx) // batch)  # drop_last: no odd, tiny final batch
+        model = self._to_device(create_classifier(cfg, self.num_classes, self.weights_dir))
+        optimizer = create_optimizer(model, cfg)
         scheduler = create_scheduler(optimizer, cfg, steps)
-        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        norm = _normaliser(model, self.device)
         train_t = torch.as_tensor(train_idx)
+        class_weights, sample_weights = self._balancing(labels[train_t])
         val_images, val_labels = images[torch.as_tensor(val_idx)], labels[torch.as_tensor(val_idx)]
 
         history: list[EpochRecord] = []
@@ -188,29 +212,27 @@ class Trainer:
         updates = 0
         for epoch in range(cfg.epochs):
             start = time.perf_counter()
+            if sample_weights is not None:
+                order = train_t[torch.multinomial(sample_weights, len(train_t), replacement=True, generator=generator)]
+            else:
+                order = train_t[torch.randperm(len(train_t), generator=generator)]
             model.train()
-            order = train_t[torch.randperm(len(train_t), generator=generator)]
             total = 0.0
             for step in range(steps):
                 idx = order[step * batch : (step + 1) * batch]
-                x = self._prepare(images[idx], norm, augment=True)
-                y = labels[idx].to(self.device, non_blocking=True)
-                with self._autocast():
-                    loss = criterion(model(x), y)
-                if not torch.isfinite(loss):
+                loss = self._train_step(model, optimizer, images[idx], labels[idx], norm, class_weights)
+                if not math.isfinite(loss):
                     raise NonFiniteLossError(
-                        f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (lr {cfg.lr:.2g})"
+                        f"loss became {loss} at epoch {epoch + 1}, step {step + 1} (lr {cfg.lr:.2g})"
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
                 updates += 1
                 scheduler.step_update(num_updates=updates)
-                total += loss.item()
-            lr = optimizer.param_groups[0]["lr"]
-            val_loss, val_acc, probs = self.evaluate(model, val_images, val_labels, norm)
+                total += loss
+            lr = max(group["lr"] for group in optimizer.param_groups)
+            val_loss, probs = self.evaluate(model, val_images, norm, val_labels)
             scheduler.step(epoch + 1, val_loss)
-            record = EpochRecord(epoch, total / steps, val_loss, val_acc, lr, time.perf_counter() - start)
+            score = self.metric(val_labels.numpy(), probs)
+            record = EpochRecord(epoch, total / steps, val_loss, score, lr, time.perf_counter() - start)
             history.append(record)
             if val_loss < best_loss - MIN_IMPROVEMENT or best_state is None:
                 best_loss, best_epoch, best_probs = val_loss, epoch, probs
@@ -222,11 +244,59 @@ class Trainer:
         observer.on_fold_end(result)
         return result
 
+    def _balancing(self, train_labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Class weights for the loss, or per-image weights for the sampler, as ``imbalance`` asks.
+
+        Both are inverse class frequencies ("balanced" in scikit-learn's sense).
+        """
+        counts = torch.bincount(train_labels, minlength=self.num_classes).float().clamp_min(1)
+        inverse = counts.sum() / (self.num_classes * counts)
+        if self.config.imbalance == "class_weight":
+            return inverse.to(self.device), None
+        if self.config.imbalance == "sampler":
+            return None, inverse[train_labels]
+        return None, None
+
+    def _train_step(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        norm: tuple[torch.Tensor, torch.Tensor],
+        class_weights: torch.Tensor | None,
+    ) -> float:
+        x = self._prepare(images, norm, augment=True)
+        y = labels.to(self.device, non_blocking=True)
+        if self.mixup is not None:
+            x, targets = self.mixup(x, y)
+        else:
+            targets = mixup_target(y, self.num_classes, smoothing=self.config.label_smoothing)
+
+        def compute_loss() -> torch.Tensor:
+            with self._autocast():
+                logits = model(x)
+            return soft_cross_entropy(logits, targets, class_weights)
+
+        optimizer.zero_grad(set_to_none=True)
+        loss = compute_loss()
+        if not torch.isfinite(loss):
+            return float(loss.item())
+        loss.backward()
+        if self.config.sam_rho > 0:
+            sam_ascent_step(optimizer, compute_loss, self.config.sam_rho)
+        optimizer.step()
+        return float(loss.item())
+
     @torch.inference_mode()
     def evaluate(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: tuple[torch.Tensor, torch.Tensor]
-    ) -> tuple[float, float, np.ndarray]:
-        """Mean cross-entropy, accuracy and softmax probabilities of ``model`` on ``images``."""
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        norm: tuple[torch.Tensor, torch.Tensor],
+        labels: torch.Tensor | None = None,
+    ) -> tuple[float, np.ndarray]:
+        """Mean cross-entropy on ``labels`` (nan without them) and softmax probabilities."""
         model.eval()
         probs = []
         for start in range(0, len(images), EVAL_BATCH):
@@ -235,9 +305,8 @@ class Trainer:
                 logits = model(x)
             probs.append(logits.float().softmax(dim=1).cpu())
         p = torch.cat(probs)
-        loss = nn.functional.nll_loss(p.clamp_min(1e-7).log(), labels).item()
-        accuracy = (p.argmax(1) == labels).float().mean().item()
-        return loss, accuracy, p.numpy()
+        loss = nn.functional.nll_loss(p.clamp_min(1e-7).log(), labels).item() if labels is not None else math.nan
+        return loss, p.numpy()
 
     def _prepare(self, batch: torch.Tensor, norm: tuple[torch.Tensor, torch.Tensor], augment: bool) -> torch.Tensor:
         if augment and self.augment is not None:
@@ -258,25 +327,92 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
 
-class _TorchPlateau:
-    """torch's ReduceLROnPlateau behind timm's scheduler interface (timm deprecates its plateau scheduler)."""
+def soft_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy against soft targets (MixUp/CutMix, label smoothing), optionally class-weighted.
 
-    def __init__(self, optimizer: torch.optim.Optimizer, patience: int) -> None:
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=0.1, patience=patience
-        )
+    With class weights each image counts with the weight of its (mixed) target and the sum is
+    normalised by the total weight, which for hard targets is torch's weighted ``cross_entropy``.
+    timm's ``SoftTargetCrossEntropy`` has no class weights, hence this one function for both.
+    """
+    per_image = -(targets * logits.float().log_softmax(dim=1)).sum(dim=1)
+    if class_weights is None:
+        return per_image.mean()
+    weights = targets @ class_weights
+    return (per_image * weights).sum() / weights.sum()
+
+
+def sam_ascent_step(optimizer: torch.optim.Optimizer, compute_loss: Callable[[], torch.Tensor], rho: float) -> None:
+    """Sharpness-Aware Minimisation (Foret et al., 2021), first order; timm has no SAM.
+
+    With the gradient at w already in ``.grad``, step to w + rho * g/|g|, take the gradient there
+    and step back: the caller's ``optimizer.step()`` then applies the gradient of the worst nearby
+    point at w. Wrapping the step rather than the optimizer keeps timm's schedulers and param groups.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    grad_norm = torch.norm(torch.stack([p.grad.norm(2) for p in params]), 2)
+    offsets = [p.grad * (rho / (grad_norm + 1e-12)) for p in params]
+    with torch.no_grad():
+        torch._foreach_add_(params, offsets)
+    optimizer.zero_grad(set_to_none=True)
+    compute_loss().backward()
+    with torch.no_grad():
+        torch._foreach_sub_(params, offsets)
+
+
+def create_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """timm's optimizer over the trainable parameters, with layer-wise lr decay when asked."""
+    name = {"sgd": "nesterov" if cfg.nesterov else "momentum"}.get(cfg.optimizer, cfg.optimizer)
+    optimizer = create_optimizer_v2(
+        model,
+        opt=name,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        layer_decay=cfg.layer_decay if cfg.layer_decay < 1.0 else None,
+    )
+    for group in optimizer.param_groups:
+        # timm's schedulers apply each group's lr_scale (layer decay) on every update; torch's
+        # schedulers and a constant lr do not, so the scaled lr is set here once for them.
+        group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
+    return optimizer
+
+
+class _TorchScheduler:
+    """A torch scheduler behind timm's interface: stepped per update, or per epoch on the val loss."""
+
+    def __init__(self, scheduler: object = None, on_metric: bool = False) -> None:
+        self.scheduler = scheduler
+        self.on_metric = on_metric
 
     def step_update(self, num_updates: int) -> None:
-        pass
+        if self.scheduler is not None and not self.on_metric:
+            self.scheduler.step()
 
     def step(self, epoch: int, metric: float) -> None:
-        self.scheduler.step(metric)
+        if self.scheduler is not None and self.on_metric:
+            self.scheduler.step(metric)
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """timm's per-update cosine (with linear warmup) and step schedules, torch's ReduceLROnPlateau."""
+    """timm's cosine (with linear warmup) and step schedules, updated every step; torch's
+    OneCycleLR (timm has none) and ReduceLROnPlateau (timm deprecates its own); or a constant lr."""
+    if cfg.scheduler == "constant":
+        return _TorchScheduler()
     if cfg.scheduler == "plateau":
-        return _TorchPlateau(optimizer, patience=max(0, cfg.patience // 2))
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=0.1, patience=max(0, cfg.patience // 2)
+        )
+        return _TorchScheduler(plateau, on_metric=True)
+    if cfg.scheduler == "onecycle":
+        one_cycle = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=cfg.epochs * steps_per_epoch,
+            pct_start=0.25,
+        )
+        return _TorchScheduler(one_cycle)
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=cfg.scheduler,
@@ -309,10 +445,11 @@ def cross_validate(
     seed: int = 0,
     observer: TrainingObserver | None = None,
     keep_models: bool = False,
+    metric: str = "accuracy",
 ) -> CVResult:
     """Train one model per split with the same :class:`Trainer`; models are kept only if asked."""
     observer = observer or TrainingObserver()
-    trainer = Trainer(config, num_classes, device, weights_dir, seed)
+    trainer = Trainer(config, num_classes, device, weights_dir, seed, metric)
     images = store.at(config.resolution)
     label_t = torch.as_tensor(labels)
     results = []
@@ -322,4 +459,4 @@ def cross_validate(
         if not keep_models:
             result.state_dict = None
         results.append(result)
-    return CVResult(results, labels, num_classes)
+    return CVResult(results, labels, num_classes, metric)

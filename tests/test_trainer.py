@@ -43,7 +43,7 @@ def test_cross_validation_trains_every_fold_and_fills_out_of_fold(prepared) -> N
     assert len(result.folds) == 3 and events[0] == "start 0/3" and events[-1] == "end 2"
     assert not np.isnan(result.oof_probs).any()
     np.testing.assert_allclose(result.oof_probs.sum(axis=1), 1.0, atol=1e-5)
-    assert result.mean_accuracy > 0.6  # colour-coded classes are easy
+    assert result.mean_score > 0.6  # colour-coded classes are easy
     assert all(f.state_dict is not None for f in result.folds)
     for fold in result.folds:
         assert fold.best.val_loss <= min(r.val_loss for r in fold.history) + 1e-4  # the best epoch is kept
@@ -71,7 +71,7 @@ def test_every_choice_trains(prepared, changes: dict) -> None:
     trainer = Trainer(config, 3, CPU)
     train_idx, val_idx = stratified_folds(data.labels, 2, seed=0)[0]
     result = trainer.fit(store.at(16), torch.as_tensor(data.labels), train_idx, val_idx)
-    assert np.isfinite(result.best.train_loss) and 0.0 <= result.best.val_accuracy <= 1.0
+    assert np.isfinite(result.best.train_loss) and 0.0 <= result.best.val_score <= 1.0
 
 
 def test_diverging_loss_is_reported(prepared) -> None:

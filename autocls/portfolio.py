@@ -1,0 +1,104 @@
+"""Warm start: strong known configurations, one per backbone family, tried before the sampler.
+
+Each family has the recipe its practitioners use for fine-tuning (timm's and the papers'): AdamW
+with a one-cycle schedule for EfficientNet/MobileNet, Nesterov SGD with cosine for ResNet/DenseNet,
+AdamW with a small learning rate, warmup and layer-wise decay for ConvNeXt/ViT/Swin. The family's
+cheapest backbone in the space is used, at the resolution closest to the images' own size, and
+with more frozen stages when there are few images per class. Only values the space can take are
+enqueued; the rest is left to the sampler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from autocls.space import SearchSpace
+
+# family -> (name prefixes, recipe); prefixes are matched against the space's backbone choices
+FAMILIES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "efficientnet": (
+        ("tf_efficientnet_lite", "efficientnet_", "tf_efficientnet_", "mobilenet", "lcnet"),
+        {
+            "optimizer": "adamw",
+            "lr": 3e-3,
+            "weight_decay": 1e-4,
+            "scheduler": "onecycle",
+            "augmentation": "light",
+            "label_smoothing": 0.1,
+            "batch_size": 64,
+        },
+    ),
+    "resnet": (
+        ("resnet", "densenet", "regnet"),
+        {
+            "optimizer": "sgd",
+            "nesterov": True,
+            "momentum": 0.9,
+            "lr": 1e-2,
+            "weight_decay": 1e-4,
+            "scheduler": "cosine",
+            "warmup_epochs": 1,
+            "augmentation": "light",
+            "label_smoothing": 0.1,
+            "batch_size": 64,
+        },
+    ),
+    "transformer": (
+        ("convnext", "vit_", "swin", "deit", "eva"),
+        {
+            "optimizer": "adamw",
+            "lr": 1e-4,
+            "weight_decay": 0.05,
+            "layer_decay": 0.75,
+            "scheduler": "cosine",
+            "warmup_epochs": 1,
+            "augmentation": "randaugment",
+            "label_smoothing": 0.1,
+            "batch_size": 32,
+        },
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DataStats:
+    """What the portfolio looks at: dataset size, class count and typical image side in pixels."""
+
+    images: int
+    classes: int
+    image_side: int
+
+
+def portfolio(space: SearchSpace, stats: DataStats) -> list[dict[str, Any]]:
+    """Parameter sets to enqueue, cheapest family first; empty if the space searches no backbone."""
+    backbones = [str(b) for b in space.values_of("backbone")]
+    configs = []
+    for prefixes, recipe in FAMILIES.values():
+        members = [b for b in backbones if b.startswith(prefixes)]
+        if not members:
+            continue
+        params = {**recipe, "backbone": members[0]}  # spaces list each family's cheapest first
+        params["resolution"] = stats.image_side  # snapped to the space's nearest resolution below
+        per_class = stats.images / max(1, stats.classes)
+        params["freeze"] = 0.5 if per_class < 30 else 0.0
+        params["augmentation"] = params["augmentation"] if per_class >= 30 else "light"
+        configs.append(_fit_to_space(space, params))
+    return [c for c in configs if c]
+
+
+def _fit_to_space(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:
+    """Keep the parameters the space searches, snapped to its choices or clipped to its bounds."""
+    fitted: dict[str, Any] = {}
+    for dim in space.dimensions:
+        if dim.name not in params or not dim.is_active(fitted):
+            continue
+        value = params[dim.name]
+        if dim.choices is not None:
+            if value in dim.choices:
+                fitted[dim.name] = value
+            elif all(isinstance(c, int | float) and not isinstance(c, bool) for c in dim.choices):
+                fitted[dim.name] = min(dim.choices, key=lambda c: abs(c - value))
+        else:
+            fitted[dim.name] = type(dim.low)(min(max(value, dim.low), dim.high))
+    return fitted
