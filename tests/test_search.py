@@ -1,0 +1,132 @@
+"""The search driver: every choice of the default space trains, pruning, warm start, budget, metric."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from autocls.config import TrainConfig
+from autocls.data import DataSpec, discover
+from autocls.images import build_store
+from autocls.metrics import default_metric
+from autocls.portfolio import DataStats, portfolio
+from autocls.space import load_space
+from autocls.study import FOLD_STEP, SearchRequest, create_or_continue, run_search
+from autocls.trainer import Trainer, stratified_folds
+from tests.conftest import write_class_folders
+
+CPU = torch.device("cpu")
+DEFAULT = load_space("default")
+TINY = {"backbone": "test_efficientnet", "pretrained": False, "resolution": 32, "batch_size": 4, "epochs": 1}
+
+
+def _every_choice() -> list[tuple[str, object]]:
+    cases = []
+    for dim in DEFAULT.dimensions:
+        values = dim.choices if dim.choices is not None else (dim.low, dim.high)
+        cases.extend((dim.name, value) for value in values)
+    return cases
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory):
+    data = discover(write_class_folders(tmp_path_factory.mktemp("data"), per_class=4))
+    return build_store(data, 32)
+
+
+@pytest.mark.parametrize(("name", "value"), _every_choice(), ids=lambda v: str(v))
+def test_every_choice_of_the_default_space_builds_and_trains_a_step(tiny_store, name: str, value: object) -> None:
+    data, store = tiny_store
+    settings = {**TINY, name: value}
+    if name in ("pretrained",):
+        settings["pretrained"] = False  # no weights offline: pretrained loading has its own tests
+    if name == "resolution":
+        settings["resolution"] = min(int(value), 32)  # every resolution is one resize; keep the step cheap
+    if name in ("momentum", "nesterov"):
+        settings["optimizer"] = "sgd"
+    config = TrainConfig.from_dict(settings)
+    train_idx, val_idx = stratified_folds(data.labels, 2, seed=0)[0]
+    result = Trainer(config, 3, CPU).fit(store.at(config.resolution), torch.as_tensor(data.labels), train_idx, val_idx)
+    assert torch.isfinite(torch.tensor(result.best.train_loss))
+
+
+def test_losing_trial_is_pruned_between_folds(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="data", storage=storage, direction="maximize")
+    for lr in (0.03, 0.03, 0.03, 1e-9):
+        study.enqueue_trial({"optimizer": "adamw", "lr": lr, "augmentation": "none"})
+    # one epoch per fold: no epoch step can prune, so only the fold-mean steps can
+    tiny_space.write_text(tiny_space.read_text().replace("epochs = 2", "epochs = 1").replace("low = 0.003", "low = 1e-9"))
+    request = SearchRequest(DataSpec.of(image_folder), storage=storage, space=str(tiny_space), trials=4, folds=4)
+    run_search(request, CPU)
+    trials = optuna.load_study(study_name="data", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED"]
+    pruned = trials[3]
+    assert min(s for s in pruned.intermediate_values if s >= FOLD_STEP) == FOLD_STEP
+    assert len(pruned.user_attrs["folds"]) < 4  # stopped before its remaining folds
+
+
+def test_portfolio_has_one_known_good_config_per_family_within_the_space() -> None:
+    configs = portfolio(DEFAULT, DataStats(images=2000, classes=10, image_side=28))
+    assert [c["backbone"] for c in configs] == ["tf_efficientnet_lite0", "resnet18", "convnext_tiny"]
+    for config in configs:
+        assert config["resolution"] == 96  # the space's closest to 28 px images
+        for name, value in config.items():
+            dim = next(d for d in DEFAULT.dimensions if d.name == name)
+            assert value in dim.choices if dim.choices is not None else dim.low <= value <= dim.high
+    assert configs[1]["optimizer"] == "sgd" and configs[1]["nesterov"] is True
+    few = portfolio(DEFAULT, DataStats(images=40, classes=4, image_side=300))
+    assert all(c["freeze"] == 0.5 and c["resolution"] == 224 for c in few)
+
+
+def test_new_study_enqueues_the_portfolio_first(image_folder: Path, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    space = tmp_path / "two.toml"
+    space.write_text(
+        '[fixed]\npretrained = false\n[params.backbone]\nchoices = ["efficientnet_b0", "resnet18"]\n'
+        '[params.lr]\nlow = 1e-4\nhigh = 1e-1\nlog = true\n'
+    )
+    study, setup = create_or_continue(storage, "s", SearchRequest(DataSpec.of(image_folder), space=str(space)))
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [{"backbone": "efficientnet_b0", "lr": 3e-3}, {"backbone": "resnet18", "lr": 1e-2}]
+    again, _ = create_or_continue(storage, "s", SearchRequest(DataSpec.of(image_folder)))
+    assert len(again.trials) == 2  # continuing does not enqueue it again
+
+
+def test_metric_defaults_to_balanced_accuracy_for_imbalanced_classes(tmp_path: Path) -> None:
+    assert default_metric({"a": 10, "b": 9}) == "accuracy"
+    assert default_metric({"a": 50, "b": 10}) == "balanced_accuracy"
+    root = write_class_folders(tmp_path / "data", classes=2, per_class=4)
+    write_class_folders(tmp_path / "more", classes=1, per_class=16, seed=3)
+    for i, image in enumerate(sorted((tmp_path / "more" / "class_0").iterdir())):
+        image.rename(root / "class_0" / f"extra{i}.png")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study, setup = create_or_continue(storage, "imb", SearchRequest(DataSpec.of(root), space="fast"))
+    assert setup.metric == "balanced_accuracy" and study.metric_names == ["balanced_accuracy"]
+    study, setup = create_or_continue(storage, "ll", SearchRequest(DataSpec.of(root), space="fast", metric="log_loss"))
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+
+
+def test_timeout_bounds_the_whole_command(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:
+    tiny_space.write_text(tiny_space.read_text().replace("epochs = 2", "epochs = 50").replace("patience = 2", "patience = 50"))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    request = SearchRequest(DataSpec.of(image_folder), storage=storage, space=str(tiny_space), trials=5, folds=2, timeout=2)
+    start = time.monotonic()
+    run_search(request, CPU)
+    elapsed = time.monotonic() - start
+    trials = optuna.load_study(study_name="data", storage=storage).trials
+    assert len(trials) == 1 and trials[0].state.name == "FAIL"
+    assert trials[0].user_attrs["stopped_by"] == "timeout"
+    assert elapsed < 60  # 100 epochs would take far longer: it stopped at the budget, not at the end
+
+
+def test_trials_record_what_reproduces_them(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    run_search(SearchRequest(DataSpec.of(image_folder), storage=storage, space=str(tiny_space), trials=1, folds=2), CPU)
+    trial = optuna.load_study(study_name="data", storage=storage).trials[0]
+    assert {"seed", "folds_hash", "data_fingerprint", "versions", "config"} <= set(trial.user_attrs)
+    assert {"torch", "timm", "optuna", "autocls"} <= set(trial.user_attrs["versions"])
