@@ -58,6 +58,15 @@ def write_class_folders(root: Path, classes: int = 3, per_class: int = 8, seed: 
     return root
 
 
+def edit_space(path: Path, replacements: dict[str, str]) -> None:
+    """Rewrite a space file with text replacements (each must be present)."""
+    text = path.read_text()
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path.write_text(text)
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return write_class_folders(tmp_path / "data")

@@ -17,7 +17,7 @@ from autocls.cli import main
 from autocls.ensemble import Ensemble
 from autocls.predict import predict
 from autocls.study import FOLD_STEP
-from tests.conftest import class_image, write_class_folders
+from tests.conftest import class_image, edit_space, write_class_folders
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 
@@ -92,8 +92,7 @@ def test_losing_trial_is_pruned(image_folder: Path, tiny_space: Path, tmp_path: 
     study = optuna.create_study(study_name="data", storage=storage_of(workdir), direction="maximize")
     for lr in (0.02, 0.02, 0.02, 1e-9):  # three that learn, then one that cannot
         study.enqueue_trial({"optimizer": "adamw", "lr": lr, "augmentation": "none"})
-    space = tiny_space.read_text().replace("epochs = 2", "epochs = 4").replace("low = 0.003", "low = 1e-9")
-    tiny_space.write_text(space)
+    edit_space(tiny_space, {"epochs = 2": "epochs = 4", "low = 0.003": "low = 1e-9"})
     assert search(image_folder, workdir, tiny_space, "--trials", "4") == 0
     study = optuna.load_study(study_name="data", storage=storage_of(workdir))
     states = [t.state for t in study.trials]

@@ -17,7 +17,7 @@ from autocls.portfolio import DataStats, portfolio
 from autocls.space import load_space
 from autocls.study import FOLD_STEP, SearchRequest, create_or_continue, run_search
 from autocls.trainer import Trainer, stratified_folds
-from tests.conftest import write_class_folders
+from tests.conftest import edit_space, write_class_folders
 
 CPU = torch.device("cpu")
 DEFAULT = load_space("default")
@@ -60,7 +60,7 @@ def test_losing_trial_is_pruned_between_folds(image_folder: Path, tiny_space: Pa
     for lr in (0.03, 0.03, 0.03, 1e-9):
         study.enqueue_trial({"optimizer": "adamw", "lr": lr, "augmentation": "none"})
     # one epoch per fold: no epoch step can prune, so only the fold-mean steps can
-    tiny_space.write_text(tiny_space.read_text().replace("epochs = 2", "epochs = 1").replace("low = 0.003", "low = 1e-9"))
+    edit_space(tiny_space, {"epochs = 2": "epochs = 1", "low = 0.003": "low = 1e-9"})
     request = SearchRequest(DataSpec.of(image_folder), storage=storage, space=str(tiny_space), trials=4, folds=4)
     run_search(request, CPU)
     trials = optuna.load_study(study_name="data", storage=storage).trials
@@ -88,11 +88,14 @@ def test_new_study_enqueues_the_portfolio_first(image_folder: Path, tmp_path: Pa
     space = tmp_path / "two.toml"
     space.write_text(
         '[fixed]\npretrained = false\n[params.backbone]\nchoices = ["efficientnet_b0", "resnet18"]\n'
-        '[params.lr]\nlow = 1e-4\nhigh = 1e-1\nlog = true\n'
+        "[params.lr]\nlow = 1e-4\nhigh = 1e-1\nlog = true\n"
     )
-    study, setup = create_or_continue(storage, "s", SearchRequest(DataSpec.of(image_folder), space=str(space)))
+    study, _ = create_or_continue(storage, "s", SearchRequest(DataSpec.of(image_folder), space=str(space)))
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    assert [t.system_attrs["fixed_params"] for t in waiting] == [{"backbone": "efficientnet_b0", "lr": 3e-3}, {"backbone": "resnet18", "lr": 1e-2}]
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [
+        {"backbone": "efficientnet_b0", "lr": 3e-3},
+        {"backbone": "resnet18", "lr": 1e-2},
+    ]
     again, _ = create_or_continue(storage, "s", SearchRequest(DataSpec.of(image_folder)))
     assert len(again.trials) == 2  # continuing does not enqueue it again
 
@@ -112,9 +115,10 @@ def test_metric_defaults_to_balanced_accuracy_for_imbalanced_classes(tmp_path: P
 
 
 def test_timeout_bounds_the_whole_command(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:
-    tiny_space.write_text(tiny_space.read_text().replace("epochs = 2", "epochs = 50").replace("patience = 2", "patience = 50"))
+    edit_space(tiny_space, {"epochs = 2": "epochs = 50", "patience = 2": "patience = 50"})
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    request = SearchRequest(DataSpec.of(image_folder), storage=storage, space=str(tiny_space), trials=5, folds=2, timeout=2)
+    data = DataSpec.of(image_folder)
+    request = SearchRequest(data, storage=storage, space=str(tiny_space), trials=5, folds=2, timeout=2)
     start = time.monotonic()
     run_search(request, CPU)
     elapsed = time.monotonic() - start
