@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--best", action="store_true", help="the best completed trial (the default)")
     which.add_argument("--trial", type=int, help="this trial number instead of the best")
     refit.add_argument("--out", type=Path, help="model folder (default: WORKDIR/STUDY/model)")
+    refit.add_argument(
+        "--retrain", action="store_true", help="train the fold models again even if the search kept them"
+    )
     common(refit)
 
     predict = commands.add_parser("predict", help="predict images with a saved ensemble")
@@ -120,12 +123,15 @@ def run_refit(args: argparse.Namespace) -> int:
     from autocls.progress import Reporter
     from autocls.study import default_storage, open_study
     from autocls.trainer import configure_threads, resolve_device
+    from autocls.trialstore import TrialStore
 
     configure_threads()
     storage = args.storage or default_storage(args.workdir)
     study = open_study(storage, args.study)
     out = args.out or args.workdir / study.study_name / "model"
-    result = refit(study, out, args.trial, resolve_device(args.device), Reporter(quiet=args.quiet))
+    store = TrialStore(args.workdir / study.study_name / "trials")
+    reporter = Reporter(quiet=args.quiet)
+    result = refit(study, out, args.trial, resolve_device(args.device), reporter, store, args.retrain)
     folds = " ".join(f"{f.best.val_score:.4f}" for f in result.cv.folds)
     metric = result.cv.metric
     trial = result.ensemble.manifest["trial"]

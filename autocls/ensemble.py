@@ -32,6 +32,7 @@ from autocls.images import fit_square, load_square, resize_batch
 from autocls.progress import Reporter
 from autocls.study import PreparedData, StudySetup, fold_summaries, library_versions
 from autocls.trainer import CVResult, cross_validate, resolve_device
+from autocls.trialstore import TrialStore
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +176,15 @@ def refit(
     trial_number: int | None = None,
     device: torch.device | None = None,
     reporter: Reporter | None = None,
+    store: TrialStore | None = None,
+    retrain: bool = False,
 ) -> RefitResult:
-    """Retrain the chosen trial's configuration on every fold and save the averaged fold ensemble."""
+    """Save the chosen trial's averaged fold ensemble.
+
+    The fold models the search kept for this trial (in ``store``) are reused as they are, unless
+    ``retrain`` is set or none were kept: then every fold model is trained again with the trial's
+    configuration, folds and seed, early-stopped on its held-out fold.
+    """
     reporter = reporter or Reporter(quiet=True)
     device = device or resolve_device("auto")
     setup = StudySetup.from_study(study)
@@ -184,21 +192,14 @@ def refit(
     config = TrainConfig.from_dict(trial.user_attrs["config"])
     seed = int(trial.user_attrs.get("seed", setup.seed))
     data = PreparedData.load(setup, setup.search_space.max_resolution)
-    reporter.print(f"refit trial {trial.number} of study {study.study_name!r}: {setup.folds} fold models")
-    with reporter.live(f"refit trial {trial.number}"):
-        cv = cross_validate(
-            config,
-            data.store,
-            data.images.labels,
-            data.splits,
-            len(data.images.class_names),
-            device,
-            setup.weights_dir,
-            seed,
-            reporter,
-            keep_models=True,
-            metric=setup.metric,
-        )
+    num_classes = len(data.images.class_names)
+    reused = not retrain and store is not None and store.has(trial.number)
+    if reused:
+        reporter.print(f"refit trial {trial.number}: reusing the {setup.folds} fold models kept by the search")
+        cv = store.load(trial, data.images.labels, num_classes, setup.metric)
+    else:
+        reporter.print(f"refit trial {trial.number} of study {study.study_name!r}: training {setup.folds} fold models")
+        cv = _retrain(config, data, setup, device, seed, reporter, trial.number)
     models = []
     for fold in cv.folds:
         model = create_classifier(config, cv.num_classes, load_weights=False)
@@ -224,6 +225,7 @@ def refit(
         "oof_score": cv.oof_score(),
         "oof_accuracy": cv.oof_score("accuracy"),
         "search_cv_score": trial.value,
+        "fold_models": "reused from the search" if reused else "retrained",
         "seed": seed,
         "data": {"source": setup.data.source, "images": len(data.images), "fingerprint": data.images.fingerprint()},
         "versions": library_versions(),
@@ -231,3 +233,28 @@ def refit(
     ensemble = Ensemble(models, manifest, device)
     directory = ensemble.save(out)
     return RefitResult(ensemble, cv, directory)
+
+
+def _retrain(
+    config: TrainConfig,
+    data: PreparedData,
+    setup: StudySetup,
+    device: torch.device,
+    seed: int,
+    reporter: Reporter,
+    number: int,
+) -> CVResult:
+    with reporter.live(f"refit trial {number}"):
+        return cross_validate(
+            config,
+            data.store,
+            data.images.labels,
+            data.splits,
+            len(data.images.class_names),
+            device,
+            setup.weights_dir,
+            seed,
+            reporter,
+            keep_models=True,
+            metric=setup.metric,
+        )

@@ -45,8 +45,11 @@ from autocls.portfolio import DataStats, portfolio
 from autocls.progress import Reporter
 from autocls.space import SearchSpace, load_space, space_from_dict
 from autocls.trainer import EpochRecord, FoldResult, TrainingObserver, cross_validate, folds_hash, stratified_folds
+from autocls.trialstore import TrialStore
 
 logger = logging.getLogger(__name__)
+# TPE's group option and study metric names are marked experimental; both are stable in use.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DEFAULT_WORKDIR = Path("autocls-runs")
 DEFAULT_FOLDS = 5
@@ -142,7 +145,6 @@ def make_sampler(seed: int) -> optuna.samplers.BaseSampler:
     # (momentum only under SGD, warmup only under cosine) into the sub-spaces that co-occur, so a
     # conditional dimension is modelled only with the trials that had it. constant_liar keeps
     # parallel workers from all proposing the same point while their trials run.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
 
 
@@ -225,8 +227,15 @@ class Objective:
     """One trial: sample a configuration from the space, cross-validate it, return the mean fold score."""
 
     def __init__(
-        self, setup: StudySetup, data: PreparedData, device: torch.device, reporter: Reporter, budget: Budget
+        self,
+        setup: StudySetup,
+        data: PreparedData,
+        device: torch.device,
+        reporter: Reporter,
+        budget: Budget,
+        store: TrialStore | None = None,
     ) -> None:
+        self.store = store
         self.setup = setup
         self.space = setup.search_space
         self.data = data
@@ -259,6 +268,7 @@ class Objective:
                 self.setup.weights_dir,
                 seed,
                 observer,
+                keep_models=self.store is not None,
                 metric=self.setup.metric,
             )
         except AutoclsError as err:  # a fault of this configuration (no weights, diverged): FAIL, go on
@@ -271,6 +281,8 @@ class Objective:
             raise
         trial.set_user_attr("frozen_stages", result.folds[0].frozen_stages)
         trial.set_user_attr("oof_score", round(result.oof_score(), 6))
+        if self.store is not None and self.store.is_candidate(trial.study, result.mean_score):
+            self.store.save(trial.number, result)  # refit --best can then reuse these fold models
         return result.mean_score
 
 
@@ -421,7 +433,8 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
         f"{setup.folds}-fold CV of {setup.metric} on {len(data.images)} images, "
         f"{len(data.images.class_names)} classes, device {device.type}"
     )
-    objective = Objective(setup, data, device, reporter, budget)
+    store = TrialStore(request.workdir / study.study_name / "trials")
+    objective = Objective(setup, data, device, reporter, budget, store)
     with reporter.live(f"study {study.study_name}"):
         study.optimize(
             objective,
@@ -431,6 +444,7 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
             callbacks=[
                 optuna.study.MaxTrialsCallback(request.trials, states=FINISHED),
                 _StopConditions(budget, reporter),
+                lambda study, _trial: store.retain_best(study),
             ],
         )
     reporter.best_trials_table(study, setup.metric)

@@ -52,8 +52,16 @@ def test_search_refit_predict(image_folder: Path, tiny_space: Path, tmp_path: Pa
     assert manifest["trial"] == trial.number and len(manifest["folds"]) == 2
     assert {"autocls", "timm"} <= set(manifest["versions"])
     assert sorted(p.name for p in model_dir.iterdir()) == ["fold0.safetensors", "fold1.safetensors", "manifest.json"]
-    # refit of the same trial, same seed and folds, reproduces the search's CV score
+    # the search kept both trials' fold models, so refit --best reuses them without training
+    assert manifest["fold_models"] == "reused from the search"
     assert manifest["cv_score"] == pytest.approx(trial.value, abs=1e-6)
+    assert sorted(p.name for p in (workdir / "data" / "trials").iterdir()) == ["0", "1"]
+    # --retrain trains them again with the trial's folds and seed, and reproduces its CV score
+    retrained_dir = tmp_path / "retrained"
+    assert main(["refit", "--workdir", str(workdir), "--retrain", "--out", str(retrained_dir), "--quiet"]) == 0
+    retrained = json.loads((retrained_dir / "manifest.json").read_text())
+    assert retrained["fold_models"] == "retrained"
+    assert retrained["cv_score"] == pytest.approx(trial.value, abs=1e-6)
 
     new_images = write_class_folders(tmp_path / "new", per_class=2, seed=1)
     out_csv = tmp_path / "pred" / "predictions.csv"

@@ -17,6 +17,7 @@ from autocls.portfolio import DataStats, portfolio
 from autocls.space import load_space
 from autocls.study import FOLD_STEP, SearchRequest, create_or_continue, run_search
 from autocls.trainer import Trainer, stratified_folds
+from autocls.trialstore import TrialStore
 from tests.conftest import edit_space, write_class_folders
 
 CPU = torch.device("cpu")
@@ -134,3 +135,15 @@ def test_trials_record_what_reproduces_them(image_folder: Path, tiny_space: Path
     trial = optuna.load_study(study_name="data", storage=storage).trials[0]
     assert {"seed", "folds_hash", "data_fingerprint", "versions", "config"} <= set(trial.user_attrs)
     assert {"torch", "timm", "optuna", "autocls"} <= set(trial.user_attrs["versions"])
+
+
+def test_trial_store_keeps_only_the_best_trials(tmp_path: Path) -> None:
+    study = optuna.create_study(direction="maximize")
+    for value in (0.5, 0.9, 0.7, 0.8, 0.6):
+        study.tell(study.ask(), value)
+    store = TrialStore(tmp_path / "trials", keep=3)
+    for number in range(5):
+        (store.path(number)).mkdir(parents=True)
+    assert store.retain_best(study) == {1, 2, 3}
+    assert sorted(p.name for p in store.root.iterdir()) == ["1", "2", "3"]
+    assert store.is_candidate(study, 0.75) and not store.is_candidate(study, 0.65)
