@@ -8,9 +8,10 @@ one value per step, so each step number means the same thing in every trial:
 * steps ``0 .. epochs-1``: the validation score after that epoch of the **first fold** (fold 0);
 * step ``FOLD_STEP + f``: the mean best-epoch validation score of folds ``0..f``.
 
-With Optuna's median rule at each of these steps, a losing trial stops after a few epochs of its
-first fold, and a trial whose first folds fall below the median of the other trials' same folds
-stops before training the rest. A pruned trial ends PRUNED.
+:class:`autocls.pruning.FoldAwarePruner` applies Optuna's median rule to the epoch steps, so a
+losing trial stops after a few epochs of its first fold, and a stricter rule to the fold steps, so
+a trial whose first folds fall clearly below the best trials' same folds stops before training the
+rest. A pruned trial ends PRUNED.
 
 Time budget
 -----------
@@ -43,6 +44,7 @@ from autocls.images import ImageStore, build_store
 from autocls.metrics import default_metric, get_metric
 from autocls.portfolio import DataStats, portfolio
 from autocls.progress import Reporter
+from autocls.pruning import FOLD_STEP, FoldAwarePruner
 from autocls.space import SearchSpace, load_space, space_from_dict
 from autocls.trainer import EpochRecord, FoldResult, TrainingObserver, cross_validate, folds_hash, stratified_folds
 from autocls.trialstore import TrialStore
@@ -54,7 +56,6 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 DEFAULT_WORKDIR = Path("autocls-runs")
 DEFAULT_FOLDS = 5
 DEFAULT_SPACE = "default"
-FOLD_STEP = 1000  # intermediate steps from here on are running fold means (see the module docstring)
 STUDY_ATTR = "autocls"  # the study user attribute that holds how the study was set up
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 10
@@ -149,9 +150,7 @@ def make_sampler(seed: int) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner() -> optuna.pruners.BasePruner:
-    # The median rule at the same step (see the module docstring): no pruning before 3 trials have
-    # finished, nor on the first epoch, whose score says little.
-    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    return FoldAwarePruner()
 
 
 class BudgetExhausted(AutoclsError):

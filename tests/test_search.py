@@ -14,8 +14,9 @@ from autocls.data import DataSpec, discover
 from autocls.images import build_store
 from autocls.metrics import default_metric
 from autocls.portfolio import DataStats, portfolio
+from autocls.pruning import FOLD_STEP, FoldAwarePruner
 from autocls.space import load_space
-from autocls.study import FOLD_STEP, SearchRequest, create_or_continue, run_search
+from autocls.study import SearchRequest, create_or_continue, run_search
 from autocls.trainer import Trainer, stratified_folds
 from autocls.trialstore import TrialStore
 from tests.conftest import edit_space, write_class_folders
@@ -147,3 +148,22 @@ def test_trial_store_keeps_only_the_best_trials(tmp_path: Path) -> None:
     assert store.retain_best(study) == {1, 2, 3}
     assert sorted(p.name for p in store.root.iterdir()) == ["1", "2", "3"]
     assert store.is_candidate(study, 0.75) and not store.is_candidate(study, 0.65)
+
+
+def _trial_with(values: dict[int, float], value: float | None = None) -> optuna.trial.FrozenTrial:
+    state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.RUNNING
+    return optuna.trial.create_trial(state=state, value=value, intermediate_values=values)
+
+
+@pytest.mark.parametrize(("running_mean", "pruned"), [(0.80, True), (0.88, False)])
+def test_fold_rule_prunes_below_the_best_quarter_at_the_same_fold(running_mean: float, pruned: bool) -> None:
+    study = optuna.create_study(direction="maximize")
+    for mean in (0.70, 0.85, 0.86, 0.90):
+        study.add_trial(_trial_with({0: 0.5, 1: 0.6, FOLD_STEP: mean, FOLD_STEP + 1: mean}, value=mean))
+    pruner = FoldAwarePruner(n_startup_trials=3, keep_fraction=0.25)
+    # a first fold above the median of epochs (0.6) would survive the epoch rule; the fold rule decides
+    trial = _trial_with({0: 0.55, 1: 0.65, FOLD_STEP: running_mean})
+    assert pruner.prune(study, trial) is pruned
+    # inside the first fold, Optuna's median rule on the same epoch
+    assert pruner.prune(study, _trial_with({0: 0.5, 1: 0.4})) is True
+    assert pruner.prune(study, _trial_with({0: 0.5, 1: 0.7})) is False
