@@ -40,7 +40,7 @@ class FoldAwarePruner(BasePruner):
         if step is None:
             return False
         if step < FOLD_STEP:
-            return self.epoch_pruner.prune(study, trial)
+            return bool(self.epoch_pruner.prune(study, trial))
         value = trial.intermediate_values[step]
         if math.isnan(value):
             return True
