@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["accuracy", "balanced_accuracy", "macro_f1", "log_loss"],
         help="what trials are scored by (default accuracy; balanced_accuracy when classes are 5:1 imbalanced)",
     )
+    search.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="default: tpe")
+    search.add_argument("--no-pruning", action="store_true", help="train every trial to the end")
     search.add_argument("--weights", help="folder of pretrained checkpoints by model name ($AUTOCLS_WEIGHTS)")
     common(search)
 
@@ -104,6 +106,8 @@ def run_search(args: argparse.Namespace) -> int:
         folds=args.folds,
         seed=args.seed,
         metric=args.metric,
+        sampler=args.sampler,
+        pruning=not args.no_pruning,
         device=args.device,
         weights=args.weights or os.environ.get("AUTOCLS_WEIGHTS"),
     )

@@ -141,16 +141,18 @@ def open_study(storage: str, study_name: str | None) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(0), pruner=make_pruner())
 
 
-def make_sampler(seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(seed: int, kind: str = "tpe") -> optuna.samplers.BaseSampler:
     # Multivariate TPE models the dimensions jointly; group=True splits the conditional space
     # (momentum only under SGD, warmup only under cosine) into the sub-spaces that co-occur, so a
     # conditional dimension is modelled only with the trials that had it. constant_liar keeps
     # parallel workers from all proposing the same point while their trials run.
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
 
 
-def make_pruner() -> optuna.pruners.BasePruner:
-    return FoldAwarePruner()
+def make_pruner(enabled: bool = True) -> optuna.pruners.BasePruner:
+    return FoldAwarePruner() if enabled else optuna.pruners.NopPruner()
 
 
 class BudgetExhausted(AutoclsError):
@@ -278,6 +280,13 @@ class Objective:
         except torch.OutOfMemoryError as err:
             trial.set_user_attr("fail_reason", f"out of memory: {str(err).splitlines()[0]}")
             raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            raise
+        except Exception as err:  # any other fault of one trial must not end a search of hours
+            trial.set_user_attr("fail_reason", f"{err.__class__.__name__}: {err}")
+            logger.warning("trial %d failed: %s: %s", trial.number, err.__class__.__name__, err)
+            raise
         trial.set_user_attr("frozen_stages", result.folds[0].frozen_stages)
         trial.set_user_attr("oof_score", round(result.oof_score(), 6))
         if self.store is not None and self.store.is_candidate(trial.study, result.mean_score):
@@ -317,7 +326,7 @@ class SearchRequest:
     workdir: Path = DEFAULT_WORKDIR
     storage: str | None = None
     study_name: str | None = None
-    space: str | None = None
+    space: str | SearchSpace | None = None  # a name, a .toml path or a loaded space
     trials: int = 20
     timeout: float | None = None
     folds: int | None = None
@@ -325,6 +334,8 @@ class SearchRequest:
     metric: str | None = None
     device: str = "auto"
     weights: str | None = None
+    sampler: str = "tpe"
+    pruning: bool = True
 
 
 def _check_continuation(study: optuna.Study, setup: StudySetup, request: SearchRequest) -> None:
@@ -334,7 +345,7 @@ def _check_continuation(study: optuna.Study, setup: StudySetup, request: SearchR
             ("--folds", request.folds, setup.folds),
             ("--seed", request.seed, setup.seed),
             ("--metric", request.metric, setup.metric),
-            ("--space", request.space, setup.space.get("name")),
+            ("--space", _space_name(request.space), setup.space.get("name")),
             ("data", request.data.source, setup.data.source),
         )
         if asked is not None and asked != stored and not (what == "--space" and Path(asked).stem == stored)
@@ -344,6 +355,10 @@ def _check_continuation(study: optuna.Study, setup: StudySetup, request: SearchR
             f"study {study.study_name!r} continues with its own settings, not {'; '.join(clashes)}; "
             "drop those options or start a new study with --study NAME."
         )
+
+
+def _space_name(space: str | SearchSpace | None) -> str | None:
+    return space.name if isinstance(space, SearchSpace) else space
 
 
 def create_or_continue(storage: str, study_name: str, request: SearchRequest) -> tuple[optuna.Study, StudySetup]:
@@ -360,7 +375,8 @@ def create_or_continue(storage: str, study_name: str, request: SearchRequest) ->
         logger.warning("classes are imbalanced 5:1 or more: optimising balanced_accuracy (--metric to change)")
     get_metric(metric)
     weights = request.weights
-    space = narrow_to_available_weights(load_space(request.space or DEFAULT_SPACE), Path(weights) if weights else None)
+    space = request.space if isinstance(request.space, SearchSpace) else load_space(request.space or DEFAULT_SPACE)
+    space = narrow_to_available_weights(space, Path(weights) if weights else None)
     setup = StudySetup(
         data=request.data,
         space=space.to_dict(),
@@ -419,7 +435,8 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
     study, setup = create_or_continue(storage, request.study_name or request.data.name, request)
     # Seeded by the study's seed and its trial count: reproducible, and a continued study does not
     # replay the random start-up proposals of its first run.
-    study.sampler = make_sampler(setup.seed + len(study.trials))
+    study.sampler = make_sampler(setup.seed + len(study.trials), request.sampler)
+    study.pruner = make_pruner(request.pruning)
     data = PreparedData.load(setup, setup.search_space.max_resolution)
     study.set_user_attr("dataset", {"images": len(data.images), "classes": list(data.images.class_names)})
 
@@ -439,7 +456,7 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
             objective,
             n_trials=None,
             timeout=request.timeout,
-            catch=(AutoclsError, torch.OutOfMemoryError),
+            catch=(Exception,),  # recorded FAIL with fail_reason; KeyboardInterrupt still stops
             callbacks=[
                 optuna.study.MaxTrialsCallback(request.trials, states=FINISHED),
                 _StopConditions(budget, reporter),

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import math
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -146,6 +147,13 @@ def configure_threads() -> None:
     torch.set_num_threads(int(os.environ.get("AUTOCLS_THREADS", cores)))
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch (model init, torchvision augmentation), numpy (timm's Mixup) and ``random``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 class Trainer:
     """Trains one fold model of ``config`` on images from an :class:`ImageStore`.
 
@@ -194,7 +202,7 @@ class Trainer:
         """Train on ``train_idx``, early-stop on the validation loss of ``val_idx``; keep the best epoch."""
         observer = observer or TrainingObserver()
         cfg = self.config
-        torch.manual_seed(self.seed + fold)
+        seed_everything(self.seed + fold)
         generator = torch.Generator().manual_seed(self.seed + fold)
         batch = min(cfg.batch_size, len(train_idx))
         batch -= batch % 2  # MixUp/CutMix pair each image with another: batches must be even

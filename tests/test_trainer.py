@@ -79,3 +79,12 @@ def test_diverging_loss_is_reported(prepared) -> None:
     config = TrainConfig(**{**BASE.to_dict(), "lr": 1e30, "optimizer": "sgd", "warmup_epochs": 0, "epochs": 3})
     with pytest.raises(NonFiniteLossError, match="loss became"):
         cross_validate(config, store, data.labels, stratified_folds(data.labels, 2, 0), 3, CPU)
+
+
+def test_same_config_and_seed_train_identically(prepared) -> None:
+    data, store = prepared
+    config = TrainConfig(**{**BASE.to_dict(), "augmentation": "randaugment", "mixup": 0.2, "random_erasing": 0.25})
+    splits = stratified_folds(data.labels, 2, seed=0)
+    runs = [cross_validate(config, store, data.labels, splits, 3, CPU, seed=7) for _ in range(2)]
+    assert [r.train_loss for r in runs[0].folds[0].history] == [r.train_loss for r in runs[1].folds[0].history]
+    np.testing.assert_array_equal(runs[0].oof_probs, runs[1].oof_probs)
