@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["accuracy", "balanced_accuracy", "macro_f1", "log_loss"],
         help="what trials are scored by (default accuracy; balanced_accuracy when classes are 5:1 imbalanced)",
     )
+    search.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="processes on this machine sharing the study (needs a journal: or postgresql:// storage)",
+    )
     search.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="default: tpe")
     search.add_argument("--no-pruning", action="store_true", help="train every trial to the end")
     search.add_argument("--weights", help="folder of pretrained checkpoints by model name ($AUTOCLS_WEIGHTS)")
@@ -88,14 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_search(args: argparse.Namespace) -> int:
+def _search_request(args: argparse.Namespace):
     from autocls.data import DataSpec
-    from autocls.progress import Reporter
-    from autocls.study import SearchRequest, run_search
-    from autocls.trainer import configure_threads, resolve_device
+    from autocls.study import SearchRequest
 
-    configure_threads()
-    request = SearchRequest(
+    return SearchRequest(
         data=DataSpec.of(args.data, args.labels, file_column=args.file_column, label_column=args.label_column),
         workdir=args.workdir,
         storage=args.storage,
@@ -111,8 +114,18 @@ def run_search(args: argparse.Namespace) -> int:
         device=args.device,
         weights=args.weights or os.environ.get("AUTOCLS_WEIGHTS"),
     )
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from autocls.progress import Reporter
+    from autocls.study import run_search
+    from autocls.trainer import configure_threads, resolve_device
+
+    if args.workers > 1:
+        return run_workers(args)
+    configure_threads()
     reporter = Reporter(quiet=args.quiet)
-    study = run_search(request, resolve_device(args.device), reporter)
+    study = run_search(_search_request(args), resolve_device(args.device), reporter)
     try:
         best = study.best_trial
     except ValueError:
@@ -122,15 +135,50 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_workers(args: argparse.Namespace) -> int:
+    """Create the study here, then run ``--workers`` search processes on it and wait for them all."""
+    import subprocess
+
+    from autocls.progress import Reporter
+    from autocls.storage import allows_several_processes, default_url, open_storage
+    from autocls.study import create_or_continue
+
+    url = args.storage or default_url(args.workdir)
+    if not allows_several_processes(url):
+        raise AutoclsError(
+            f"--workers {args.workers} needs a storage several processes can share, not SQLite: "
+            f"--storage journal:{args.workdir / 'autocls.journal'} (this machine) or postgresql://... (any machine)."
+        )
+    request = _search_request(args)
+    study, _ = create_or_continue(open_storage(url), request.study_name or request.data.name, request)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    env = {**os.environ, "AUTOCLS_THREADS": str(max(1, cores // args.workers))}
+    if args.storage:
+        env["AUTOCLS_STORAGE"] = args.storage  # the URL (and its password) stays out of argv and ps
+    command = [sys.executable, "-m", "autocls.cli", "search", str(args.data), "--study", study.study_name, "--quiet"]
+    for flag, value in (("--workdir", args.workdir), ("--trials", args.trials), ("--timeout", args.timeout)):
+        if value is not None:
+            command += [flag, str(value)]
+    # each worker seeds its sampler differently, or all would propose the same first trials
+    workers = [subprocess.Popen(command, env={**env, "AUTOCLS_WORKER": str(i)}) for i in range(args.workers)]
+    codes = [w.wait() for w in workers]
+    Reporter(quiet=args.quiet).best_trials_table(study, study.metric_names[0] if study.metric_names else "score")
+    failed = [c for c in codes if c not in (0, 1)]
+    if failed:
+        print(f"autocls: {len(failed)} of {args.workers} workers exited with errors ({failed}).", file=sys.stderr)
+    return 0 if not failed else 1
+
+
 def run_refit(args: argparse.Namespace) -> int:
     from autocls.ensemble import refit
     from autocls.progress import Reporter
-    from autocls.study import default_storage, open_study
+    from autocls.storage import default_url
+    from autocls.study import open_study
     from autocls.trainer import configure_threads, resolve_device
     from autocls.trialstore import TrialStore
 
     configure_threads()
-    storage = args.storage or default_storage(args.workdir)
+    storage = args.storage or default_url(args.workdir)
     study = open_study(storage, args.study)
     out = args.out or args.workdir / study.study_name / "model"
     store = TrialStore(args.workdir / study.study_name / "trials")

@@ -24,6 +24,7 @@ A trial stopped so is recorded FAIL with the reason; the next run retries it.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 import warnings
@@ -46,6 +47,7 @@ from autocls.portfolio import DataStats, portfolio
 from autocls.progress import Reporter
 from autocls.pruning import FOLD_STEP, FoldAwarePruner
 from autocls.space import SearchSpace, load_space, space_from_dict
+from autocls.storage import default_url, open_storage, redact
 from autocls.trainer import EpochRecord, FoldResult, TrainingObserver, cross_validate, folds_hash, stratified_folds
 from autocls.trialstore import TrialStore
 
@@ -59,11 +61,6 @@ DEFAULT_SPACE = "default"
 STUDY_ATTR = "autocls"  # the study user attribute that holds how the study was set up
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 10
-
-
-def default_storage(workdir: Path) -> str:
-    workdir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(workdir / 'autocls.db').resolve()}"
 
 
 def library_versions() -> dict[str, str]:
@@ -125,19 +122,23 @@ class PreparedData:
         return cls(data, store, stratified_folds(data.labels, setup.folds, setup.seed))
 
 
-def study_names(storage: str) -> list[str]:
+Storage = optuna.storages.BaseStorage
+
+
+def study_names(storage: Storage) -> list[str]:
     return [s.study_name for s in optuna.get_all_study_summaries(storage)]
 
 
-def open_study(storage: str, study_name: str | None) -> optuna.Study:
-    """Load ``study_name`` from ``storage``, or the only study there when no name is given."""
+def open_study(url: str, study_name: str | None) -> optuna.Study:
+    """Load ``study_name`` from the storage at ``url``, or the only study there when no name is given."""
+    storage = open_storage(url)
     names = study_names(storage)
     if study_name is None:
         if len(names) != 1:
-            raise AutoclsError(f"{storage} holds {len(names)} studies {names}; choose one with --study.")
+            raise AutoclsError(f"{redact(url)} holds {len(names)} studies {names}; choose one with --study.")
         study_name = names[0]
     if study_name not in names:
-        raise AutoclsError(f"no study {study_name!r} in {storage}; studies there: {names}.")
+        raise AutoclsError(f"no study {study_name!r} in {redact(url)}; studies there: {names}.")
     return optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(0), pruner=make_pruner())
 
 
@@ -361,7 +362,7 @@ def _space_name(space: str | SearchSpace | None) -> str | None:
     return space.name if isinstance(space, SearchSpace) else space
 
 
-def create_or_continue(storage: str, study_name: str, request: SearchRequest) -> tuple[optuna.Study, StudySetup]:
+def create_or_continue(storage: Storage, study_name: str, request: SearchRequest) -> tuple[optuna.Study, StudySetup]:
     """Continue ``study_name`` with its stored setup, or create it: metric, space and warm start."""
     if study_name in study_names(storage):
         study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner())
@@ -431,11 +432,12 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
     """Run (or continue) a study until it has ``request.trials`` finished trials or time runs out."""
     reporter = reporter or Reporter(quiet=True)
     budget = Budget(request.timeout)
-    storage = request.storage or default_storage(request.workdir)
+    storage = open_storage(request.storage or default_url(request.workdir))
     study, setup = create_or_continue(storage, request.study_name or request.data.name, request)
     # Seeded by the study's seed and its trial count: reproducible, and a continued study does not
     # replay the random start-up proposals of its first run.
-    study.sampler = make_sampler(setup.seed + len(study.trials), request.sampler)
+    worker = int(os.environ.get("AUTOCLS_WORKER", "0"))  # set by --workers for each process
+    study.sampler = make_sampler(setup.seed + len(study.trials) + 7919 * worker, request.sampler)
     study.pruner = make_pruner(request.pruning)
     data = PreparedData.load(setup, setup.search_space.max_resolution)
     study.set_user_attr("dataset", {"images": len(data.images), "classes": list(data.images.class_names)})

@@ -1,0 +1,139 @@
+"""Reliability and scale-out: several workers on one study, a killed worker, Ctrl-C, secrets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autocls.cli import main
+from autocls.storage import open_storage, redact
+from tests.conftest import edit_space
+
+POSTGRES_URL = os.environ.get("AUTOCLS_TEST_POSTGRES_URL")
+
+
+def cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "autocls.cli", *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def wait_for(condition, seconds: float = 120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def states(storage: str, name: str = "data") -> list[str]:
+    try:
+        return [t.state.name for t in optuna.load_study(study_name=name, storage=open_storage(storage)).trials]
+    except KeyError:  # the study is not created yet
+        return []
+
+
+def run_two_workers(storage: str, image_folder: Path, tiny_space: Path, tmp_path: Path) -> str:
+    args = ["search", str(image_folder), "--space", str(tiny_space), "--folds", "2", "--trials", "4"]
+    process = cli(*args, "--workers", "2", "--workdir", str(tmp_path / "runs"), "--storage", storage)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    study = optuna.load_study(study_name="data", storage=open_storage(storage))
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    numbers = [t.number for t in study.trials]
+    assert len(finished) >= 4 and len(numbers) == len(set(numbers))  # none lost, none duplicated
+    assert all(t.state.name != "RUNNING" for t in study.trials)
+    return out + err
+
+
+def test_two_workers_share_a_journal_file(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:
+    run_two_workers(f"journal:{tmp_path / 'autocls.journal'}", image_folder, tiny_space, tmp_path)
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="needs AUTOCLS_TEST_POSTGRES_URL (scripts/postgres.sh starts one)")
+def test_two_workers_share_a_postgres_study_and_the_password_stays_hidden(
+    image_folder: Path, tiny_space: Path, tmp_path: Path
+) -> None:
+    storage = POSTGRES_URL
+    if "data" in [s.study_name for s in optuna.get_all_study_summaries(storage)]:
+        optuna.delete_study(study_name="data", storage=storage)
+    output = run_two_workers(storage, image_folder, tiny_space, tmp_path)
+    password = storage.split(":")[2].split("@")[0]
+    assert password not in output
+    study = optuna.load_study(study_name="data", storage=storage)
+    assert password not in repr(study.user_attrs) + repr([t.user_attrs for t in study.trials])
+    assert password not in redact(storage) and "***" in redact(storage)
+
+
+def test_sqlite_refuses_several_workers(image_folder: Path, tiny_space: Path, tmp_path: Path, capsys) -> None:
+    code = main(["search", str(image_folder), "--space", str(tiny_space), "--workers", "2", "--workdir", str(tmp_path)])
+    assert code == 2
+    assert "journal:" in capsys.readouterr().err
+
+
+def test_killed_worker_loses_nothing_and_its_trial_is_retried(
+    image_folder: Path, tiny_space: Path, tmp_path: Path
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'runs' / 'autocls.db'}"
+    env = {"AUTOCLS_HEARTBEAT": "1"}  # grace period 3 s instead of 30
+    args = [
+        "search",
+        str(image_folder),
+        "--space",
+        str(tiny_space),
+        "--folds",
+        "2",
+        "--workdir",
+        str(tmp_path / "runs"),
+    ]
+    first = cli(*args, "--trials", "1", env=env)
+    assert first.wait(timeout=300) == 0
+    edit_space(tiny_space, {"epochs = 2": "epochs = 400", "patience = 2": "patience = 400"})
+    doomed = cli(*args, "--trials", "2", env=env)
+    wait_for(lambda: (tmp_path / "runs" / "autocls.db").exists() and "RUNNING" in states(storage))
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+    assert states(storage) == ["COMPLETE", "RUNNING"]  # the finished trial is safe
+    time.sleep(4)  # past the grace period
+    again = cli(*args, "--trials", "2", "--timeout", "8", env=env)
+    again.communicate(timeout=300)
+    study = optuna.load_study(study_name="data", storage=storage)
+    assert [t.state.name for t in study.trials][:2] == ["COMPLETE", "FAIL"]  # the stale trial was failed...
+    retried = study.trials[2]
+    assert retried.system_attrs.get("failed_trial") == 1  # ...and its configuration run again
+    assert retried.params == study.trials[1].params
+
+
+def test_ctrl_c_leaves_no_running_trial(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:
+    edit_space(tiny_space, {"epochs = 2": "epochs = 400", "patience = 2": "patience = 400"})
+    storage = f"sqlite:///{tmp_path / 'runs' / 'autocls.db'}"
+    args = [
+        "search",
+        str(image_folder),
+        "--space",
+        str(tiny_space),
+        "--folds",
+        "2",
+        "--workdir",
+        str(tmp_path / "runs"),
+    ]
+    process = cli(*args, "--trials", "2")
+    wait_for(lambda: (tmp_path / "runs" / "autocls.db").exists() and "RUNNING" in states(storage))
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err
+    assert "run the same command to continue" in err
+    assert states(storage) == ["FAIL"]
+    trial = optuna.load_study(study_name="data", storage=storage).trials[0]
+    assert trial.user_attrs["fail_reason"].startswith("interrupted")
