@@ -179,9 +179,19 @@ def _from_csv(csv: Path, data_dir: Path, file_column: str | None, label_column: 
     names: list[str] = []
     missing: list[str] = []
     empty: list[int] = []
+    escaping: list[str] = []
+    first_row: dict[str, int] = {}
+    duplicates: list[str] = []
     for row, (file_name, label) in enumerate(zip(table[file_col], table[label_col]), start=2):
         if not label.strip():
             empty.append(row)
+            continue
+        if file_name in first_row:
+            duplicates.append(f"{file_name} (rows {first_row[file_name]} and {row})")
+            continue
+        first_row[file_name] = row
+        if not any(_inside(base, base / file_name) for base in bases):
+            escaping.append(file_name)
             continue
         found = next((base / file_name for base in bases if (base / file_name).is_file()), None)
         if found is None:
@@ -191,12 +201,25 @@ def _from_csv(csv: Path, data_dir: Path, file_column: str | None, label_column: 
         names.append(label.strip())
     if empty:
         raise AutoclsError(f"{csv}: {len(empty)} rows have an empty label (rows {_first(empty)}); fill or remove them.")
+    if duplicates:
+        raise AutoclsError(
+            f"{csv}: {len(duplicates)} files are listed twice ({_first(duplicates)}); keep one row each."
+        )
+    if escaping:
+        raise AutoclsError(
+            f"{csv}: {len(escaping)} paths point outside the data folder ({_first(escaping)}); "
+            "give paths relative to the data folder or the CSV, without '..' or absolute paths."
+        )
     if missing:
         where = " or ".join(str(b) for b in bases)
         raise AutoclsError(
             f"{csv}: {len(missing)} listed files do not exist under {where} ({_first(missing)}); fix the paths."
         )
     return _labelled(paths, names, str(csv))
+
+
+def _inside(base: Path, path: Path) -> bool:
+    return path.resolve().is_relative_to(base.resolve())
 
 
 def _first(items: list, n: int = 3) -> str:

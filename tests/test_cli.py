@@ -127,3 +127,36 @@ def test_space_show_prints_every_dimension(capsys) -> None:
     out = capsys.readouterr().out
     for name in ("backbone", "freeze", "optimizer", "momentum", "scheduler", "augmentation", "batch_size"):
         assert name in out
+
+
+def test_diverging_trial_fails_with_its_reason_and_the_study_goes_on(
+    image_folder: Path, tiny_space: Path, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "runs"
+    workdir.mkdir()
+    study = optuna.create_study(study_name="data", storage=storage_of(workdir), direction="maximize")
+    study.enqueue_trial({"optimizer": "sgd", "lr": 1e30, "momentum": 0.9})  # diverges at once
+    study.enqueue_trial({"optimizer": "adamw", "lr": 0.01})
+    edit_space(tiny_space, {"high = 0.03": "high = 1e31"})
+    assert search(image_folder, workdir, tiny_space, "--trials", "1") == 0
+    trials = optuna.load_study(study_name="data", storage=storage_of(workdir)).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, COMPLETE]
+    assert "loss became" in trials[0].user_attrs["fail_reason"]
+
+
+def test_a_failed_save_keeps_the_previous_model(image_folder: Path, tiny_space: Path, tmp_path: Path, monkeypatch):
+    workdir = tmp_path / "runs"
+    assert search(image_folder, workdir, tiny_space, "--trials", "1") == 0
+    assert main(["refit", "--workdir", str(workdir), "--quiet"]) == 0
+    model_dir = workdir / "data" / "model"
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+
+    import autocls.ensemble
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(autocls.ensemble, "save_file", broken_save)
+    assert main(["refit", "--workdir", str(workdir), "--quiet"]) == 1
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
+    assert sorted(p.name for p in model_dir.parent.iterdir()) == ["model", "trials"]  # no half-written folder

@@ -144,3 +144,37 @@ def test_generated_classes_differ(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     means = [np.asarray(class_image(c, rng)).mean(axis=(0, 1)).argmax() for c in range(3)]
     assert means == [0, 1, 2]
+
+
+def test_csv_duplicates_and_paths_outside_the_data_folder_are_errors(image_folder: Path, tmp_path: Path) -> None:
+    csv = image_folder / "labels.csv"
+    csv.write_text("file,label\nclass_0/img 0.png,a\nclass_1/img 0.png,b\nclass_0/img 0.png,a\n")
+    with pytest.raises(AutoclsError, match=r"listed twice \(class_0/img 0\.png \(rows 2 and 4\)"):
+        discover(csv)
+    (tmp_path / "secret.png").write_bytes(b"")
+    csv.write_text("file,label\nclass_0/img 0.png,a\n../secret.png,b\n/etc/passwd,b\n")
+    with pytest.raises(AutoclsError, match=r"2 paths point outside the data folder"):
+        discover(csv)
+
+
+def test_unicode_and_spaces_in_class_and_file_names(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(["chats noirs", "ñandú", "猫"]):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i in range(2):
+            class_image(label, rng).save(folder / f"photo été {i}.png")
+    data = discover(tmp_path)
+    assert data.class_names == ("chats noirs", "ñandú", "猫")
+    kept, store = build_store(data, 8)
+    assert len(kept) == 6
+
+
+def test_tiny_wide_and_decompression_bomb_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    Image.new("RGB", (3, 3), (10, 20, 30)).save(tmp_path / "tiny.png")
+    Image.new("RGB", (400, 10), (10, 20, 30)).save(tmp_path / "wide.png")
+    assert load_square(tmp_path / "tiny.png", 16).shape == (16, 16, 3)
+    assert load_square(tmp_path / "wide.png", 16).shape == (16, 16, 3)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 400x10 is then past twice the limit
+    images, kept, failed = decode_images([tmp_path / "tiny.png", tmp_path / "wide.png"], 16)
+    assert kept == [0] and "decompression-bomb" in failed[0][1]
