@@ -166,7 +166,7 @@ def test_unicode_and_spaces_in_class_and_file_names(tmp_path: Path) -> None:
             class_image(label, rng).save(folder / f"photo été {i}.png")
     data = discover(tmp_path)
     assert data.class_names == ("chats noirs", "ñandú", "猫")
-    kept, store = build_store(data, 8)
+    kept, _store = build_store(data, 8)
     assert len(kept) == 6
 
 
@@ -176,5 +176,5 @@ def test_tiny_wide_and_decompression_bomb_images(tmp_path: Path, monkeypatch: py
     assert load_square(tmp_path / "tiny.png", 16).shape == (16, 16, 3)
     assert load_square(tmp_path / "wide.png", 16).shape == (16, 16, 3)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 400x10 is then past twice the limit
-    images, kept, failed = decode_images([tmp_path / "tiny.png", tmp_path / "wide.png"], 16)
+    _images, kept, failed = decode_images([tmp_path / "tiny.png", tmp_path / "wide.png"], 16)
     assert kept == [0] and "decompression-bomb" in failed[0][1]
