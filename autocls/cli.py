@@ -87,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, help="write the table as CSV here (default: print it)")
     common(predict, study=False)
 
+    evaluate = commands.add_parser("evaluate", help="score a saved ensemble on a labelled folder or CSV")
+    evaluate.add_argument("model", type=Path, help="model folder written by autocls refit")
+    evaluate.add_argument("data", help="folder of class sub-folders, or a CSV of file,label rows")
+    evaluate.add_argument("--labels", help="CSV of file,label rows for the images under DATA")
+    evaluate.add_argument("--out-dir", type=Path, help="also write metrics.json, per_class.csv, confusion_matrix.csv")
+    common(evaluate, study=False)
+
+    dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on the study storage and figures")
+    dashboard.add_argument("--workdir", type=Path, default=Path("autocls-runs"), help="default: ./autocls-runs")
+    dashboard.add_argument("--storage", default=os.environ.get(STORAGE_ENV), help="default as for search")
+    dashboard.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    dashboard.add_argument("--port", type=int, default=8080)
+
     space = commands.add_parser("space", help="inspect search spaces")
     space_commands = space.add_subparsers(dest="space_command", required=True, metavar="ACTION")
     show = space_commands.add_parser("show", help="print a search space as a table")
@@ -210,6 +223,32 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_evaluate(args: argparse.Namespace) -> int:
+    from autocls.evaluate import evaluate, print_evaluation, write_evaluation
+    from autocls.trainer import configure_threads
+
+    configure_threads()
+    result = evaluate(args.model, args.data, args.labels, args.device)
+    print_evaluation(result, Console())
+    if args.out_dir:
+        write_evaluation(result, args.out_dir)
+        if not args.quiet:
+            print(f"wrote metrics.json, per_class.csv and confusion_matrix.csv to {args.out_dir}")
+    return 0
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    from optuna_dashboard import run_server
+
+    from autocls.reports import artifact_store
+    from autocls.storage import default_url, open_storage, redact
+
+    url = args.storage or default_url(args.workdir)
+    print(f"optuna-dashboard for {redact(url)} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
+    run_server(open_storage(url), host=args.host, port=args.port, artifact_store=artifact_store(args.workdir))
+    return 0
+
+
 def run_space(args: argparse.Namespace) -> int:
     from autocls.space import load_space
 
@@ -226,7 +265,14 @@ def run_space(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"search": run_search, "refit": run_refit, "predict": run_predict, "space": run_space}
+HANDLERS = {
+    "search": run_search,
+    "refit": run_refit,
+    "predict": run_predict,
+    "evaluate": run_evaluate,
+    "dashboard": run_dashboard,
+    "space": run_space,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,6 +36,7 @@ import numpy as np
 import optuna
 import timm
 import torch
+from optuna.artifacts import FileSystemArtifactStore
 
 from autocls import __version__
 from autocls.backbones import check_weights
@@ -46,6 +47,7 @@ from autocls.metrics import default_metric, get_metric
 from autocls.portfolio import DataStats, portfolio
 from autocls.progress import Reporter
 from autocls.pruning import FOLD_STEP, FoldAwarePruner
+from autocls.reports import artifact_store, publish_trial
 from autocls.space import SearchSpace, load_space, space_from_dict
 from autocls.storage import default_url, open_storage, redact
 from autocls.trainer import EpochRecord, FoldResult, TrainingObserver, cross_validate, folds_hash, stratified_folds
@@ -236,8 +238,10 @@ class Objective:
         reporter: Reporter,
         budget: Budget,
         store: TrialStore | None = None,
+        artifacts: FileSystemArtifactStore | None = None,
     ) -> None:
         self.store = store
+        self.artifacts = artifacts
         self.setup = setup
         self.space = setup.search_space
         self.data = data
@@ -292,6 +296,12 @@ class Objective:
         trial.set_user_attr("oof_score", round(result.oof_score(), 6))
         if self.store is not None and self.store.is_candidate(trial.study, result.mean_score):
             self.store.save(trial.number, result)  # refit --best can then reuse these fold models
+        if self.artifacts is not None:
+            try:
+                names = list(self.data.images.class_names)
+                publish_trial(trial, self.artifacts, config, result, observer.history, names)
+            except Exception as err:  # figures are a convenience: never fail a finished trial for them
+                logger.warning("trial %d: could not upload its figures (%s)", trial.number, err)
         return result.mean_score
 
 
@@ -452,7 +462,7 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
         f"{len(data.images.class_names)} classes, device {device.type}"
     )
     store = TrialStore(request.workdir / study.study_name / "trials")
-    objective = Objective(setup, data, device, reporter, budget, store)
+    objective = Objective(setup, data, device, reporter, budget, store, artifact_store(request.workdir))
     with reporter.live(f"study {study.study_name}"):
         study.optimize(
             objective,

@@ -42,6 +42,12 @@ def test_search_refit_predict(image_folder: Path, tiny_space: Path, tmp_path: Pa
     assert trial.value == pytest.approx(sum(f["score"] for f in trial.user_attrs["folds"]) / 2)
     assert set(trial.intermediate_values) >= {0, 1, FOLD_STEP, FOLD_STEP + 1}
     assert study.user_attrs["autocls"]["folds"] == 2
+    # figures for optuna-dashboard: learning curves and confusion matrix as SVG artifacts, and a note
+    metas = optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)
+    assert sorted(m.filename for m in metas) == ["confusion_matrix.svg", "loss_curves.svg", "score_curves.svg"]
+    assert all(m.mimetype == "image/svg+xml" for m in metas)
+    svg = (workdir / "artifacts" / metas[0].artifact_id).read_text()
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
 
     assert main(["refit", "--best", "--workdir", str(workdir), "--quiet"]) == 0
     refit_out = capsys.readouterr().out
@@ -71,6 +77,16 @@ def test_search_refit_predict(image_folder: Path, tiny_space: Path, tmp_path: Pa
     assert len(table) == 6
     assert table.filter(like="prob_").sum(axis=1).round(4).eq(1.0).all()
     assert (table["confidence"] == table.filter(like="prob_").max(axis=1)).all()
+
+    # evaluate: metrics, per-class report and confusion matrix, as tables and files
+    assert main(["evaluate", str(model_dir), str(new_images), "--out-dir", str(tmp_path / "eval"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "balanced accuracy" in printed and "per-class report" in printed and "confusion matrix" in printed
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["images"] == 6 and 0.0 <= metrics["accuracy"] <= 1.0
+    per_class = pd.read_csv(tmp_path / "eval" / "per_class.csv")
+    assert list(per_class.columns) == ["class", "precision", "recall", "f1", "support"]
+    assert per_class["support"].sum() == 6
 
     # the Python function gives the same table; PIL images give the same probabilities as files
     frame = predict(model_dir, [new_images])

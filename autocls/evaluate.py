@@ -1,0 +1,83 @@
+"""Evaluation of a saved ensemble on labelled images: metrics, per-class report, confusion matrix."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from autocls.data import discover
+from autocls.ensemble import Ensemble
+from autocls.errors import AutoclsError
+from autocls.images import decode_images, warn_unreadable
+from autocls.reports import evaluation_tables
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    balanced_accuracy: float
+    per_class: pd.DataFrame
+    confusion_matrix: pd.DataFrame
+    predictions: pd.DataFrame
+
+
+def evaluate(model: str | Path | Ensemble, data: str | Path, labels_csv: str | None = None, device: str = "auto"):
+    """Predict every labelled image under ``data`` and compare with its label.
+
+    Class names are matched by name; a label the model does not know is an error.
+    """
+    ensemble = model if isinstance(model, Ensemble) else Ensemble.load(model, device)
+    labelled = discover(data, labels_csv)
+    unknown = sorted(set(labelled.class_names) - set(ensemble.class_names))
+    if unknown:
+        raise AutoclsError(f"{data}: classes {unknown} are not among the model's {ensemble.class_names}.")
+    images, kept, failed = decode_images(labelled.paths, ensemble.decode_size)
+    warn_unreadable(failed)
+    index = {name: i for i, name in enumerate(ensemble.class_names)}
+    truth = np.array([index[labelled.class_names[labelled.labels[i]]] for i in kept])
+    probs = ensemble.predict_images(images)
+    predictions = ensemble.to_frame([str(labelled.paths[i]) for i in kept], probs)
+    predictions.insert(1, "true_label", [ensemble.class_names[t] for t in truth])
+    tables = evaluation_tables(truth, probs.argmax(1), ensemble.class_names)
+    return Evaluation(predictions=predictions, **tables)
+
+
+def print_evaluation(result: Evaluation, console: Console) -> None:
+    console.print(
+        f"accuracy {result.accuracy:.4f} · balanced accuracy {result.balanced_accuracy:.4f} · "
+        f"{len(result.predictions)} images"
+    )
+    report = Table(title="per-class report")
+    for column in ("class", "precision", "recall", "f1", "support"):
+        report.add_column(column, justify="left" if column == "class" else "right")
+    for name, row in result.per_class.iterrows():
+        report.add_row(str(name), f"{row.precision:.3f}", f"{row.recall:.3f}", f"{row.f1:.3f}", f"{int(row.support)}")
+    console.print(report)
+    matrix = Table(title="confusion matrix (rows: true class, columns: predicted)")
+    matrix.add_column("")
+    for name in result.confusion_matrix.columns:
+        matrix.add_column(str(name), justify="right")
+    for name, row in result.confusion_matrix.iterrows():
+        matrix.add_row(str(name), *(str(int(v)) for v in row))
+    console.print(matrix)
+
+
+def write_evaluation(result: Evaluation, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "accuracy": result.accuracy,
+        "balanced_accuracy": result.balanced_accuracy,
+        "images": len(result.predictions),
+        "per_class": result.per_class.to_dict(orient="index"),
+        "confusion_matrix": result.confusion_matrix.to_dict(orient="split"),
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    result.per_class.to_csv(out_dir / "per_class.csv", index_label="class")
+    result.confusion_matrix.to_csv(out_dir / "confusion_matrix.csv", index_label="true\\predicted")
+    result.predictions.to_csv(out_dir / "predictions.csv", index=False)
