@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out-dir", type=Path, help="also write metrics.json, per_class.csv, confusion_matrix.csv")
     common(evaluate, study=False)
 
+    report = commands.add_parser("report", help="write a self-contained HTML report about a saved ensemble")
+    report.add_argument("model", type=Path, help="model folder written by autocls refit")
+    report.add_argument("--out", type=Path, default=Path("report.html"), help="default: report.html")
+    report.add_argument("--workdir", type=Path, default=Path("autocls-runs"), help="default: ./autocls-runs")
+    report.add_argument("--storage", default=os.environ.get(STORAGE_ENV), help="add the study's history from here")
+    report.add_argument("--study", help="the study (default: the one the model was refit from)")
+
     dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on the study storage and figures")
     dashboard.add_argument("--workdir", type=Path, default=Path("autocls-runs"), help="default: ./autocls-runs")
     dashboard.add_argument("--storage", default=os.environ.get(STORAGE_ENV), help="default as for search")
@@ -237,6 +244,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_report(args: argparse.Namespace) -> int:
+    import json
+
+    from autocls.htmlreport import write_report
+    from autocls.storage import default_url, open_storage
+    from autocls.study import open_study, study_names
+
+    manifest_path = args.model / "manifest.json"
+    name = args.study or (json.loads(manifest_path.read_text())["study"] if manifest_path.is_file() else None)
+    study = None
+    if args.storage or (args.workdir / "autocls.db").is_file():  # the study's history, where it can be found
+        url = args.storage or default_url(args.workdir)
+        if name in study_names(open_storage(url)):
+            study = open_study(url, name)
+    out = write_report(args.model, args.out, study)
+    print(f"wrote {out}")
+    return 0
+
+
 def run_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
@@ -270,6 +296,7 @@ HANDLERS = {
     "refit": run_refit,
     "predict": run_predict,
     "evaluate": run_evaluate,
+    "report": run_report,
     "dashboard": run_dashboard,
     "space": run_space,
 }

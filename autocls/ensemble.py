@@ -13,7 +13,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from autocls.trialstore import TrialStore
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+OOF_FILE = "oof_predictions.csv"  # each training image predicted by the fold model that held it out
 FORMAT_VERSION = 1
 PREDICT_BATCH = 128
 
@@ -56,8 +57,9 @@ class Ensemble:
         self.std = torch.tensor(pre["std"], device=self.device).view(1, 3, 1, 1)
 
     # -- persistence -------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
-        """Write the ensemble to ``directory`` atomically (temporary sibling, then rename)."""
+    def save(self, directory: str | Path, extra: dict[str, str] | None = None) -> Path:
+        """Write the ensemble (and ``extra`` text files) to ``directory`` atomically: a temporary
+        sibling is written, then renamed into place."""
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
@@ -67,6 +69,8 @@ class Ensemble:
                 state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
                 save_file(state, staging / f"fold{i}.safetensors", metadata={"format": "pt"})
             (staging / MANIFEST).write_text(json.dumps(self.manifest, indent=2), encoding="utf-8")
+            for name, text in (extra or {}).items():
+                (staging / name).write_text(text, encoding="utf-8")
             if directory.exists():
                 retired = directory.with_name(f".{directory.name}.old")
                 shutil.rmtree(retired, ignore_errors=True)
@@ -227,11 +231,16 @@ def refit(
         "search_cv_score": trial.value,
         "fold_models": "reused from the search" if reused else "retrained",
         "seed": seed,
-        "data": {"source": setup.data.source, "images": len(data.images), "fingerprint": data.images.fingerprint()},
+        "data": {**asdict(setup.data), "images": len(data.images), "fingerprint": data.images.fingerprint()},
+        "history": [[asdict(record) for record in fold.history] for fold in cv.folds],
         "versions": library_versions(),
     }
     ensemble = Ensemble(models, manifest, device)
-    directory = ensemble.save(out)
+    oof = ensemble.to_frame([str(p) for p in data.images.paths], np.nan_to_num(cv.oof_probs))
+    oof.insert(1, "true_label", [data.images.class_names[i] for i in data.images.labels])
+    picked = cv.oof_probs[np.arange(len(cv.labels)), cv.labels]
+    oof.insert(4, "loss", -np.log(np.clip(np.nan_to_num(picked, nan=1.0), 1e-7, 1.0)))
+    directory = ensemble.save(out, extra={OOF_FILE: oof.to_csv(index=False)})
     return RefitResult(ensemble, cv, directory)
 
 

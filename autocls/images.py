@@ -57,7 +57,7 @@ def load_square(path: str | Path, size: int) -> np.ndarray:
 def fit_square(image: Image.Image, size: int) -> np.ndarray:
     """Shorter side to ``size``, centre crop to a square: a ``size`` x ``size`` x 3 uint8 array."""
     square = ImageOps.fit(to_rgb(image), (size, size), method=Image.Resampling.BILINEAR)
-    return np.asarray(square, dtype=np.uint8)
+    return np.array(square, dtype=np.uint8)  # a writable copy: torch.from_numpy wants one
 
 
 def decode_images(

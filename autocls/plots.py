@@ -53,6 +53,21 @@ def line_chart(
     return "".join(parts) + "</svg>"
 
 
+def bar_chart(values: dict[str, float], title: str, value_format: str = "{:.3f}", width: int = 520) -> str:
+    """Horizontal bars, one per key, longest first as given."""
+    label_w, bar_h = 8 + 7 * max((len(k) for k in values), default=4), 18
+    height = 40 + bar_h * len(values)
+    top = max(values.values(), default=1.0) or 1.0
+    parts = [_header(width, height, title)]
+    for i, (name, value) in enumerate(values.items()):
+        y = 28 + bar_h * i
+        length = (width - label_w - 70) * max(0.0, value) / top
+        parts.append(f'<text x="{label_w - 4}" y="{y + 12}" text-anchor="end">{escape(str(name))}</text>')
+        parts.append(f'<rect x="{label_w}" y="{y + 2}" width="{length:.1f}" height="{bar_h - 5}" fill="{PALETTE[0]}"/>')
+        parts.append(f'<text x="{label_w + length + 4:.1f}" y="{y + 12}">{value_format.format(value)}</text>')
+    return "".join(parts) + "</svg>"
+
+
 def confusion_matrix(matrix: np.ndarray, class_names: list[str], title: str = "confusion matrix") -> str:
     """Rows are true classes, columns predicted; cells shaded by the row-normalised rate."""
     k = len(class_names)

@@ -57,7 +57,12 @@ def test_search_refit_predict(image_folder: Path, tiny_space: Path, tmp_path: Pa
     assert manifest["class_names"] == ["class_0", "class_1", "class_2"]
     assert manifest["trial"] == trial.number and len(manifest["folds"]) == 2
     assert {"autocls", "timm"} <= set(manifest["versions"])
-    assert sorted(p.name for p in model_dir.iterdir()) == ["fold0.safetensors", "fold1.safetensors", "manifest.json"]
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "fold0.safetensors",
+        "fold1.safetensors",
+        "manifest.json",
+        "oof_predictions.csv",
+    ]
     # the search kept both trials' fold models, so refit --best reuses them without training
     assert manifest["fold_models"] == "reused from the search"
     assert manifest["cv_score"] == pytest.approx(trial.value, abs=1e-6)
@@ -176,3 +181,26 @@ def test_a_failed_save_keeps_the_previous_model(image_folder: Path, tiny_space: 
     assert main(["refit", "--workdir", str(workdir), "--quiet"]) == 1
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
     assert sorted(p.name for p in model_dir.parent.iterdir()) == ["model", "trials"]  # no half-written folder
+
+
+def test_report_is_one_self_contained_html_file(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "runs"
+    assert search(image_folder, workdir, tiny_space, "--trials", "2") == 0
+    assert main(["refit", "--workdir", str(workdir), "--quiet"]) == 0
+    out = tmp_path / "report.html"
+    assert main(["report", str(workdir / "data" / "model"), "--out", str(out), "--workdir", str(workdir)]) == 0
+    html = out.read_text()
+    for section in (
+        "Class distribution",
+        "Augmented training samples",
+        "Learning curves",
+        "Out-of-fold confusion matrix",
+        "Per-class precision",
+        "Most confused class pairs",
+        "most likely mislabelled",
+        "Optimisation history",
+        "Parameter importances",
+    ):
+        assert section in html, section
+    assert html.count("<svg") >= 6 and html.count("data:image/png;base64,") >= 12
+    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing fetched from outside

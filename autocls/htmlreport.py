@@ -1,0 +1,182 @@
+"""``autocls report``: one self-contained HTML page about a saved ensemble.
+
+Sections: the class distribution, a grid of augmented training samples, every fold's learning
+curves, the out-of-fold confusion matrix, per-class precision/recall/F1/support, the most confused
+class pairs with thumbnails, the images most likely mislabelled (highest out-of-fold loss), and,
+when the study is given, its optimisation history and parameter importances. Figures are inline
+SVG and thumbnails base64 PNG, so the file can be mailed or archived on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from html import escape
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import torch
+from PIL import Image
+
+from autocls import plots
+from autocls.augment import create_augmentation
+from autocls.config import TrainConfig
+from autocls.ensemble import MANIFEST, OOF_FILE
+from autocls.errors import AutoclsError
+from autocls.images import load_square
+from autocls.reports import evaluation_tables, learning_curves
+
+THUMB = 72
+STYLE = """
+body{font-family:sans-serif;margin:24px;max-width:1100px;color:#222}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
+th:first-child,td:first-child{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:6px}
+figure{margin:0;font-size:11px;text-align:center}.figs{display:flex;flex-wrap:wrap;gap:12px}
+"""
+
+
+def thumbnail(path: str | Path, size: int = THUMB) -> str:
+    """An ``<img>`` with the image inlined as base64 PNG (a grey box if it cannot be read)."""
+    try:
+        array = load_square(path, size)
+    except (OSError, ValueError):
+        array = np.full((size, size, 3), 200, dtype=np.uint8)
+    return _img(array)
+
+
+def _img(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return f'<img src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _table(frame: pd.DataFrame, float_format: str = "{:.3f}") -> str:
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in [frame.index.name or "", *frame.columns])
+    rows = []
+    for index, row in frame.iterrows():
+        cells = [float_format.format(v) if isinstance(v, float) else escape(str(v)) for v in row.tolist()]
+        rows.append(f"<tr><td>{escape(str(index))}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _augmented_grid(oof: pd.DataFrame, config: TrainConfig, decode_size: int, count: int = 16) -> str:
+    augment = create_augmentation(config.augmentation, config.random_erasing)
+    rng = np.random.default_rng(0)
+    picks = oof.iloc[rng.choice(len(oof), size=min(count, len(oof)), replace=False)]
+    figures = []
+    for _, row in picks.iterrows():
+        try:
+            image = torch.from_numpy(load_square(row["path"], decode_size)).permute(2, 0, 1)
+        except (OSError, ValueError):
+            continue
+        shown = augment(image) if augment is not None else image
+        shown = torch.nn.functional.interpolate(shown[None].float(), size=(THUMB, THUMB), mode="bilinear")[0]
+        array = shown.clamp(0, 255).byte().permute(1, 2, 0).numpy()
+        figures.append(f"<figure>{_img(array)}<figcaption>{escape(str(row['true_label']))}</figcaption></figure>")
+    return f'<div class="grid">{"".join(figures)}</div>'
+
+
+def _confused_pairs(oof: pd.DataFrame, top: int = 6, per_pair: int = 4) -> str:
+    wrong = oof[oof["true_label"].astype(str) != oof["label"].astype(str)]
+    if wrong.empty:
+        return "<p>No out-of-fold mistakes.</p>"
+    pairs = wrong.groupby(["true_label", "label"]).size().sort_values(ascending=False).head(top)
+    blocks = []
+    for (true, predicted), count in pairs.items():
+        examples = wrong[(wrong["true_label"] == true) & (wrong["label"] == predicted)].nlargest(per_pair, "confidence")
+        thumbs = "".join(f"<figure>{thumbnail(p)}</figure>" for p in examples["path"])
+        blocks.append(
+            f"<h3>{escape(str(true))} taken for {escape(str(predicted))}: {count} images</h3>"
+            f'<div class="grid">{thumbs}</div>'
+        )
+    return "".join(blocks)
+
+
+def _likely_mislabelled(oof: pd.DataFrame, top: int = 12) -> str:
+    worst = oof.nlargest(top, "loss")
+    figures = [
+        f"<figure>{thumbnail(row['path'])}<figcaption>labelled {escape(str(row['true_label']))}<br>"
+        f"predicted {escape(str(row['label']))} ({row['confidence']:.2f})<br>{escape(Path(row['path']).name)}"
+        "</figcaption></figure>"
+        for _, row in worst.iterrows()
+    ]
+    return f'<div class="grid">{"".join(figures)}</div>'
+
+
+def _study_sections(study: optuna.Study) -> str:
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        return ""
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    values, best, running = [], [], None
+    for trial in sorted(done, key=lambda t: t.number):
+        values.append(trial.value)
+        running = trial.value if running is None else (max if maximize else min)(running, trial.value)
+        best.append(running)
+    history = plots.line_chart(
+        {"trial value": values, "best so far": best}, f"optimisation history of {study.study_name}", "completed trial"
+    )
+    section = f"<h2>Optimisation history</h2>{history}"
+    if len(done) >= 2:
+        try:
+            importances = optuna.importance.get_param_importances(study)
+        except (RuntimeError, ValueError):
+            importances = {}
+        if importances:
+            section += "<h2>Parameter importances</h2>" + plots.bar_chart(importances, "parameter importance (fANOVA)")
+    return section
+
+
+def build_report(model_dir: str | Path, study: optuna.Study | None = None) -> str:
+    """The report's HTML for the ensemble in ``model_dir`` (and its study, if given)."""
+    model_dir = Path(model_dir)
+    if not (model_dir / MANIFEST).is_file() or not (model_dir / OOF_FILE).is_file():
+        raise AutoclsError(f"{model_dir}: not a model folder written by autocls refit (no {MANIFEST}/{OOF_FILE}).")
+    manifest = json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))
+    oof = pd.read_csv(model_dir / OOF_FILE, dtype={"label": str, "true_label": str})
+    config = TrainConfig.from_dict(manifest["config"])
+    names = [str(n) for n in manifest["class_names"]]
+    index = {n: i for i, n in enumerate(names)}
+    tables = evaluation_tables(oof["true_label"].map(index).to_numpy(), oof["label"].map(index).to_numpy(), names)
+    counts = oof["true_label"].value_counts().reindex(names, fill_value=0)
+    curves = learning_curves(manifest.get("history", []), manifest.get("metric", "score"))
+    title = f"autocls report: {config.backbone} ensemble of {len(manifest['folds'])} folds"
+    body = [
+        f"<h1>{escape(title)}</h1>",
+        f"<p>study {escape(str(manifest.get('study')))}, trial {manifest.get('trial')}; "
+        f"out-of-fold accuracy <b>{tables['accuracy']:.4f}</b>, balanced accuracy "
+        f"{tables['balanced_accuracy']:.4f}, {len(oof)} images; fold models {manifest.get('fold_models', '')}.</p>",
+        "<h2>Class distribution</h2>",
+        plots.bar_chart({n: float(c) for n, c in counts.items()}, "images per class", value_format="{:.0f}"),
+        "<h2>Augmented training samples</h2>",
+        f"<p>augmentation {escape(config.augmentation)}, random erasing {config.random_erasing} "
+        "(MixUp/CutMix mix whole batches and are not shown)</p>",
+        _augmented_grid(oof, config, int(manifest["preprocessing"]["decode_size"])),
+        "<h2>Learning curves</h2>",
+        f'<div class="figs">{"".join(curves.values())}</div>',
+        "<h2>Out-of-fold confusion matrix</h2>",
+        plots.confusion_matrix(tables["confusion_matrix"].to_numpy(), names, "out-of-fold confusion matrix"),
+        "<h2>Per-class precision, recall, F1</h2>",
+        _table(tables["per_class"].rename_axis("class")),
+        "<h2>Most confused class pairs</h2>",
+        _confused_pairs(oof),
+        "<h2>Images most likely mislabelled (highest out-of-fold loss)</h2>",
+        _likely_mislabelled(oof),
+    ]
+    if study is not None:
+        body.append(_study_sections(study))
+    return (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
+    )
+
+
+def write_report(model_dir: str | Path, out: str | Path, study: optuna.Study | None = None) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(build_report(model_dir, study), encoding="utf-8")
+    return out
