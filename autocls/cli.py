@@ -209,8 +209,8 @@ def run_refit(args: argparse.Namespace) -> int:
     trial = result.ensemble.manifest["trial"]
     print(f"saved {len(result.cv.folds)}-fold ensemble of trial {trial} to {result.directory}")
     print(f"fold {metric}: {folds}; mean {result.cv.mean_score:.4f}")
-    accuracy = result.cv.oof_score("accuracy")
-    print(f"out-of-fold {metric}: {result.cv.oof_score():.4f}; out-of-fold accuracy: {accuracy:.4f}")
+    accuracy = f"; out-of-fold accuracy: {result.cv.oof_score('accuracy'):.4f}" if metric != "accuracy" else ""
+    print(f"out-of-fold {metric}: {result.cv.oof_score():.4f}{accuracy}")
     return 0
 
 

@@ -127,7 +127,9 @@ def _study_sections(study: optuna.Study) -> str:
         except (RuntimeError, ValueError):
             importances = {}
         if importances:
-            section += "<h2>Parameter importances</h2>" + plots.bar_chart(importances, "parameter importance (fANOVA)")
+            section += "<h2>Parameter importances</h2>" + plots.bar_chart(
+                importances, "parameter importance (Optuna default evaluator)"
+            )
     return section
 
 

@@ -15,9 +15,14 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 
 def line_chart(
-    series: dict[str, list[float]], title: str, x_label: str = "epoch", y_label: str = "", width: int = 520
+    series: dict[str, list[float]],
+    title: str,
+    x_label: str = "epoch",
+    y_label: str = "",
+    dashed: tuple[str, ...] = (),
+    width: int = 520,
 ) -> str:
-    """One line per series over x = 1..n; a legend names them."""
+    """One line per series over x = 1..n; a legend names them; series named in ``dashed`` are dashed."""
     height, left, right, top, bottom = 300, 56, 130, 30, 40
     values = [v for ys in series.values() for v in ys if np.isfinite(v)]
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
@@ -42,7 +47,7 @@ def line_chart(
     for n, (name, ys) in enumerate(series.items()):
         colour = PALETTE[n % len(PALETTE)]
         points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(ys) if np.isfinite(v))
-        dash = ' stroke-dasharray="5,3"' if name.startswith("val") or " val" in name else ""
+        dash = ' stroke-dasharray="5,3"' if name in dashed else ""
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="{points}"/>')
         parts.append(f'<rect x="{width - right + 10}" y="{top + 16 * n}" width="12" height="3" fill="{colour}"/>')
         parts.append(f'<text x="{width - right + 26}" y="{top + 16 * n + 5}">{escape(name)}</text>')

@@ -40,7 +40,12 @@ def learning_curves(history: list[list[dict[str, float]]], metric: str) -> dict[
         losses[f"fold {fold + 1} val"] = [e["val_loss"] for e in epochs]
         scores[f"fold {fold + 1}"] = [e["val_score"] for e in epochs]
     return {
-        "loss_curves.svg": plots.line_chart(losses, "train (solid) and validation (dashed) loss", y_label="loss"),
+        "loss_curves.svg": plots.line_chart(
+            losses,
+            "train (solid) and validation (dashed) loss",
+            y_label="loss",
+            dashed=tuple(name for name in losses if name.endswith(" val")),
+        ),
         "score_curves.svg": plots.line_chart(scores, f"validation {metric} by epoch", y_label=metric),
     }
 
@@ -100,6 +105,7 @@ def evaluation_tables(labels: np.ndarray, predicted: np.ndarray, class_names: li
         zero_division=0,
     )
     per_class = pd.DataFrame({name: report[name] for name in class_names}).T.rename(columns={"f1-score": "f1"})
+    per_class["support"] = per_class["support"].astype(int)
     matrix = sk_confusion_matrix(labels, predicted, labels=np.arange(len(class_names)))
     return {
         "accuracy": float(accuracy_score(labels, predicted)),

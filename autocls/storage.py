@@ -14,6 +14,7 @@ only through :func:`redact`, so a password never reaches output, logs, trial att
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import optuna
@@ -21,6 +22,9 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages.journal import JournalFileBackend
 
 from autocls.errors import AutoclsError
+
+# heartbeats and their retry callback are marked experimental in Optuna; they are what recovery needs
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 HEARTBEAT_SECONDS = int(os.environ.get("AUTOCLS_HEARTBEAT", "10"))
 # A dead local worker is noticed quickly; remote workers on a shared database get more slack.
