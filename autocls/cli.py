@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--storage", default=os.environ.get(STORAGE_ENV), help="add the study's history from here")
     report.add_argument("--study", help="the study (default: the one the model was refit from)")
 
+    export = commands.add_parser("export", help="write a saved ensemble as one TorchScript or ONNX graph")
+    export.add_argument("model", type=Path, help="model folder written by autocls refit")
+    export.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    export.add_argument("--out", type=Path, required=True, help="output file (.pt or .onnx)")
+
     dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on the study storage and figures")
     dashboard.add_argument("--workdir", type=Path, default=Path("autocls-runs"), help="default: ./autocls-runs")
     dashboard.add_argument("--storage", default=os.environ.get(STORAGE_ENV), help="default as for search")
@@ -263,6 +268,14 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from autocls.export import export
+
+    out = export(args.model, args.out, args.format)
+    print(f"wrote {args.format} ensemble to {out}")
+    return 0
+
+
 def run_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
@@ -297,6 +310,7 @@ HANDLERS = {
     "predict": run_predict,
     "evaluate": run_evaluate,
     "report": run_report,
+    "export": run_export,
     "dashboard": run_dashboard,
     "space": run_space,
 }

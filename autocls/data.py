@@ -190,7 +190,8 @@ def _from_csv(csv: Path, data_dir: Path, file_column: str | None, label_column: 
             duplicates.append(f"{file_name} (rows {first_row[file_name]} and {row})")
             continue
         first_row[file_name] = row
-        if not any(_inside(base, base / file_name) for base in bases):
+        # absolute paths are taken as given; relative ones must stay inside the folder they are relative to
+        if not Path(file_name).is_absolute() and not any(_inside(base, base / file_name) for base in bases):
             escaping.append(file_name)
             continue
         found = next((base / file_name for base in bases if (base / file_name).is_file()), None)
@@ -208,7 +209,7 @@ def _from_csv(csv: Path, data_dir: Path, file_column: str | None, label_column: 
     if escaping:
         raise AutoclsError(
             f"{csv}: {len(escaping)} paths point outside the data folder ({_first(escaping)}); "
-            "give paths relative to the data folder or the CSV, without '..' or absolute paths."
+            "give paths inside the data folder (or the CSV's), or absolute paths."
         )
     if missing:
         where = " or ".join(str(b) for b in bases)

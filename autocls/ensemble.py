@@ -36,6 +36,7 @@ from autocls.trialstore import TrialStore
 
 logger = logging.getLogger(__name__)
 
+ImageInput = str | Path | Image.Image | torch.Tensor
 MANIFEST = "manifest.json"
 OOF_FILE = "oof_predictions.csv"  # each training image predicted by the fold model that held it out
 FORMAT_VERSION = 1
@@ -117,11 +118,12 @@ class Ensemble:
             out.append(probs.cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.class_names)), np.float32)
 
-    def predict_proba(self, inputs: Sequence[str | Path | Image.Image]) -> np.ndarray:
-        """Averaged class probabilities, one row per input (image paths or PIL images)."""
+    def predict_proba(self, inputs: Sequence[ImageInput]) -> np.ndarray:
+        """Averaged class probabilities, one row per input: image paths, PIL images, or ``(3, H, W)``
+        tensors (uint8, or float in [0, 1])."""
         return self.predict_images(self._decode(inputs))
 
-    def predict(self, inputs: Sequence[str | Path | Image.Image]) -> pd.DataFrame:
+    def predict(self, inputs: Sequence[ImageInput]) -> pd.DataFrame:
         """A table with ``path``, ``label``, ``confidence`` and one ``prob_<class>`` column per class."""
         probs = self.predict_proba(inputs)
         return self.to_frame([str(i) if isinstance(i, str | Path) else "" for i in inputs], probs)
@@ -139,9 +141,16 @@ class Ensemble:
             frame[f"prob_{name}"] = probs[:, i]
         return frame
 
-    def _decode(self, inputs: Sequence[str | Path | Image.Image]) -> torch.Tensor:
+    def _decode(self, inputs: Sequence[ImageInput]) -> torch.Tensor:
         arrays = []
         for item in inputs:
+            if isinstance(item, torch.Tensor):
+                pixels = item.detach().cpu()
+                if pixels.is_floating_point():
+                    pixels = (pixels.clamp(0, 1) * 255).round()
+                if pixels.shape[0] == 1:
+                    pixels = pixels.expand(3, -1, -1)
+                item = Image.fromarray(pixels.to(torch.uint8).permute(1, 2, 0).numpy())
             if isinstance(item, Image.Image):
                 arrays.append(fit_square(item, self.decode_size))
             else:

@@ -152,7 +152,7 @@ def test_csv_duplicates_and_paths_outside_the_data_folder_are_errors(image_folde
     with pytest.raises(AutoclsError, match=r"listed twice \(class_0/img 0\.png \(rows 2 and 4\)"):
         discover(csv)
     (tmp_path / "secret.png").write_bytes(b"")
-    csv.write_text("file,label\nclass_0/img 0.png,a\n../secret.png,b\n/etc/passwd,b\n")
+    csv.write_text("file,label\nclass_0/img 0.png,a\n../secret.png,b\nclass_1/../../secret.png,b\n")
     with pytest.raises(AutoclsError, match=r"2 paths point outside the data folder"):
         discover(csv)
 

@@ -1,0 +1,164 @@
+"""The Python API, mirroring the CLI: ``search``, ``refit``, and a scikit-learn style estimator.
+
+    import autocls
+    study = autocls.search("data/train", trials=10, space="fast")
+    ensemble = autocls.refit(study)
+    table = ensemble.predict(["new/cat.jpg", "new/dog.jpg"])
+
+``data`` may be a class-folder tree, a CSV of file,label rows, or a pandas DataFrame whose first two
+columns are the image path and the label.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from autocls.data import DataSpec
+from autocls.ensemble import Ensemble
+from autocls.ensemble import refit as _refit
+from autocls.errors import AutoclsError
+from autocls.progress import Reporter
+from autocls.storage import default_url
+from autocls.study import DEFAULT_WORKDIR, SearchRequest, StudySetup, run_search
+from autocls.trainer import configure_threads, resolve_device
+from autocls.trialstore import TrialStore
+
+DataLike = str | Path | pd.DataFrame
+
+
+def _data_spec(data: DataLike, workdir: Path, study_name: str | None) -> DataSpec:
+    if not isinstance(data, pd.DataFrame):
+        return DataSpec.of(data)
+    if data.shape[1] < 2:
+        raise AutoclsError(f"a DataFrame of (path, label) needs two columns, got {list(data.columns)}.")
+    frame = pd.DataFrame(
+        {"file": [str(Path(p).expanduser().resolve()) for p in data.iloc[:, 0]], "label": data.iloc[:, 1].astype(str)}
+    )
+    folder = workdir / (study_name or "dataframe")
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(folder / "labels.csv", index=False)  # kept with the study, so refit finds the images again
+    return DataSpec.of(folder / "labels.csv", file_column="file", label_column="label")
+
+
+def search(
+    data: DataLike,
+    *,
+    trials: int = 20,
+    folds: int | None = None,
+    space: str | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    timeout: float | None = None,
+    metric: str | None = None,
+    seed: int | None = None,
+    workdir: str | Path = DEFAULT_WORKDIR,
+    device: str = "auto",
+    weights: str | None = None,
+    quiet: bool = True,
+) -> optuna.Study:
+    """Run (or continue) a search like ``autocls search`` and return the Optuna study."""
+    configure_threads()
+    workdir = Path(workdir)
+    request = SearchRequest(
+        data=_data_spec(data, workdir, study_name),
+        workdir=workdir,
+        storage=storage,
+        study_name=study_name,
+        space=space,
+        trials=trials,
+        timeout=timeout,
+        folds=folds,
+        seed=seed,
+        metric=metric,
+        weights=weights,
+    )
+    return run_search(request, resolve_device(device), Reporter(quiet=quiet))
+
+
+def refit(
+    study: optuna.Study,
+    trial: int | None = None,
+    out: str | Path | None = None,
+    *,
+    workdir: str | Path = DEFAULT_WORKDIR,
+    retrain: bool = False,
+    device: str = "auto",
+    quiet: bool = True,
+) -> Ensemble:
+    """Save the fold ensemble of ``trial`` (the best by default) like ``autocls refit``; return it."""
+    configure_threads()
+    workdir = Path(workdir)
+    out = Path(out) if out else workdir / study.study_name / "model"
+    store = TrialStore(workdir / study.study_name / "trials")
+    result = _refit(study, out, trial, resolve_device(device), Reporter(quiet=quiet), store, retrain)
+    return result.ensemble
+
+
+class ImageClassifier(ClassifierMixin, BaseEstimator):
+    """A scikit-learn estimator: ``fit`` runs a search and refits the best trial's fold ensemble.
+
+    ``X`` is a sequence of image paths, ``y`` their labels. Parameters mirror ``autocls search``;
+    the study lives in ``workdir`` (a temporary folder when not given, removed with the estimator).
+    """
+
+    def __init__(
+        self,
+        space: str = "fast",
+        trials: int = 10,
+        folds: int = 5,
+        timeout: float | None = None,
+        metric: str | None = None,
+        seed: int = 0,
+        workdir: str | None = None,
+        device: str = "auto",
+    ) -> None:
+        self.space = space
+        self.trials = trials
+        self.folds = folds
+        self.timeout = timeout
+        self.metric = metric
+        self.seed = seed
+        self.workdir = workdir
+        self.device = device
+
+    def fit(self, X: Any, y: Any) -> ImageClassifier:
+        paths = [str(Path(p).resolve()) for p in X]
+        labels = [str(label) for label in y]
+        if len(paths) != len(labels):
+            raise AutoclsError(f"X has {len(paths)} images but y has {len(labels)} labels.")
+        if self.workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="autocls-")
+            workdir = Path(self._tmp.name)
+        else:
+            workdir = Path(self.workdir)
+        frame = pd.DataFrame({"file": paths, "label": labels})
+        self.study_ = search(
+            frame,
+            trials=self.trials,
+            folds=self.folds,
+            space=self.space,
+            study_name="estimator",
+            storage=default_url(workdir),
+            timeout=self.timeout,
+            metric=self.metric,
+            seed=self.seed,
+            workdir=workdir,
+            device=self.device,
+        )
+        self.ensemble_ = refit(self.study_, workdir=workdir, device=self.device)
+        self.classes_ = np.array(self.ensemble_.class_names)
+        self.setup_ = StudySetup.from_study(self.study_)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return self.ensemble_.predict_proba(list(X))
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]

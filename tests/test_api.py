@@ -1,0 +1,68 @@
+"""The Python API, the scikit-learn estimator and export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import clone
+
+import autocls
+from autocls.cli import main
+from autocls.images import decode_images, resize_batch
+
+
+@pytest.fixture
+def model_dir(image_folder: Path, tiny_space: Path, tmp_path: Path) -> Path:
+    study = autocls.search(image_folder, trials=1, folds=2, space=str(tiny_space), workdir=tmp_path / "runs")
+    autocls.refit(study, workdir=tmp_path / "runs")
+    return tmp_path / "runs" / "data" / "model"
+
+
+def test_search_refit_and_predict_from_python(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:
+    files = sorted(image_folder.rglob("*.*"))
+    frame = pd.DataFrame({"path": files, "label": [f.parent.name for f in files]})
+    study = autocls.search(frame, trials=1, folds=2, space=str(tiny_space), workdir=tmp_path / "w", study_name="df")
+    assert study.best_trial.value > 0
+    ensemble = autocls.refit(study, workdir=tmp_path / "w")
+    assert isinstance(ensemble, autocls.Ensemble)
+    loaded = autocls.Ensemble.load(tmp_path / "w" / "df" / "model")
+    table = loaded.predict(files[:3])
+    assert list(table.columns[:3]) == ["path", "label", "confidence"] and len(table) == 3
+    tensor = torch.from_numpy(np.asarray(__import__("PIL").Image.open(files[0]).convert("RGB"))).permute(2, 0, 1)
+    np.testing.assert_allclose(loaded.predict_proba([tensor]), loaded.predict_proba([files[0]]), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict_proba([tensor.float() / 255]), loaded.predict_proba([files[0]]), atol=1e-5
+    )
+
+
+def test_sklearn_estimator(image_folder: Path, tiny_space: Path) -> None:
+    files = sorted(str(p) for p in image_folder.rglob("*.*"))
+    labels = [Path(f).parent.name for f in files]
+    estimator = autocls.ImageClassifier(space=str(tiny_space), trials=1, folds=2)
+    assert clone(estimator).get_params() == estimator.get_params()
+    estimator.set_params(trials=1)
+    estimator.fit(files, labels)
+    assert list(estimator.classes_) == ["class_0", "class_1", "class_2"]
+    assert estimator.predict_proba(files[:4]).shape == (4, 3)
+    assert set(estimator.predict(files[:4])) <= set(estimator.classes_)
+    assert 0.0 <= estimator.score(files, labels) <= 1.0
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_agrees_with_the_ensemble(model_dir: Path, image_folder: Path, tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / f"model.{'pt' if fmt == 'torchscript' else 'onnx'}"
+    assert main(["export", str(model_dir), "--format", fmt, "--out", str(out)]) == 0
+    ensemble = autocls.Ensemble.load(model_dir, "cpu")
+    images, _, _ = decode_images(sorted(image_folder.rglob("*.*")), ensemble.decode_size)
+    expected = ensemble.predict_images(images)
+    inputs = resize_batch(images, ensemble.config.resolution)
+    if fmt == "torchscript":
+        got = torch.jit.load(str(out))(inputs).detach().numpy()
+    else:
+        got = onnxruntime.InferenceSession(str(out)).run(None, {"images": inputs.numpy()})[0]
+    assert np.abs(got - expected).max() < 1e-4
