@@ -144,11 +144,12 @@ def _search_request(args: argparse.Namespace):
 def run_search(args: argparse.Namespace) -> int:
     from autocls.progress import Reporter
     from autocls.study import run_search
-    from autocls.trainer import configure_threads, resolve_device
+    from autocls.trainer import configure_threads, request_stop_on_ctrl_c, resolve_device
 
     if args.workers > 1:
         return run_workers(args)
     configure_threads()
+    request_stop_on_ctrl_c()
     reporter = Reporter(quiet=args.quiet)
     study = run_search(_search_request(args), resolve_device(args.device), reporter)
     try:

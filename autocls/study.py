@@ -40,6 +40,7 @@ from optuna.artifacts import FileSystemArtifactStore
 
 from autocls import __version__
 from autocls.backbones import check_weights
+from autocls.config import TrainConfig
 from autocls.data import DataSpec, LabelledImages, check_folds, typical_side
 from autocls.errors import AutoclsError
 from autocls.images import ImageStore, build_store
@@ -50,7 +51,15 @@ from autocls.pruning import FOLD_STEP, FoldAwarePruner
 from autocls.reports import artifact_store, publish_trial
 from autocls.space import SearchSpace, load_space, space_from_dict
 from autocls.storage import default_url, open_storage, redact
-from autocls.trainer import EpochRecord, FoldResult, TrainingObserver, cross_validate, folds_hash, stratified_folds
+from autocls.trainer import (
+    CVResult,
+    EpochRecord,
+    FoldResult,
+    TrainingObserver,
+    cross_validate,
+    folds_hash,
+    stratified_folds,
+)
 from autocls.trialstore import TrialStore
 
 logger = logging.getLogger(__name__)
@@ -255,28 +264,8 @@ class Objective:
         }
 
     def __call__(self, trial: optuna.Trial) -> float:
-        config = self.space.sample(trial)
-        seed = self.setup.seed + trial.number
-        trial.set_user_attr("config", config.to_dict())
-        trial.set_user_attr("seed", seed)
-        for key, value in self.records.items():
-            trial.set_user_attr(key, value)
-        observer = TrialObserver(trial, self.reporter, self.budget)
-        self.reporter.set_title(f"trial {trial.number}")
         try:
-            result = cross_validate(
-                config,
-                self.data.store,
-                self.data.images.labels,
-                self.data.splits,
-                len(self.data.images.class_names),
-                self.device,
-                self.setup.weights_dir,
-                seed,
-                observer,
-                keep_models=self.store is not None,
-                metric=self.setup.metric,
-            )
+            config, result, history = self._run(trial)
         except AutoclsError as err:  # a fault of this configuration (no weights, diverged): FAIL, go on
             trial.set_user_attr("fail_reason", str(err))
             if isinstance(err, BudgetExhausted):
@@ -288,21 +277,47 @@ class Objective:
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
             raise
+        except optuna.TrialPruned:
+            raise
         except Exception as err:  # any other fault of one trial must not end a search of hours
             trial.set_user_attr("fail_reason", f"{err.__class__.__name__}: {err}")
             logger.warning("trial %d failed: %s: %s", trial.number, err.__class__.__name__, err)
             raise
-        trial.set_user_attr("frozen_stages", result.folds[0].frozen_stages)
-        trial.set_user_attr("oof_score", round(result.oof_score(), 6))
         if self.store is not None and self.store.is_candidate(trial.study, result.mean_score):
             self.store.save(trial.number, result)  # refit --best can then reuse these fold models
         if self.artifacts is not None:
             try:
                 names = list(self.data.images.class_names)
-                publish_trial(trial, self.artifacts, config, result, observer.history, names)
+                publish_trial(trial, self.artifacts, config, result, history, names)
             except Exception as err:  # figures are a convenience: never fail a finished trial for them
                 logger.warning("trial %d: could not upload its figures (%s)", trial.number, err)
         return result.mean_score
+
+    def _run(self, trial: optuna.Trial) -> tuple[TrainConfig, CVResult, list[list[dict[str, float]]]]:
+        config = self.space.sample(trial)
+        seed = self.setup.seed + trial.number
+        trial.set_user_attr("config", config.to_dict())
+        trial.set_user_attr("seed", seed)
+        for key, value in self.records.items():
+            trial.set_user_attr(key, value)
+        observer = TrialObserver(trial, self.reporter, self.budget)
+        self.reporter.set_title(f"trial {trial.number}")
+        result = cross_validate(
+            config,
+            self.data.store,
+            self.data.images.labels,
+            self.data.splits,
+            len(self.data.images.class_names),
+            self.device,
+            self.setup.weights_dir,
+            seed,
+            observer,
+            keep_models=self.store is not None,
+            metric=self.setup.metric,
+        )
+        trial.set_user_attr("frozen_stages", result.folds[0].frozen_stages)
+        trial.set_user_attr("oof_score", round(result.oof_score(), 6))
+        return config, result, observer.history
 
 
 def narrow_to_available_weights(space: SearchSpace, weights_dir: Path | None) -> SearchSpace:
@@ -368,6 +383,21 @@ def _check_continuation(study: optuna.Study, setup: StudySetup, request: SearchR
         )
 
 
+def _warn_if_space_changed(setup: StudySetup, asked: str | SearchSpace | None) -> None:
+    if asked is None:
+        return
+    try:
+        current = asked if isinstance(asked, SearchSpace) else load_space(asked)
+    except AutoclsError:
+        return
+    if current.to_dict() != setup.search_space.to_dict():
+        logger.warning(
+            "space %r has changed since this study started; the study keeps its own space "
+            "(start a new study with --study NAME to search the new one)",
+            current.name,
+        )
+
+
 def _space_name(space: str | SearchSpace | None) -> str | None:
     return space.name if isinstance(space, SearchSpace) else space
 
@@ -379,6 +409,7 @@ def create_or_continue(storage: Storage, study_name: str, request: SearchRequest
         if STUDY_ATTR in study.user_attrs:
             setup = StudySetup.from_study(study)
             _check_continuation(study, setup, request)
+            _warn_if_space_changed(setup, request.space)
             return study, setup
     data = request.data.discover()
     metric = request.metric or default_metric(data.class_counts())

@@ -12,6 +12,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -147,6 +149,29 @@ def configure_threads() -> None:
     torch.set_num_threads(int(os.environ.get("AUTOCLS_THREADS", cores)))
 
 
+STOP_REQUESTED = threading.Event()
+
+
+def request_stop_on_ctrl_c() -> None:
+    """Turn Ctrl-C into a request the trainer honours after the current batch; a second Ctrl-C
+    interrupts at once. A KeyboardInterrupt raised at an arbitrary point can land in a garbage
+    collector callback (SQLAlchemy's), where Python prints and swallows it: the search then went on."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return  # SIGINT ignored (nohup) or handled by the caller: leave it so
+
+    def handler(signum: int, frame: object) -> None:
+        if STOP_REQUESTED.is_set():
+            raise KeyboardInterrupt
+        STOP_REQUESTED.set()
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def _check_stop() -> None:
+    if STOP_REQUESTED.is_set():
+        raise KeyboardInterrupt
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (model init, torchvision augmentation), numpy (timm's Mixup) and ``random``."""
     random.seed(seed)
@@ -227,6 +252,7 @@ class Trainer:
             model.train()
             total = 0.0
             for step in range(steps):
+                _check_stop()
                 idx = order[step * batch : (step + 1) * batch]
                 loss = self._train_step(model, optimizer, images[idx], labels[idx], norm, class_weights)
                 if not math.isfinite(loss):

@@ -13,6 +13,7 @@ import optuna
 import pytest
 
 from autocls.cli import main
+from autocls.errors import AutoclsError
 from autocls.storage import open_storage, redact
 from tests.conftest import edit_space
 
@@ -40,8 +41,17 @@ def wait_for(condition, seconds: float = 120.0) -> None:
 def states(storage: str, name: str = "data") -> list[str]:
     try:
         return [t.state.name for t in optuna.load_study(study_name=name, storage=open_storage(storage)).trials]
-    except KeyError:  # the study is not created yet
+    except (KeyError, AutoclsError):  # the database or the study is not created yet
         return []
+
+
+def running_has_history(storage: str) -> bool:
+    """A trial is running and has finished an epoch: it is inside training."""
+    try:
+        trials = optuna.load_study(study_name="data", storage=open_storage(storage)).trials
+    except (KeyError, AutoclsError):  # the database or the study is not created yet
+        return False
+    return any(t.state.name == "RUNNING" and t.user_attrs.get("history") for t in trials)
 
 
 def run_two_workers(storage: str, image_folder: Path, tiny_space: Path, tmp_path: Path) -> str:
@@ -87,21 +97,19 @@ def test_killed_worker_loses_nothing_and_its_trial_is_retried(
 ) -> None:
     storage = f"sqlite:///{tmp_path / 'runs' / 'autocls.db'}"
     env = {"AUTOCLS_HEARTBEAT": "1"}  # grace period 3 s instead of 30
-    args = [
-        "search",
-        str(image_folder),
-        "--space",
-        str(tiny_space),
-        "--folds",
-        "2",
-        "--workdir",
-        str(tmp_path / "runs"),
-    ]
+    # trial 0 trains 2 epochs a fold, trial 1 would train 400: it is killed while it runs
+    edit_space(tiny_space, {"epochs = 2\n": "", "patience = 2\n": "patience = 400\n"})
+    tiny_space.write_text(tiny_space.read_text() + "\n[params.epochs]\nchoices = [2, 400]\n")
+    (tmp_path / "runs").mkdir()
+    study = optuna.create_study(study_name="data", storage=storage, direction="maximize")
+    study.enqueue_trial({"epochs": 2})
+    study.enqueue_trial({"epochs": 400})
+    args = ["search", str(image_folder), "--space", str(tiny_space), "--folds", "2"]
+    args += ["--workdir", str(tmp_path / "runs")]
     first = cli(*args, "--trials", "1", env=env)
     assert first.wait(timeout=300) == 0
-    edit_space(tiny_space, {"epochs = 2": "epochs = 400", "patience = 2": "patience = 400"})
     doomed = cli(*args, "--trials", "2", env=env)
-    wait_for(lambda: (tmp_path / "runs" / "autocls.db").exists() and "RUNNING" in states(storage))
+    wait_for(lambda: running_has_history(storage))
     doomed.send_signal(signal.SIGKILL)
     doomed.wait()
     assert states(storage) == ["COMPLETE", "RUNNING"]  # the finished trial is safe
@@ -128,11 +136,12 @@ def test_ctrl_c_leaves_no_running_trial(image_folder: Path, tiny_space: Path, tm
         "--workdir",
         str(tmp_path / "runs"),
     ]
-    process = cli(*args, "--trials", "2")
-    wait_for(lambda: (tmp_path / "runs" / "autocls.db").exists() and "RUNNING" in states(storage))
+    # a terminal's Ctrl-C: SIGINT handled by default even where the test runner's shell ignores it
+    process = cli(*args, "--trials", "2", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    wait_for(lambda: running_has_history(storage))
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 130 and "Traceback" not in err
+    assert process.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert "run the same command to continue" in err
     assert states(storage) == ["FAIL"]
     trial = optuna.load_study(study_name="data", storage=storage).trials[0]
