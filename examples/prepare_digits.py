@@ -17,11 +17,14 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 
-def write_digits(out: Path, holdout: float = 0.2, seed: int = 0) -> dict[str, int]:
+def write_digits(out: Path, holdout: float = 0.2, seed: int = 0, limit: int | None = None) -> dict[str, int]:
+    """Write the digits under ``out``; ``limit`` keeps a stratified subset of that many images."""
     digits = load_digits()
     images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
     index = np.arange(len(images))
-    train, test = train_test_split(index, test_size=holdout, stratify=digits.target, random_state=seed)
+    if limit is not None and limit < len(index):
+        index, _ = train_test_split(index, train_size=limit, stratify=digits.target, random_state=seed)
+    train, test = train_test_split(index, test_size=holdout, stratify=digits.target[index], random_state=seed)
     counts = {}
     for split, chosen in (("train", train), ("test", test)):
         for i in chosen:

@@ -204,3 +204,10 @@ def test_report_is_one_self_contained_html_file(image_folder: Path, tiny_space: 
         assert section in html, section
     assert html.count("<svg") >= 6 and html.count("data:image/png;base64,") >= 12
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing fetched from outside
+
+
+def test_cli_reference_in_docs_is_generated_from_the_parser() -> None:
+    from autocls.clidoc import cli_reference
+
+    docs = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+    assert docs.read_text() == cli_reference(), "run: python -m autocls.clidoc > docs/cli.md"
