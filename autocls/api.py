@@ -26,7 +26,7 @@ from autocls.ensemble import refit as _refit
 from autocls.errors import AutoclsError
 from autocls.progress import Reporter
 from autocls.storage import default_url
-from autocls.study import DEFAULT_WORKDIR, SearchRequest, StudySetup, run_search
+from autocls.study import CACHE_DIR, DEFAULT_WORKDIR, SearchRequest, StudySetup, run_search
 from autocls.trainer import configure_threads, resolve_device
 from autocls.trialstore import TrialStore
 
@@ -97,7 +97,8 @@ def refit(
     workdir = Path(workdir)
     out = Path(out) if out else workdir / study.study_name / "model"
     store = TrialStore(workdir / study.study_name / "trials")
-    result = _refit(study, out, trial, resolve_device(device), Reporter(quiet=quiet), store, retrain)
+    reporter = Reporter(quiet=quiet)
+    result = _refit(study, out, trial, resolve_device(device), reporter, store, retrain, workdir / CACHE_DIR)
     return result.ensemble
 
 

@@ -201,6 +201,7 @@ def run_refit(args: argparse.Namespace) -> int:
     from autocls.storage import default_url
     from autocls.study import open_study
     from autocls.trainer import configure_threads, resolve_device
+    from autocls.study import CACHE_DIR
     from autocls.trialstore import TrialStore
 
     configure_threads()
@@ -209,7 +210,8 @@ def run_refit(args: argparse.Namespace) -> int:
     out = args.out or args.workdir / study.study_name / "model"
     store = TrialStore(args.workdir / study.study_name / "trials")
     reporter = Reporter(quiet=args.quiet)
-    result = refit(study, out, args.trial, resolve_device(args.device), reporter, store, args.retrain)
+    cache = args.workdir / CACHE_DIR
+    result = refit(study, out, args.trial, resolve_device(args.device), reporter, store, args.retrain, cache)
     folds = " ".join(f"{f.best.val_score:.4f}" for f in result.cv.folds)
     metric = result.cv.metric
     trial = result.ensemble.manifest["trial"]

@@ -191,6 +191,7 @@ def refit(
     reporter: Reporter | None = None,
     store: TrialStore | None = None,
     retrain: bool = False,
+    cache_dir: Path | None = None,
 ) -> RefitResult:
     """Save the chosen trial's averaged fold ensemble.
 
@@ -204,7 +205,7 @@ def refit(
     trial = pick_trial(study, trial_number)
     config = TrainConfig.from_dict(trial.user_attrs["config"])
     seed = int(trial.user_attrs.get("seed", setup.seed))
-    data = PreparedData.load(setup, setup.search_space.max_resolution)
+    data = PreparedData.load(setup, setup.search_space.max_resolution, cache_dir)
     num_classes = len(data.images.class_names)
     reused = not retrain and store is not None and store.has(trial.number)
     if reused:

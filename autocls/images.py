@@ -8,11 +8,14 @@ training saw.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -115,11 +118,49 @@ class ImageStore:
         return self._resized[size]
 
 
-def build_store(data: LabelledImages, size: int) -> tuple[LabelledImages, ImageStore]:
-    """Decode every image of ``data`` once; unreadable files are skipped with one warning."""
-    images, kept, failed = decode_images(data.paths, size)
+CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
+
+
+def build_store(data: LabelledImages, size: int, cache_dir: Path | None = None) -> tuple[LabelledImages, ImageStore]:
+    """Decode every image of ``data`` once; unreadable files are skipped with one warning.
+
+    With ``cache_dir`` the decoded array is kept on disk, keyed by the data's fingerprint (paths,
+    sizes, modification times, labels) and the size, and memory-mapped on later runs: a search
+    restarted, a refit or a second worker on the same data decodes nothing, and a dataset larger
+    than RAM is paged in as needed. Any change to the files makes a new key.
+    """
+    if cache_dir is None:
+        images, kept, failed = decode_images(data.paths, size)
+    else:
+        images, kept, failed = _cached_decode(data, size, cache_dir)
     warn_unreadable(failed)
     return data.subset(kept), ImageStore(images)
+
+
+def _cached_decode(
+    data: LabelledImages, size: int, cache_dir: Path
+) -> tuple[torch.Tensor, list[int], list[tuple[Path, str]]]:
+    key = hashlib.sha256(f"{data.fingerprint()}|{size}|{CACHE_VERSION}".encode()).hexdigest()[:20]
+    array_path, index_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+    if array_path.is_file() and index_path.is_file():
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        failed = [(Path(p), reason) for p, reason in index["failed"]]
+        # copy-on-write map: pages are read from disk when touched, nothing is written back
+        return torch.from_numpy(np.load(array_path, mmap_mode="c")), index["kept"], failed
+    images, kept, failed = decode_images(data.paths, size)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    index = {"kept": kept, "failed": [[str(p), reason] for p, reason in failed]}
+    _write_atomically(array_path, lambda f: np.save(f, images.numpy()))
+    _write_atomically(index_path, lambda f: f.write(json.dumps(index).encode()))  # written last: complete
+    return images, kept, failed
+
+
+def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write beside ``path`` and rename into place: a crash never leaves a half-written file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    with open(partial, "wb") as f:
+        write(f)
+    partial.replace(path)
 
 
 def warn_unreadable(failed: list[tuple[Path, str]]) -> None:

@@ -72,6 +72,7 @@ DEFAULT_SPACE = "default"
 STUDY_ATTR = "autocls"  # the study user attribute that holds how the study was set up
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 10
+CACHE_DIR = "cache"  # decoded-image arrays, in the workdir
 
 
 def library_versions() -> dict[str, str]:
@@ -124,11 +125,11 @@ class PreparedData:
     splits: list[tuple[np.ndarray, np.ndarray]]
 
     @classmethod
-    def load(cls, setup: StudySetup, size: int) -> PreparedData:
+    def load(cls, setup: StudySetup, size: int, cache_dir: Path | None = None) -> PreparedData:
         data = setup.data.discover()
         check_folds(data, setup.folds)
         logger.info("found %d images in %d classes under %s", len(data), len(data.class_names), setup.data.source)
-        data, store = build_store(data, size)
+        data, store = build_store(data, size, cache_dir)
         check_folds(data, setup.folds)  # again: skipped unreadable files may leave a class short
         return cls(data, store, stratified_folds(data.labels, setup.folds, setup.seed))
 
@@ -480,7 +481,7 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
     worker = int(os.environ.get("AUTOCLS_WORKER", "0"))  # set by --workers for each process
     study.sampler = make_sampler(setup.seed + len(study.trials) + 7919 * worker, request.sampler)
     study.pruner = make_pruner(request.pruning)
-    data = PreparedData.load(setup, setup.search_space.max_resolution)
+    data = PreparedData.load(setup, setup.search_space.max_resolution, request.workdir / CACHE_DIR)
     study.set_user_attr("dataset", {"images": len(data.images), "classes": list(data.images.class_names)})
 
     remaining = request.trials - count_finished(study)

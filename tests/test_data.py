@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from autocls.data import DataSpec, check_folds, discover
@@ -178,3 +181,23 @@ def test_tiny_wide_and_decompression_bomb_images(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 400x10 is then past twice the limit
     _images, kept, failed = decode_images([tmp_path / "tiny.png", tmp_path / "wide.png"], 16)
     assert kept == [0] and "decompression-bomb" in failed[0][1]
+
+
+def test_disk_cache_returns_the_same_pixels_and_is_invalidated_by_changes(image_folder: Path, tmp_path: Path) -> None:
+    (image_folder / "class_0" / "broken.jpg").write_bytes(b"junk")
+    data = discover(image_folder)
+    cache = tmp_path / "cache"
+    plain_data, plain = build_store(data, 16)
+    first_data, first = build_store(data, 16, cache)
+    assert len(list(cache.glob("*.npy"))) == 1
+    again_data, again = build_store(data, 16, cache)  # read back, memory-mapped
+    for images in (first.images, again.images):
+        assert torch.equal(images, plain.images)
+    assert again_data.paths == plain_data.paths == first_data.paths
+    # a changed file gives another key: decoded afresh, not the stale pixels
+    changed = data.paths[0]
+    Image.new("RGB", (16, 16), (0, 0, 0)).save(changed, format="PNG" if changed.suffix.lower() == ".png" else "JPEG")
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    _, fresh = build_store(discover(image_folder), 16, cache)
+    assert len(list(cache.glob("*.npy"))) == 2
+    assert fresh.images[0].sum() == 0 and not torch.equal(fresh.images, plain.images)
