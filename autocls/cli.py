@@ -199,9 +199,8 @@ def run_refit(args: argparse.Namespace) -> int:
     from autocls.ensemble import refit
     from autocls.progress import Reporter
     from autocls.storage import default_url
-    from autocls.study import open_study
+    from autocls.study import CACHE_DIR, open_study
     from autocls.trainer import configure_threads, resolve_device
-    from autocls.study import CACHE_DIR
     from autocls.trialstore import TrialStore
 
     configure_threads()
