@@ -7,6 +7,7 @@ trainer knowing about either.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -196,7 +197,9 @@ class Trainer:
         weights_dir: Path | None = None,
         seed: int = 0,
         metric: str = "accuracy",
+        feature_cache: bool = True,
     ) -> None:
+        self.feature_cache = feature_cache
         self.config = config
         self.num_classes = num_classes
         self.device = device
@@ -236,9 +239,18 @@ class Trainer:
         optimizer = create_optimizer(model, cfg)
         scheduler = create_scheduler(optimizer, cfg, steps)
         norm = _normaliser(model, self.device)
+        prepare_train = functools.partial(self._prepare, norm=norm, augment=True)
+        prepare_eval = functools.partial(self._prepare, norm=norm, augment=False)
+        net, inputs = model, images
+        if self.feature_cache and self._only_head_trains(model):
+            # Everything below the classifier is frozen and sees unaugmented images: its output is
+            # the same every epoch and fold, so it is computed once and only the head is trained.
+            inputs = self._frozen_features(model, images, prepare_eval)
+            net, prepare_train = _HeadOnFeatures(model), self._features_to_device
+            prepare_eval = prepare_train
         train_t = torch.as_tensor(train_idx)
         class_weights, sample_weights = self._balancing(labels[train_t])
-        val_images, val_labels = images[torch.as_tensor(val_idx)], labels[torch.as_tensor(val_idx)]
+        val_inputs, val_labels = inputs[torch.as_tensor(val_idx)], labels[torch.as_tensor(val_idx)]
 
         history: list[EpochRecord] = []
         best_loss, best_epoch, best_state, best_probs = math.inf, 0, None, None
@@ -249,12 +261,12 @@ class Trainer:
                 order = train_t[torch.multinomial(sample_weights, len(train_t), replacement=True, generator=generator)]
             else:
                 order = train_t[torch.randperm(len(train_t), generator=generator)]
-            model.train()
+            net.train()
             total = 0.0
             for step in range(steps):
                 _check_stop()
                 idx = order[step * batch : (step + 1) * batch]
-                loss = self._train_step(model, optimizer, images[idx], labels[idx], norm, class_weights)
+                loss = self._train_step(net, optimizer, prepare_train(inputs[idx]), labels[idx], class_weights)
                 if not math.isfinite(loss):
                     raise NonFiniteLossError(
                         f"loss became {loss} at epoch {epoch + 1}, step {step + 1} (lr {cfg.lr:.2g})"
@@ -263,7 +275,7 @@ class Trainer:
                 scheduler.step_update(num_updates=updates)
                 total += loss
             lr = max(group["lr"] for group in optimizer.param_groups)
-            val_loss, probs = self.evaluate(model, val_images, norm, val_labels)
+            val_loss, probs = self.evaluate(net, val_inputs, prepare_eval, val_labels)
             scheduler.step(epoch + 1, val_loss)
             score = self.metric(val_labels.numpy(), probs)
             record = EpochRecord(epoch, total / steps, val_loss, score, lr, time.perf_counter() - start)
@@ -291,16 +303,38 @@ class Trainer:
             return None, inverse[train_labels]
         return None, None
 
+    def _only_head_trains(self, model: nn.Module) -> bool:
+        """Whether the classifier is the only trainable part and its inputs are deterministic."""
+        cfg = self.config
+        if not cfg.pretrained or self.augment is not None or self.mixup is not None:
+            return False  # random frozen weights differ per fold; augmented inputs differ per epoch
+        head = {id(p) for p in model.get_classifier().parameters()}
+        return all(not p.requires_grad for p in model.parameters() if id(p) not in head)
+
+    def _frozen_features(self, model: nn.Module, images: torch.Tensor, prepare: Callable) -> torch.Tensor:
+        key = (self.config.backbone, str(self.weights_dir), self.config.resolution, id(images), images.shape)
+        if key not in _FEATURES:
+            model.eval()
+            chunks = []
+            with torch.inference_mode(), self._autocast():
+                for start in range(0, len(images), EVAL_BATCH):
+                    x = prepare(images[start : start + EVAL_BATCH])
+                    chunks.append(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu())
+            _FEATURES.clear()  # one backbone's features at a time: they are small, but not free
+            _FEATURES[key] = torch.cat(chunks)
+        return _FEATURES[key]
+
+    def _features_to_device(self, features: torch.Tensor) -> torch.Tensor:
+        return features.to(self.device, non_blocking=True)
+
     def _train_step(
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        images: torch.Tensor,
+        x: torch.Tensor,
         labels: torch.Tensor,
-        norm: tuple[torch.Tensor, torch.Tensor],
         class_weights: torch.Tensor | None,
     ) -> float:
-        x = self._prepare(images, norm, augment=True)
         y = labels.to(self.device, non_blocking=True)
         if self.mixup is not None:
             x, targets = self.mixup(x, y)
@@ -326,15 +360,15 @@ class Trainer:
     def evaluate(
         self,
         model: nn.Module,
-        images: torch.Tensor,
-        norm: tuple[torch.Tensor, torch.Tensor],
+        inputs: torch.Tensor,
+        prepare: Callable[[torch.Tensor], torch.Tensor],
         labels: torch.Tensor | None = None,
     ) -> tuple[float, np.ndarray]:
         """Mean cross-entropy on ``labels`` (nan without them) and softmax probabilities."""
         model.eval()
         probs = []
-        for start in range(0, len(images), EVAL_BATCH):
-            x = self._prepare(images[start : start + EVAL_BATCH], norm, augment=False)
+        for start in range(0, len(inputs), EVAL_BATCH):
+            x = prepare(inputs[start : start + EVAL_BATCH])
             with self._autocast():
                 logits = model(x)
             probs.append(logits.float().softmax(dim=1).cpu())
@@ -460,6 +494,21 @@ def create_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_p
         updates_per_epoch=steps_per_epoch,
     )
     return scheduler
+
+
+_FEATURES: dict[tuple, torch.Tensor] = {}  # frozen-backbone features, see Trainer._frozen_features
+
+
+class _HeadOnFeatures(nn.Module):
+    """The model's dropout and classifier, applied to cached pre-logit features."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(getattr(model, "drop_rate", 0.0))
+        self.head = model.get_classifier()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(features))
 
 
 def _normaliser(model: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

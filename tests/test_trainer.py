@@ -88,3 +88,36 @@ def test_same_config_and_seed_train_identically(prepared) -> None:
     runs = [cross_validate(config, store, data.labels, splits, 3, CPU, seed=7) for _ in range(2)]
     assert [r.train_loss for r in runs[0].folds[0].history] == [r.train_loss for r in runs[1].folds[0].history]
     np.testing.assert_array_equal(runs[0].oof_probs, runs[1].oof_probs)
+
+
+def test_frozen_feature_cache_gives_the_same_model_and_skips_the_backbone(prepared, monkeypatch) -> None:
+    from autocls import trainer as trainer_module
+
+    data, store = prepared
+    config = TrainConfig(
+        backbone="tf_efficientnet_lite0",
+        pretrained=True,
+        freeze=1.0,
+        augmentation="none",
+        resolution=16,
+        batch_size=8,
+        epochs=2,
+        lr=0.01,
+    )
+    splits = stratified_folds(data.labels, 2, seed=0)
+    images, labels = store.at(16), torch.as_tensor(data.labels)
+    plain = Trainer(config, 3, CPU, feature_cache=False).fit(images, labels, *splits[0])
+    calls = []
+    real_forward_features = __import__("timm").models.efficientnet.EfficientNet.forward_features
+    monkeypatch.setattr(
+        __import__("timm").models.efficientnet.EfficientNet,
+        "forward_features",
+        lambda self, x: calls.append(len(x)) or real_forward_features(self, x),
+    )
+    trainer_module._FEATURES.clear()
+    cached = Trainer(config, 3, CPU).fit(images, labels, *splits[0])
+    np.testing.assert_allclose(cached.val_probs, plain.val_probs, atol=1e-5)
+    assert [r.train_loss for r in cached.history] == pytest.approx([r.train_loss for r in plain.history], abs=1e-5)
+    assert sum(calls) == len(images)  # the backbone ran once over the images, not per step or epoch
+    Trainer(config, 3, CPU).fit(images, labels, *splits[1])  # the next fold reuses the features
+    assert sum(calls) == len(images)
