@@ -18,30 +18,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from prepare_fashion_mnist import write_fashion_mnist
-from quickstart_digits import smoke_space
-
-import autocls
-from autocls.evaluate import evaluate
+from quickstart_digits import search_refit_evaluate
 
 
 def run(workdir: Path, train: int, test: int, minutes: float, fast: bool) -> float:
     data = workdir / "fashion"
     write_fashion_mnist(data, train=train, test=test)
-    study = autocls.search(
-        data / "train",
-        trials=1 if fast else 1000,
-        folds=2 if fast else 5,
-        space=smoke_space() if fast else "fast",
-        timeout=None if fast else minutes * 60,
-        workdir=workdir / "runs",
-        study_name="fashion",
-        quiet=fast,
-    )
-    print(f"best trial {study.best_trial.number}: cv accuracy {study.best_value:.4f}")
-    ensemble = autocls.refit(study, workdir=workdir / "runs")
-    result = evaluate(ensemble, data / "test")
-    print(f"held-out accuracy {result.accuracy:.4f} on {len(result.predictions)} images")
-    return result.accuracy
+    return search_refit_evaluate(data, workdir / "runs", "fashion", fast, trials=1000, timeout=minutes * 60)
 
 
 def main() -> None:

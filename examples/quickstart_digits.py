@@ -35,19 +35,27 @@ def smoke_space():
 def run(workdir: Path, fast: bool) -> float:
     data = workdir / "digits"
     write_digits(data, holdout=0.2, limit=300 if fast else None)
+    return search_refit_evaluate(data, workdir / "runs", "digits", fast, trials=8)
+
+
+def search_refit_evaluate(
+    data: Path, workdir: Path, name: str, fast: bool, trials: int, timeout: float | None = None
+) -> float:
+    """Search on ``data/train``, refit the best trial, return the accuracy on ``data/test``."""
     study = autocls.search(
         data / "train",
-        trials=1 if fast else 8,
+        trials=1 if fast else trials,
         folds=2 if fast else 5,
         space=smoke_space() if fast else "fast",
-        workdir=workdir / "runs",
-        study_name="digits",
+        timeout=None if fast else timeout,
+        workdir=workdir,
+        study_name=name,
         quiet=fast,
     )
     print(f"best trial {study.best_trial.number}: cv accuracy {study.best_value:.4f}")
-    ensemble = autocls.refit(study, workdir=workdir / "runs")
+    ensemble = autocls.refit(study, workdir=workdir)
     result = evaluate(ensemble, data / "test")
-    print(f"held-out accuracy {result.accuracy:.4f} on {len(result.predictions)} digits")
+    print(f"held-out accuracy {result.accuracy:.4f} on {len(result.predictions)} images")
     return result.accuracy
 
 
