@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--labels", help="CSV of file,label rows for the images under DATA")
     search.add_argument("--file-column", help="CSV column of image paths (default: detected)")
     search.add_argument("--label-column", help="CSV column of labels (default: detected)")
-    search.add_argument("--space", help="search space name (default, fast) or .toml file; default: default")
+    search.add_argument(
+        "--space", help="search space name (default, fast) or .toml file; default: default on a GPU, fast on a CPU"
+    )
     search.add_argument("--trials", type=_positive_int, default=20, help="target number of finished trials")
     search.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     search.add_argument("--folds", type=_positive_int, help="folds of stratified cross-validation (default 5)")
