@@ -57,8 +57,8 @@ def _img(array: np.ndarray) -> str:
 def _table(frame: pd.DataFrame, float_format: str = "{:.3f}") -> str:
     head = "".join(f"<th>{escape(str(c))}</th>" for c in [frame.index.name or "", *frame.columns])
     rows = []
-    for index, row in frame.iterrows():
-        cells = [float_format.format(v) if isinstance(v, float) else escape(str(v)) for v in row.tolist()]
+    for index, row in zip(frame.index, frame.itertuples(index=False), strict=True):  # keeps int columns int
+        cells = [float_format.format(v) if isinstance(v, float) else escape(str(v)) for v in row]
         rows.append(f"<tr><td>{escape(str(index))}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
