@@ -47,11 +47,6 @@ PACKAGED_WEIGHTS = {
 }
 
 
-def weights_dir_from_env(given: str | Path | None) -> Path | None:
-    value = given or os.environ.get(WEIGHTS_ENV)
-    return Path(value).expanduser() if value else None
-
-
 def local_checkpoint(model_name: str, weights_dir: Path | None) -> Path | None:
     """The local checkpoint file for ``model_name`` (``resnet18.a1_in1k`` also matches ``resnet18``)."""
     names = dict.fromkeys([model_name, model_name.split(".")[0]])

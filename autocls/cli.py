@@ -15,6 +15,7 @@ from autocls import __version__
 from autocls.errors import AutoclsError
 
 STORAGE_ENV = "AUTOCLS_STORAGE"
+WEIGHTS_ENV = "AUTOCLS_WEIGHTS"  # also named in autocls.backbones' missing-weights message
 
 
 def _positive_int(text: str) -> int:
@@ -139,7 +140,7 @@ def _search_request(args: argparse.Namespace):
         sampler=args.sampler,
         pruning=not args.no_pruning,
         device=args.device,
-        weights=args.weights or os.environ.get("AUTOCLS_WEIGHTS"),
+        weights=args.weights or os.environ.get(WEIGHTS_ENV),
     )
 
 
