@@ -246,3 +246,57 @@ def freeze_stages(model: nn.Module, fraction: float) -> int:
         if name in frozen:  # parameters held by the model itself (a ViT's cls_token, pos_embed)
             param.requires_grad_(False)
     return count
+
+
+# Top-level children where a timm model's feature extractor ends and its head begins.
+_HEAD_CHILDREN = ("global_pool", "head", "fc", "classifier", "head_drop", "fc_norm", "pre_logits", "flatten")
+
+
+def feature_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules ``forward_features`` runs, in order, when it is a plain chain of them.
+
+    timm's CNNs (EfficientNet, MobileNet, ResNet, DenseNet, ConvNeXt, RegNet) register their feature
+    modules in the order they run, with block stages as ``nn.Sequential`` children, which are
+    expanded. Callers must check the chain against ``forward_features`` (see
+    :func:`split_frozen_prefix`): a ViT, for one, adds position embeddings between its modules.
+    """
+    chain: list[nn.Module] = []
+    for name, child in model.named_children():
+        if name in _HEAD_CHILDREN:
+            break
+        chain.extend(child.children() if isinstance(child, nn.Sequential) else [child])
+    return chain
+
+
+def split_frozen_prefix(
+    model: nn.Module, sample: torch.Tensor
+) -> tuple[nn.Sequential, nn.Sequential] | None:
+    """Split ``forward_features`` into its leading frozen modules and the rest.
+
+    Returns ``(prefix, rest)`` with ``rest(prefix(x)) == model.forward_features(x)`` (checked on
+    ``sample`` in eval mode), or ``None`` when the model is not such a chain, nothing is frozen
+    or everything is. The prefix is the longest run of modules without a trainable parameter.
+    """
+    chain = feature_modules(model)
+    split = 0
+    while split < len(chain) and not any(p.requires_grad for p in chain[split].parameters()):
+        split += 1
+    has_frozen_weights = any(True for m in chain[:split] for _ in m.parameters())
+    if not has_frozen_weights or split == len(chain):
+        return None
+    prefix, rest = nn.Sequential(*chain[:split]), nn.Sequential(*chain[split:])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = model.forward_features(sample)
+            got = rest(prefix(sample))
+        matches = got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+    except (RuntimeError, TypeError):
+        matches = False
+    finally:
+        model.train(was_training)
+    if not matches:
+        logger.debug("%s: forward_features is not a plain chain; no frozen-prefix cache", type(model).__name__)
+        return None
+    return prefix, rest

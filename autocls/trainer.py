@@ -29,7 +29,7 @@ from timm.scheduler import create_scheduler_v2
 from torch import nn
 
 from autocls.augment import create_augmentation
-from autocls.backbones import create_classifier
+from autocls.backbones import create_classifier, split_frozen_prefix
 from autocls.config import TrainConfig
 from autocls.errors import AutoclsError, NonFiniteLossError
 from autocls.images import ImageStore
@@ -242,12 +242,10 @@ class Trainer:
         prepare_train = functools.partial(self._prepare, norm=norm, augment=True)
         prepare_eval = functools.partial(self._prepare, norm=norm, augment=False)
         net, inputs = model, images
-        if self.feature_cache and self._only_head_trains(model):
-            # Everything below the classifier is frozen and sees unaugmented images: its output is
-            # the same every epoch and fold, so it is computed once and only the head is trained.
-            inputs = self._frozen_features(model, images, prepare_eval)
-            net, prepare_train = _HeadOnFeatures(model), self._features_to_device
-            prepare_eval = prepare_train
+        cached = self._cached_inputs(model, images, prepare_eval) if self.feature_cache else None
+        if cached is not None:
+            net, inputs = cached
+            prepare_train = prepare_eval = self._features_to_device
         train_t = torch.as_tensor(train_idx)
         class_weights, sample_weights = self._balancing(labels[train_t])
         val_inputs, val_labels = inputs[torch.as_tensor(val_idx)], labels[torch.as_tensor(val_idx)]
@@ -303,29 +301,58 @@ class Trainer:
             return None, inverse[train_labels]
         return None, None
 
+    def _cached_inputs(
+        self, model: nn.Module, images: torch.Tensor, prepare: Callable
+    ) -> tuple[nn.Module, torch.Tensor] | None:
+        """The network left to train and its cached inputs, when a frozen part can run once.
+
+        A frozen, pretrained part that sees unaugmented, unmixed images computes the same output
+        every epoch and fold: it runs once over all images (in eval mode) and only the rest trains.
+        Everything below the classifier frozen (a linear probe) caches pooled features; the first
+        stages frozen cache the last frozen stage's feature maps. ``None`` when nothing can be cached.
+        """
+        if not self.config.pretrained or self.augment is not None or self.mixup is not None:
+            return None  # random frozen weights differ per fold; augmented inputs differ per epoch
+        if self._only_head_trains(model):
+            pooled = functools.partial(model.forward_head, pre_logits=True)
+            features = self._features(model, "pre-logits", images, prepare, lambda x: pooled(model.forward_features(x)))
+            return _HeadOnFeatures(model), features
+        model.eval()
+        split = split_frozen_prefix(model, prepare(images[:2]))
+        if split is None:
+            return None
+        prefix, rest = split
+        with torch.inference_mode():
+            per_image = prefix(prepare(images[:1])).numel() * 4
+        if per_image * len(images) > FEATURE_CACHE_BYTES:
+            logger.debug("frozen-prefix cache would need %d MiB; not cached", per_image * len(images) >> 20)
+            return None
+        return _RestOnPrefix(model, rest), self._features(model, f"prefix {len(prefix)}", images, prepare, prefix)
+
     def _only_head_trains(self, model: nn.Module) -> bool:
-        """Whether the classifier is the only trainable part and its inputs are deterministic."""
-        cfg = self.config
-        if not cfg.pretrained or self.augment is not None or self.mixup is not None:
-            return False  # random frozen weights differ per fold; augmented inputs differ per epoch
         head = {id(p) for p in model.get_classifier().parameters()}
         return all(not p.requires_grad for p in model.parameters() if id(p) not in head)
 
-    def _frozen_features(self, model: nn.Module, images: torch.Tensor, prepare: Callable) -> torch.Tensor:
-        key = (self.config.backbone, str(self.weights_dir), self.config.resolution, id(images), images.shape)
+    def _features(
+        self, model: nn.Module, part: str, images: torch.Tensor, prepare: Callable, frozen: Callable
+    ) -> torch.Tensor:
+        """``frozen`` applied to every image once per (backbone, weights, resolution, frozen part)."""
+        key = (self.config.backbone, str(self.weights_dir), self.config.resolution, part, id(images), images.shape)
         if key not in _FEATURES:
             model.eval()
             chunks = []
             with torch.inference_mode(), self._autocast():
                 for start in range(0, len(images), EVAL_BATCH):
-                    x = prepare(images[start : start + EVAL_BATCH])
-                    chunks.append(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu())
-            _FEATURES.clear()  # one backbone's features at a time: they are small, but not free
+                    chunks.append(frozen(prepare(images[start : start + EVAL_BATCH])).float().cpu())
+            _FEATURES.clear()  # one frozen part's features at a time
             _FEATURES[key] = torch.cat(chunks)
         return _FEATURES[key]
 
     def _features_to_device(self, features: torch.Tensor) -> torch.Tensor:
-        return features.to(self.device, non_blocking=True)
+        features = features.to(self.device, non_blocking=True)
+        if self.device.type == "cuda" and features.ndim == 4:
+            features = features.contiguous(memory_format=torch.channels_last)
+        return features
 
     def _train_step(
         self,
@@ -496,7 +523,10 @@ def create_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_p
     return scheduler
 
 
-_FEATURES: dict[tuple, torch.Tensor] = {}  # frozen-backbone features, see Trainer._frozen_features
+_FEATURES: dict[tuple, torch.Tensor] = {}  # frozen-part outputs, see Trainer._cached_inputs
+# A frozen prefix's feature maps are kept in memory only up to this size (early stages of a CNN at
+# a high resolution are large); beyond it the prefix runs every step, as without a cache.
+FEATURE_CACHE_BYTES = 4 << 30
 
 
 class _HeadOnFeatures(nn.Module):
@@ -509,6 +539,21 @@ class _HeadOnFeatures(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(self.drop(features))
+
+
+class _RestOnPrefix(nn.Module):
+    """The model's trainable stages and head, applied to a frozen prefix's cached feature maps.
+
+    ``model`` is held as a submodule so ``train()``/``eval()`` reach its dropout and BatchNorm layers.
+    """
+
+    def __init__(self, model: nn.Module, rest: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.rest = rest
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.rest(features))
 
 
 def _normaliser(model: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

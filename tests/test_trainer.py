@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from autocls.backbones import create_classifier, split_frozen_prefix
 from autocls.config import AUGMENTATIONS, OPTIMIZERS, SCHEDULERS, TrainConfig
 from autocls.data import discover
 from autocls.errors import NonFiniteLossError
@@ -121,3 +122,64 @@ def test_frozen_feature_cache_gives_the_same_model_and_skips_the_backbone(prepar
     assert sum(calls) == len(images)  # the backbone ran once over the images, not per step or epoch
     Trainer(config, 3, CPU).fit(images, labels, *splits[1])  # the next fold reuses the features
     assert sum(calls) == len(images)
+
+
+@pytest.mark.parametrize("backbone", ["tf_efficientnet_lite0", "resnet18", "mobilenetv3_large_100", "densenet121"])
+def test_frozen_prefix_split_reproduces_forward_features(backbone) -> None:
+    config = TrainConfig(backbone=backbone, pretrained=False, freeze=0.5, resolution=32)
+    model = create_classifier(config, 3)
+    prefix, rest = split_frozen_prefix(model, torch.randn(2, 3, 32, 32))
+    assert not any(p.requires_grad for p in prefix.parameters())
+    assert any(p.requires_grad for p in rest.parameters())
+    model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rest(prefix(x)), model.forward_features(x))
+
+
+def test_no_prefix_split_for_a_vit_or_when_nothing_is_frozen() -> None:
+    vit = create_classifier(
+        TrainConfig(backbone="vit_tiny_patch16_224", pretrained=False, freeze=0.5, resolution=32), 3
+    )
+    assert split_frozen_prefix(vit, torch.randn(2, 3, 32, 32)) is None  # position embeddings sit between modules
+    cnn = create_classifier(TrainConfig(backbone="resnet18", pretrained=False, freeze=0.0, resolution=32), 3)
+    assert split_frozen_prefix(cnn, torch.randn(2, 3, 32, 32)) is None
+
+
+def test_frozen_prefix_cache_gives_the_same_model_and_runs_the_prefix_once(prepared, monkeypatch) -> None:
+    from autocls import trainer as trainer_module
+
+    data, store = prepared
+    config = TrainConfig(
+        backbone="tf_efficientnet_lite0",
+        pretrained=True,
+        freeze=0.5,
+        augmentation="none",
+        resolution=16,
+        batch_size=8,
+        epochs=2,
+        lr=0.01,
+    )
+    splits = stratified_folds(data.labels, 2, seed=0)
+    images, labels = store.at(16), torch.as_tensor(data.labels)
+    plain = Trainer(config, 3, CPU, feature_cache=False).fit(images, labels, *splits[0])
+    stem_calls = []
+    real_create = trainer_module.create_classifier
+
+    def create_counting_stem(*args, **kwargs):
+        model = real_create(*args, **kwargs)
+        model.conv_stem.register_forward_pre_hook(lambda module, inputs: stem_calls.append(len(inputs[0])))
+        return model
+
+    monkeypatch.setattr(trainer_module, "create_classifier", create_counting_stem)
+    trainer_module._FEATURES.clear()
+    cached = Trainer(config, 3, CPU).fit(images, labels, *splits[0])
+    assert cached.frozen_stages > 0
+    np.testing.assert_allclose(cached.val_probs, plain.val_probs, atol=1e-5)
+    assert [r.train_loss for r in cached.history] == pytest.approx([r.train_loss for r in plain.history], abs=1e-5)
+    checks = 2 + 2 + 1  # the split is checked on 2 images (whole and split), the size probed on 1
+    assert sum(stem_calls) == len(images) + checks  # the prefix ran over every image once
+    Trainer(config, 3, CPU).fit(images, labels, *splits[1])  # the next fold reuses the feature maps
+    assert sum(stem_calls) == len(images) + 2 * checks
+    keys = cached.state_dict.keys()
+    assert set(keys) == set(plain.state_dict.keys())  # the saved fold model is the whole model
