@@ -268,9 +268,7 @@ def feature_modules(model: nn.Module) -> list[nn.Module]:
     return chain
 
 
-def split_frozen_prefix(
-    model: nn.Module, sample: torch.Tensor
-) -> tuple[nn.Sequential, nn.Sequential] | None:
+def split_frozen_prefix(model: nn.Module, sample: torch.Tensor) -> tuple[nn.Sequential, nn.Sequential] | None:
     """Split ``forward_features`` into its leading frozen modules and the rest.
 
     Returns ``(prefix, rest)`` with ``rest(prefix(x)) == model.forward_features(x)`` (checked on
