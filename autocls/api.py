@@ -26,6 +26,7 @@ from autocls.ensemble import refit as _refit
 from autocls.errors import AutoclsError
 from autocls.progress import Reporter
 from autocls.storage import default_url
+from autocls.space import SearchSpace
 from autocls.study import CACHE_DIR, DEFAULT_WORKDIR, SearchRequest, StudySetup, run_search
 from autocls.trainer import configure_threads, resolve_device
 from autocls.trialstore import TrialStore
@@ -52,7 +53,7 @@ def search(
     *,
     trials: int = 20,
     folds: int | None = None,
-    space: str | None = None,
+    space: str | SearchSpace | None = None,
     storage: str | None = None,
     study_name: str | None = None,
     timeout: float | None = None,
@@ -61,9 +62,15 @@ def search(
     workdir: str | Path = DEFAULT_WORKDIR,
     device: str = "auto",
     weights: str | None = None,
+    sampler: str = "tpe",
+    pruning: bool = True,
+    warm_start: bool = True,
     quiet: bool = True,
 ) -> optuna.Study:
-    """Run (or continue) a search like ``autocls search`` and return the Optuna study."""
+    """Run (or continue) a search like ``autocls search`` and return the Optuna study.
+
+    ``space`` is a built-in name, a ``.toml`` path or a loaded :class:`~autocls.space.SearchSpace`.
+    """
     configure_threads()
     workdir = Path(workdir)
     request = SearchRequest(
@@ -78,6 +85,9 @@ def search(
         seed=seed,
         metric=metric,
         weights=weights,
+        sampler=sampler,
+        pruning=pruning,
+        warm_start=warm_start,
     )
     return run_search(request, resolve_device(device), Reporter(quiet=quiet))
 

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="default: tpe")
     search.add_argument("--no-pruning", action="store_true", help="train every trial to the end")
+    search.add_argument(
+        "--no-warm-start", action="store_true", help="do not enqueue the known-good recipes first (a pure random search)"
+    )
     search.add_argument("--weights", help="folder of pretrained checkpoints by model name ($AUTOCLS_WEIGHTS)")
     common(search)
 
@@ -139,6 +142,7 @@ def _search_request(args: argparse.Namespace):
         metric=args.metric,
         sampler=args.sampler,
         pruning=not args.no_pruning,
+        warm_start=not args.no_warm_start,
         device=args.device,
         weights=args.weights or os.environ.get(WEIGHTS_ENV),
     )

@@ -3,14 +3,18 @@
 Each family has the recipe its practitioners use for fine-tuning (timm's and the papers'): AdamW
 with a one-cycle schedule for EfficientNet/MobileNet, Nesterov SGD with cosine for ResNet/DenseNet,
 AdamW with a small learning rate, warmup and layer-wise decay for ConvNeXt/ViT/Swin. The family's
-cheapest backbone in the space is used, at the resolution closest to the images' own size, and
-with more frozen stages when there are few images per class. Only values the space can take are
-enqueued; the rest is left to the sampler.
+cheapest backbone in the space is used, with more frozen stages when there are few images per
+class. Without a time budget it trains at the resolution closest to the images' own size; with
+one, at the largest resolution and then the most epochs whose estimated trial time fits the
+recipe's share of the budget (pretrained CNNs gain from upsampling small images, as far as time
+allows). Only values the space can take are enqueued; the rest is left to the sampler.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import product
 from typing import Any
 
 from autocls.space import SearchSpace
@@ -26,6 +30,8 @@ FAMILIES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
             "scheduler": "onecycle",
             "augmentation": "light",
             "label_smoothing": 0.1,
+            "mixup": 0.0,  # MixUp/CutMix pay off in long schedules; a recipe must be reliable in short ones
+            "cutmix": 0.0,
             "batch_size": 64,
         },
     ),
@@ -41,6 +47,8 @@ FAMILIES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
             "warmup_epochs": 1,
             "augmentation": "light",
             "label_smoothing": 0.1,
+            "mixup": 0.0,
+            "cutmix": 0.0,
             "batch_size": 64,
         },
     ),
@@ -70,8 +78,22 @@ class DataStats:
     image_side: int
 
 
-def portfolio(space: SearchSpace, stats: DataStats) -> list[dict[str, Any]]:
-    """Parameter sets to enqueue, cheapest family first; empty if the space searches no backbone."""
+# Share of the time budget each recipe may take, in order: the first (EfficientNet-style) recipe
+# is the one most likely to win, so it gets the time to train well; the sampler keeps the rest.
+BUDGET_SHARES = (1 / 3, 1 / 6, 1 / 6)
+
+
+def portfolio(
+    space: SearchSpace,
+    stats: DataStats,
+    trial_seconds: Callable[[dict[str, Any]], float] | None = None,
+    budget: float | None = None,
+) -> list[dict[str, Any]]:
+    """Parameter sets to enqueue, cheapest family first; empty if the space searches no backbone.
+
+    ``trial_seconds`` estimates a parameter set's trial time; with it and a ``budget`` in seconds
+    each recipe is sized to its share of the budget (see :data:`BUDGET_SHARES`).
+    """
     backbones = [str(b) for b in space.values_of("backbone")]
     configs = []
     for prefixes, recipe in FAMILIES.values():
@@ -83,8 +105,29 @@ def portfolio(space: SearchSpace, stats: DataStats) -> list[dict[str, Any]]:
         per_class = stats.images / max(1, stats.classes)
         params["freeze"] = 0.5 if per_class < 30 else 0.0
         params["augmentation"] = params["augmentation"] if per_class >= 30 else "light"
-        configs.append(_fit_to_space(space, params))
+        fitted = _fit_to_space(space, params)
+        if fitted and trial_seconds is not None and budget:
+            share = budget * BUDGET_SHARES[min(len(configs), len(BUDGET_SHARES) - 1)]
+            fitted = _size_to_budget(space, fitted, trial_seconds, share)
+        configs.append(fitted)
     return [c for c in configs if c]
+
+
+def _size_to_budget(
+    space: SearchSpace, params: dict[str, Any], trial_seconds: Callable[[dict[str, Any]], float], seconds: float
+) -> dict[str, Any]:
+    """``params`` at the largest searched resolution, then epochs, whose estimate fits ``seconds``;
+    at the cheapest of them when none does (the study then skips it if it cannot finish at all)."""
+    searched = {dim.name: dim for dim in space.dimensions if dim.choices is not None}
+    options = {
+        name: sorted(searched[name].choices, reverse=True) if name in searched else [params.get(name)]
+        for name in ("resolution", "epochs")
+    }
+    candidates = [
+        {**params, **{k: v for k, v in zip(options, values, strict=True) if v is not None}}
+        for values in product(*options.values())
+    ]
+    return next((c for c in candidates if trial_seconds(c) <= seconds), candidates[-1])
 
 
 def _fit_to_space(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:

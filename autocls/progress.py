@@ -110,6 +110,8 @@ class Reporter(TrainingObserver):
         state = trial.state.name
         if trial.state == optuna.trial.TrialState.COMPLETE:
             outcome = f"[green]{state}[/] cv score {trial.value:.4f}"
+        elif "skipped" in trial.user_attrs:
+            outcome = f"[yellow]SKIPPED[/] {trial.user_attrs['skipped']}"
         elif trial.state == optuna.trial.TrialState.PRUNED:
             outcome = f"[yellow]{state}[/] at step {trial.last_step}"
         else:

@@ -41,6 +41,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from autocls import __version__
 from autocls.backbones import check_weights
 from autocls.config import TrainConfig
+from autocls.cost import ESTIMATE_ATTR, CostModel
 from autocls.data import DataSpec, LabelledImages, check_folds, typical_side
 from autocls.errors import AutoclsError
 from autocls.images import ImageStore, build_store
@@ -73,6 +74,7 @@ CPU_SPACE = "fast"
 STUDY_ATTR = "autocls"  # the study user attribute that holds how the study was set up
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 10
+MAX_CONSECUTIVE_SKIPS = 3  # sampled configurations in a row too long for the time left: stop
 CACHE_DIR = "cache"  # decoded-image arrays, in the workdir
 
 
@@ -250,7 +252,9 @@ class Objective:
         budget: Budget,
         store: TrialStore | None = None,
         artifacts: FileSystemArtifactStore | None = None,
+        cost: CostModel | None = None,
     ) -> None:
+        self.cost = cost
         self.store = store
         self.artifacts = artifacts
         self.setup = setup
@@ -302,6 +306,7 @@ class Objective:
         trial.set_user_attr("seed", seed)
         for key, value in self.records.items():
             trial.set_user_attr(key, value)
+        self._skip_if_too_long(trial, config)
         observer = TrialObserver(trial, self.reporter, self.budget)
         self.reporter.set_title(f"trial {trial.number}")
         result = cross_validate(
@@ -320,6 +325,21 @@ class Objective:
         trial.set_user_attr("frozen_stages", result.folds[0].frozen_stages)
         trial.set_user_attr("oof_score", round(result.oof_score(), 6))
         return config, result, observer.history
+
+
+    def _skip_if_too_long(self, trial: optuna.Trial, config: TrainConfig) -> None:
+        """Skip (as pruned, before any training) a configuration that cannot finish in the time left."""
+        if self.cost is None or self.budget.deadline is None:
+            return
+        images, folds = len(self.data.images), self.setup.folds
+        self.cost.learn_from(trial.study.get_trials(deepcopy=False, states=FINISHED))
+        per_epoch = self.cost.epoch_seconds(config, images - images // folds, images // folds)
+        trial.set_user_attr(ESTIMATE_ATTR, round(per_epoch, 4))
+        needed = self.cost.trial_seconds(config, images, folds)
+        if needed > self.budget.left():
+            reason = f"needs about {needed:.0f}s, {self.budget.left():.0f}s left"
+            trial.set_user_attr("skipped", reason)
+            raise optuna.TrialPruned(f"skipped: {reason}")
 
 
 def narrow_to_available_weights(space: SearchSpace, weights_dir: Path | None) -> SearchSpace:
@@ -364,6 +384,7 @@ class SearchRequest:
     weights: str | None = None
     sampler: str = "tpe"
     pruning: bool = True
+    warm_start: bool = True  # enqueue the portfolio's recipes first
 
 
 def _check_continuation(study: optuna.Study, setup: StudySetup, request: SearchRequest) -> None:
@@ -414,8 +435,13 @@ def _space_name(space: str | SearchSpace | None) -> str | None:
     return space.name if isinstance(space, SearchSpace) else space
 
 
-def create_or_continue(storage: Storage, study_name: str, request: SearchRequest) -> tuple[optuna.Study, StudySetup]:
-    """Continue ``study_name`` with its stored setup, or create it: metric, space and warm start."""
+def create_or_continue(
+    storage: Storage, study_name: str, request: SearchRequest, cost: CostModel | None = None
+) -> tuple[optuna.Study, StudySetup]:
+    """Continue ``study_name`` with its stored setup, or create it: metric, space and warm start.
+
+    With a ``cost`` model and a ``request.timeout``, the warm-start recipes are sized to the budget.
+    """
     if study_name in study_names(storage):
         study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner())
         if STUDY_ATTR in study.user_attrs:
@@ -452,9 +478,15 @@ def create_or_continue(storage: Storage, study_name: str, request: SearchRequest
     )
     study.set_user_attr(STUDY_ATTR, setup.to_attr())
     study.set_metric_names([metric])
-    if not study.trials:
+    if not study.trials and request.warm_start:
         stats = DataStats(len(data), len(data.class_names), typical_side(data.paths))
-        for params in portfolio(space, stats):
+        seconds = None
+        if cost is not None and request.timeout:
+
+            def seconds(params: dict[str, Any]) -> float:
+                return cost.trial_seconds(TrainConfig.from_dict({**space.fixed, **params}), len(data), setup.folds)
+
+        for params in portfolio(space, stats, seconds, request.timeout):
             study.enqueue_trial(params, user_attrs={"portfolio": True}, skip_if_exists=True)
     return study, setup
 
@@ -464,25 +496,27 @@ def count_finished(study: optuna.Study) -> int:
 
 
 class _StopConditions:
-    """Study callback: stop on the time budget, or after too many failures in a row."""
+    """Study callback: stop on the time budget, when nothing sampled fits in the time left any more,
+    or after too many failures in a row."""
 
     def __init__(self, budget: Budget, reporter: Reporter) -> None:
         self.budget = budget
         self.reporter = reporter
         self.failures = 0
+        self.skips = 0
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.reporter.trial_finished(trial)
         self.failures = self.failures + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
+        self.skips = self.skips + 1 if "skipped" in trial.user_attrs else 0
         if trial.user_attrs.get("stopped_by") == "timeout":
+            study.stop()
+        elif self.skips >= MAX_CONSECUTIVE_SKIPS:
+            self.reporter.print(f"stopping: the last {self.skips} configurations would not finish in the time left")
             study.stop()
         elif self.failures >= MAX_CONSECUTIVE_FAILURES:
             logger.warning("stopping: the last %d trials failed (see their fail_reason)", self.failures)
             study.stop()
-        else:
-            durations = [t.duration.total_seconds() for t in study.get_trials(states=FINISHED) if t.duration]
-            if durations and np.median(durations) > self.budget.left():
-                study.stop()  # a typical trial no longer fits in the time left
 
 
 def run_search(request: SearchRequest, device: torch.device, reporter: Reporter | None = None) -> optuna.Study:
@@ -490,7 +524,8 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
     reporter = reporter or Reporter(quiet=True)
     budget = Budget(request.timeout)
     storage = open_storage(request.storage or default_url(request.workdir))
-    study, setup = create_or_continue(storage, request.study_name or request.data.name, request)
+    cost = CostModel(device, request.workdir / CACHE_DIR / "speeds.json")
+    study, setup = create_or_continue(storage, request.study_name or request.data.name, request, cost)
     # Seeded by the study's seed and its trial count: reproducible, and a continued study does not
     # replay the random start-up proposals of its first run.
     worker = int(os.environ.get("AUTOCLS_WORKER", "0"))  # set by --workers for each process
@@ -509,7 +544,7 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
         f"{len(data.images.class_names)} classes, device {device.type}"
     )
     store = TrialStore(request.workdir / study.study_name / "trials")
-    objective = Objective(setup, data, device, reporter, budget, store, artifact_store(request.workdir))
+    objective = Objective(setup, data, device, reporter, budget, store, artifact_store(request.workdir), cost)
     with reporter.live(f"study {study.study_name}"):
         study.optimize(
             objective,

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from autocls.config import TrainConfig
+from autocls.cost import ESTIMATE_ATTR, CostModel
 from autocls.data import DataSpec, discover
 from autocls.images import build_store
 from autocls.metrics import default_metric
 from autocls.portfolio import DataStats, portfolio
 from autocls.pruning import FOLD_STEP, FoldAwarePruner
 from autocls.space import load_space
-from autocls.study import SearchRequest, create_or_continue, run_search
+from autocls.study import MAX_CONSECUTIVE_SKIPS, SearchRequest, create_or_continue, run_search
 from autocls.trainer import Trainer, stratified_folds
 from autocls.trialstore import TrialStore
 from tests.conftest import edit_space, write_class_folders
@@ -116,7 +117,8 @@ def test_metric_defaults_to_balanced_accuracy_for_imbalanced_classes(tmp_path: P
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
 
 
-def test_timeout_bounds_the_whole_command(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:
+def test_timeout_bounds_the_whole_command(image_folder: Path, tiny_space: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(CostModel, "images_per_second", lambda self, config: 1e9)  # an estimate far too low
     edit_space(tiny_space, {"epochs = 2": "epochs = 50", "patience = 2": "patience = 50"})
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     data = DataSpec.of(image_folder)
@@ -128,6 +130,52 @@ def test_timeout_bounds_the_whole_command(image_folder: Path, tiny_space: Path, 
     assert len(trials) == 1 and trials[0].state.name == "FAIL"
     assert trials[0].user_attrs["stopped_by"] == "timeout"
     assert elapsed < 60  # 100 epochs would take far longer: it stopped at the budget, not at the end
+
+
+def test_configurations_that_cannot_finish_in_time_are_skipped(
+    image_folder: Path, tiny_space: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(CostModel, "images_per_second", lambda self, config: 0.01)  # 100 s an image
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    request = SearchRequest(DataSpec.of(image_folder), storage=storage, space=str(tiny_space), trials=9, timeout=600)
+    start = time.monotonic()
+    run_search(request, CPU)
+    trials = optuna.load_study(study_name="data", storage=storage).trials
+    assert len(trials) == MAX_CONSECUTIVE_SKIPS  # then it stopped: nothing sampled would fit
+    assert all(t.state.name == "PRUNED" and "needs about" in t.user_attrs["skipped"] for t in trials)
+    assert not any("history" in t.user_attrs for t in trials)  # skipped before training
+    assert time.monotonic() - start < 60
+
+
+def test_cost_model_measures_a_configuration_once_and_learns_from_real_trials(tmp_path: Path, monkeypatch) -> None:
+    config = TrainConfig.from_dict({**TINY, "resolution": 24})
+    cost = CostModel(CPU, tmp_path / "speeds.json")
+    speed = cost.images_per_second(config)
+    assert speed > 0
+    monkeypatch.setattr(CostModel, "_measure", lambda self, config: pytest.fail("measured again"))
+    again = CostModel(CPU, tmp_path / "speeds.json")  # read back from the workdir
+    assert again.images_per_second(config) == speed
+    per_epoch = again.epoch_seconds(config, 80, 20)
+    assert per_epoch == pytest.approx(80 / speed + 20 / (speed * 3))
+    assert again.trial_seconds(config, 100, 5) == pytest.approx(per_epoch * config.epochs * 5)
+    history = [[{"seconds": 2 * per_epoch}, {"seconds": 2 * per_epoch}]]
+    done = optuna.trial.create_trial(value=0.5, user_attrs={ESTIMATE_ATTR: per_epoch, "history": history})
+    again.learn_from([done, optuna.trial.create_trial(value=0.4)])
+    assert again.correction == pytest.approx(2.0)  # the real epochs took twice the estimate
+    assert again.trial_seconds(config, 100, 5) == pytest.approx(2 * per_epoch * config.epochs * 5)
+
+
+def test_portfolio_is_sized_to_the_time_budget() -> None:
+    fast = load_space("fast")
+
+    def seconds(params: dict) -> float:  # a trial costs its resolution times its epochs
+        return params["resolution"] * params["epochs"]
+
+    first, second = portfolio(fast, DataStats(images=2000, classes=10, image_side=28), seconds, budget=1200)
+    assert (first["resolution"], first["epochs"]) == (64, 6)  # 384 s within its third of 1200 s
+    assert (second["resolution"], second["epochs"]) == (48, 4)  # 192 s within its sixth
+    tight = portfolio(fast, DataStats(images=2000, classes=10, image_side=28), seconds, budget=60)
+    assert all((c["resolution"], c["epochs"]) == (48, 4) for c in tight)  # the cheapest, to be skipped if need be
 
 
 def test_trials_record_what_reproduces_them(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:

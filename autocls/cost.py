@@ -1,0 +1,120 @@
+"""Trial cost: how long a configuration takes to cross-validate on this machine, before it runs.
+
+A trial's time is its training and evaluation passes: per fold and epoch, the training images
+through forward+backward and the validation images through forward. The training speed of a
+(backbone, resolution, freezing, batch) is measured here with a few steps on random tensors
+(seconds for a small CNN, and once: it is kept in the workdir per device and thread count), and
+the estimate is corrected by how long finished trials really took against their estimates (data
+path, augmentation, early stopping). The study driver uses it to skip what cannot finish in the
+time left and to size the warm-start recipes to the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+
+from autocls.backbones import create_classifier
+from autocls.config import TrainConfig
+from autocls.trainer import create_optimizer
+
+logger = logging.getLogger(__name__)
+
+PROBE_BATCH = 8  # small: a ViT at 224 px must not cost a minute on a CPU to be ruled out
+PROBE_CLASSES = 10  # the head's size hardly matters to the time
+EVAL_SPEED_UP = 3.0  # a forward pass alone costs about a third of forward+backward
+ESTIMATE_ATTR = "estimated_epoch_seconds"  # per-epoch estimate, stored on each trial
+
+
+@dataclass
+class CostModel:
+    """Estimates of training speed and trial time; measured speeds are kept in ``cache_file``."""
+
+    device: torch.device
+    cache_file: Path | None = None
+    speeds: dict[str, float] = field(default_factory=dict)
+    correction: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.cache_file is not None and self.cache_file.is_file():
+            try:
+                self.speeds.update(json.loads(self.cache_file.read_text()))
+            except (OSError, ValueError):
+                pass  # a damaged cache is measured again
+
+    def images_per_second(self, config: TrainConfig) -> float:
+        """Training images per second of ``config``'s model on this device, measured once."""
+        key = (
+            f"{self.device.type}/{torch.get_num_threads()}t/{config.backbone}/{config.resolution}px/"
+            f"freeze{config.freeze}/b{self._probe_batch(config)}"
+        )
+        if key not in self.speeds:
+            self.speeds[key] = self._measure(config)
+            self._save()
+        return self.speeds[key]
+
+    def epoch_seconds(self, config: TrainConfig, train_images: int, val_images: int) -> float:
+        """Uncorrected seconds of one epoch: training plus validation passes."""
+        speed = self.images_per_second(config)
+        return train_images / speed + val_images / (speed * EVAL_SPEED_UP)
+
+    def trial_seconds(self, config: TrainConfig, images: int, folds: int) -> float:
+        """Estimated seconds to cross-validate ``config`` on ``images`` images, every epoch run."""
+        per_epoch = self.epoch_seconds(config, images - images // folds, images // folds)
+        return per_epoch * config.epochs * folds * self.correction
+
+    def learn_from(self, trials: list[optuna.trial.FrozenTrial]) -> None:
+        """Set the correction to the median ratio of real to estimated epoch time of past trials."""
+        ratios = []
+        for trial in trials:
+            estimate = trial.user_attrs.get(ESTIMATE_ATTR)
+            epochs = [e["seconds"] for fold in trial.user_attrs.get("history", []) for e in fold]
+            if estimate and epochs:
+                ratios.append(float(np.mean(epochs)) / estimate)
+        if ratios:
+            self.correction = float(np.median(ratios))
+
+    def _measure(self, config: TrainConfig) -> float:
+        batch = self._probe_batch(config)
+        probe = TrainConfig.from_dict({**config.to_dict(), "pretrained": False})
+        model = create_classifier(probe, PROBE_CLASSES).to(self.device)
+        optimizer = create_optimizer(model, probe)
+        x = torch.randn(batch, 3, config.resolution, config.resolution, device=self.device)
+        y = torch.randint(0, PROBE_CLASSES, (batch,), device=self.device)
+        model.train()
+        seconds = []
+        for _ in range(3):  # the first step warms up allocators and kernels; the best of the others counts
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds.append(time.perf_counter() - start)
+        speed = batch / min(seconds[1:])
+        logger.debug("measured %s at %d px: %.1f images/s", config.backbone, config.resolution, speed)
+        return speed
+
+    def _probe_batch(self, config: TrainConfig) -> int:
+        # a GPU's speed depends on the batch; a CPU's per-image speed hardly does
+        return config.batch_size if self.device.type == "cuda" else min(config.batch_size, PROBE_BATCH)
+
+    def _save(self) -> None:
+        if self.cache_file is None:
+            return
+        try:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.speeds, indent=1, sort_keys=True))
+            tmp.replace(self.cache_file)
+        except OSError as err:  # a read-only workdir costs a re-measurement next time, nothing else
+            logger.debug("could not keep measured speeds in %s: %s", self.cache_file, err)
