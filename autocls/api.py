@@ -25,8 +25,8 @@ from autocls.ensemble import Ensemble
 from autocls.ensemble import refit as _refit
 from autocls.errors import AutoclsError
 from autocls.progress import Reporter
-from autocls.storage import default_url
 from autocls.space import SearchSpace
+from autocls.storage import default_url
 from autocls.study import CACHE_DIR, DEFAULT_WORKDIR, SearchRequest, StudySetup, run_search
 from autocls.trainer import configure_threads, resolve_device
 from autocls.trialstore import TrialStore

@@ -71,9 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="default: tpe")
     search.add_argument("--no-pruning", action="store_true", help="train every trial to the end")
-    search.add_argument(
-        "--no-warm-start", action="store_true", help="do not enqueue the known-good recipes first (a pure random search)"
-    )
+    search.add_argument("--no-warm-start", action="store_true", help="do not enqueue the known-good recipes first")
     search.add_argument("--weights", help="folder of pretrained checkpoints by model name ($AUTOCLS_WEIGHTS)")
     common(search)
 

@@ -326,7 +326,6 @@ class Objective:
         trial.set_user_attr("oof_score", round(result.oof_score(), 6))
         return config, result, observer.history
 
-
     def _skip_if_too_long(self, trial: optuna.Trial, config: TrainConfig) -> None:
         """Skip (as pruned, before any training) a configuration that cannot finish in the time left."""
         if self.cost is None or self.budget.deadline is None:

@@ -27,10 +27,10 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from autocls import trainer as trainer_module
 from autocls.config import TrainConfig
 from autocls.data import discover
 from autocls.images import build_store
-from autocls import trainer as trainer_module
 from autocls.trainer import Trainer, configure_threads, create_optimizer
 
 
@@ -91,7 +91,7 @@ def imagefolder_speed(root: Path, config: TrainConfig, batch: int, workers: int)
     model = timm.create_model(config.backbone, num_classes=4)
     optimizer = create_optimizer(model, config)
     model.train()
-    for epoch in range(2):
+    for _ in range(2):
         start, seen = time.perf_counter(), 0
         for x, y in loader:
             optimizer.zero_grad()
