@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive_int,
         default=1,
-        help="processes on this machine sharing the study (needs a journal: or postgresql:// storage)",
+        help="processes on this machine sharing the study, one GPU each when several are visible "
+        "(needs a journal: or postgresql:// storage)",
     )
     search.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="default: tpe")
     search.add_argument("--no-pruning", action="store_true", help="train every trial to the end")
@@ -156,7 +157,13 @@ def run_search(args: argparse.Namespace) -> int:
     configure_threads()
     request_stop_on_ctrl_c()
     reporter = Reporter(quiet=args.quiet)
-    study = run_search(_search_request(args), resolve_device(args.device), reporter)
+    device = resolve_device(args.device)
+    if device.type == "cuda" and torch_gpu_count() > 1:
+        reporter.print(
+            f"{torch_gpu_count()} GPUs visible, this search uses one: --workers {torch_gpu_count()} "
+            "with a journal: or postgresql:// --storage runs one trial per GPU."
+        )
+    study = run_search(_search_request(args), device, reporter)
     try:
         best = study.best_trial
     except ValueError:
@@ -170,9 +177,11 @@ def run_workers(args: argparse.Namespace) -> int:
     """Create the study here, then run ``--workers`` search processes on it and wait for them all."""
     import subprocess
 
+    from autocls.cost import CostModel
     from autocls.progress import Reporter
     from autocls.storage import allows_several_processes, default_url, open_storage
-    from autocls.study import create_or_continue
+    from autocls.study import CACHE_DIR, create_or_continue
+    from autocls.trainer import resolve_device
 
     url = args.storage or default_url(args.workdir)
     if not allows_several_processes(url):
@@ -181,23 +190,53 @@ def run_workers(args: argparse.Namespace) -> int:
             f"--storage journal:{args.workdir / 'autocls.journal'} (this machine) or postgresql://... (any machine)."
         )
     request = _search_request(args)
-    study, _ = create_or_continue(open_storage(url), request.study_name or request.data.name, request)
+    cost = CostModel(resolve_device(args.device), args.workdir / CACHE_DIR / "speeds.json")
+    study, _ = create_or_continue(open_storage(url), request.study_name or request.data.name, request, cost)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    env = {**os.environ, "AUTOCLS_THREADS": str(max(1, cores // args.workers))}
+    base = dict(os.environ)
     if args.storage:
-        env["AUTOCLS_STORAGE"] = args.storage  # the URL (and its password) stays out of argv and ps
+        base["AUTOCLS_STORAGE"] = args.storage  # the URL (and its password) stays out of argv and ps
     command = [sys.executable, "-m", "autocls.cli", "search", str(args.data), "--study", study.study_name, "--quiet"]
-    for flag, value in (("--workdir", args.workdir), ("--trials", args.trials), ("--timeout", args.timeout)):
+    for flag, value in (
+        ("--workdir", args.workdir),
+        ("--trials", args.trials),
+        ("--timeout", args.timeout),
+        ("--sampler", args.sampler),
+        ("--device", args.device),
+    ):
         if value is not None:
             command += [flag, str(value)]
-    # each worker seeds its sampler differently, or all would propose the same first trials
-    workers = [subprocess.Popen(command, env={**env, "AUTOCLS_WORKER": str(i)}) for i in range(args.workers)]
+    command += ["--no-pruning"] if args.no_pruning else []
+    gpus = torch_gpu_count() if args.device != "cpu" else 0
+    envs = worker_envs(args.workers, cores, gpus, base)
+    workers = [subprocess.Popen(command, env=env) for env in envs]
     codes = [w.wait() for w in workers]
     Reporter(quiet=args.quiet).best_trials_table(study, study.metric_names[0] if study.metric_names else "score")
     failed = [c for c in codes if c not in (0, 1)]
     if failed:
         print(f"autocls: {len(failed)} of {args.workers} workers exited with errors ({failed}).", file=sys.stderr)
     return 0 if not failed else 1
+
+
+def torch_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def worker_envs(workers: int, cores: int, gpus: int, base: dict[str, str]) -> list[dict[str, str]]:
+    """Each worker's environment: its share of the cores, its sampler seed and, with several GPUs,
+    one GPU (round robin over ``CUDA_VISIBLE_DEVICES`` when set), so each trial has a GPU to itself."""
+    visible = base.get("CUDA_VISIBLE_DEVICES")
+    gpu_ids = [g.strip() for g in visible.split(",")] if visible else [str(g) for g in range(gpus)]
+    envs = []
+    for i in range(workers):
+        # each worker seeds its sampler differently, or all would propose the same first trials
+        env = {**base, "AUTOCLS_THREADS": str(max(1, cores // workers)), "AUTOCLS_WORKER": str(i)}
+        if gpus > 1:
+            env["CUDA_VISIBLE_DEVICES"] = gpu_ids[i % len(gpu_ids)]
+        envs.append(env)
+    return envs
 
 
 def run_refit(args: argparse.Namespace) -> int:

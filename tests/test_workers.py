@@ -146,3 +146,14 @@ def test_ctrl_c_leaves_no_running_trial(image_folder: Path, tiny_space: Path, tm
     assert states(storage) == ["FAIL"]
     trial = optuna.load_study(study_name="data", storage=storage).trials[0]
     assert trial.user_attrs["fail_reason"].startswith("interrupted")
+
+
+def test_each_worker_gets_its_share_of_the_cores_and_one_gpu_of_several() -> None:
+    from autocls.cli import worker_envs
+
+    envs = worker_envs(4, cores=16, gpus=2, base={"PATH": "/bin"})
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0", "1"]
+    assert {e["AUTOCLS_THREADS"] for e in envs} == {"4"} and [e["AUTOCLS_WORKER"] for e in envs] == list("0123")
+    chosen = worker_envs(2, cores=2, gpus=2, base={"CUDA_VISIBLE_DEVICES": "3,5"})
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in chosen] == ["3", "5"]  # the user's selection is respected
+    assert all("CUDA_VISIBLE_DEVICES" not in e for e in worker_envs(2, cores=2, gpus=1, base={}))
