@@ -74,7 +74,7 @@ CPU_SPACE = "fast"
 STUDY_ATTR = "autocls"  # the study user attribute that holds how the study was set up
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 10
-MAX_CONSECUTIVE_SKIPS = 3  # sampled configurations in a row too long for the time left: stop
+MAX_CONSECUTIVE_SKIPS = 10  # configurations in a row too long for the time left: stop (a skip costs ~1 s)
 CACHE_DIR = "cache"  # decoded-image arrays, in the workdir
 
 

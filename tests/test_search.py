@@ -137,7 +137,7 @@ def test_configurations_that_cannot_finish_in_time_are_skipped(
 ) -> None:
     monkeypatch.setattr(CostModel, "images_per_second", lambda self, config: 0.01)  # 100 s an image
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    request = SearchRequest(DataSpec.of(image_folder), storage=storage, space=str(tiny_space), trials=9, timeout=600)
+    request = SearchRequest(DataSpec.of(image_folder), storage=storage, space=str(tiny_space), trials=20, timeout=600)
     start = time.monotonic()
     run_search(request, CPU)
     trials = optuna.load_study(study_name="data", storage=storage).trials
