@@ -21,7 +21,6 @@ import argparse
 import datetime
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -37,6 +36,9 @@ from autocls.evaluate import evaluate
 from autocls.space import space_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples"))
+from prepare_fashion_mnist import write_fashion_mnist  # noqa: E402  (an example script, not a package)
+
 REFIT_RESERVE = 60.0  # seconds of the budget kept for refit --best (it reuses the search's fold models)
 
 # (b): what a notebook does, at the resolution this machine affords (224 px trains at a few images a second)
@@ -100,8 +102,7 @@ def main() -> None:
     budget = args.budget_minutes * 60
     data = args.out / "data"
     if not (data / "train").is_dir():
-        prepare = [sys.executable, str(ROOT / "examples" / "prepare_fashion_mnist.py"), str(data)]
-        subprocess.run([*prepare, "--train", str(args.train), "--test", str(args.test)], check=True)
+        write_fashion_mnist(data, train=args.train, test=args.test)
     train, test = data / "train", data / "test"
     runs = args.out / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     search_budget = {"timeout": budget - REFIT_RESERVE, "trials": 1000}

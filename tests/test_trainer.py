@@ -91,14 +91,14 @@ def test_same_config_and_seed_train_identically(prepared) -> None:
     np.testing.assert_array_equal(runs[0].oof_probs, runs[1].oof_probs)
 
 
-def test_frozen_feature_cache_gives_the_same_model_and_skips_the_backbone(prepared, monkeypatch) -> None:
-    from autocls import trainer as trainer_module
-
+def _fit_uncached(prepared, freeze: float):
+    """A pretrained, unaugmented lite0 trial with ``freeze`` of its stages frozen, fitted on fold 0
+    without the frozen-feature cache: the reference the cached runs must reproduce."""
     data, store = prepared
     config = TrainConfig(
         backbone="tf_efficientnet_lite0",
         pretrained=True,
-        freeze=1.0,
+        freeze=freeze,
         augmentation="none",
         resolution=16,
         batch_size=8,
@@ -108,6 +108,13 @@ def test_frozen_feature_cache_gives_the_same_model_and_skips_the_backbone(prepar
     splits = stratified_folds(data.labels, 2, seed=0)
     images, labels = store.at(16), torch.as_tensor(data.labels)
     plain = Trainer(config, 3, CPU, feature_cache=False).fit(images, labels, *splits[0])
+    return config, images, labels, splits, plain
+
+
+def test_frozen_feature_cache_gives_the_same_model_and_skips_the_backbone(prepared, monkeypatch) -> None:
+    from autocls import trainer as trainer_module
+
+    config, images, labels, splits, plain = _fit_uncached(prepared, freeze=1.0)
     calls = []
     real_forward_features = __import__("timm").models.efficientnet.EfficientNet.forward_features
     monkeypatch.setattr(
@@ -149,20 +156,7 @@ def test_no_prefix_split_for_a_vit_or_when_nothing_is_frozen() -> None:
 def test_frozen_prefix_cache_gives_the_same_model_and_runs_the_prefix_once(prepared, monkeypatch) -> None:
     from autocls import trainer as trainer_module
 
-    data, store = prepared
-    config = TrainConfig(
-        backbone="tf_efficientnet_lite0",
-        pretrained=True,
-        freeze=0.5,
-        augmentation="none",
-        resolution=16,
-        batch_size=8,
-        epochs=2,
-        lr=0.01,
-    )
-    splits = stratified_folds(data.labels, 2, seed=0)
-    images, labels = store.at(16), torch.as_tensor(data.labels)
-    plain = Trainer(config, 3, CPU, feature_cache=False).fit(images, labels, *splits[0])
+    config, images, labels, splits, plain = _fit_uncached(prepared, freeze=0.5)
     stem_calls = []
     real_create = trainer_module.create_classifier
 
