@@ -26,9 +26,9 @@ from autocls.ensemble import refit as _refit
 from autocls.errors import AutoclsError
 from autocls.progress import Reporter
 from autocls.space import SearchSpace
-from autocls.storage import default_url
+from autocls.storage import default_url, optuna_experimental_allowed
 from autocls.study import CACHE_DIR, DEFAULT_WORKDIR, SearchRequest, StudySetup, run_search
-from autocls.trainer import configure_threads, resolve_device
+from autocls.trainer import autocls_threads, resolve_device, stop_on_ctrl_c
 from autocls.trialstore import TrialStore
 
 DataLike = str | Path | pd.DataFrame
@@ -70,8 +70,9 @@ def search(
     """Run (or continue) a search like ``autocls search`` and return the Optuna study.
 
     ``space`` is a built-in name, a ``.toml`` path or a loaded :class:`~autocls.space.SearchSpace`.
+    Ctrl-C stops after the current batch (finished trials are kept); torch's thread count, the
+    SIGINT handler and the warning filters are the caller's again on return.
     """
-    configure_threads()
     workdir = Path(workdir)
     request = SearchRequest(
         data=_data_spec(data, workdir, study_name),
@@ -89,7 +90,8 @@ def search(
         pruning=pruning,
         warm_start=warm_start,
     )
-    return run_search(request, resolve_device(device), Reporter(quiet=quiet))
+    with autocls_threads(), stop_on_ctrl_c(), optuna_experimental_allowed():
+        return run_search(request, resolve_device(device), Reporter(quiet=quiet))
 
 
 def refit(
@@ -103,12 +105,12 @@ def refit(
     quiet: bool = True,
 ) -> Ensemble:
     """Save the fold ensemble of ``trial`` (the best by default) like ``autocls refit``; return it."""
-    configure_threads()
     workdir = Path(workdir)
     out = Path(out) if out else workdir / study.study_name / "model"
     store = TrialStore(workdir / study.study_name / "trials")
     reporter = Reporter(quiet=quiet)
-    result = _refit(study, out, trial, resolve_device(device), reporter, store, retrain, workdir / CACHE_DIR)
+    with autocls_threads(), optuna_experimental_allowed():
+        result = _refit(study, out, trial, resolve_device(device), reporter, store, retrain, workdir / CACHE_DIR)
     return result.ensemble
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -150,12 +151,11 @@ def _search_request(args: argparse.Namespace):
 def run_search(args: argparse.Namespace) -> int:
     from autocls.progress import Reporter
     from autocls.study import run_search
-    from autocls.trainer import configure_threads, request_stop_on_ctrl_c, resolve_device
+    from autocls.trainer import configure_threads, resolve_device, stop_on_ctrl_c
 
     if args.workers > 1:
         return run_workers(args)
     configure_threads()
-    request_stop_on_ctrl_c()
     reporter = Reporter(quiet=args.quiet)
     device = resolve_device(args.device)
     if device.type == "cuda" and torch_gpu_count() > 1:
@@ -163,7 +163,8 @@ def run_search(args: argparse.Namespace) -> int:
             f"{torch_gpu_count()} GPUs visible, this search uses one: --workers {torch_gpu_count()} "
             "with a journal: or postgresql:// --storage runs one trial per GPU."
         )
-    study = run_search(_search_request(args), device, reporter)
+    with stop_on_ctrl_c():
+        study = run_search(_search_request(args), device, reporter)
     try:
         best = study.best_trial
     except ValueError:
@@ -368,7 +369,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging(quiet=getattr(args, "quiet", False))
     try:
-        return HANDLERS[args.command](args)
+        with warnings.catch_warnings():
+            # Optuna's ExperimentalWarning (heartbeats, TPE's group option, artifacts), matched by its
+            # text so that predict and export need not import Optuna to silence it
+            warnings.filterwarnings("ignore", message=r".* is experimental \(supported from v", category=UserWarning)
+            return HANDLERS[args.command](args)
     except AutoclsError as err:
         print(f"autocls: error: {err}", file=sys.stderr)
         return 2

@@ -197,7 +197,7 @@ def refit(
 
     The fold models the search kept for this trial (in ``store``) are reused as they are, unless
     ``retrain`` is set or none were kept: then every fold model is trained again with the trial's
-    configuration, folds and seed, early-stopped on its held-out fold.
+    configuration, folds and seed.
     """
     reporter = reporter or Reporter(quiet=True)
     device = device or resolve_device("auto")

@@ -102,11 +102,13 @@ def resize_batch(images: torch.Tensor, size: int, chunk: int = 512) -> torch.Ten
 
 
 class ImageStore:
-    """Decoded images of a dataset at ``base_size``, with memoised copies at each trial resolution."""
+    """Decoded images of a dataset at ``base_size``, with memoised copies at each trial resolution
+    and the output of one frozen network part over them (see :meth:`features`)."""
 
     def __init__(self, images: torch.Tensor) -> None:
         self.images = images
         self._resized: dict[int, torch.Tensor] = {}
+        self._features: dict[tuple, torch.Tensor] = {}
 
     @property
     def base_size(self) -> int:
@@ -116,6 +118,16 @@ class ImageStore:
         if size not in self._resized:
             self._resized[size] = resize_batch(self.images, size)
         return self._resized[size]
+
+    def features(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``compute()`` (a frozen network part over every image, in order), once per ``key`` while
+        this store lives. Held by the store, so features can only ever be those of these images: a
+        process-wide cache keyed by ``id()`` of a freed tensor handed stale features to new data.
+        One key at a time, since the feature maps of early stages can be large."""
+        if key not in self._features:
+            self._features.clear()
+            self._features[key] = compute()
+        return self._features[key]
 
 
 CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused

@@ -13,8 +13,10 @@ only through :func:`redact`, so a password never reaches output, logs, trial att
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -23,8 +25,16 @@ from optuna.storages.journal import JournalFileBackend
 
 from autocls.errors import AutoclsError
 
-# heartbeats and their retry callback are marked experimental in Optuna; they are what recovery needs
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+@contextlib.contextmanager
+def optuna_experimental_allowed() -> Iterator[None]:
+    """Silence Optuna's ExperimentalWarning inside the block only. Heartbeats and their retry
+    callback, TPE's ``group``, metric names and artifacts are marked experimental and are what autocls
+    needs; a filter installed at import would change the warnings of the program that imports autocls."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        yield
 
 HEARTBEAT_SECONDS = int(os.environ.get("AUTOCLS_HEARTBEAT", "10"))
 # A dead local worker is noticed quickly; remote workers on a shared database get more slack.

@@ -6,7 +6,7 @@ Optuna's pruners compare a trial's value at step ``s`` with other trials' values
 one value per step, so each step number means the same thing in every trial:
 
 * steps ``0 .. epochs-1``: the validation score after that epoch of the **first fold** (fold 0);
-* step ``FOLD_STEP + f``: the mean best-epoch validation score of folds ``0..f``.
+* step ``FOLD_STEP + f``: the mean kept-epoch validation score of folds ``0..f``.
 
 :class:`autocls.pruning.FoldAwarePruner` applies Optuna's median rule to the epoch steps, so a
 losing trial stops after a few epochs of its first fold, and a stricter rule to the fold steps, so
@@ -27,7 +27,6 @@ import logging
 import os
 import platform
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -58,14 +57,13 @@ from autocls.trainer import (
     FoldResult,
     TrainingObserver,
     cross_validate,
+    derive_seed,
     folds_hash,
     stratified_folds,
 )
 from autocls.trialstore import TrialStore
 
 logger = logging.getLogger(__name__)
-# TPE's group option and study metric names are marked experimental; both are stable in use.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DEFAULT_WORKDIR = Path("autocls-runs")
 DEFAULT_FOLDS = 5
@@ -206,7 +204,7 @@ class TrialObserver(TrainingObserver):
         self.reporter.on_fold_start(fold, folds, epochs)
 
     def on_epoch_end(self, fold: int, record: EpochRecord) -> None:
-        self.history[fold].append({k: round(float(v), 6) for k, v in asdict(record).items()})
+        self.history[fold].append({k: round(float(v), 6) for k, v in asdict(record).items() if v is not None})
         self.trial.set_user_attr("history", self.history)
         self.reporter.on_epoch_end(fold, record)
         if fold == 0:
@@ -301,7 +299,7 @@ class Objective:
 
     def _run(self, trial: optuna.Trial) -> tuple[TrainConfig, CVResult, list[list[dict[str, float]]]]:
         config = self.space.sample(trial)
-        seed = self.setup.seed + trial.number
+        seed = derive_seed(self.setup.seed, trial.number)  # folds derive theirs from it: no two collide
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("seed", seed)
         for key, value in self.records.items():

@@ -7,6 +7,7 @@ trainer knowing about either.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from timm.data.mixup import Mixup, mixup_target
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -38,12 +39,24 @@ from autocls.metrics import get_metric
 logger = logging.getLogger(__name__)
 
 EVAL_BATCH = 256
-MIN_IMPROVEMENT = 1e-4  # a validation loss must drop by this much to reset early stopping's patience
+MIN_IMPROVEMENT = 1e-4  # a monitored loss must drop by this much to reset early stopping's patience
+# Schedules that anneal the lr to the end of training. Their last epochs, at the smallest lr, are
+# where they gain most: a fold trains to the end and keeps its last weights. Stopping on a noisy
+# validation loss cut one-cycle folds short and kept weights taken at a high lr, mid-schedule;
+# a losing trial is stopped by the pruner instead. Early stopping applies only where the lr does not
+# anneal to an end (plateau, constant).
+ANNEALING_SCHEDULERS = frozenset({"cosine", "onecycle", "step"})
+# Share of a fold's training images held out to monitor early stopping and the plateau schedule
+# (schedules that do not anneal): the fold's validation images then choose nothing, and the score a
+# fold reports is an honest estimate for the weights it keeps.
+MONITOR_SHARE = 0.1
 
 
 @dataclass
 class EpochRecord:
-    """Metrics of one epoch of one fold; ``val_score`` is the study's metric."""
+    """Metrics of one epoch of one fold; ``val_score`` is the study's metric on the fold's validation
+    images. ``monitor_loss`` is the loss on the images held out of training for early stopping, when
+    the schedule uses it (see :data:`ANNEALING_SCHEDULERS`), else ``None``."""
 
     epoch: int
     train_loss: float
@@ -51,11 +64,14 @@ class EpochRecord:
     val_score: float
     lr: float
     seconds: float
+    monitor_loss: float | None = None
 
 
 @dataclass
 class FoldResult:
-    """A trained fold: its history, the early-stopped best epoch and its validation predictions."""
+    """A trained fold: its history, the epoch whose weights it keeps (``best_epoch``: the last epoch
+    of an annealing schedule, else the early-stopping epoch chosen on held-out training images) and
+    that epoch's validation predictions."""
 
     fold: int
     history: list[EpochRecord]
@@ -86,7 +102,7 @@ class CVResult:
 
     @property
     def mean_score(self) -> float:
-        """The mean of the folds' best-epoch scores: a trial's value."""
+        """The mean of the folds' kept-epoch scores: a trial's value."""
         return float(np.mean([f.best.val_score for f in self.folds]))
 
     @property
@@ -150,27 +166,63 @@ def configure_threads() -> None:
     torch.set_num_threads(int(os.environ.get("AUTOCLS_THREADS", cores)))
 
 
+@contextlib.contextmanager
+def autocls_threads():
+    """:func:`configure_threads` for the length of a call, then the caller's thread count again:
+    the Python API must leave the caller's process as it found it."""
+    before = torch.get_num_threads()
+    configure_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 STOP_REQUESTED = threading.Event()
 
 
-def request_stop_on_ctrl_c() -> None:
-    """Turn Ctrl-C into a request the trainer honours after the current batch; a second Ctrl-C
-    interrupts at once. A KeyboardInterrupt raised at an arbitrary point can land in a garbage
-    collector callback (SQLAlchemy's), where Python prints and swallows it: the search then went on."""
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        return  # SIGINT ignored (nohup) or handled by the caller: leave it so
+@contextlib.contextmanager
+def stop_on_ctrl_c():
+    """Within the block, Ctrl-C is a request the trainer honours after the current batch; a second
+    Ctrl-C interrupts at once. A KeyboardInterrupt raised at an arbitrary point can land in a garbage
+    collector callback (SQLAlchemy's), where Python prints and swallows it: the search then went on.
+
+    The request is cleared and the caller's SIGINT handler restored on the way out, so a later search
+    in the same process (a notebook, the Python API) does not stop at once.
+    """
+    STOP_REQUESTED.clear()
+    # signal handlers can be set from the main thread only; an ignored (nohup) or custom SIGINT
+    # handler is the caller's choice and stays
+    ours = threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
 
     def handler(signum: int, frame: object) -> None:
         if STOP_REQUESTED.is_set():
             raise KeyboardInterrupt
         STOP_REQUESTED.set()
 
-    signal.signal(signal.SIGINT, handler)
+    previous = signal.signal(signal.SIGINT, handler) if ours else None
+    try:
+        yield
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, previous)
+        STOP_REQUESTED.clear()
 
 
 def _check_stop() -> None:
     if STOP_REQUESTED.is_set():
         raise KeyboardInterrupt
+
+
+def derive_seed(*entropy: int) -> int:
+    """A 32-bit seed for a tuple of integers, e.g. (study seed, trial number) or (trial seed, fold).
+
+    numpy's ``SeedSequence`` hashes the whole tuple, so distinct tuples get unrelated seeds; a sum
+    (``seed + trial + fold``) gave trial 1 fold 0 and trial 0 fold 1 the same seed.
+    """
+    return int(np.random.SeedSequence([int(e) % 2**64 for e in entropy]).generate_state(1)[0])
 
 
 def seed_everything(seed: int) -> None:
@@ -180,13 +232,58 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class EarlyStopping:
+    """Stop when a monitored loss has not improved by ``min_delta`` for ``patience`` epochs.
+
+    The rule of Lightning's ``EarlyStopping`` (mode ``min``); :meth:`update` also says whether an
+    epoch is the best so far, i.e. whether its weights are the ones to keep.
+    """
+
+    def __init__(self, patience: int, min_delta: float = MIN_IMPROVEMENT) -> None:
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best_loss = math.inf
+        self.best_epoch = -1
+
+    def update(self, epoch: int, loss: float) -> bool:
+        """Record ``epoch``'s loss; True when it improves on the best so far (the first always does)."""
+        if self.best_epoch < 0 or loss < self.best_loss - self.min_delta:
+            self.best_loss, self.best_epoch = loss, epoch
+            return True
+        return False
+
+    def should_stop(self, epoch: int) -> bool:
+        return epoch - self.best_epoch >= self.patience
+
+
+def monitor_split(train_idx: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split a fold's training indices into (images to train on, images to monitor early stopping).
+
+    :data:`MONITOR_SHARE` of them (at least one per class) are held out, stratified when every class
+    has two images to split. Too few images to hold any out: all train and all are monitored.
+    """
+    train_idx = np.asarray(train_idx)
+    present = np.unique(labels[train_idx], return_counts=True)[1]
+    size = max(len(present), round(MONITOR_SHARE * len(train_idx)))
+    if len(train_idx) - size < max(2, len(present)):
+        return train_idx, train_idx
+    stratify = labels[train_idx] if present.min() >= 2 else None
+    fit, monitor = train_test_split(train_idx, test_size=size, stratify=stratify, random_state=seed % 2**32)
+    return np.sort(fit), np.sort(monitor)
+
+
+def anneals(config: TrainConfig) -> bool:
+    """Whether ``config``'s schedule anneals the lr to the end (see :data:`ANNEALING_SCHEDULERS`)."""
+    return config.scheduler in ANNEALING_SCHEDULERS
+
+
 class Trainer:
     """Trains one fold model of ``config`` on images from an :class:`ImageStore`.
 
     Every technique of the configuration lives here, once, for search and refit alike: timm's
     optimizers (with layer-wise lr decay) and schedulers, SAM, torchvision augmentation policies,
     RandomErasing, timm's MixUp/CutMix, label smoothing, class-weighted loss or a class-balanced
-    sampler, and early stopping on the validation loss.
+    sampler, and early stopping where the schedule does not anneal.
     """
 
     def __init__(
@@ -220,20 +317,30 @@ class Trainer:
 
     def fit(
         self,
-        images: torch.Tensor,
+        store: ImageStore,
         labels: torch.Tensor,
         train_idx: np.ndarray,
         val_idx: np.ndarray,
         fold: int = 0,
         observer: TrainingObserver | None = None,
     ) -> FoldResult:
-        """Train on ``train_idx``, early-stop on the validation loss of ``val_idx``; keep the best epoch."""
+        """Train on ``train_idx`` and report every epoch's score on ``val_idx``.
+
+        The weights kept, and the score the fold reports, are chosen without ``val_idx``'s labels:
+        an annealing schedule keeps its last epoch; any other early-stops on images held out of
+        ``train_idx`` (:func:`monitor_split`) and keeps the epoch best on those.
+        """
         observer = observer or TrainingObserver()
         cfg = self.config
-        seed_everything(self.seed + fold)
-        generator = torch.Generator().manual_seed(self.seed + fold)
+        seed = derive_seed(self.seed, fold)
+        seed_everything(seed)
+        generator = torch.Generator().manual_seed(seed)
+        stopping = None if anneals(cfg) else EarlyStopping(cfg.patience)
+        monitor_idx = None
+        if stopping is not None:
+            train_idx, monitor_idx = monitor_split(train_idx, labels.numpy(), seed)
         batch = min(cfg.batch_size, len(train_idx))
-        batch -= batch % 2  # MixUp/CutMix pair each image with another: batches must be even
+        batch = max(2, batch - batch % 2)  # MixUp/CutMix pair each image with another: batches must be even
         steps = max(1, len(train_idx) // batch)  # drop_last: no odd, tiny final batch
         model = self._to_device(create_classifier(cfg, self.num_classes, self.weights_dir))
         optimizer = create_optimizer(model, cfg)
@@ -241,17 +348,21 @@ class Trainer:
         norm = _normaliser(model, self.device)
         prepare_train = functools.partial(self._prepare, norm=norm, augment=True)
         prepare_eval = functools.partial(self._prepare, norm=norm, augment=False)
-        net, inputs = model, images
-        cached = self._cached_inputs(model, images, prepare_eval) if self.feature_cache else None
+        net, inputs = model, store.at(cfg.resolution)
+        cached = self._cached_inputs(model, store, prepare_eval) if self.feature_cache else None
         if cached is not None:
             net, inputs = cached
             prepare_train = prepare_eval = self._features_to_device
         train_t = torch.as_tensor(train_idx)
         class_weights, sample_weights = self._balancing(labels[train_t])
-        val_inputs, val_labels = inputs[torch.as_tensor(val_idx)], labels[torch.as_tensor(val_idx)]
+        val_t = torch.as_tensor(val_idx)
+        val_inputs, val_labels = inputs[val_t], labels[val_t]
+        if monitor_idx is not None:
+            monitor_t = torch.as_tensor(monitor_idx)
+            monitor_inputs, monitor_labels = inputs[monitor_t], labels[monitor_t]
 
         history: list[EpochRecord] = []
-        best_loss, best_epoch, best_state, best_probs = math.inf, 0, None, None
+        kept_epoch, kept_state, kept_probs = 0, None, None
         updates = 0
         for epoch in range(cfg.epochs):
             start = time.perf_counter()
@@ -274,17 +385,21 @@ class Trainer:
                 total += loss
             lr = max(group["lr"] for group in optimizer.param_groups)
             val_loss, probs = self.evaluate(net, val_inputs, prepare_eval, val_labels)
-            scheduler.step(epoch + 1, val_loss)
+            monitor_loss = None
+            if monitor_idx is not None:
+                monitor_loss, _ = self.evaluate(net, monitor_inputs, prepare_eval, monitor_labels)
+            scheduler.step(epoch + 1, monitor_loss)
             score = self.metric(val_labels.numpy(), probs)
-            record = EpochRecord(epoch, total / steps, val_loss, score, lr, time.perf_counter() - start)
+            record = EpochRecord(epoch, total / steps, val_loss, score, lr, time.perf_counter() - start, monitor_loss)
             history.append(record)
-            if val_loss < best_loss - MIN_IMPROVEMENT or best_state is None:
-                best_loss, best_epoch, best_probs = val_loss, epoch, probs
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            keep = stopping.update(epoch, monitor_loss) if stopping is not None else epoch == cfg.epochs - 1
+            if keep:
+                kept_epoch, kept_probs = epoch, probs
+                kept_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             observer.on_epoch_end(fold, record)
-            if epoch - best_epoch >= cfg.patience:
+            if stopping is not None and stopping.should_stop(epoch):
                 break
-        result = FoldResult(fold, history, best_epoch, np.asarray(val_idx), best_probs, model.frozen_stages, best_state)
+        result = FoldResult(fold, history, kept_epoch, np.asarray(val_idx), kept_probs, model.frozen_stages, kept_state)
         observer.on_fold_end(result)
         return result
 
@@ -302,7 +417,7 @@ class Trainer:
         return None, None
 
     def _cached_inputs(
-        self, model: nn.Module, images: torch.Tensor, prepare: Callable
+        self, model: nn.Module, store: ImageStore, prepare: Callable
     ) -> tuple[nn.Module, torch.Tensor] | None:
         """The network left to train and its cached inputs, when a frozen part can run once.
 
@@ -313,9 +428,10 @@ class Trainer:
         """
         if not self.config.pretrained or self.augment is not None or self.mixup is not None:
             return None  # random frozen weights differ per fold; augmented inputs differ per epoch
+        images = store.at(self.config.resolution)
         if self._only_head_trains(model):
             pooled = functools.partial(model.forward_head, pre_logits=True)
-            features = self._features(model, "pre-logits", images, prepare, lambda x: pooled(model.forward_features(x)))
+            features = self._features(model, "pre-logits", store, prepare, lambda x: pooled(model.forward_features(x)))
             return _HeadOnFeatures(model), features
         model.eval()
         split = split_frozen_prefix(model, prepare(images[:2]))
@@ -327,26 +443,29 @@ class Trainer:
         if per_image * len(images) > FEATURE_CACHE_BYTES:
             logger.debug("frozen-prefix cache would need %d MiB; not cached", per_image * len(images) >> 20)
             return None
-        return _RestOnPrefix(model, rest), self._features(model, f"prefix {len(prefix)}", images, prepare, prefix)
+        return _RestOnPrefix(model, rest), self._features(model, f"prefix {len(prefix)}", store, prepare, prefix)
 
     def _only_head_trains(self, model: nn.Module) -> bool:
         head = {id(p) for p in model.get_classifier().parameters()}
         return all(not p.requires_grad for p in model.parameters() if id(p) not in head)
 
     def _features(
-        self, model: nn.Module, part: str, images: torch.Tensor, prepare: Callable, frozen: Callable
+        self, model: nn.Module, part: str, store: ImageStore, prepare: Callable, frozen: Callable
     ) -> torch.Tensor:
-        """``frozen`` applied to every image once per (backbone, weights, resolution, frozen part)."""
-        key = (self.config.backbone, str(self.weights_dir), self.config.resolution, part, id(images), images.shape)
-        if key not in _FEATURES:
+        """``frozen`` applied to every image of ``store`` once per (backbone, weights, resolution,
+        frozen part); the store keeps the result for the next folds and trials."""
+        images = store.at(self.config.resolution)
+
+        def compute() -> torch.Tensor:
             model.eval()
             chunks = []
             with torch.inference_mode(), self._autocast():
                 for start in range(0, len(images), EVAL_BATCH):
                     chunks.append(frozen(prepare(images[start : start + EVAL_BATCH])).float().cpu())
-            _FEATURES.clear()  # one frozen part's features at a time
-            _FEATURES[key] = torch.cat(chunks)
-        return _FEATURES[key]
+            return torch.cat(chunks)
+
+        key = (self.config.backbone, str(self.weights_dir), self.config.resolution, part)
+        return store.features(key, compute)
 
     def _features_to_device(self, features: torch.Tensor) -> torch.Tensor:
         features = features.to(self.device, non_blocking=True)
@@ -379,7 +498,7 @@ class Trainer:
             return float(loss.item())
         loss.backward()
         if self.config.sam_rho > 0:
-            sam_ascent_step(optimizer, compute_loss, self.config.sam_rho)
+            sam_ascent_step(model, optimizer, compute_loss, self.config.sam_rho)
         optimizer.step()
         return float(loss.item())
 
@@ -438,12 +557,16 @@ def soft_cross_entropy(
     return (per_image * weights).sum() / weights.sum()
 
 
-def sam_ascent_step(optimizer: torch.optim.Optimizer, compute_loss: Callable[[], torch.Tensor], rho: float) -> None:
+def sam_ascent_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, compute_loss: Callable[[], torch.Tensor], rho: float
+) -> None:
     """Sharpness-Aware Minimisation (Foret et al., 2021), first order; timm has no SAM.
 
     With the gradient at w already in ``.grad``, step to w + rho * g/|g|, take the gradient there
     and step back: the caller's ``optimizer.step()`` then applies the gradient of the worst nearby
     point at w. Wrapping the step rather than the optimizer keeps timm's schedulers and param groups.
+    The ascent pass leaves BatchNorm's running statistics as the first pass left them, as reference
+    SAM implementations do: each batch counts once, and not at the perturbed weights.
     """
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     grad_norm = torch.norm(torch.stack([p.grad.norm(2) for p in params]), 2)
@@ -451,15 +574,36 @@ def sam_ascent_step(optimizer: torch.optim.Optimizer, compute_loss: Callable[[],
     with torch.no_grad():
         torch._foreach_add_(params, offsets)
     optimizer.zero_grad(set_to_none=True)
-    compute_loss().backward()
+    with batchnorm_stats_frozen(model):
+        compute_loss().backward()
     with torch.no_grad():
         torch._foreach_sub_(params, offsets)
 
 
+@contextlib.contextmanager
+def batchnorm_stats_frozen(model: nn.Module):
+    """BatchNorm layers in train mode still normalise with batch statistics, but their running
+    statistics (and batch counts) are restored on the way out. Restoring copies is exact even for a
+    batch with non-finite values, where a momentum of 0 would still write 0 * nan."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    saved = [{name: buf.clone() for name, buf in m.named_buffers(recurse=False)} for m in layers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, buffers in zip(layers, saved, strict=True):
+                for name, value in buffers.items():
+                    getattr(layer, name).copy_(value)
+
+
 def create_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """timm's optimizer over the trainable parameters, with layer-wise lr decay when asked."""
+    """timm's optimizer over the trainable parameters, with layer-wise lr decay when asked.
+
+    Every group starts at ``cfg.lr`` and carries its layer-decay factor as ``lr_scale``;
+    :func:`create_scheduler` applies that factor exactly once.
+    """
     name = {"sgd": "nesterov" if cfg.nesterov else "momentum"}.get(cfg.optimizer, cfg.optimizer)
-    optimizer = create_optimizer_v2(
+    return create_optimizer_v2(
         model,
         opt=name,
         lr=cfg.lr,
@@ -467,15 +611,10 @@ def create_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
         momentum=cfg.momentum,
         layer_decay=cfg.layer_decay if cfg.layer_decay < 1.0 else None,
     )
-    for group in optimizer.param_groups:
-        # timm's schedulers apply each group's lr_scale (layer decay) on every update; torch's
-        # schedulers and a constant lr do not, so the scaled lr is set here once for them.
-        group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
-    return optimizer
 
 
 class _TorchScheduler:
-    """A torch scheduler behind timm's interface: stepped per update, or per epoch on the val loss."""
+    """A torch scheduler behind timm's interface: stepped per update, or per epoch on the monitored loss."""
 
     def __init__(self, scheduler: object = None, on_metric: bool = False) -> None:
         self.scheduler = scheduler
@@ -485,14 +624,26 @@ class _TorchScheduler:
         if self.scheduler is not None and not self.on_metric:
             self.scheduler.step()
 
-    def step(self, epoch: int, metric: float) -> None:
-        if self.scheduler is not None and self.on_metric:
+    def step(self, epoch: int, metric: float | None) -> None:
+        if self.scheduler is not None and self.on_metric and metric is not None:
             self.scheduler.step(metric)
+
+
+ONE_CYCLE_WARMUP = 0.25  # share of the steps spent warming up to the peak lr (fastai's default)
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
     """timm's cosine (with linear warmup) and step schedules, updated every step; torch's
-    OneCycleLR (timm has none) and ReduceLROnPlateau (timm deprecates its own); or a constant lr."""
+    OneCycleLR (timm has none) and ReduceLROnPlateau (timm deprecates its own); or a constant lr.
+
+    Each group trains at ``cfg.lr * lr_scale * schedule(t)``. timm's schedulers multiply by the
+    group's ``lr_scale`` on every update, from the group's own starting lr, so that must be the
+    unscaled ``cfg.lr`` (pre-scaling it applied layer decay twice: ``lr * scale**2``). torch's
+    schedulers know no ``lr_scale``: their groups are scaled once here, before they read them.
+    """
+    if cfg.scheduler not in ("cosine", "step"):
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
     if cfg.scheduler == "constant":
         return _TorchScheduler()
     if cfg.scheduler == "plateau":
@@ -501,11 +652,17 @@ def create_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_p
         )
         return _TorchScheduler(plateau, on_metric=True)
     if cfg.scheduler == "onecycle":
+        total = cfg.epochs * steps_per_epoch
+        if total < 2:
+            return _TorchScheduler()  # one update cannot both warm up and anneal: a constant lr
+        # torch ends the warm-up phase at step pct_start * total - 1 and divides by that phase's
+        # length: at 4 steps in all (4 epochs of 1 step, a small dataset) it is 0 and OneCycleLR
+        # raises ZeroDivisionError. Half a step past the first keeps the division defined.
         one_cycle = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=[group["lr"] for group in optimizer.param_groups],
-            total_steps=cfg.epochs * steps_per_epoch,
-            pct_start=0.25,
+            total_steps=total,
+            pct_start=max(ONE_CYCLE_WARMUP, 1.5 / total),
         )
         return _TorchScheduler(one_cycle)
     scheduler, _ = create_scheduler_v2(
@@ -523,7 +680,6 @@ def create_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_p
     return scheduler
 
 
-_FEATURES: dict[tuple, torch.Tensor] = {}  # frozen-part outputs, see Trainer._cached_inputs
 # A frozen prefix's feature maps are kept in memory only up to this size (early stages of a CNN at
 # a high resolution are large); beyond it the prefix runs every step, as without a cache.
 FEATURE_CACHE_BYTES = 4 << 30
@@ -578,12 +734,11 @@ def cross_validate(
     """Train one model per split with the same :class:`Trainer`; models are kept only if asked."""
     observer = observer or TrainingObserver()
     trainer = Trainer(config, num_classes, device, weights_dir, seed, metric)
-    images = store.at(config.resolution)
     label_t = torch.as_tensor(labels)
     results = []
     for fold, (train_idx, val_idx) in enumerate(splits):
         observer.on_fold_start(fold, len(splits), config.epochs)
-        result = trainer.fit(images, label_t, train_idx, val_idx, fold, observer)
+        result = trainer.fit(store, label_t, train_idx, val_idx, fold, observer)
         if not keep_models:
             result.state_dict = None
         results.append(result)

@@ -1,6 +1,6 @@
 """Fold models of the best finished trials, kept in the workdir so refit need not train them again.
 
-``WORKDIR/STUDY/trials/<number>/`` holds ``fold<i>.safetensors`` (the early-stopped fold model) and
+``WORKDIR/STUDY/trials/<number>/`` holds ``fold<i>.safetensors`` (the fold model as kept by the trainer) and
 ``folds.safetensors`` (each fold's validation indices and probabilities). After every completed
 trial only the best ``keep`` trials' folders stay; the others are deleted as they fall out.
 """

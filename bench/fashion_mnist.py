@@ -66,6 +66,7 @@ class ArmResult:
     cv: float
     seconds: float
     trials: str
+    winner: str  # the best trial and, per fold, epochs run / epoch kept (1-based)
 
 
 def trial_counts(study: optuna.Study) -> str:
@@ -88,7 +89,16 @@ def run_arm(name: str, data: Path, test: Path, workdir: Path, **search: object) 
     seconds = time.perf_counter() - start
     result = evaluate(ensemble, test)
     print(f"{name}: held-out accuracy {result.accuracy:.4f} after {seconds:.0f}s", flush=True)
-    return ArmResult(name, result.accuracy, study.best_value, seconds, trial_counts(study))
+    winner = winning_trial_epochs(study.best_trial)
+    print(f"{name}: best trial {winner}", flush=True)
+    return ArmResult(name, result.accuracy, study.best_value, seconds, trial_counts(study), winner)
+
+
+def winning_trial_epochs(trial: optuna.trial.FrozenTrial) -> str:
+    """``#N: run/kept ...``: each fold's epochs run and the epoch whose weights were kept (1-based)."""
+    folds = trial.user_attrs.get("folds", [])
+    epochs = " ".join(f"{f['epochs_run']}/{f['best_epoch'] + 1}" for f in folds)
+    return f"#{trial.number} {epochs}"
 
 
 def main() -> None:
@@ -135,8 +145,27 @@ def main() -> None:
         f"{datetime.date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}"
     )
-    columns = ("arm", "held-out accuracy", "best CV accuracy", "wall time", "trials")
-    rows = [(r.name, f"{r.held_out:.4f}", f"{r.cv:.4f}", f"{r.seconds / 60:.1f} min", r.trials) for r in results]
+    columns = (
+        "arm",
+        "held-out accuracy",
+        "best CV accuracy",
+        "CV - held-out",
+        "wall time",
+        "trials",
+        "best trial: epochs run/kept per fold",
+    )
+    rows = [
+        (
+            r.name,
+            f"{r.held_out:.4f}",
+            f"{r.cv:.4f}",
+            f"{r.cv - r.held_out:+.4f}",
+            f"{r.seconds / 60:.1f} min",
+            r.trials,
+            r.winner,
+        )
+        for r in results
+    ]
     table = Table(title=title)
     for column in columns:
         table.add_column(column)

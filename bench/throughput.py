@@ -27,10 +27,9 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from autocls import trainer as trainer_module
 from autocls.config import TrainConfig
 from autocls.data import discover
-from autocls.images import build_store
+from autocls.images import ImageStore, build_store
 from autocls.trainer import Trainer, configure_threads, create_optimizer
 
 
@@ -105,8 +104,8 @@ def trainer_speed(config: TrainConfig, store_images: torch.Tensor, labels: torch
     """Images/s the Trainer trains at from the second epoch on, validation included."""
     val = np.arange(0, len(labels), 20)  # a small validation set: the benchmark is about training
     train = np.setdiff1d(np.arange(len(labels)), val)
-    trainer_module._FEATURES.clear()
-    result = Trainer(config, 4, torch.device("cpu"), feature_cache=cache).fit(store_images, labels, train, val)
+    store = ImageStore(store_images)  # a new store: no features cached by an earlier measurement
+    result = Trainer(config, 4, torch.device("cpu"), feature_cache=cache).fit(store, labels, train, val)
     steady = result.history[1:]
     trained = (len(train) // config.batch_size) * config.batch_size
     return trained * len(steady) / sum(r.seconds for r in steady)

@@ -66,3 +66,46 @@ def test_export_agrees_with_the_ensemble(model_dir: Path, image_folder: Path, tm
     else:
         got = onnxruntime.InferenceSession(str(out)).run(None, {"images": inputs.numpy()})[0]
     assert np.abs(got - expected).max() < 1e-4
+
+
+def test_the_api_leaves_the_callers_process_as_it_found_it(image_folder: Path, tiny_space: Path, tmp_path: Path):
+    """Thread count, SIGINT handler and a stop request left by an interrupted search are restored or
+    cleared: a later search in the same process runs (it used to stop at once)."""
+    import signal
+
+    from autocls.trainer import STOP_REQUESTED, stop_on_ctrl_c
+
+    with stop_on_ctrl_c():
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C during a search: a stop request, not an exception
+        assert STOP_REQUESTED.is_set()
+    assert not STOP_REQUESTED.is_set()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        STOP_REQUESTED.set()  # as a search interrupted through an older entry point left it
+        study = autocls.search(image_folder, trials=1, folds=2, space=str(tiny_space), workdir=tmp_path / "runs")
+        assert len(study.trials) == 1 and study.trials[0].state.name == "COMPLETE"
+        assert torch.get_num_threads() == 1
+        autocls.refit(study, workdir=tmp_path / "runs")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_importing_autocls_installs_no_warning_filter() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, torch, timm, optuna, sklearn, pandas, rich\n"
+        "before = list(warnings.filters)\n"
+        "import autocls, autocls.api, autocls.cli, autocls.study, autocls.storage, autocls.reports\n"
+        "added = [f for f in warnings.filters if f not in before]\n"
+        "print(added)\n"
+        "raise SystemExit(1 if added else 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
