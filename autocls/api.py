@@ -11,6 +11,7 @@ columns are the image path and the label.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,16 @@ def refit(
     return result.ensemble
 
 
+def _estimator_study_name(paths: list[str], labels: list[str]) -> str:
+    """A study per training set: a fit on other images or labels searches its own study, and a
+    repeated fit on the same files continues the earlier one (a persistent ``workdir``)."""
+    digest = hashlib.sha256()
+    for path, label in sorted(zip(paths, labels)):
+        stat = Path(path).stat() if Path(path).is_file() else None
+        digest.update(f"{path}\0{label}\0{stat and stat.st_size}\0{stat and stat.st_mtime_ns}\n".encode())
+    return f"estimator-{digest.hexdigest()[:10]}"
+
+
 class ImageClassifier(ClassifierMixin, BaseEstimator):
     """A scikit-learn estimator: ``fit`` runs a search and refits the best trial's fold ensemble.
 
@@ -157,7 +168,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             trials=self.trials,
             folds=self.folds,
             space=self.space,
-            study_name="estimator",
+            study_name=_estimator_study_name(paths, labels),
             storage=default_url(workdir),
             timeout=self.timeout,
             metric=self.metric,

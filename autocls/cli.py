@@ -181,8 +181,9 @@ def run_workers(args: argparse.Namespace) -> int:
     from autocls.cost import CostModel
     from autocls.progress import Reporter
     from autocls.storage import allows_several_processes, default_url, open_storage
-    from autocls.study import CACHE_DIR, create_or_continue
+    from autocls.study import CACHE_DIR, DATA_INDEX_FILE, check_same_data, create_or_continue
     from autocls.trainer import resolve_device
+    from autocls.workers import recover_dead_local_trials
 
     url = args.storage or default_url(args.workdir)
     if not allows_several_processes(url):
@@ -192,7 +193,9 @@ def run_workers(args: argparse.Namespace) -> int:
         )
     request = _search_request(args)
     cost = CostModel(resolve_device(args.device), args.workdir / CACHE_DIR / "speeds.json")
-    study, _ = create_or_continue(open_storage(url), request.study_name or request.data.name, request, cost)
+    study, setup = create_or_continue(open_storage(url), request.study_name or request.data.name, request, cost)
+    check_same_data(study, setup.data.discover(), args.workdir / study.study_name / DATA_INDEX_FILE)
+    recover_dead_local_trials(study)  # once, here: workers started together would race for the same trials
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     base = dict(os.environ)
     if args.storage:

@@ -22,6 +22,7 @@ import numpy as np
 import optuna
 import torch
 
+from autocls.atomic import exclusive, write_atomically
 from autocls.backbones import create_classifier
 from autocls.config import TrainConfig
 from autocls.trainer import create_optimizer
@@ -120,9 +121,10 @@ class CostModel:
         if self.cache_file is None:
             return
         try:
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.speeds, indent=1, sort_keys=True))
-            tmp.replace(self.cache_file)
+            # other workers may have measured other models since: merge under a lock, replace atomically
+            with exclusive(self.cache_file):
+                with contextlib.suppress(OSError, ValueError):
+                    self.speeds = {**json.loads(self.cache_file.read_text()), **self.speeds}
+                write_atomically(self.cache_file, json.dumps(self.speeds, indent=1, sort_keys=True).encode())
         except OSError as err:  # a read-only workdir costs a re-measurement next time, nothing else
             logger.debug("could not keep measured speeds in %s: %s", self.cache_file, err)

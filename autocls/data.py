@@ -64,6 +64,24 @@ class LabelledImages:
         return digest.hexdigest()[:16]
 
 
+def file_index(data: LabelledImages) -> dict[str, list]:
+    """``{path: [size, mtime_ns, class name]}``: what :meth:`LabelledImages.fingerprint` hashes, kept
+    so that a change can be described, not only detected."""
+    index = {}
+    for path, label in zip(data.paths, data.labels):
+        stat = path.stat()
+        index[str(path)] = [stat.st_size, stat.st_mtime_ns, data.class_names[label]]
+    return index
+
+
+def describe_changes(before: dict[str, list], after: dict[str, list]) -> str:
+    """How two :func:`file_index` results differ: '12 files added, 0 removed, 3 modified'."""
+    added = len(after.keys() - before.keys())
+    removed = len(before.keys() - after.keys())
+    modified = sum(1 for path in before.keys() & after.keys() if before[path] != after[path])
+    return f"{added} files added, {removed} removed, {modified} modified or relabelled"
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """Where a study's images and labels come from; stored with the study so refit finds them again."""

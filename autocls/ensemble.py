@@ -31,7 +31,7 @@ from autocls.errors import AutoclsError
 from autocls.images import fit_square, load_square, resize_batch
 from autocls.progress import Reporter
 from autocls.study import PreparedData, StudySetup, fold_summaries, library_versions
-from autocls.trainer import CVResult, cross_validate, resolve_device
+from autocls.trainer import CVResult, cross_validate, folds_hash, resolve_device
 from autocls.trialstore import TrialStore
 
 logger = logging.getLogger(__name__)
@@ -196,8 +196,9 @@ def refit(
     """Save the chosen trial's averaged fold ensemble.
 
     The fold models the search kept for this trial (in ``store``) are reused as they are, unless
-    ``retrain`` is set or none were kept: then every fold model is trained again with the trial's
-    configuration, folds and seed.
+    ``retrain`` is set, none were kept, or the data or folds are no longer those the trial was
+    computed on (its recorded data fingerprint and folds hash): then every fold model is trained
+    again with the trial's configuration, folds and seed, on the data as it is now.
     """
     reporter = reporter or Reporter(quiet=True)
     device = device or resolve_device("auto")
@@ -207,7 +208,16 @@ def refit(
     seed = int(trial.user_attrs.get("seed", setup.seed))
     data = PreparedData.load(setup, setup.search_space.max_resolution, cache_dir)
     num_classes = len(data.images.class_names)
-    reused = not retrain and store is not None and store.has(trial.number)
+    kept = not retrain and store is not None and store.has(trial.number)
+    same_data = trial.user_attrs.get("data_fingerprint") == data.images.fingerprint() and trial.user_attrs.get(
+        "folds_hash"
+    ) == folds_hash(data.splits)
+    if kept and not same_data:
+        reporter.print(
+            f"refit trial {trial.number}: the data changed since the search ({len(data.images)} images now); "
+            "its kept fold models and scores belong to the old data, so they are retrained on the current data"
+        )
+    reused = kept and same_data
     if reused:
         reporter.print(f"refit trial {trial.number}: reusing the {setup.folds} fold models kept by the search")
         cv = store.load(trial, data.images.labels, num_classes, setup.metric)

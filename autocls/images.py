@@ -15,13 +15,13 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from autocls.atomic import write_atomically
 from autocls.data import LabelledImages
 
 logger = logging.getLogger(__name__)
@@ -162,17 +162,9 @@ def _cached_decode(
     images, kept, failed = decode_images(data.paths, size)
     cache_dir.mkdir(parents=True, exist_ok=True)
     index = {"kept": kept, "failed": [[str(p), reason] for p, reason in failed]}
-    _write_atomically(array_path, lambda f: np.save(f, images.numpy()))
-    _write_atomically(index_path, lambda f: f.write(json.dumps(index).encode()))  # written last: complete
+    write_atomically(array_path, lambda f: np.save(f, images.numpy()))
+    write_atomically(index_path, json.dumps(index).encode())  # written last: the entry is complete
     return images, kept, failed
-
-
-def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write beside ``path`` and rename into place: a crash never leaves a half-written file."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    with open(partial, "wb") as f:
-        write(f)
-    partial.replace(path)
 
 
 def warn_unreadable(failed: list[tuple[Path, str]]) -> None:

@@ -124,10 +124,12 @@ class Reporter(TrainingObserver):
         if not done:
             self.print("no trial has completed yet.")
             return
+        skipped = [t for t in study.trials if "skipped" in t.user_attrs]  # recorded FAIL, not trained
         counts = {s.name: sum(1 for t in study.trials if t.state == s) for s in optuna.trial.TrialState}
         table = Table(
             title=f"study {study.study_name}: best of {counts['COMPLETE']} complete, "
-            f"{counts['PRUNED']} pruned, {counts['FAIL']} failed trials"
+            f"{counts['PRUNED']} pruned, {counts['FAIL'] - len(skipped)} failed trials"
+            + (f"; {len(skipped)} configurations skipped (too long for the time left)" if skipped else "")
         )
         for column in ("trial", f"cv {metric}", "folds", "time", "configuration"):
             table.add_column(column, overflow="fold")

@@ -26,7 +26,6 @@ from optuna.storages.journal import JournalFileBackend
 from autocls.errors import AutoclsError
 
 
-
 @contextlib.contextmanager
 def optuna_experimental_allowed() -> Iterator[None]:
     """Silence Optuna's ExperimentalWarning inside the block only. Heartbeats and their retry
@@ -35,6 +34,7 @@ def optuna_experimental_allowed() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         yield
+
 
 HEARTBEAT_SECONDS = int(os.environ.get("AUTOCLS_HEARTBEAT", "10"))
 # A dead local worker is noticed quickly; remote workers on a shared database get more slack.

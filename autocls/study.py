@@ -23,6 +23,7 @@ A trial stopped so is recorded FAIL with the reason; the next run retries it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -38,10 +39,11 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore
 
 from autocls import __version__
+from autocls.atomic import write_atomically
 from autocls.backbones import check_weights
 from autocls.config import TrainConfig
 from autocls.cost import ESTIMATE_ATTR, CostModel
-from autocls.data import DataSpec, LabelledImages, check_folds, typical_side
+from autocls.data import DataSpec, LabelledImages, check_folds, describe_changes, file_index, typical_side
 from autocls.errors import AutoclsError
 from autocls.images import ImageStore, build_store
 from autocls.metrics import default_metric, get_metric
@@ -62,6 +64,7 @@ from autocls.trainer import (
     stratified_folds,
 )
 from autocls.trialstore import TrialStore
+from autocls.workers import WORKER_ATTR, queue_again, recover_dead_local_trials, this_worker
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +129,10 @@ class PreparedData:
     splits: list[tuple[np.ndarray, np.ndarray]]
 
     @classmethod
-    def load(cls, setup: StudySetup, size: int, cache_dir: Path | None = None) -> PreparedData:
-        data = setup.data.discover()
+    def load(
+        cls, setup: StudySetup, size: int, cache_dir: Path | None = None, discovered: LabelledImages | None = None
+    ) -> PreparedData:
+        data = discovered or setup.data.discover()
         check_folds(data, setup.folds)
         logger.info("found %d images in %d classes under %s", len(data), len(data.class_names), setup.data.source)
         data, store = build_store(data, size, cache_dir)
@@ -171,6 +176,15 @@ def make_pruner(enabled: bool = True) -> optuna.pruners.BasePruner:
 
 class BudgetExhausted(AutoclsError):
     """The --timeout budget cannot hold more training."""
+
+
+class TrialSkipped(AutoclsError):
+    """A configuration that cannot finish in the time left, not trained. Recorded FAIL (with a
+    ``skipped`` reason) rather than PRUNED: it must not count toward ``--trials``, and TPE, which
+    ignores failed trials, must not learn that its region is bad: it was only too long for the time left."""
+
+
+SKIPPED_ATTR = "skipped"
 
 
 class Budget:
@@ -268,18 +282,25 @@ class Objective:
         }
 
     def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER_ATTR, this_worker())  # a later run on this host recovers it if we die
         try:
             config, result, history = self._run(trial)
+        except TrialSkipped:
+            raise
+        except BudgetExhausted as err:  # not a fault of the configuration: the next run trains it again
+            trial.set_user_attr("fail_reason", f"{err}; queued again for the next run")
+            trial.set_user_attr("stopped_by", "timeout")
+            queue_again(trial.study, trial)
+            raise
         except AutoclsError as err:  # a fault of this configuration (no weights, diverged): FAIL, go on
             trial.set_user_attr("fail_reason", str(err))
-            if isinstance(err, BudgetExhausted):
-                trial.set_user_attr("stopped_by", "timeout")
             raise
         except torch.OutOfMemoryError as err:
             trial.set_user_attr("fail_reason", f"out of memory: {str(err).splitlines()[0]}")
             raise
         except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C); queued again for the next run")
+            queue_again(trial.study, trial)
             raise
         except optuna.TrialPruned:
             raise
@@ -325,7 +346,7 @@ class Objective:
         return config, result, observer.history
 
     def _skip_if_too_long(self, trial: optuna.Trial, config: TrainConfig) -> None:
-        """Skip (as pruned, before any training) a configuration that cannot finish in the time left."""
+        """Skip (before any training) a configuration that cannot finish in the time left."""
         if self.cost is None or self.budget.deadline is None:
             return
         images, folds = len(self.data.images), self.setup.folds
@@ -335,8 +356,8 @@ class Objective:
         needed = self.cost.trial_seconds(config, images, folds)
         if needed > self.budget.left():
             reason = f"needs about {needed:.0f}s, {self.budget.left():.0f}s left"
-            trial.set_user_attr("skipped", reason)
-            raise optuna.TrialPruned(f"skipped: {reason}")
+            trial.set_user_attr(SKIPPED_ATTR, reason)
+            raise TrialSkipped(f"skipped: {reason}")
 
 
 def narrow_to_available_weights(space: SearchSpace, weights_dir: Path | None) -> SearchSpace:
@@ -488,6 +509,52 @@ def create_or_continue(
     return study, setup
 
 
+DATA_ATTR = "dataset"  # study user attribute: images, classes and the fingerprint of the files searched
+DATA_INDEX_FILE = "files.json"  # beside the study's fold models: each file's size, time and class
+
+
+class DataChangedError(AutoclsError):
+    """The files under a study's data source are not those its trials were computed on."""
+
+
+def check_same_data(study: optuna.Study, discovered: LabelledImages, index_file: Path) -> None:
+    """Refuse to continue ``study`` on files other than those its finished trials saw.
+
+    Trials of one study are compared with each other, ranked, pruned against each other and
+    ensembled: mixing trials of other data makes all of that silently wrong.
+    """
+    recorded = study.user_attrs.get(DATA_ATTR, {}).get("files_fingerprint")
+    if recorded is None or recorded == discovered.fingerprint():
+        return
+    try:
+        before = json.loads(index_file.read_text(encoding="utf-8"))["files"]
+        changes = describe_changes(before, file_index(discovered))
+    except (OSError, ValueError, KeyError):
+        changes = "the files' names, sizes, times or classes differ"
+    names = set(study_names(study._storage))
+    fresh = next(f"{study.study_name}-{n}" for n in range(2, 10_000) if f"{study.study_name}-{n}" not in names)
+    raise DataChangedError(
+        f"the data of study {study.study_name!r} changed since it was searched ({changes}), and its "
+        f"trials were computed on the old files; search the new data in a new study: --study {fresh}."
+    )
+
+
+def record_data(study: optuna.Study, discovered: LabelledImages, data: PreparedData, index_file: Path) -> None:
+    """Record what the study searches, once: the files' fingerprint on the study, their index on disk."""
+    if "files_fingerprint" in study.user_attrs.get(DATA_ATTR, {}):
+        return
+    index = {"fingerprint": discovered.fingerprint(), "files": file_index(discovered)}
+    write_atomically(index_file, json.dumps(index).encode())
+    study.set_user_attr(
+        DATA_ATTR,
+        {
+            "images": len(data.images),
+            "classes": list(data.images.class_names),
+            "files_fingerprint": index["fingerprint"],
+        },
+    )
+
+
 def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
@@ -504,8 +571,9 @@ class _StopConditions:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.reporter.trial_finished(trial)
-        self.failures = self.failures + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
-        self.skips = self.skips + 1 if "skipped" in trial.user_attrs else 0
+        skipped = SKIPPED_ATTR in trial.user_attrs
+        self.failures = self.failures + 1 if trial.state == optuna.trial.TrialState.FAIL and not skipped else 0
+        self.skips = self.skips + 1 if skipped else 0
         if trial.user_attrs.get("stopped_by") == "timeout":
             study.stop()
         elif self.skips >= MAX_CONSECUTIVE_SKIPS:
@@ -528,8 +596,13 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
     worker = int(os.environ.get("AUTOCLS_WORKER", "0"))  # set by --workers for each process
     study.sampler = make_sampler(setup.seed + len(study.trials) + 7919 * worker, request.sampler)
     study.pruner = make_pruner(request.pruning)
-    data = PreparedData.load(setup, setup.search_space.max_resolution, request.workdir / CACHE_DIR)
-    study.set_user_attr("dataset", {"images": len(data.images), "classes": list(data.images.class_names)})
+    discovered = setup.data.discover()
+    index_file = request.workdir / study.study_name / DATA_INDEX_FILE
+    check_same_data(study, discovered, index_file)
+    if "AUTOCLS_WORKER" not in os.environ:  # --workers recovers once, before it starts its workers
+        recover_dead_local_trials(study)
+    data = PreparedData.load(setup, setup.search_space.max_resolution, request.workdir / CACHE_DIR, discovered)
+    record_data(study, discovered, data, index_file)
 
     remaining = request.trials - count_finished(study)
     if remaining <= 0:

@@ -72,14 +72,21 @@ class TrialStore:
         return CVResult(results, labels, num_classes, metric)
 
     def retain_best(self, study: optuna.Study) -> set[int]:
-        """Delete saved trials outside the study's best ``keep`` completed trials; return those kept."""
-        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        """Delete saved trials outside the study's best ``keep`` completed trials; return those kept.
+
+        Only finished trials' folders are deleted: a worker saves its trial's fold models while the
+        trial still runs, and another worker's cleanup must not take them before it completes.
+        """
+        trials = study.get_trials(deepcopy=False)
+        done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        finished = {t.number for t in trials if t.state.is_finished()}
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         ranked = sorted(done, key=lambda t: t.value, reverse=maximize)
         best = {t.number for t in ranked[: self.keep]}
         if self.root.is_dir():
             for folder in self.root.iterdir():
-                if folder.is_dir() and folder.name.isdigit() and int(folder.name) not in best:
+                number = int(folder.name) if folder.name.isdigit() else None
+                if folder.is_dir() and number in finished and number not in best:
                     shutil.rmtree(folder, ignore_errors=True)
         return best
 

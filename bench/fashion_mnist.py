@@ -70,11 +70,11 @@ class ArmResult:
 
 
 def trial_counts(study: optuna.Study) -> str:
-    states = [t.state.name for t in study.trials]
-    skipped = sum("skipped" in t.user_attrs for t in study.trials)
+    skipped = sum("skipped" in t.user_attrs for t in study.trials)  # FAIL now, PRUNED before
+    states = [t.state.name for t in study.trials if "skipped" not in t.user_attrs]
     parts = [
         f"{states.count('COMPLETE')} complete",
-        f"{states.count('PRUNED') - skipped} pruned",
+        f"{states.count('PRUNED')} pruned",
         f"{skipped} skipped",
         f"{states.count('FAIL')} failed",
     ]

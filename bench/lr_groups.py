@@ -32,7 +32,7 @@ def group_lrs(config: TrainConfig, steps: int) -> list[tuple[int, list[float], l
     shown = sorted({1, steps, total // 2, total})
     rows = []
     for update in range(1, total + 1):
-        for optimizer, scheduler in runs:
+        for _, scheduler in runs:
             scheduler.step_update(num_updates=update)
             if update % steps == 0:
                 scheduler.step(update // steps, 1.0)

@@ -211,3 +211,42 @@ def test_cli_reference_in_docs_is_generated_from_the_parser() -> None:
 
     docs = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
     assert docs.read_text() == cli_reference(), "run: python -m autocls.clidoc > docs/cli.md"
+
+
+def test_changed_data_is_never_mixed_into_a_study(image_folder: Path, tiny_space: Path, tmp_path: Path, capsys):
+    """Files added after a search: continuing is refused (one line, counts, the fix), refit retrains
+    instead of reusing fold models of the old files, and a new study searches the new data."""
+    workdir = tmp_path / "runs"
+    assert search(image_folder, workdir, tiny_space, "--trials", "1", "--study", "e2e") == 0
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        class_image(0, rng).save(image_folder / "class_0" / f"added {i}.png")
+    capsys.readouterr()
+    assert search(image_folder, workdir, tiny_space, "--trials", "2", "--study", "e2e") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "3 files added, 0 removed, 0 modified" in err and "--study e2e-2" in err
+    study = optuna.load_study(study_name="e2e", storage=storage_of(workdir))
+    assert len(study.trials) == 1  # nothing ran on the new files
+
+    assert main(["refit", "--best", "--study", "e2e", "--workdir", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    assert "the data changed since the search" in out and "reusing" not in out
+    manifest = json.loads((workdir / "e2e" / "model" / "manifest.json").read_text())
+    assert manifest["fold_models"] == "retrained" and manifest["data"]["images"] == 27
+
+    assert search(image_folder, workdir, tiny_space, "--trials", "1", "--study", "e2e-2") == 0
+    for i in range(3):
+        (image_folder / "class_0" / f"added {i}.png").unlink()
+    assert search(image_folder, workdir, tiny_space, "--trials", "2", "--study", "e2e") == 0  # the old files again
+
+
+def test_estimator_fits_on_other_data_search_their_own_studies(image_folder: Path) -> None:
+    from autocls.api import _estimator_study_name
+
+    files = sorted(str(p) for p in image_folder.rglob("*.*"))
+    labels = [Path(f).parent.name for f in files]
+    name = _estimator_study_name(files, labels)
+    assert name == _estimator_study_name(list(reversed(files)), list(reversed(labels)))  # same data, same study
+    assert name != _estimator_study_name(files[:-1], labels[:-1])
+    assert name != _estimator_study_name(files, [*labels[:-1], "class_0"])
