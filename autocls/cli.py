@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
@@ -20,9 +21,22 @@ WEIGHTS_ENV = "AUTOCLS_WEIGHTS"  # also named in autocls.backbones' missing-weig
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
 
 
@@ -56,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--space", help="search space name (default, fast) or .toml file; default: default on a GPU, fast on a CPU"
     )
     search.add_argument("--trials", type=_positive_int, default=20, help="target number of finished trials")
-    search.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    search.add_argument("--timeout", type=_seconds, help="stop starting trials after this many seconds")
     search.add_argument("--folds", type=_positive_int, help="folds of stratified cross-validation (default 5)")
     search.add_argument("--seed", type=int, help="seed for sampling, folds and training (default 0)")
     search.add_argument(
@@ -182,7 +196,7 @@ def run_workers(args: argparse.Namespace) -> int:
     from autocls.progress import Reporter
     from autocls.storage import allows_several_processes, default_url, open_storage
     from autocls.study import CACHE_DIR, DATA_INDEX_FILE, check_same_data, create_or_continue
-    from autocls.trainer import resolve_device
+    from autocls.trainer import available_cpus, resolve_device
     from autocls.workers import recover_dead_local_trials
 
     url = args.storage or default_url(args.workdir)
@@ -196,7 +210,7 @@ def run_workers(args: argparse.Namespace) -> int:
     study, setup = create_or_continue(open_storage(url), request.study_name or request.data.name, request, cost)
     check_same_data(study, setup.data.discover(), args.workdir / study.study_name / DATA_INDEX_FILE)
     recover_dead_local_trials(study)  # once, here: workers started together would race for the same trials
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cpus()
     base = dict(os.environ)
     if args.storage:
         base["AUTOCLS_STORAGE"] = args.storage  # the URL (and its password) stays out of argv and ps

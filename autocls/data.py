@@ -263,7 +263,10 @@ def check_folds(data: LabelledImages, folds: int) -> None:
     small = {name: n for name, n in data.class_counts().items() if n < folds}
     if small:
         listed = ", ".join(f"{name!r} has {n}" for name, n in list(small.items())[:5])
-        raise AutoclsError(
-            f"{len(small)} classes have fewer images than the {folds} folds ({listed}); "
-            f"use --folds {max(2, min(small.values()))} or add images to those classes."
+        fewest = min(small.values())
+        fix = (
+            f"use --folds {fewest} or add images to those classes"
+            if fewest >= 2
+            else "cross-validation needs at least 2 images of each class: add images or remove those classes"
         )
+        raise AutoclsError(f"{len(small)} classes have fewer images than the {folds} folds ({listed}); {fix}.")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -404,6 +405,22 @@ class SearchRequest:
     pruning: bool = True
     warm_start: bool = True  # enqueue the portfolio's recipes first
 
+    def __post_init__(self) -> None:
+        """Every setting checked before anything is written: a refused value must not be stored."""
+        problems = []
+        if not (isinstance(self.trials, int) and self.trials >= 1):
+            problems.append(f"trials must be a positive number of finished trials; got {self.trials!r}")
+        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
+            problems.append(f"timeout must be a positive number of seconds; got {self.timeout!r}")
+        if self.folds is not None and not (isinstance(self.folds, int) and self.folds >= 2):
+            problems.append(f"folds must be an integer of at least 2; got {self.folds!r}")
+        if self.seed is not None and not (isinstance(self.seed, int) and self.seed >= 0):
+            problems.append(f"seed must be a non-negative integer; got {self.seed!r}")
+        if self.weights is not None and not Path(self.weights).expanduser().is_dir():
+            problems.append(f"weights must be a folder of checkpoints; {self.weights} is not one")
+        if problems:
+            raise AutoclsError("; ".join(problems) + ".")
+
 
 def _check_continuation(study: optuna.Study, setup: StudySetup, request: SearchRequest) -> None:
     clashes = [
@@ -468,6 +485,7 @@ def create_or_continue(
             _warn_if_space_changed(setup, request.space)
             return study, setup
     data = request.data.discover()
+    check_folds(data, request.folds or DEFAULT_FOLDS)  # before the study and its settings are stored
     metric = request.metric or default_metric(data.class_counts())
     if request.metric is None and metric != "accuracy":
         logger.warning("classes are imbalanced 5:1 or more: optimising balanced_accuracy (--metric to change)")

@@ -158,12 +158,24 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def available_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may really use: its affinity mask, capped by a cgroup v2 CPU quota (a
+    container limited to 2 CPUs on a 64-core host still sees 64 in ``os.cpu_count()``)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota: the affinity mask is the limit
+    return cpus
+
+
 def configure_threads() -> None:
-    """One intra-op thread per core (``$AUTOCLS_THREADS`` overrides): images are decoded up front,
-    so no loader process competes. Oversubscribed cores are far worse than idle ones: two processes
-    of 2 threads each on 2 cores ran a small model's epoch 70x slower than with 1 thread each."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(int(os.environ.get("AUTOCLS_THREADS", cores)))
+    """One intra-op thread per usable CPU (``$AUTOCLS_THREADS`` overrides): images are decoded up
+    front, so no loader process competes. Oversubscribed cores are far worse than idle ones: two
+    processes of 2 threads each on 2 cores ran a small model's epoch 70x slower than with 1 each."""
+    torch.set_num_threads(int(os.environ.get("AUTOCLS_THREADS", available_cpus())))
 
 
 @contextlib.contextmanager

@@ -250,3 +250,35 @@ def test_estimator_fits_on_other_data_search_their_own_studies(image_folder: Pat
     assert name == _estimator_study_name(list(reversed(files)), list(reversed(labels)))  # same data, same study
     assert name != _estimator_study_name(files[:-1], labels[:-1])
     assert name != _estimator_study_name(files, [*labels[:-1], "class_0"])
+
+
+def run_cli(*args: str) -> int:
+    """``main``'s exit status, argparse's refusals (SystemExit) included."""
+    try:
+        return main(list(args))
+    except SystemExit as exit:
+        return int(exit.code)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--folds", "20"],  # more folds than the smallest class has images
+        ["--folds", "1"],
+        ["--seed", "-1"],
+        ["--weights", "no/such/folder"],
+        ["--timeout", "0"],
+        ["--timeout", "-5"],
+        ["--timeout", "nan"],
+        ["--trials", "abc"],
+        ["--trials", "0"],
+    ],
+    ids=" ".join,
+)
+def test_a_refused_setting_is_not_stored(flags: list[str], image_folder: Path, tiny_space: Path, tmp_path, capsys):
+    workdir = tmp_path / "runs"
+    base = ["search", str(image_folder), "--space", str(tiny_space), "--workdir", str(workdir), "--quiet"]
+    assert run_cli(*base, "--trials", "1", *flags) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "_positive_int" not in err and err.strip().splitlines()[-1].count("error") == 1
+    assert run_cli(*base, "--trials", "1", "--folds", "2") == 0  # the refused value left nothing behind
