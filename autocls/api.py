@@ -121,7 +121,8 @@ def _estimator_study_name(paths: list[str], labels: list[str]) -> str:
     digest = hashlib.sha256()
     for path, label in sorted(zip(paths, labels)):
         stat = Path(path).stat() if Path(path).is_file() else None
-        digest.update(f"{path}\0{label}\0{stat and stat.st_size}\0{stat and stat.st_mtime_ns}\n".encode())
+        record = f"{path}\0{label}\0{stat and stat.st_size}\0{stat and stat.st_mtime_ns}\n"
+        digest.update(record.encode("utf-8", "surrogateescape"))
     return f"estimator-{digest.hexdigest()[:10]}"
 
 

@@ -291,11 +291,12 @@ def run_predict(args: argparse.Namespace) -> int:
     frame = predict(args.model, args.inputs, args.device)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(args.out, index=False)
+        frame.to_csv(args.out, index=False, errors="surrogateescape")  # file names as the OS has them
         if not args.quiet:
             print(f"wrote {len(frame)} predictions to {args.out}")
     else:
-        frame.to_csv(sys.stdout, index=False)
+        text = frame.to_csv(index=False)  # a name that is not UTF-8 is printed escaped
+        sys.stdout.write(text.encode("utf-8", "backslashreplace").decode("utf-8"))
     return 0
 
 

@@ -59,8 +59,10 @@ class LabelledImages:
         digest = hashlib.sha256()
         for path, label in zip(self.paths, self.labels):
             stat = path.stat()
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode())
-        digest.update("\0".join(self.class_names).encode())
+            # file names are bytes to the OS: one that is not valid UTF-8 (a Latin-1 name from an old
+            # camera) is hashed as the bytes it is; valid names hash exactly as before
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode("utf-8", "surrogateescape"))
+        digest.update("\0".join(self.class_names).encode("utf-8", "surrogateescape"))
         return digest.hexdigest()[:16]
 
 

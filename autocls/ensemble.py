@@ -71,7 +71,7 @@ class Ensemble:
                 save_file(state, staging / f"fold{i}.safetensors", metadata={"format": "pt"})
             (staging / MANIFEST).write_text(json.dumps(self.manifest, indent=2), encoding="utf-8")
             for name, text in (extra or {}).items():
-                (staging / name).write_text(text, encoding="utf-8")
+                (staging / name).write_text(text, encoding="utf-8", errors="surrogateescape")
             if directory.exists():
                 retired = directory.with_name(f".{directory.name}.old")
                 shutil.rmtree(retired, ignore_errors=True)

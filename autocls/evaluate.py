@@ -80,4 +80,4 @@ def write_evaluation(result: Evaluation, out_dir: Path) -> None:
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     result.per_class.to_csv(out_dir / "per_class.csv", index_label="class")
     result.confusion_matrix.to_csv(out_dir / "confusion_matrix.csv", index_label="true\\predicted")
-    result.predictions.to_csv(out_dir / "predictions.csv", index=False)
+    result.predictions.to_csv(out_dir / "predictions.csv", index=False, errors="surrogateescape")

@@ -139,7 +139,7 @@ def build_report(model_dir: str | Path, study: optuna.Study | None = None) -> st
     if not (model_dir / MANIFEST).is_file() or not (model_dir / OOF_FILE).is_file():
         raise AutoclsError(f"{model_dir}: not a model folder written by autocls refit (no {MANIFEST}/{OOF_FILE}).")
     manifest = json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))
-    oof = pd.read_csv(model_dir / OOF_FILE, dtype={"label": str, "true_label": str})
+    oof = pd.read_csv(model_dir / OOF_FILE, dtype={"label": str, "true_label": str}, encoding_errors="surrogateescape")
     config = TrainConfig.from_dict(manifest["config"])
     names = [str(n) for n in manifest["class_names"]]
     index = {n: i for i, n in enumerate(names)}

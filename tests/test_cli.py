@@ -282,3 +282,20 @@ def test_a_refused_setting_is_not_stored(flags: list[str], image_folder: Path, t
     err = capsys.readouterr().err
     assert "Traceback" not in err and "_positive_int" not in err and err.strip().splitlines()[-1].count("error") == 1
     assert run_cli(*base, "--trials", "1", "--folds", "2") == 0  # the refused value left nothing behind
+
+
+def test_a_file_name_that_is_not_utf8_is_searched_predicted_and_written(
+    image_folder: Path, tiny_space: Path, tmp_path: Path
+) -> None:
+    """File names are bytes to the OS: a Latin-1 name from an old camera must not abort anything."""
+    import os
+
+    latin1 = image_folder / "class_0" / os.fsdecode(b"caf\xe9 photo.png")
+    class_image(0, np.random.default_rng(9)).save(latin1)
+    workdir = tmp_path / "runs"
+    assert search(image_folder, workdir, tiny_space, "--trials", "1") == 0
+    assert main(["refit", "--workdir", str(workdir), "--quiet"]) == 0
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(workdir / "data" / "model"), str(latin1), "--out", str(out), "--quiet"]) == 0
+    assert b"caf\xe9 photo.png" in out.read_bytes()  # the name as the OS has it
+    assert main(["predict", str(workdir / "data" / "model"), str(latin1)]) == 0  # printed escaped
