@@ -104,14 +104,18 @@ def refit(
     retrain: bool = False,
     device: str = "auto",
     quiet: bool = True,
+    overwrite: bool = False,
 ) -> Ensemble:
     """Save the fold ensemble of ``trial`` (the best by default) like ``autocls refit``; return it."""
     workdir = Path(workdir)
+    overwrite = overwrite or out is None  # the default folder is autocls's own: refit replaces it
     out = Path(out) if out else workdir / study.study_name / "model"
     store = TrialStore(workdir / study.study_name / "trials")
     reporter = Reporter(quiet=quiet)
     with autocls_threads(), optuna_experimental_allowed():
-        result = _refit(study, out, trial, resolve_device(device), reporter, store, retrain, workdir / CACHE_DIR)
+        result = _refit(
+            study, out, trial, resolve_device(device), reporter, store, retrain, workdir / CACHE_DIR, overwrite
+        )
     return result.ensemble
 
 

@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument(
         "--retrain", action="store_true", help="train the fold models again even if the search kept them"
     )
+    refit.add_argument(
+        "--overwrite", action="store_true", help="replace the autocls model in --out (the default folder: always)"
+    )
     common(refit)
 
     predict = commands.add_parser("predict", help="predict images with a saved ensemble")
@@ -269,10 +272,11 @@ def run_refit(args: argparse.Namespace) -> int:
     storage = args.storage or default_url(args.workdir)
     study = open_study(storage, args.study)
     out = args.out or args.workdir / study.study_name / "model"
+    overwrite = args.overwrite or args.out is None  # the default folder is autocls's own: refit replaces it
     store = TrialStore(args.workdir / study.study_name / "trials")
     reporter = Reporter(quiet=args.quiet)
     cache = args.workdir / CACHE_DIR
-    result = refit(study, out, args.trial, resolve_device(args.device), reporter, store, args.retrain, cache)
+    result = refit(study, out, args.trial, resolve_device(args.device), reporter, store, args.retrain, cache, overwrite)
     folds = " ".join(f"{f.best.val_score:.4f}" for f in result.cv.folds)
     metric = result.cv.metric
     trial = result.ensemble.manifest["trial"]

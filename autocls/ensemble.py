@@ -43,6 +43,25 @@ FORMAT_VERSION = 1
 PREDICT_BATCH = 128
 
 
+def check_model_destination(directory: Path, overwrite: bool) -> None:
+    """A model is written only to a new or empty folder, or over an autocls model when ``overwrite``
+    says so: never over a file, and never into a folder of the user's own files (whose contents a
+    replacement would delete)."""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise AutoclsError(f"{directory} is a file, not a folder; give a new folder for the model with --out.")
+    if not any(directory.iterdir()):
+        return
+    if not (directory / MANIFEST).is_file():
+        raise AutoclsError(
+            f"{directory} holds files that are not an autocls model, and autocls does not write over them; "
+            "give a new or empty folder with --out."
+        )
+    if not overwrite:
+        raise AutoclsError(f"{directory} holds an autocls model already; add --overwrite to replace it, or use --out.")
+
+
 class Ensemble:
     """Fold models of one configuration; predictions are the mean of their softmax outputs."""
 
@@ -58,10 +77,12 @@ class Ensemble:
         self.std = torch.tensor(pre["std"], device=self.device).view(1, 3, 1, 1)
 
     # -- persistence -------------------------------------------------------------------------
-    def save(self, directory: str | Path, extra: dict[str, str] | None = None) -> Path:
+    def save(self, directory: str | Path, extra: dict[str, str] | None = None, overwrite: bool = False) -> Path:
         """Write the ensemble (and ``extra`` text files) to ``directory`` atomically: a temporary
-        sibling is written, then renamed into place."""
+        sibling is written, then renamed into place. See :func:`check_model_destination` for what
+        may be replaced."""
         directory = Path(directory)
+        check_model_destination(directory, overwrite)
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         staging.chmod(0o755)  # mkdtemp makes it private; a model folder is an ordinary folder
@@ -192,8 +213,10 @@ def refit(
     store: TrialStore | None = None,
     retrain: bool = False,
     cache_dir: Path | None = None,
+    overwrite: bool = False,
 ) -> RefitResult:
-    """Save the chosen trial's averaged fold ensemble.
+    """Save the chosen trial's averaged fold ensemble to ``out`` (replacing a model there only with
+    ``overwrite``).
 
     The fold models the search kept for this trial (in ``store``) are reused as they are, unless
     ``retrain`` is set, none were kept, or the data or folds are no longer those the trial was
@@ -201,6 +224,7 @@ def refit(
     again with the trial's configuration, folds and seed, on the data as it is now.
     """
     reporter = reporter or Reporter(quiet=True)
+    check_model_destination(Path(out), overwrite)  # before any training, not after it
     device = device or resolve_device("auto")
     setup = StudySetup.from_study(study)
     trial = pick_trial(study, trial_number)
@@ -260,7 +284,7 @@ def refit(
     oof.insert(1, "true_label", [data.images.class_names[i] for i in data.images.labels])
     picked = cv.oof_probs[np.arange(len(cv.labels)), cv.labels]
     oof.insert(4, "loss", -np.log(np.clip(np.nan_to_num(picked, nan=1.0), 1e-7, 1.0)))
-    directory = ensemble.save(out, extra={OOF_FILE: oof.to_csv(index=False)})
+    directory = ensemble.save(out, extra={OOF_FILE: oof.to_csv(index=False)}, overwrite=overwrite)
     return RefitResult(ensemble, cv, directory)
 
 

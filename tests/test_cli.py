@@ -299,3 +299,29 @@ def test_a_file_name_that_is_not_utf8_is_searched_predicted_and_written(
     assert main(["predict", str(workdir / "data" / "model"), str(latin1), "--out", str(out), "--quiet"]) == 0
     assert b"caf\xe9 photo.png" in out.read_bytes()  # the name as the OS has it
     assert main(["predict", str(workdir / "data" / "model"), str(latin1)]) == 0  # printed escaped
+
+
+def test_refit_never_writes_over_what_it_did_not_write(image_folder: Path, tiny_space: Path, tmp_path: Path, capsys):
+    workdir = tmp_path / "runs"
+    assert search(image_folder, workdir, tiny_space, "--trials", "1") == 0
+    refit = ["refit", "--workdir", str(workdir), "--quiet", "--out"]
+    mine = tmp_path / "my folder"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    assert main([*refit, str(mine)]) == 2
+    assert main([*refit, str(a_file)]) == 2
+    assert (mine / "thesis.txt").read_text() == "years of work" and sorted(p.name for p in mine.iterdir()) == [
+        "thesis.txt"
+    ]
+    assert a_file.read_text() == "keep me"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "not an autocls model" in err[0] and "is a file" in err[1]
+    model = tmp_path / "model"
+    assert main([*refit, str(model)]) == 0
+    assert main([*refit, str(model)]) == 2  # an autocls model: replaced only when asked
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*refit, str(model), "--overwrite"]) == 0
+    assert main(["refit", "--workdir", str(workdir), "--quiet"]) == 0  # the default folder is autocls's own
+    assert main(["refit", "--workdir", str(workdir), "--quiet"]) == 0
