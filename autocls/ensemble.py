@@ -22,6 +22,7 @@ import optuna
 import pandas as pd
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -60,6 +61,21 @@ def check_model_destination(directory: Path, overwrite: bool) -> None:
         )
     if not overwrite:
         raise AutoclsError(f"{directory} holds an autocls model already; add --overwrite to replace it, or use --out.")
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A fold model's tensors; a missing, truncated or edited file, or one holding NaN or infinite
+    values, is an error that names the file."""
+    try:
+        state = load_file(path)
+    except (OSError, SafetensorError) as err:
+        raise AutoclsError(f"{path}: cannot read the weights ({err}); run autocls refit again.") from None
+    damaged = [name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if damaged:
+        raise AutoclsError(
+            f"{path}: {len(damaged)} tensors hold NaN or infinite values (e.g. {damaged[0]}); run autocls refit again."
+        )
+    return state
 
 
 class Ensemble:
@@ -113,17 +129,33 @@ class Ensemble:
         manifest_path = directory / MANIFEST
         if not manifest_path.is_file():
             raise AutoclsError(f"{directory}: not an autocls model folder (no {MANIFEST}); run autocls refit first.")
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        config = TrainConfig.from_dict(manifest["config"])
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            config = TrainConfig.from_dict(manifest["config"])
+            folds, classes = len(manifest["folds"]), len(manifest["class_names"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise AutoclsError(
+                f"{manifest_path}: not a readable autocls manifest ({err.__class__.__name__}: {err}); "
+                "run autocls refit again to write the model."
+            ) from None
         models = []
-        for i in range(len(manifest["folds"])):
-            model = create_classifier(config, len(manifest["class_names"]), load_weights=False)
-            model.load_state_dict(load_file(directory / f"fold{i}.safetensors"))
+        for i in range(folds):
+            model = create_classifier(config, classes, load_weights=False)
+            path = directory / f"fold{i}.safetensors"
+            try:
+                model.load_state_dict(_load_weights(path))
+            except RuntimeError as err:  # tensors missing, extra or of other shapes than the manifest's model
+                first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+                raise AutoclsError(f"{path}: does not fit the model its manifest describes ({first}).") from None
             models.append(model)
         dev = resolve_device(device) if isinstance(device, str) else device
         return cls(models, manifest, dev)
 
     # -- prediction --------------------------------------------------------------------------
+    def _check_finite(self, probs: torch.Tensor) -> None:
+        if not torch.isfinite(probs).all():
+            raise AutoclsError("the model's predictions are not finite numbers; its weights are damaged: refit it.")
+
     @torch.inference_mode()
     def predict_images(self, images: torch.Tensor) -> np.ndarray:
         """Class probabilities for an ``(N, 3, H, W)`` uint8 batch decoded at ``decode_size``."""
@@ -136,6 +168,7 @@ class Ensemble:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 probs = torch.stack([m(x).float().softmax(dim=1) for m in self.models]).mean(dim=0)
+            self._check_finite(probs)
             out.append(probs.cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.class_names)), np.float32)
 

@@ -14,7 +14,7 @@ from rich.table import Table
 from autocls.data import discover
 from autocls.ensemble import Ensemble
 from autocls.errors import AutoclsError
-from autocls.images import decode_images, warn_unreadable
+from autocls.images import decode_images, require_some_readable, warn_unreadable
 from autocls.reports import evaluation_tables
 
 
@@ -38,6 +38,7 @@ def evaluate(model: str | Path | Ensemble, data: str | Path, labels_csv: str | N
     if unknown:
         raise AutoclsError(f"{data}: classes {unknown} are not among the model's {ensemble.class_names}.")
     images, kept, failed = decode_images(labelled.paths, ensemble.decode_size)
+    require_some_readable(len(labelled.paths), failed)
     warn_unreadable(failed)
     index = {name: i for i, name in enumerate(ensemble.class_names)}
     truth = np.array([index[labelled.class_names[labelled.labels[i]]] for i in kept])

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 
 from autocls.atomic import write_atomically
 from autocls.data import LabelledImages
+from autocls.errors import AutoclsError
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +166,13 @@ def _cached_decode(
     write_atomically(array_path, lambda f: np.save(f, images.numpy()))
     write_atomically(index_path, json.dumps(index).encode())  # written last: the entry is complete
     return images, kept, failed
+
+
+def require_some_readable(total: int, failed: list[tuple[Path, str]]) -> None:
+    """Nothing to do is an error, not an empty result: every one of ``total`` images failed to decode."""
+    if total and len(failed) == total:
+        path, reason = failed[0]
+        raise AutoclsError(f"none of the {total} images could be read (e.g. {path}: {reason}); nothing was done.")
 
 
 def warn_unreadable(failed: list[tuple[Path, str]]) -> None:

@@ -10,7 +10,7 @@ import pandas as pd
 from autocls.data import is_image_file
 from autocls.ensemble import Ensemble
 from autocls.errors import AutoclsError
-from autocls.images import decode_images, warn_unreadable
+from autocls.images import decode_images, require_some_readable, warn_unreadable
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -37,6 +37,7 @@ def predict(model: str | Path | Ensemble, inputs: Sequence[str | Path], device: 
     ensemble = model if isinstance(model, Ensemble) else Ensemble.load(model, device)
     paths = collect_images(inputs)
     images, kept, failed = decode_images(paths, ensemble.decode_size)
+    require_some_readable(len(paths), failed)
     warn_unreadable(failed)
     probs = ensemble.predict_images(images)
     return ensemble.to_frame([str(paths[i]) for i in kept], probs)

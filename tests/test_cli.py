@@ -325,3 +325,36 @@ def test_refit_never_writes_over_what_it_did_not_write(image_folder: Path, tiny_
     assert main([*refit, str(model), "--overwrite"]) == 0
     assert main(["refit", "--workdir", str(workdir), "--quiet"]) == 0  # the default folder is autocls's own
     assert main(["refit", "--workdir", str(workdir), "--quiet"]) == 0
+
+
+def test_damaged_models_and_unreadable_inputs_are_one_line_errors(
+    image_folder: Path, tiny_space: Path, tmp_path: Path, capsys
+) -> None:
+    workdir = tmp_path / "runs"
+    assert search(image_folder, workdir, tiny_space, "--trials", "1") == 0
+    assert main(["refit", "--workdir", str(workdir), "--quiet"]) == 0
+    model = workdir / "data" / "model"
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.png").write_bytes(b"not an image")
+    (junk / "b.jpg").write_bytes(b"")
+    capsys.readouterr()
+    assert main(["predict", str(model), str(junk)]) == 2  # nothing readable: nothing done, not exit 0
+    assert "none of the 2 images could be read" in capsys.readouterr().err
+
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(model / "fold0.safetensors")
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name].clone().fill_(float("nan"))
+    save_file(state, model / "fold0.safetensors")
+    assert main(["predict", str(model), str(image_folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "fold0.safetensors" in err and "NaN" in err and len(err.splitlines()) == 1
+
+    (model / "fold0.safetensors").write_bytes(b"\0" * 10)  # truncated
+    assert main(["predict", str(model), str(image_folder)]) == 2
+    assert "fold0.safetensors: cannot read the weights" in capsys.readouterr().err
+    (model / "manifest.json").write_text("{ edited by hand")
+    assert main(["predict", str(model), str(image_folder)]) == 2
+    assert "manifest.json: not a readable autocls manifest" in capsys.readouterr().err
