@@ -40,6 +40,21 @@ def _seconds(text: str) -> float:
     return value
 
 
+def check_output(out: Path, inputs: Sequence[str | Path] = (), models: Sequence[Path] = ()) -> None:
+    """An output file is never one of the command's inputs, nor a file inside a model folder (the
+    model would no longer load), nor an existing folder."""
+    target = out.expanduser().resolve()
+    if target.is_dir():
+        raise AutoclsError(f"--out {out} is a folder; give a file name.")
+    for item in inputs:
+        source = Path(item).expanduser().resolve()
+        if target == source or (source.is_dir() and target.is_relative_to(source)):
+            raise AutoclsError(f"--out {out} would write over the input {item}; give another file name.")
+    for model in models:
+        if target.is_relative_to(Path(model).expanduser().resolve()):
+            raise AutoclsError(f"--out {out} is inside the model folder {model}; write it elsewhere.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autocls",
@@ -292,6 +307,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from autocls.trainer import configure_threads
 
     configure_threads()
+    if args.out:
+        check_output(args.out, args.inputs, [args.model])
     frame = predict(args.model, args.inputs, args.device)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -325,6 +342,7 @@ def run_report(args: argparse.Namespace) -> int:
     from autocls.storage import default_url, open_storage
     from autocls.study import open_study, study_names
 
+    check_output(args.out, models=[args.model])
     manifest_path = args.model / "manifest.json"
     name = args.study or (json.loads(manifest_path.read_text())["study"] if manifest_path.is_file() else None)
     study = None
@@ -340,6 +358,7 @@ def run_report(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from autocls.export import export
 
+    check_output(args.out, models=[args.model])
     out = export(args.model, args.out, args.format)
     print(f"wrote {args.format} ensemble to {out}")
     return 0

@@ -358,3 +358,21 @@ def test_damaged_models_and_unreadable_inputs_are_one_line_errors(
     (model / "manifest.json").write_text("{ edited by hand")
     assert main(["predict", str(model), str(image_folder)]) == 2
     assert "manifest.json: not a readable autocls manifest" in capsys.readouterr().err
+
+
+def test_no_command_writes_over_its_inputs_or_a_model(image_folder: Path, tiny_space: Path, tmp_path: Path, capsys):
+    workdir = tmp_path / "runs"
+    assert search(image_folder, workdir, tiny_space, "--trials", "1") == 0
+    assert main(["refit", "--workdir", str(workdir), "--quiet"]) == 0
+    model = workdir / "data" / "model"
+    photo = next((image_folder / "class_1").iterdir())
+    before = {p: p.read_bytes() for p in [photo, *model.iterdir()]}
+    assert main(["predict", str(model), str(photo), "--out", str(photo)]) == 2
+    assert main(["predict", str(model), str(image_folder), "--out", str(image_folder / "p.csv")]) == 2
+    assert main(["export", str(model), "--out", str(model / "fold0.safetensors")]) == 2
+    assert main(["report", str(model), "--out", str(model / "manifest.json"), "--workdir", str(workdir)]) == 2
+    assert main(["predict", str(model), str(photo), "--out", str(tmp_path)]) == 2
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (image_folder / "p.csv").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 5 and all(line.startswith("autocls: error: --out") for line in err)
