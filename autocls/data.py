@@ -195,21 +195,23 @@ def _from_csv(csv: Path, data_dir: Path, file_column: str | None, label_column: 
     label_col = _pick_column(columns, label_column, LABEL_COLUMN_NAMES, "labels", csv)
 
     bases = [data_dir] if data_dir == csv.parent else [data_dir, csv.parent]
+    if any(is_image_file(base / file_col) for base in bases):
+        raise AutoclsError(
+            f"{csv}: the first row ({file_col!r}, {label_col!r}) names an image, so the CSV seems to have no "
+            "header row and that image would be lost; add a first line such as: file,label"
+        )
     paths: list[Path] = []
     names: list[str] = []
     missing: list[str] = []
     empty: list[int] = []
     escaping: list[str] = []
-    first_row: dict[str, int] = {}
-    duplicates: list[str] = []
+    first_row: dict[Path, tuple[int, str, str]] = {}  # each image, by its resolved path
+    conflicts: list[str] = []
+    repeats = 0
     for row, (file_name, label) in enumerate(zip(table[file_col], table[label_col]), start=2):
         if not label.strip():
             empty.append(row)
             continue
-        if file_name in first_row:
-            duplicates.append(f"{file_name} (rows {first_row[file_name]} and {row})")
-            continue
-        first_row[file_name] = row
         # absolute paths are taken as given; relative ones must stay inside the folder they are relative to
         if not Path(file_name).is_absolute() and not any(_inside(base, base / file_name) for base in bases):
             escaping.append(file_name)
@@ -218,13 +220,26 @@ def _from_csv(csv: Path, data_dir: Path, file_column: str | None, label_column: 
         if found is None:
             missing.append(file_name)
             continue
+        key = found.resolve()  # imgs/x.png, ./imgs/x.png and an absolute path are one image
+        if key in first_row:
+            earlier_row, earlier_name, earlier_label = first_row[key]
+            if earlier_label == label.strip():
+                repeats += 1
+            else:
+                conflicts.append(
+                    f"{earlier_name} is {earlier_label!r} in row {earlier_row} but {file_name} is {label.strip()!r} "
+                    f"in row {row}"
+                )
+            continue
+        first_row[key] = (row, file_name, label.strip())
         paths.append(found)
         names.append(label.strip())
     if empty:
         raise AutoclsError(f"{csv}: {len(empty)} rows have an empty label (rows {_first(empty)}); fill or remove them.")
-    if duplicates:
+    if conflicts:
         raise AutoclsError(
-            f"{csv}: {len(duplicates)} files are listed twice ({_first(duplicates)}); keep one row each."
+            f"{csv}: {len(conflicts)} images are listed with two different labels ({_first(conflicts, 2)}); "
+            "keep one row each with the right label."
         )
     if escaping:
         raise AutoclsError(
@@ -235,6 +250,10 @@ def _from_csv(csv: Path, data_dir: Path, file_column: str | None, label_column: 
         where = " or ".join(str(b) for b in bases)
         raise AutoclsError(
             f"{csv}: {len(missing)} listed files do not exist under {where} ({_first(missing)}); fix the paths."
+        )
+    if repeats:
+        logger.warning(
+            "%s: %d rows repeat an image already listed with the same label; each image counted once", csv, repeats
         )
     return _labelled(paths, names, str(csv))
 

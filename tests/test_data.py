@@ -149,10 +149,17 @@ def test_generated_classes_differ(tmp_path: Path) -> None:
     assert means == [0, 1, 2]
 
 
-def test_csv_duplicates_and_paths_outside_the_data_folder_are_errors(image_folder: Path, tmp_path: Path) -> None:
+def test_csv_duplicates_and_paths_outside_the_data_folder_are_errors(
+    image_folder: Path, tmp_path: Path, caplog
+) -> None:
     csv = image_folder / "labels.csv"
-    csv.write_text("file,label\nclass_0/img 0.png,a\nclass_1/img 0.png,b\nclass_0/img 0.png,a\n")
-    with pytest.raises(AutoclsError, match=r"listed twice \(class_0/img 0\.png \(rows 2 and 4\)"):
+    csv.write_text("file,label\nclass_0/img 0.png,a\nclass_1/img 0.png,b\n./class_0/img 0.png,a\n")
+    assert len(discover(csv)) == 2 and "1 rows repeat an image" in caplog.text  # one image, two spellings
+    csv.write_text("file,label\nclass_0/img 0.png,a\nclass_1/img 0.png,b\n./class_0/img 0.png,b\n")
+    with pytest.raises(AutoclsError, match=r"two different labels \(class_0/img 0\.png is 'a' in row 2 but"):
+        discover(csv)
+    csv.write_text("class_0/img 0.png,a\nclass_1/img 0.png,b\nclass_2/img 0.png,c\n")  # no header row
+    with pytest.raises(AutoclsError, match=r"no header row"):
         discover(csv)
     (tmp_path / "secret.png").write_bytes(b"")
     csv.write_text("file,label\nclass_0/img 0.png,a\n../secret.png,b\nclass_1/../../secret.png,b\n")
