@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,19 @@ IMAGE_EXTENSIONS = frozenset(
 )
 FILE_COLUMN_NAMES = ("file", "filename", "file_name", "path", "filepath", "image", "image_path", "img", "name")
 LABEL_COLUMN_NAMES = ("label", "labels", "class", "class_name", "target", "category", "y")
+# Everything Pillow raises on a file it cannot decode: OSError (UnidentifiedImageError, truncated
+# data), but also ValueError, SyntaxError, EOFError, IndexError, TypeError and struct.error from
+# malformed headers, and DecompressionBombError (an Exception, not an OSError) past the pixel limit.
+IMAGE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    IndexError,
+    TypeError,
+    struct.error,
+    Image.DecompressionBombError,
+)
 
 
 @dataclass(frozen=True)
@@ -117,8 +131,8 @@ def typical_side(paths: tuple[Path, ...], sample: int = 200) -> int:
         try:
             with Image.open(path) as image:
                 sides.append(min(image.size))
-        except OSError:
-            continue
+        except IMAGE_ERRORS:
+            continue  # named when the images are decoded
     return int(np.median(sides)) if sides else 224
 
 

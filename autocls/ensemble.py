@@ -28,6 +28,7 @@ from torch import nn
 
 from autocls.backbones import create_classifier
 from autocls.config import TrainConfig
+from autocls.data import IMAGE_ERRORS
 from autocls.errors import AutoclsError
 from autocls.images import fit_square, load_square, resize_batch
 from autocls.progress import Reporter
@@ -201,14 +202,22 @@ class Ensemble:
             if isinstance(item, torch.Tensor):
                 pixels = item.detach().cpu()
                 if pixels.is_floating_point():
-                    pixels = (pixels.clamp(0, 1) * 255).round()
+                    if pixels.numel() and not (float(pixels.min()) >= 0.0 and float(pixels.max()) <= 1.0):
+                        raise AutoclsError(
+                            f"a float image tensor must hold values in [0, 1]; got {float(pixels.min()):.3g} to "
+                            f"{float(pixels.max()):.3g}: divide by 255, or pass a uint8 tensor."
+                        )
+                    pixels = (pixels * 255).round()
                 if pixels.shape[0] == 1:
                     pixels = pixels.expand(3, -1, -1)
                 item = Image.fromarray(pixels.to(torch.uint8).permute(1, 2, 0).numpy())
             if isinstance(item, Image.Image):
                 arrays.append(fit_square(item, self.decode_size))
             else:
-                arrays.append(load_square(item, self.decode_size))
+                try:
+                    arrays.append(load_square(item, self.decode_size))
+                except IMAGE_ERRORS as err:
+                    raise AutoclsError(f"{item}: not a readable image ({err.__class__.__name__}: {err}).") from None
         if not arrays:
             return torch.zeros((0, 3, self.decode_size, self.decode_size), dtype=torch.uint8)
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from autocls.atomic import write_atomically
-from autocls.data import LabelledImages
+from autocls.data import IMAGE_ERRORS, LabelledImages
 from autocls.errors import AutoclsError
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def decode_images(
             return load_square(path, size)
         except Image.DecompressionBombError:
             return "image too large (decompression-bomb limit); downscale it"
-        except (OSError, ValueError, SyntaxError) as err:
+        except IMAGE_ERRORS as err:
             return f"not a readable image ({err.__class__.__name__}: {err})"
 
     with ThreadPoolExecutor(threads) as pool:

@@ -505,6 +505,8 @@ def create_or_continue(
         metric=metric,
         weights=weights,
     )
+    # read before the study exists: a failure here must not leave a study without its warm start
+    stats = DataStats(len(data), len(data.class_names), typical_side(data.paths))
     study = optuna.create_study(
         study_name=study_name,
         storage=storage,
@@ -515,7 +517,6 @@ def create_or_continue(
     study.set_user_attr(STUDY_ATTR, setup.to_attr())
     study.set_metric_names([metric])
     if not study.trials and request.warm_start:
-        stats = DataStats(len(data), len(data.class_names), typical_side(data.paths))
         seconds = None
         if cost is not None and request.timeout:
 

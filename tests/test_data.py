@@ -208,3 +208,43 @@ def test_disk_cache_returns_the_same_pixels_and_is_invalidated_by_changes(image_
     _, fresh = build_store(discover(image_folder), 16, cache)
     assert len(list(cache.glob("*.npy"))) == 2
     assert fresh.images[0].sum() == 0 and not torch.equal(fresh.images, plain.images)
+
+
+def test_every_decoding_failure_pillow_raises_skips_the_file(image_folder: Path, monkeypatch, caplog) -> None:
+    """A malformed header raises more than OSError (here SyntaxError, struct.error, a decompression
+    bomb): the size probe and the decoder skip the file and name it; nothing aborts."""
+    import struct
+
+    from autocls.data import typical_side
+
+    broken = {"syntax.png": SyntaxError("bad header"), "struct.png": struct.error("unpack"), "bomb.png": None}
+    for name in broken:
+        class_image(0, np.random.default_rng(1)).save(image_folder / "class_0" / name)
+    real_open = Image.open
+
+    def open_or_fail(path, *args, **kwargs):
+        name = Path(path).name
+        if name in broken:
+            raise broken[name] or Image.DecompressionBombError("too many pixels")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", open_or_fail)
+    data = discover(image_folder)
+    assert typical_side(data.paths, sample=len(data)) == 16
+    kept, _ = build_store(data, 8)
+    assert len(kept) == len(data) - 3
+    assert "skipping 3 unreadable images" in caplog.text
+
+
+def test_float_tensors_outside_0_1_are_refused_not_clamped(tmp_path: Path) -> None:
+    import torch
+
+    from autocls.ensemble import Ensemble
+
+    ensemble = Ensemble.__new__(Ensemble)
+    ensemble.decode_size = 8
+    with pytest.raises(AutoclsError, match=r"values in \[0, 1\]; got 0 to 255"):
+        ensemble._decode([torch.linspace(0, 255, 3 * 8 * 8).reshape(3, 8, 8)])
+    with pytest.raises(AutoclsError, match=r"not a readable image"):
+        (tmp_path / "x.png").write_bytes(b"junk")
+        ensemble._decode([tmp_path / "x.png"])
