@@ -14,6 +14,10 @@ AUGMENTATIONS = ("none", "light", "randaugment", "trivialaugment", "autoaugment"
 IMBALANCE = ("none", "class_weight", "sampler")
 
 
+_TYPES = {"str": str, "bool": bool, "int": int, "float": (int, float)}
+_TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", (int, float): "a number"}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything the trainer needs to train one fold model.
@@ -52,6 +56,11 @@ class TrainConfig:
     patience: int = 3
 
     def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            value, kind = getattr(self, spec.name), _TYPES[spec.type]
+            # bool is an int to Python, but "epochs = true" is a mistake; an int is a fine float
+            if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+                raise AutoclsError(f"{spec.name} must be {_TYPE_NAMES[kind]}, got {value!r}.")
         for field, allowed in (
             ("optimizer", OPTIMIZERS),
             ("scheduler", SCHEDULERS),

@@ -166,7 +166,25 @@ def space_from_dict(data: dict[str, Any], name: str, origin: str = "search space
     )
     if "backbone" not in fixed and all(d.name != "backbone" for d in dimensions):
         raise AutoclsError(f"{origin}: a space must fix or search 'backbone'.")
+    _check_values(space, origin)
     return space
+
+
+def _check_values(space: SearchSpace, origin: str) -> None:
+    """Every value a space can give is a valid setting, checked when the file is loaded rather than
+    when a trial happens to sample it (then it failed mid-search as an 'unexpected error')."""
+    base = {"backbone": "resnet18", **space.fixed}
+    try:
+        TrainConfig.from_dict(base)
+    except AutoclsError as err:
+        raise AutoclsError(f"{origin}: [fixed]: {err}") from None
+    for dim in space.dimensions:
+        values = dim.choices if dim.choices is not None else (dim.low, dim.high)
+        for value in values:
+            try:
+                TrainConfig.from_dict({**base, dim.name: value})
+            except AutoclsError as err:
+                raise AutoclsError(f"{origin}: params.{dim.name}: {err}") from None
 
 
 def _dimension(name: str, spec: Any, origin: str, sampled_before: set[str]) -> Dimension:
@@ -189,6 +207,10 @@ def _dimension(name: str, spec: Any, origin: str, sampled_before: set[str]) -> D
     if "low" not in spec or "high" not in spec:
         raise AutoclsError(f"{where}: give either choices = [...] or both low and high.")
     low, high = spec["low"], spec["high"]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
+        raise AutoclsError(f"{where}: low and high must be numbers, got low={low!r}, high={high!r}.")
     if not low < high:
         raise AutoclsError(f"{where}: low must be below high, got low={low}, high={high}.")
+    if spec.get("log") and low <= 0:
+        raise AutoclsError(f"{where}: a log range needs low > 0, got low={low}.")
     return Dimension(name, low=low, high=high, log=bool(spec.get("log", False)), step=spec.get("step"), when=when)

@@ -59,6 +59,13 @@ def test_round_trip_through_dict(tiny_space: Path) -> None:
         ),
         ({"params": {"lr": {"low": 0.1, "high": 1.0}}}, "fix or search 'backbone'"),
         ({"fixed": {"backbone": "x"}, "extra": 1}, "unknown top-level"),
+        # wrong values are found when the file is loaded, not when a trial happens to sample them
+        ({"fixed": {"backbone": "x"}, "params": {"optimizer": {"choices": ["adamw", "lion"]}}}, "params.optimizer"),
+        ({"fixed": {"backbone": "x"}, "params": {"lr": {"low": 0.0, "high": 0.1, "log": True}}}, "log range needs"),
+        ({"fixed": {"backbone": "x"}, "params": {"epochs": {"choices": [4, "six"]}}}, "epochs must be an integer"),
+        ({"fixed": {"backbone": "x", "lr": "fast"}}, r"\[fixed\]: lr must be a number"),
+        ({"fixed": {"backbone": "x", "pretrained": 1}}, "pretrained must be true or false"),
+        ({"fixed": {"backbone": "x"}, "params": {"lr": {"low": "a", "high": 0.1}}}, "must be numbers"),
     ],
 )
 def test_invalid_spaces_are_rejected_with_the_reason(data: dict, message: str) -> None:
