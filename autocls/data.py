@@ -200,9 +200,18 @@ def _from_csv(csv: Path, data_dir: Path, file_column: str | None, label_column: 
         raise AutoclsError(f"{csv}: labels CSV not found.")
     try:
         table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        if len(table.columns) == 1:  # a spreadsheet's export in some locales: ';' (or tab) between columns
+            separator = next((s for s in (";", "\t", "|") if s in str(table.columns[0])), None)
+            if separator is not None:
+                table = pd.read_csv(csv, dtype=str, keep_default_na=False, sep=separator)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise AutoclsError(f"{csv}: not a readable CSV ({err}).") from None
     columns = list(table.columns)
+    if len(columns) < 2:
+        raise AutoclsError(
+            f"{csv}: found one column ({columns[0]!r}); a labels CSV needs a file column and a label column, "
+            "separated by commas (or ';' or tabs)."
+        )
     if len(columns) == 2 and file_column is None and label_column is None:
         file_column, label_column = columns  # the common two-column file,label layout, whatever the header says
     file_col = _pick_column(columns, file_column, FILE_COLUMN_NAMES, "image files", csv)

@@ -167,7 +167,21 @@ def space_from_dict(data: dict[str, Any], name: str, origin: str = "search space
     if "backbone" not in fixed and all(d.name != "backbone" for d in dimensions):
         raise AutoclsError(f"{origin}: a space must fix or search 'backbone'.")
     _check_values(space, origin)
+    _check_backbones(space, origin)
     return space
+
+
+def _check_backbones(space: SearchSpace, origin: str) -> None:
+    """Every backbone is one timm knows; a misspelt name gets the nearest names as suggestions."""
+    import difflib
+
+    import timm
+
+    for name in space.values_of("backbone"):
+        if not timm.is_model(str(name)):
+            near = difflib.get_close_matches(str(name), timm.list_models(), n=3)
+            hint = f"; did you mean {', '.join(near)}?" if near else "; see timm.list_models() for the names."
+            raise AutoclsError(f"{origin}: unknown backbone {name!r}{hint}")
 
 
 def _check_values(space: SearchSpace, origin: str) -> None:

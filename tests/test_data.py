@@ -248,3 +248,12 @@ def test_float_tensors_outside_0_1_are_refused_not_clamped(tmp_path: Path) -> No
     with pytest.raises(AutoclsError, match=r"not a readable image"):
         (tmp_path / "x.png").write_bytes(b"junk")
         ensemble._decode([tmp_path / "x.png"])
+
+
+def test_a_semicolon_csv_is_read_and_a_one_column_csv_is_explained(image_folder: Path) -> None:
+    csv = image_folder / "labels.csv"
+    csv.write_text("file;label\nclass_0/img 0.png;a\nclass_1/img 0.png;b\n")
+    assert discover(csv).class_names == ("a", "b")
+    csv.write_text("file\nclass_0/img 0.png\n")
+    with pytest.raises(AutoclsError, match="found one column"):
+        discover(csv)

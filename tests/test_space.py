@@ -66,6 +66,7 @@ def test_round_trip_through_dict(tiny_space: Path) -> None:
         ({"fixed": {"backbone": "x", "lr": "fast"}}, r"\[fixed\]: lr must be a number"),
         ({"fixed": {"backbone": "x", "pretrained": 1}}, "pretrained must be true or false"),
         ({"fixed": {"backbone": "x"}, "params": {"lr": {"low": "a", "high": 0.1}}}, "must be numbers"),
+        ({"fixed": {"backbone": "resnet19"}}, "unknown backbone 'resnet19'; did you mean resnet18"),
     ],
 )
 def test_invalid_spaces_are_rejected_with_the_reason(data: dict, message: str) -> None:
