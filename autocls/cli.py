@@ -284,6 +284,11 @@ def run_refit(args: argparse.Namespace) -> int:
     from autocls.trialstore import TrialStore
 
     configure_threads()
+    if not args.storage and not (args.workdir / "autocls.db").is_file():
+        raise AutoclsError(
+            f"nothing was searched in {args.workdir} (no autocls.db there); run autocls search first, "
+            "or point --workdir (or --storage) at the search."
+        )
     storage = args.storage or default_url(args.workdir)
     study = open_study(storage, args.study)
     out = args.out or args.workdir / study.study_name / "model"
@@ -365,12 +370,21 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
+    import socket
+
     from optuna_dashboard import run_server
 
     from autocls.reports import artifact_store
     from autocls.storage import default_url, open_storage, redact
 
     url = args.storage or default_url(args.workdir)
+    with socket.socket() as probe:  # a port in use is one line now, not a traceback after "Listening"
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as err:
+            raise AutoclsError(
+                f"cannot serve on {args.host}:{args.port} ({err.strerror}); choose another --port."
+            ) from None
     print(f"optuna-dashboard for {redact(url)} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
     run_server(open_storage(url), host=args.host, port=args.port, artifact_store=artifact_store(args.workdir))
     return 0
@@ -421,6 +435,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autocls: interrupted; finished trials are saved, run the same command to continue.", file=sys.stderr)
         return 130
+    except PermissionError as err:  # a read-only work folder or --out
+        print(
+            f"autocls: error: cannot write {err.filename or 'a file'}: permission denied; "
+            "choose a folder you can write (--workdir, --out).",
+            file=sys.stderr,
+        )
+        return 2
     except Exception as err:
         if args.debug:
             raise

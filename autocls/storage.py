@@ -76,6 +76,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     kind = url.split(":", 1)[0].split("+", 1)[0]
+    if kind not in ("sqlite", "postgresql", "postgres", "mysql"):
+        raise AutoclsError(
+            f"unknown storage {redact(url)}: use sqlite:///PATH, postgresql://USER@HOST/DB or journal:PATH."
+        )
     engine_kwargs = {"connect_args": {"timeout": 60}} if kind == "sqlite" else {"pool_pre_ping": True}
     try:
         return RDBStorage(
@@ -89,4 +93,5 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         extra = " (pip install 'autocls[postgres]')" if kind.startswith("postgres") else ""
         raise AutoclsError(f"storage {redact(url)} needs a database driver{extra}: {err}") from None
     except Exception as err:
-        raise AutoclsError(f"cannot open storage {redact(url)}: {err.__class__.__name__}") from None
+        hint = " (is it a SQLite database? move the file away or use another --workdir)" if kind == "sqlite" else ""
+        raise AutoclsError(f"cannot open storage {redact(url)}: {err.__class__.__name__}{hint}") from None

@@ -361,7 +361,7 @@ class Objective:
             raise TrialSkipped(f"skipped: {reason}")
 
 
-def narrow_to_available_weights(space: SearchSpace, weights_dir: Path | None) -> SearchSpace:
+def narrow_to_available_weights(space: SearchSpace, weights_dir: Path | None, quiet: bool = False) -> SearchSpace:
     """Drop backbones whose pretrained weights cannot be found, saying so once, before any trial.
 
     Only when the space fixes ``pretrained = true``; where ``pretrained`` is searched, every backbone
@@ -374,12 +374,14 @@ def narrow_to_available_weights(space: SearchSpace, weights_dir: Path | None) ->
         return space
     example = next(iter(missing.values()))
     if space.values_of("pretrained") != [True]:
-        logger.warning("no pretrained weights for %s; those trials will train from scratch or fail", ", ".join(missing))
+        if not quiet:
+            logger.warning("no pretrained weights for %s; those trials train from scratch or fail", ", ".join(missing))
         return space
     available = [b for b in backbones if b not in missing]
     if not available:
         raise AutoclsError(example)
-    logger.warning("no pretrained weights for %s, left out of this study; e.g. %s", ", ".join(missing), example)
+    if not quiet:
+        logger.warning("no pretrained weights for %s, left out of this study; e.g. %s", ", ".join(missing), example)
     data = space.to_dict()
     data["params"]["backbone"]["choices"] = available
     return space_from_dict(data, name=space.name)
@@ -446,6 +448,9 @@ def _warn_if_space_changed(setup: StudySetup, asked: str | SearchSpace | None) -
         return
     try:
         current = asked if isinstance(asked, SearchSpace) else load_space(asked)
+        # the stored space left out backbones without weights: compare like with like, or the
+        # warning came on every run although nothing changed
+        current = narrow_to_available_weights(current, setup.weights_dir, quiet=True)
     except AutoclsError:
         return
     if current.to_dict() != setup.search_space.to_dict():

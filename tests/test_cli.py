@@ -376,3 +376,38 @@ def test_no_command_writes_over_its_inputs_or_a_model(image_folder: Path, tiny_s
     assert not (image_folder / "p.csv").exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 5 and all(line.startswith("autocls: error: --out") for line in err)
+
+
+def _tree_digest(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["unknown storage", "corrupt database", "refit where nothing was searched", "dashboard port in use"],
+)
+def test_mistakes_are_one_line_and_touch_nothing(case: str, image_folder: Path, tmp_path: Path, capsys) -> None:
+    import socket
+
+    workdir = tmp_path / "runs"
+    workdir.mkdir()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    args = {
+        "unknown storage": ["search", str(image_folder), "--storage", "foo://x", "--workdir", str(workdir)],
+        "corrupt database": ["search", str(image_folder), "--workdir", str(workdir)],
+        "refit where nothing was searched": ["refit", "--workdir", str(workdir / "nothing")],
+        "dashboard port in use": ["dashboard", "--workdir", str(workdir), "--port", str(busy.getsockname()[1])],
+    }[case]
+    if case == "corrupt database":
+        (workdir / "autocls.db").write_bytes(b"this is not a database" * 100)
+    before = _tree_digest(tmp_path)
+    try:
+        assert main(args) == 2
+    finally:
+        busy.close()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("autocls: error:") and "Traceback" not in err, err
+    assert _tree_digest(tmp_path) == before
+    assert not (workdir / "nothing").exists()
