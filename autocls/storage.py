@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
+from sqlalchemy.exc import OperationalError
 
 from autocls.errors import AutoclsError
 
@@ -40,6 +42,7 @@ HEARTBEAT_SECONDS = int(os.environ.get("AUTOCLS_HEARTBEAT", "10"))
 # A dead local worker is noticed quickly; remote workers on a shared database get more slack.
 GRACE_SECONDS = {"sqlite": 3 * HEARTBEAT_SECONDS, "default": 12 * HEARTBEAT_SECONDS}
 MAX_RETRIES = 2
+CREATE_ATTEMPTS = 5
 JOURNAL_PREFIX = "journal:"
 
 
@@ -82,13 +85,22 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         )
     engine_kwargs = {"connect_args": {"timeout": 60}} if kind == "sqlite" else {"pool_pre_ping": True}
     try:
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS.get(kind, GRACE_SECONDS["default"]),
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
-        )
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=GRACE_SECONDS.get(kind, GRACE_SECONDS["default"]),
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+                )
+            except OperationalError:
+                # two first runs on a new database both create its tables: the loser sees "table
+                # already exists" or a lock; the tables are there a moment later
+                if attempt == CREATE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
     except ImportError as err:
         extra = " (pip install 'autocls[postgres]')" if kind.startswith("postgres") else ""
         raise AutoclsError(f"storage {redact(url)} needs a database driver{extra}: {err}") from None

@@ -255,3 +255,22 @@ def test_each_worker_gets_its_share_of_the_cores_and_one_gpu_of_several() -> Non
     chosen = worker_envs(2, cores=2, gpus=2, base={"CUDA_VISIBLE_DEVICES": "3,5"})
     assert [e["CUDA_VISIBLE_DEVICES"] for e in chosen] == ["3", "5"]  # the user's selection is respected
     assert all("CUDA_VISIBLE_DEVICES" not in e for e in worker_envs(2, cores=2, gpus=1, base={}))
+
+
+def _open_and_create(url: str) -> None:
+    storage = open_storage(url)
+    optuna.create_study(study_name="first", storage=storage, load_if_exists=True)
+
+
+def test_first_runs_started_at_once_on_a_new_sqlite_database_all_start(tmp_path: Path) -> None:
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path / 'autocls.db'}"
+    context = multiprocessing.get_context("fork")
+    starts = [context.Process(target=_open_and_create, args=(url,)) for _ in range(5)]
+    for process in starts:
+        process.start()
+    for process in starts:
+        process.join(timeout=120)
+    assert [p.exitcode for p in starts] == [0] * 5
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["first"]
