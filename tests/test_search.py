@@ -53,7 +53,7 @@ def test_every_choice_of_the_default_space_builds_and_trains_a_step(tiny_store, 
         settings["optimizer"] = "sgd"
     config = TrainConfig.from_dict(settings)
     train_idx, val_idx = stratified_folds(data.labels, 2, seed=0)[0]
-    result = Trainer(config, 3, CPU).fit(store.at(config.resolution), torch.as_tensor(data.labels), train_idx, val_idx)
+    result = Trainer(config, 3, CPU).fit(store, torch.as_tensor(data.labels), train_idx, val_idx)
     assert torch.isfinite(torch.tensor(result.best.train_loss))
 
 
