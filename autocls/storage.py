@@ -23,7 +23,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from autocls.errors import AutoclsError
 
@@ -94,7 +94,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                     grace_period=GRACE_SECONDS.get(kind, GRACE_SECONDS["default"]),
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
                 )
-            except OperationalError:
+            except SQLAlchemyError:
                 # two first runs on a new database both create its tables: the loser sees "table
                 # already exists" or a lock; the tables are there a moment later
                 if attempt == CREATE_ATTEMPTS - 1:

@@ -77,15 +77,16 @@ def recover_dead_local_trials(study: optuna.Study) -> list[int]:
         if not worker or worker.get("host") != host or is_alive(worker):
             continue
         try:
+            # the reason first: a finished trial takes no more attributes
+            storage.set_trial_user_attr(
+                trial._trial_id,
+                "fail_reason",
+                f"its worker (process {worker['pid']} on {host}) died; queued again as a new trial",
+            )
             if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
-            continue
-        storage.set_trial_user_attr(
-            trial._trial_id,
-            "fail_reason",
-            f"its worker (process {worker['pid']} on {host}) died; queued again as a new trial",
-        )
+            continue  # another process recovered it first
         queue_again(study, trial)
         recovered.append(trial.number)
     if recovered:

@@ -180,7 +180,7 @@ def test_a_failed_save_keeps_the_previous_model(image_folder: Path, tiny_space: 
     monkeypatch.setattr(autocls.ensemble, "save_file", broken_save)
     assert main(["refit", "--workdir", str(workdir), "--quiet"]) == 1
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
-    assert sorted(p.name for p in model_dir.parent.iterdir()) == ["model", "trials"]  # no half-written folder
+    assert sorted(p.name for p in model_dir.parent.iterdir()) == ["files.json", "model", "trials"]  # no half-written
 
 
 def test_report_is_one_self_contained_html_file(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:
@@ -230,7 +230,7 @@ def test_changed_data_is_never_mixed_into_a_study(image_folder: Path, tiny_space
     assert len(study.trials) == 1  # nothing ran on the new files
 
     assert main(["refit", "--best", "--study", "e2e", "--workdir", str(workdir)]) == 0
-    out = capsys.readouterr().out
+    out = "".join(capsys.readouterr())  # the progress console writes to stderr
     assert "the data changed since the search" in out and "reusing" not in out
     manifest = json.loads((workdir / "e2e" / "model" / "manifest.json").read_text())
     assert manifest["fold_models"] == "retrained" and manifest["data"]["images"] == 27

@@ -111,9 +111,11 @@ def test_metric_defaults_to_balanced_accuracy_for_imbalanced_classes(tmp_path: P
     for i, image in enumerate(sorted((tmp_path / "more" / "class_0").iterdir())):
         image.rename(root / "class_0" / f"extra{i}.png")
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    study, setup = create_or_continue(storage, "imb", SearchRequest(DataSpec.of(root), space="fast"))
+    study, setup = create_or_continue(storage, "imb", SearchRequest(DataSpec.of(root), space="fast", folds=2))
     assert setup.metric == "balanced_accuracy" and study.metric_names == ["balanced_accuracy"]
-    study, setup = create_or_continue(storage, "ll", SearchRequest(DataSpec.of(root), space="fast", metric="log_loss"))
+    study, setup = create_or_continue(
+        storage, "ll", SearchRequest(DataSpec.of(root), space="fast", metric="log_loss", folds=2)
+    )
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
 
 
