@@ -146,6 +146,7 @@ def build_store(data: LabelledImages, size: int, cache_dir: Path | None = None) 
         images, kept, failed = decode_images(data.paths, size)
     else:
         images, kept, failed = _cached_decode(data, size, cache_dir)
+    require_some_readable(len(data), failed)
     warn_unreadable(failed)
     return data.subset(kept), ImageStore(images)
 

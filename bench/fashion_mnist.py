@@ -1,7 +1,7 @@
 """autocls against the hand-tuned recipe and random search on Fashion-MNIST, one time budget each.
 
     apt-get install dataset-fashion-mnist
-    python bench/fashion_mnist.py [--budget-minutes 30] [--train 2000] [--test 2000] [--arms abc]
+    python bench/fashion_mnist.py [--budget-minutes 30] [--train 2000] [--test 2000] [--arms abc] [--speeds F]
 
 Runs, in one process and one after another, on a stratified training subset and a disjoint
 held-out set (t10k):
@@ -21,6 +21,7 @@ import argparse
 import datetime
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -81,8 +82,16 @@ def trial_counts(study: optuna.Study) -> str:
     return ", ".join(p for p in parts if not p.startswith("0 ") or p.endswith("complete"))
 
 
+SPEEDS: Path | None = None  # --speeds: measured training speeds every arm starts from
+
+
 def run_arm(name: str, data: Path, test: Path, workdir: Path, **search: object) -> ArmResult:
     print(f"\n=== {name} ===", flush=True)
+    if SPEEDS is not None:
+        # the warm-start recipes are sized from two probe steps a model; their noise can flip a
+        # recipe between 4 and 8 epochs, so runs to be compared start from the same measurements
+        (workdir / "cache").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(SPEEDS, workdir / "cache" / "speeds.json")
     start = time.perf_counter()
     study = autocls.search(data, workdir=workdir, study_name="bench", quiet=False, **search)
     ensemble = autocls.refit(study, workdir=workdir, quiet=False)
@@ -108,7 +117,14 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=2000)
     parser.add_argument("--arms", default="abc", help="which of a, b, c to run (default: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-runs" / "fashion")
+    parser.add_argument(
+        "--speeds",
+        type=Path,
+        help="a speeds.json from an earlier run's WORKDIR/cache: same cost estimates, same sizing",
+    )
     args = parser.parse_args()
+    global SPEEDS
+    SPEEDS = args.speeds
     budget = args.budget_minutes * 60
     data = args.out / "data"
     if not (data / "train").is_dir():

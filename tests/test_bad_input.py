@@ -1,0 +1,401 @@
+"""The careless-user sweep: every mistake is one line, the right exit code, and touches nothing.
+
+Each case builds its files in a fresh folder, runs the CLI's entry function in-process (a process
+per case would cost ~13 s of imports each), and checks that
+
+* the exit status is 2 (bad input: the user can fix it), 1 (a failure at run time) or 0 (done);
+* stderr holds exactly one ``autocls: error: ...`` line (or argparse's usage + one error line),
+  never a traceback, and the line says what the case is about;
+* no file that existed before the command was changed or removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file, save_file
+
+from autocls.cli import main
+from tests.conftest import TINY_SPACE, write_class_folders
+
+
+@dataclass(frozen=True)
+class Case:
+    """``argv`` may name ``{data}``, ``{space}``, ``{model}``, ``{work}`` and ``{tmp}``; ``prepare``
+    edits the case's folder first. ``says`` must appear in the error line."""
+
+    name: str
+    argv: str
+    code: int
+    says: str
+    prepare: Callable[[Path], None] | None = None
+
+
+def _write(relative: str, content: bytes | str) -> Callable[[Path], None]:
+    def prepare(root: Path) -> None:
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+
+    return prepare
+
+
+def _all(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
+    def prepare(root: Path) -> None:
+        for step in steps:
+            step(root)
+
+    return prepare
+
+
+def _remove(relative: str) -> Callable[[Path], None]:
+    return lambda root: shutil.rmtree(root / relative) if (root / relative).is_dir() else (root / relative).unlink()
+
+
+def _space(replacements: dict[str, str] | None = None, extra: str = "") -> Callable[[Path], None]:
+    text = TINY_SPACE
+    for old, new in (replacements or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return _write("bad.toml", text + extra)
+
+
+def _one_class_only(root: Path) -> None:
+    shutil.rmtree(root / "data" / "class_1")
+    shutil.rmtree(root / "data" / "class_2")
+
+
+def _tiny_class(root: Path) -> None:
+    for image in sorted((root / "data" / "class_2").iterdir())[1:]:
+        image.unlink()
+
+
+def _junk_images(root: Path) -> None:
+    for image in (root / "data").rglob("*.*"):
+        image.write_bytes(b"not an image")
+
+
+def _nan_weights(root: Path) -> None:
+    path = root / "model" / "fold0.safetensors"
+    state = load_file(path)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name].clone().fill_(float("nan"))
+    save_file(state, path)
+
+
+def _other_classes(root: Path) -> None:
+    write_class_folders(root / "other", classes=2, per_class=2)
+    for i, name in enumerate(("cats", "dogs")):
+        (root / "other" / f"class_{i}").rename(root / "other" / name)
+
+
+def _photo(relative: str) -> Callable[[Path], None]:
+    return lambda root: shutil.copy2(next((root / "data" / "class_0").iterdir()), root / relative)
+
+
+def _symlink_loop(root: Path) -> None:
+    (root / "data" / "class_0" / "loop").symlink_to(root / "data" / "class_0", target_is_directory=True)
+
+
+CSV = "labels.csv"
+FILES = "class_0/img 0.png,a\nclass_1/img 0.png,b\nclass_0/img 1.JPEG,a\nclass_1/img 1.PNG,b\n"
+# a fresh work folder: the copied one holds a study of {data}, which a search would continue
+SEARCH = "search {data} --space {space} --folds 2 --trials 1 --workdir {tmp}/fresh --quiet"
+SEARCH_CSV = "search {data}/labels.csv --space {space} --folds 2 --trials 1 --workdir {tmp}/fresh --quiet"
+
+CASES = [
+    # -- the data -----------------------------------------------------------------------------
+    Case("no such data folder", "search {tmp}/nothing --workdir {work}", 2, "no such file or folder"),
+    Case(
+        "data is a text file",
+        "search {tmp}/notes.txt --workdir {work}",
+        2,
+        "expected a folder",
+        _write("notes.txt", "hi"),
+    ),
+    Case(
+        "no class folders", "search {tmp}/empty --workdir {work}", 2, "no class sub-folders", _write("empty/a.png", b"")
+    ),
+    Case("one class", SEARCH, 2, "at least 2 classes", _one_class_only),
+    Case("a class of one image", SEARCH, 2, "at least 2 images of each class", _tiny_class),
+    Case("every image unreadable", SEARCH, 2, "none of the 24 images could be read", _junk_images),
+    Case("a symlink loop in a class folder", SEARCH, 0, "", _symlink_loop),
+    # -- a labels CSV -------------------------------------------------------------------------
+    Case(
+        "CSV empty label",
+        SEARCH_CSV,
+        2,
+        "empty label",
+        _write(f"data/{CSV}", "file,label\n" + FILES + "class_2/img 0.png, \n"),
+    ),
+    Case("CSV missing files", SEARCH_CSV, 2, "do not exist", _write(f"data/{CSV}", "file,label\nnope.png,a\n" + FILES)),
+    Case(
+        "CSV conflicting labels",
+        SEARCH_CSV,
+        2,
+        "two different labels",
+        _write(f"data/{CSV}", "file,label\n" + FILES + "./class_0/img 0.png,b\n"),
+    ),
+    Case("CSV without a header", SEARCH_CSV, 2, "no header row", _write(f"data/{CSV}", FILES)),
+    Case("CSV of one column", SEARCH_CSV, 2, "found one column", _write(f"data/{CSV}", "file\nclass_0/img 0.png\n")),
+    Case(
+        "CSV path outside the data",
+        SEARCH_CSV,
+        2,
+        "outside the data folder",
+        _write(f"data/{CSV}", "file,label\n../x.png,a\n" + FILES),
+    ),
+    Case("CSV that is binary junk", SEARCH_CSV, 2, "labels.csv", _write(f"data/{CSV}", bytes(range(256)) * 4)),
+    Case("CSV empty", SEARCH_CSV, 2, "not a readable CSV", _write(f"data/{CSV}", "")),
+    Case("--labels missing", SEARCH + " --labels {tmp}/none.csv", 2, "labels CSV not found"),
+    Case(
+        "--file-column unknown",
+        SEARCH_CSV + " --file-column nope",
+        2,
+        "no column 'nope'",
+        _write(f"data/{CSV}", "file,label\n" + FILES),
+    ),
+    # -- settings -----------------------------------------------------------------------------
+    Case("--folds 1", SEARCH + " --folds 1", 2, "folds must be an integer of at least 2"),
+    Case("--folds 20", SEARCH + " --folds 20", 2, "fewer images than the 20 folds"),
+    Case("--seed -1", SEARCH + " --seed -1", 2, "seed must be a non-negative integer"),
+    Case("--timeout 0", SEARCH + " --timeout 0", 2, "positive number of seconds"),
+    Case("--timeout -5", SEARCH + " --timeout -5", 2, "positive number of seconds"),
+    Case("--timeout nan", SEARCH + " --timeout nan", 2, "positive number of seconds"),
+    Case("--trials abc", SEARCH + " --trials abc", 2, "expected a positive integer"),
+    Case("--trials 0", SEARCH + " --trials 0", 2, "expected a positive integer"),
+    Case("--weights not a folder", SEARCH + " --weights {tmp}/weights", 2, "folder of checkpoints"),
+    Case("--metric unknown", SEARCH + " --metric auc", 2, "invalid choice"),
+    Case("--device tpu", SEARCH + " --device tpu", 2, "--device must be auto, cpu or cuda"),
+    Case("--workers with SQLite", SEARCH + " --workers 2", 2, "journal:"),
+    Case("an unknown flag", SEARCH + " --epochs 3", 2, "unrecognized arguments"),
+    # -- search spaces ------------------------------------------------------------------------
+    Case("--space unknown name", "search {data} --space nope --workdir {work}", 2, "no search space 'nope'"),
+    Case(
+        "space not TOML",
+        "search {data} --space {tmp}/bad.toml --workdir {work}",
+        2,
+        "not valid TOML",
+        _write("bad.toml", "[[["),
+    ),
+    Case(
+        "space unknown optimizer",
+        "search {data} --space {tmp}/bad.toml --workdir {work}",
+        2,
+        "params.optimizer",
+        _space({'choices = ["adamw", "sgd"]': 'choices = ["adamw", "lion"]'}),
+    ),
+    Case(
+        "space log range from 0",
+        "search {data} --space {tmp}/bad.toml --workdir {work}",
+        2,
+        "log range needs low > 0",
+        _space({"low = 0.003": "low = 0.0"}),
+    ),
+    Case(
+        "space unknown backbone",
+        "search {data} --space {tmp}/bad.toml --workdir {work}",
+        2,
+        "unknown backbone 'resnet19'",
+        _space({'backbone = "test_efficientnet"': 'backbone = "resnet19"'}),
+    ),
+    Case(
+        "space value of the wrong type",
+        "search {data} --space {tmp}/bad.toml --workdir {work}",
+        2,
+        "epochs must be an integer",
+        _space({"epochs = 2": 'epochs = "two"'}),
+    ),
+    Case(
+        "space unknown setting",
+        "search {data} --space {tmp}/bad.toml --workdir {work}",
+        2,
+        "unknown setting 'colour'",
+        _space(extra="\n[params.colour]\nchoices = [1, 2]\n"),
+    ),
+    Case("space show unknown", "space show nope", 2, "no search space 'nope'"),
+    # -- storages -----------------------------------------------------------------------------
+    Case("unknown storage scheme", SEARCH + " --storage foo://x", 2, "unknown storage"),
+    Case(
+        "corrupt SQLite file",
+        "search {data} --workdir {work}",
+        2,
+        "cannot open storage",
+        _write("work/autocls.db", b"junk" * 500),
+    ),
+    # -- refit --------------------------------------------------------------------------------
+    Case("refit where nothing was searched", "refit --workdir {tmp}/nothing", 2, "nothing was searched"),
+    Case("refit an unknown study", "refit --workdir {work} --study nope", 2, "no study 'nope'"),
+    Case("refit an unknown trial", "refit --workdir {work} --trial 99", 2, "99"),
+    Case(
+        "refit --out onto a file",
+        "refit --workdir {work} --out {tmp}/notes.txt",
+        2,
+        "is a file",
+        _write("notes.txt", "x"),
+    ),
+    Case(
+        "refit --out a folder of mine",
+        "refit --workdir {work} --out {tmp}/mine",
+        2,
+        "not an autocls model",
+        _write("mine/a.txt", "x"),
+    ),
+    Case("refit --out onto a model", "refit --workdir {work} --out {model}", 2, "--overwrite"),
+    Case("refit --best and --trial", "refit --workdir {work} --best --trial 0", 2, "not allowed with argument"),
+    # -- predict ------------------------------------------------------------------------------
+    Case("predict no such model", "predict {tmp}/nope {data}", 2, "not an autocls model folder"),
+    Case("predict a folder that is no model", "predict {data} {data}", 2, "not an autocls model folder"),
+    Case("predict no such input", "predict {model} {tmp}/nope.png", 2, "no such file or folder"),
+    Case(
+        "predict an empty folder", "predict {model} {tmp}/empty", 2, "no images found", _write("empty/readme.txt", "x")
+    ),
+    Case(
+        "predict only unreadable files",
+        "predict {model} {tmp}/junk",
+        2,
+        "none of the 1 images",
+        _write("junk/a.png", b"x"),
+    ),
+    Case(
+        "predict --out an input",
+        "predict {model} {tmp}/in.png --out {tmp}/in.png",
+        2,
+        "over the input",
+        _photo("in.png"),
+    ),
+    Case("predict --out inside the data", "predict {model} {data} --out {data}/p.csv", 2, "over the input"),
+    Case("predict --out inside the model", "predict {model} {data} --out {model}/p.csv", 2, "inside the model folder"),
+    Case("predict --out a folder", "predict {model} {data} --out {tmp}", 2, "is a folder"),
+    Case("predict NaN weights", "predict {model} {data}", 2, "NaN", _nan_weights),
+    Case(
+        "predict truncated weights",
+        "predict {model} {data}",
+        2,
+        "cannot read the weights",
+        _write("model/fold1.safetensors", b"\0" * 9),
+    ),
+    Case(
+        "predict missing weights",
+        "predict {model} {data}",
+        2,
+        "cannot read the weights",
+        _remove("model/fold0.safetensors"),
+    ),
+    Case(
+        "predict edited manifest",
+        "predict {model} {data}",
+        2,
+        "not a readable autocls manifest",
+        _write("model/manifest.json", "{"),
+    ),
+    Case(
+        "predict manifest of another shape",
+        "predict {model} {data}",
+        2,
+        "manifest",
+        _write("model/manifest.json", '{"config": 1}'),
+    ),
+    # -- evaluate, export, report, dashboard --------------------------------------------------
+    Case("evaluate an unknown class", "evaluate {model} {tmp}/other", 2, "not among the model's", _other_classes),
+    Case("evaluate only unreadable files", "evaluate {model} {data}", 2, "none of the", _junk_images),
+    Case(
+        "export --out inside the model", "export {model} --out {model}/fold0.safetensors", 2, "inside the model folder"
+    ),
+    Case("export --format unknown", "export {model} --format tflite --out {tmp}/m", 2, "invalid choice"),
+    Case(
+        "report --out onto the manifest",
+        "report {model} --out {model}/manifest.json --workdir {work}",
+        2,
+        "inside the model folder",
+    ),
+    Case("dashboard on a port in use", "dashboard --workdir {work} --port {port}", 2, "choose another --port"),
+    Case("no command", "", 2, "required"),
+]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One search and refit, copied into every case that needs a model or a study."""
+    root = tmp_path_factory.mktemp("searched")
+    data = write_class_folders(root / "data")
+    (root / "tiny.toml").write_text(TINY_SPACE)
+    args = ["search", str(data), "--space", str(root / "tiny.toml"), "--folds", "2", "--trials", "1"]
+    assert main([*args, "--workdir", str(root / "work"), "--quiet"]) == 0
+    assert main(["refit", "--workdir", str(root / "work"), "--out", str(root / "model"), "--quiet"]) == 0
+    return root
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink() and "loop" not in p.parts
+    }
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exit:  # argparse's refusals
+        return int(exit.code)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_every_mistake_is_one_clear_line(case: Case, searched: Path, tmp_path: Path, capsys) -> None:
+    for part in ("data", "work", "model", "tiny.toml"):
+        source = searched / part
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, tmp_path / part)
+    if case.prepare is not None:
+        case.prepare(tmp_path)
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    names = {
+        "tmp": tmp_path,
+        "data": tmp_path / "data",
+        "work": tmp_path / "work",
+        "model": tmp_path / "model",
+        "space": tmp_path / "tiny.toml",
+        "port": busy.getsockname()[1],
+    }
+    # placeholders are replaced after splitting, so that a path with a space stays one argument
+    argv = [part.format(**names) for part in case.argv.split(" ") if part]
+    before = _digest(tmp_path)
+    capsys.readouterr()
+    try:
+        code = _run(argv)
+    finally:
+        busy.close()
+    err = capsys.readouterr().err
+    assert code == case.code, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    if case.code == 0:
+        assert errors == [], err
+    else:
+        # one line: autocls's own, or argparse's after its usage lines
+        assert len(errors) == 1 and case.says in errors[0], err
+        assert errors[0].startswith(("autocls: error:", "autocls ", "usage")), err
+    after = _digest(tmp_path)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing there before changed or vanished
+
+
+def test_the_sweep_covers_at_least_sixty_mistakes() -> None:
+    assert len(CASES) >= 60
+    assert len({c.name for c in CASES}) == len(CASES)
+
+
+def test_a_study_seen_by_the_sweep_still_works(searched: Path) -> None:
+    """The shared study and model were copied, never changed: predict on it still succeeds."""
+    model, data = searched / "model", searched / "data"
+    assert main(["predict", str(model), str(data), "--out", str(searched / "predictions.csv"), "--quiet"]) == 0
+    rows = (searched / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 1 + 24 and np.all([row.count(",") >= 3 for row in rows])
