@@ -40,9 +40,12 @@ def _seconds(text: str) -> float:
     return value
 
 
-def check_output(out: Path, inputs: Sequence[str | Path] = (), models: Sequence[Path] = ()) -> None:
+def check_output(
+    out: Path, inputs: Sequence[str | Path] = (), models: Sequence[Path] = (), overwrite: bool = False
+) -> None:
     """An output file is never one of the command's inputs, nor a file inside a model folder (the
-    model would no longer load), nor an existing folder."""
+    model would no longer load), nor an existing folder; an existing file is replaced only with
+    ``--overwrite`` (autocls cannot tell whether it wrote it)."""
     target = out.expanduser().resolve()
     if target.is_dir():
         raise AutoclsError(f"--out {out} is a folder; give a file name.")
@@ -53,6 +56,24 @@ def check_output(out: Path, inputs: Sequence[str | Path] = (), models: Sequence[
     for model in models:
         if target.is_relative_to(Path(model).expanduser().resolve()):
             raise AutoclsError(f"--out {out} is inside the model folder {model}; write it elsewhere.")
+    if target.exists() and not overwrite:
+        raise AutoclsError(f"--out {out} exists; add --overwrite to replace it, or give another file name.")
+
+
+EVALUATION_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.csv", "predictions.csv")
+
+
+def check_output_folder(folder: Path, names: Sequence[str], models: Sequence[Path], overwrite: bool) -> None:
+    """A folder autocls writes ``names`` into: not a file, not a model folder, and none of those
+    files replaced without ``--overwrite``."""
+    if folder.exists() and not folder.is_dir():
+        raise AutoclsError(f"--out-dir {folder} is a file; give a folder.")
+    for model in models:
+        if folder.expanduser().resolve().is_relative_to(Path(model).expanduser().resolve()):
+            raise AutoclsError(f"--out-dir {folder} is inside the model folder {model}; write it elsewhere.")
+    present = [name for name in names if (folder / name).exists()]
+    if present and not overwrite:
+        raise AutoclsError(f"--out-dir {folder} already holds {', '.join(present)}; add --overwrite to replace them.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model", type=Path, help="model folder written by autocls refit")
     predict.add_argument("inputs", nargs="+", help="image files or folders")
     predict.add_argument("--out", type=Path, help="write the table as CSV here (default: print it)")
+    predict.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     common(predict, study=False)
 
     evaluate = commands.add_parser("evaluate", help="score a saved ensemble on a labelled folder or CSV")
@@ -130,11 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("data", help="folder of class sub-folders, or a CSV of file,label rows")
     evaluate.add_argument("--labels", help="CSV of file,label rows for the images under DATA")
     evaluate.add_argument("--out-dir", type=Path, help="also write metrics.json, per_class.csv, confusion_matrix.csv")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace those files if it exists")
     common(evaluate, study=False)
 
     report = commands.add_parser("report", help="write a self-contained HTML report about a saved ensemble")
     report.add_argument("model", type=Path, help="model folder written by autocls refit")
     report.add_argument("--out", type=Path, default=Path("report.html"), help="default: report.html")
+    report.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     report.add_argument("--workdir", type=Path, default=Path("autocls-runs"), help="default: ./autocls-runs")
     report.add_argument("--storage", default=os.environ.get(STORAGE_ENV), help="add the study's history from here")
     report.add_argument("--study", help="the study (default: the one the model was refit from)")
@@ -143,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", type=Path, help="model folder written by autocls refit")
     export.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
     export.add_argument("--out", type=Path, required=True, help="output file (.pt or .onnx)")
+    export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     dashboard = commands.add_parser("dashboard", help="serve optuna-dashboard on the study storage and figures")
     dashboard.add_argument("--workdir", type=Path, default=Path("autocls-runs"), help="default: ./autocls-runs")
@@ -313,7 +338,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     configure_threads()
     if args.out:
-        check_output(args.out, args.inputs, [args.model])
+        check_output(args.out, args.inputs, [args.model], args.overwrite)
     frame = predict(args.model, args.inputs, args.device)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -334,6 +359,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(args.model, args.data, args.labels, args.device)
     print_evaluation(result, Console())
     if args.out_dir:
+        check_output_folder(args.out_dir, EVALUATION_FILES, [args.model], args.overwrite)
         write_evaluation(result, args.out_dir)
         if not args.quiet:
             print(f"wrote metrics.json, per_class.csv and confusion_matrix.csv to {args.out_dir}")
@@ -347,7 +373,7 @@ def run_report(args: argparse.Namespace) -> int:
     from autocls.storage import default_url, open_storage
     from autocls.study import open_study, study_names
 
-    check_output(args.out, models=[args.model])
+    check_output(args.out, models=[args.model], overwrite=args.overwrite)
     manifest_path = args.model / "manifest.json"
     name = args.study or (json.loads(manifest_path.read_text())["study"] if manifest_path.is_file() else None)
     study = None
@@ -363,7 +389,7 @@ def run_report(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from autocls.export import export
 
-    check_output(args.out, models=[args.model])
+    check_output(args.out, models=[args.model], overwrite=args.overwrite)
     out = export(args.model, args.out, args.format)
     print(f"wrote {args.format} ensemble to {out}")
     return 0

@@ -8,7 +8,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 python examples/prepare_digits.py examples/data/digits
 autocls search examples/data/digits/train --space fast --trials ${TRIALS:-4} --folds 3 --study digits --workdir autocls-runs
 autocls refit --best --study digits --workdir autocls-runs
-autocls predict autocls-runs/digits/model examples/data/digits/test --out autocls-runs/digits-test-predictions.csv
+autocls predict autocls-runs/digits/model examples/data/digits/test --out autocls-runs/digits-test-predictions.csv --overwrite
 python - <<'PY'
 import pandas as pd
 from pathlib import Path
