@@ -231,6 +231,13 @@ CASES = [
         _write("work/autocls.db", b"junk" * 500),
     ),
     # -- refit --------------------------------------------------------------------------------
+    Case(
+        "refit after a training image was deleted",
+        "refit --workdir {work} --quiet",
+        0,
+        "",
+        _remove("data/class_0/img 0.png"),
+    ),
     Case("refit where nothing was searched", "refit --workdir {tmp}/nothing", 2, "nothing was searched"),
     Case("refit an unknown study", "refit --workdir {work} --study nope", 2, "no study 'nope'"),
     Case("refit an unknown trial", "refit --workdir {work} --trial 99", 2, "99"),
