@@ -25,7 +25,7 @@ from autocls.data import DataSpec
 from autocls.ensemble import Ensemble
 from autocls.ensemble import refit as _refit
 from autocls.errors import AutoclsError
-from autocls.progress import Reporter
+from autocls.progress import Reporter, optuna_logs_quiet
 from autocls.space import SearchSpace
 from autocls.storage import default_url, optuna_experimental_allowed
 from autocls.study import CACHE_DIR, DEFAULT_WORKDIR, SearchRequest, StudySetup, run_search
@@ -91,7 +91,7 @@ def search(
         pruning=pruning,
         warm_start=warm_start,
     )
-    with autocls_threads(), stop_on_ctrl_c(), optuna_experimental_allowed():
+    with autocls_threads(), stop_on_ctrl_c(), optuna_experimental_allowed(), optuna_logs_quiet():
         return run_search(request, resolve_device(device), Reporter(quiet=quiet))
 
 

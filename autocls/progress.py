@@ -33,6 +33,18 @@ def setup_logging(quiet: bool = False, console: Console | None = None) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial failures are reported by autocls itself
 
 
+@contextmanager
+def optuna_logs_quiet() -> Iterator[None]:
+    """Optuna's own log lines off for the block, the caller's verbosity back afterwards: autocls
+    reports every trial itself, and Optuna would call a skipped configuration a failed trial."""
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
+
+
 def format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"

@@ -83,6 +83,7 @@ def test_the_api_leaves_the_callers_process_as_it_found_it(image_folder: Path, t
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
+    verbosity = __import__("optuna").logging.get_verbosity()
     try:
         STOP_REQUESTED.set()  # as a search interrupted through an older entry point left it
         study = autocls.search(image_folder, trials=1, folds=2, space=str(tiny_space), workdir=tmp_path / "runs")
@@ -90,6 +91,7 @@ def test_the_api_leaves_the_callers_process_as_it_found_it(image_folder: Path, t
         assert torch.get_num_threads() == 1
         autocls.refit(study, workdir=tmp_path / "runs")
         assert torch.get_num_threads() == 1
+        assert __import__("optuna").logging.get_verbosity() == verbosity
     finally:
         torch.set_num_threads(before)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
