@@ -145,24 +145,26 @@ def discover(
     labels_csv: str | Path | None = None,
     file_column: str | None = None,
     label_column: str | None = None,
+    min_classes: int = 2,
 ) -> LabelledImages:
     """Find the labelled images of ``source`` (a class-folder tree or a CSV file).
 
     ``labels_csv`` names a CSV of file,label rows for the images under the folder ``source``.
+    Training needs ``min_classes=2``; scoring a model may use images of one class.
     """
     source = Path(source).expanduser()
     if not source.exists():
         raise AutoclsError(f"{source}: no such file or folder; give a folder of class sub-folders or a CSV.")
     if labels_csv is not None:
-        return _from_csv(Path(labels_csv).expanduser(), source, file_column, label_column)
+        return _from_csv(Path(labels_csv).expanduser(), source, file_column, label_column, min_classes)
     if source.is_file():
         if source.suffix.lower() != ".csv":
             raise AutoclsError(f"{source}: expected a folder of class sub-folders or a .csv of file,label rows.")
-        return _from_csv(source, source.parent, file_column, label_column)
-    return _from_folders(source)
+        return _from_csv(source, source.parent, file_column, label_column, min_classes)
+    return _from_folders(source, min_classes)
 
 
-def _from_folders(root: Path) -> LabelledImages:
+def _from_folders(root: Path, min_classes: int = 2) -> LabelledImages:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         csvs = sorted(root.glob("*.csv"))
@@ -177,7 +179,7 @@ def _from_folders(root: Path) -> LabelledImages:
             continue
         paths.extend(files)
         names.extend([class_dir.name] * len(files))
-    return _labelled(paths, names, str(root))
+    return _labelled(paths, names, str(root), min_classes)
 
 
 def _pick_column(columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, csv: Path) -> str:
@@ -195,7 +197,9 @@ def _pick_column(columns: list[str], given: str | None, candidates: tuple[str, .
     )
 
 
-def _from_csv(csv: Path, data_dir: Path, file_column: str | None, label_column: str | None) -> LabelledImages:
+def _from_csv(
+    csv: Path, data_dir: Path, file_column: str | None, label_column: str | None, min_classes: int = 2
+) -> LabelledImages:
     if not csv.is_file():
         raise AutoclsError(f"{csv}: labels CSV not found.")
     try:
@@ -278,7 +282,7 @@ def _from_csv(csv: Path, data_dir: Path, file_column: str | None, label_column: 
         logger.warning(
             "%s: %d rows repeat an image already listed with the same label; each image counted once", csv, repeats
         )
-    return _labelled(paths, names, str(csv))
+    return _labelled(paths, names, str(csv), min_classes)
 
 
 def _inside(base: Path, path: Path) -> bool:
@@ -290,11 +294,14 @@ def _first(items: list, n: int = 3) -> str:
     return shown + (f", ... {len(items) - n} more" if len(items) > n else "")
 
 
-def _labelled(paths: list[Path], names: list[str], origin: str) -> LabelledImages:
+def _labelled(paths: list[Path], names: list[str], origin: str, min_classes: int = 2) -> LabelledImages:
     class_names = tuple(sorted(set(names)))
-    if len(class_names) < 2:
-        found = f"only {class_names[0]!r}" if class_names else "none"
-        raise AutoclsError(f"{origin}: a classifier needs at least 2 classes with images; found {found}.")
+    if not class_names:
+        raise AutoclsError(f"{origin}: no labelled images found; put each class's images in its own folder.")
+    if len(class_names) < min_classes:
+        raise AutoclsError(
+            f"{origin}: a classifier needs at least 2 classes with images; found only {class_names[0]!r}."
+        )
     index = {name: i for i, name in enumerate(class_names)}
     labels = np.array([index[n] for n in names], dtype=np.int64)
     return LabelledImages(tuple(paths), labels, class_names)

@@ -33,7 +33,7 @@ def evaluate(model: str | Path | Ensemble, data: str | Path, labels_csv: str | N
     Class names are matched by name; a label the model does not know is an error.
     """
     ensemble = model if isinstance(model, Ensemble) else Ensemble.load(model, device)
-    labelled = discover(data, labels_csv)
+    labelled = discover(data, labels_csv, min_classes=1)  # a test set of one class is fine to score
     unknown = sorted(set(labelled.class_names) - set(ensemble.class_names))
     if unknown:
         raise AutoclsError(f"{data}: classes {unknown} are not among the model's {ensemble.class_names}.")

@@ -341,6 +341,7 @@ CASES = [
     ),
     # -- evaluate, export, report, dashboard --------------------------------------------------
     Case("evaluate an unknown class", "evaluate {model} {tmp}/other", 2, "not among the model's", _other_classes),
+    Case("evaluate images of one class", "evaluate {model} {data} --quiet", 0, "", _one_class_only),
     Case("evaluate only unreadable files", "evaluate {model} {data}", 2, "none of the", _junk_images),
     Case(
         "export --out inside the model", "export {model} --out {model}/fold0.safetensors", 2, "inside the model folder"
