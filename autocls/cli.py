@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("data", help="folder of class sub-folders, or a CSV of file,label rows")
     evaluate.add_argument("--labels", help="CSV of file,label rows for the images under DATA")
     evaluate.add_argument("--out-dir", type=Path, help="also write metrics.json, per_class.csv, confusion_matrix.csv")
-    evaluate.add_argument("--overwrite", action="store_true", help="replace those files if it exists")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace those files in --out-dir if they exist")
     common(evaluate, study=False)
 
     report = commands.add_parser("report", help="write a self-contained HTML report about a saved ensemble")
