@@ -453,7 +453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             # Optuna's ExperimentalWarning (heartbeats, TPE's group option, artifacts), matched by its
             # text so that predict and export need not import Optuna to silence it
-            warnings.filterwarnings("ignore", message=r".* is experimental \(supported from v", category=UserWarning)
+            # (an ExperimentalWarning derives from Warning, not UserWarning; its texts say "X is
+            # experimental (supported from v...)" or "Argument ``x`` is an experimental feature")
+            warnings.filterwarnings("ignore", message=r".*\bis (an )?experimental\b", category=Warning)
             return HANDLERS[args.command](args)
     except AutoclsError as err:
         print(f"autocls: error: {err}", file=sys.stderr)

@@ -411,3 +411,13 @@ def test_mistakes_are_one_line_and_touch_nothing(case: str, image_folder: Path, 
     assert len(err.splitlines()) == 1 and err.startswith("autocls: error:") and "Traceback" not in err, err
     assert _tree_digest(tmp_path) == before
     assert not (workdir / "nothing").exists()
+
+
+def test_the_cli_prints_no_experimental_warnings(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:
+    """Optuna marks heartbeats, TPE's group option and metric names experimental: a user cannot act
+    on those warnings, so the CLI (a process of its own) hides them; the library leaves them alone."""
+    args = [sys.executable, "-m", "autocls.cli", "search", str(image_folder), "--space", str(tiny_space)]
+    args += ["--folds", "2", "--trials", "1", "--workdir", str(tmp_path / "runs"), "--quiet"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "experimental" not in done.stderr.lower(), done.stderr
