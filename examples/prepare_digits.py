@@ -30,8 +30,11 @@ def write_digits(out: Path, holdout: float = 0.2, seed: int = 0, limit: int | No
         for i in chosen:
             folder = out / split / str(digits.target[i])
             folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{i:04d}.png"
+            if path.is_file():
+                continue  # written by an earlier run: kept as it is, so a study of it can continue
             image = Image.fromarray(images[i], mode="L").resize((32, 32), Image.Resampling.NEAREST)
-            image.save(folder / f"{i:04d}.png")
+            image.save(path)
         counts[split] = len(chosen)
     return counts
 

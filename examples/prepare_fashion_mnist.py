@@ -40,7 +40,9 @@ def write_split(out: Path, images: np.ndarray, labels: np.ndarray, chosen: np.nd
     for i in chosen:
         folder = out / CLASSES[labels[i]]
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(images[i], mode="L").save(folder / f"{prefix}{i:05d}.png")
+        path = folder / f"{prefix}{i:05d}.png"
+        if not path.is_file():  # an earlier run's file stays as it is: a study of it can continue
+            Image.fromarray(images[i], mode="L").save(path)
 
 
 def write_fashion_mnist(out: Path, train: int, test: int, seed: int = 0, source: Path = SOURCE) -> None:
