@@ -85,22 +85,24 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         )
     engine_kwargs = {"connect_args": {"timeout": 60}} if kind == "sqlite" else {"pool_pre_ping": True}
     try:
-        for attempt in range(CREATE_ATTEMPTS):
+
+        def create() -> RDBStorage:
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS.get(kind, GRACE_SECONDS["default"]),
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+            )
+
+        for attempt in range(CREATE_ATTEMPTS - 1):
             try:
-                return RDBStorage(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=HEARTBEAT_SECONDS,
-                    grace_period=GRACE_SECONDS.get(kind, GRACE_SECONDS["default"]),
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
-                )
+                return create()
             except SQLAlchemyError:
                 # two first runs on a new database both create its tables: the loser sees "table
                 # already exists" or a lock; the tables are there a moment later
-                if attempt == CREATE_ATTEMPTS - 1:
-                    raise
                 time.sleep(0.2 * (attempt + 1))
-        raise AssertionError("unreachable")
+        return create()  # the last attempt: its error, if any, is reported below
     except ImportError as err:
         extra = " (pip install 'autocls[postgres]')" if kind.startswith("postgres") else ""
         raise AutoclsError(f"storage {redact(url)} needs a database driver{extra}: {err}") from None
