@@ -29,7 +29,8 @@ from autocls.progress import Reporter, optuna_logs_quiet
 from autocls.space import SearchSpace
 from autocls.storage import default_url, optuna_experimental_allowed
 from autocls.study import CACHE_DIR, DEFAULT_WORKDIR, SearchRequest, StudySetup, run_search
-from autocls.trainer import autocls_threads, resolve_device, stop_on_ctrl_c
+from autocls.threads import autocls_threads
+from autocls.trainer import resolve_device, stop_on_ctrl_c
 from autocls.trialstore import TrialStore
 
 DataLike = str | Path | pd.DataFrame

@@ -208,7 +208,8 @@ def _search_request(args: argparse.Namespace):
 def run_search(args: argparse.Namespace) -> int:
     from autocls.progress import Reporter
     from autocls.study import run_search
-    from autocls.trainer import configure_threads, resolve_device, stop_on_ctrl_c
+    from autocls.threads import configure_threads
+    from autocls.trainer import resolve_device, stop_on_ctrl_c
 
     if args.workers > 1:
         return run_workers(args)
@@ -239,7 +240,8 @@ def run_workers(args: argparse.Namespace) -> int:
     from autocls.progress import Reporter
     from autocls.storage import allows_several_processes, default_url, open_storage
     from autocls.study import CACHE_DIR, DATA_INDEX_FILE, check_same_data, create_or_continue
-    from autocls.trainer import available_cpus, resolve_device
+    from autocls.threads import available_cpus
+    from autocls.trainer import resolve_device
     from autocls.workers import recover_dead_local_trials
 
     url = args.storage or default_url(args.workdir)
@@ -305,7 +307,8 @@ def run_refit(args: argparse.Namespace) -> int:
     from autocls.progress import Reporter
     from autocls.storage import default_url
     from autocls.study import CACHE_DIR, open_study
-    from autocls.trainer import configure_threads, resolve_device
+    from autocls.threads import configure_threads
+    from autocls.trainer import resolve_device
     from autocls.trialstore import TrialStore
 
     configure_threads()
@@ -334,7 +337,7 @@ def run_refit(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from autocls.predict import predict
-    from autocls.trainer import configure_threads
+    from autocls.threads import configure_threads
 
     configure_threads()
     if args.out:
@@ -353,7 +356,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from autocls.evaluate import evaluate, print_evaluation, write_evaluation
-    from autocls.trainer import configure_threads
+    from autocls.threads import configure_threads
 
     configure_threads()
     result = evaluate(args.model, args.data, args.labels, args.device)

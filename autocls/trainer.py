@@ -12,7 +12,6 @@ import functools
 import hashlib
 import logging
 import math
-import os
 import random
 import signal
 import threading
@@ -35,6 +34,7 @@ from autocls.config import TrainConfig
 from autocls.errors import AutoclsError, NonFiniteLossError
 from autocls.images import ImageStore
 from autocls.metrics import get_metric
+from autocls.threads import adjust_threads
 
 logger = logging.getLogger(__name__)
 
@@ -156,38 +156,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise AutoclsError(f"--device must be auto, cpu or cuda, got {name!r}.")
     return torch.device(name)
-
-
-def available_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
-    """CPUs this process may really use: its affinity mask, capped by a cgroup v2 CPU quota (a
-    container limited to 2 CPUs on a 64-core host still sees 64 in ``os.cpu_count()``)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        quota, period = cgroup_cpu_max.read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, int(quota) // int(period)))
-    except (OSError, ValueError):
-        pass  # no cgroup v2 quota: the affinity mask is the limit
-    return cpus
-
-
-def configure_threads() -> None:
-    """One intra-op thread per usable CPU (``$AUTOCLS_THREADS`` overrides): images are decoded up
-    front, so no loader process competes. Oversubscribed cores are far worse than idle ones: two
-    processes of 2 threads each on 2 cores ran a small model's epoch 70x slower than with 1 each."""
-    torch.set_num_threads(int(os.environ.get("AUTOCLS_THREADS", available_cpus())))
-
-
-@contextlib.contextmanager
-def autocls_threads():
-    """:func:`configure_threads` for the length of a call, then the caller's thread count again:
-    the Python API must leave the caller's process as it found it."""
-    before = torch.get_num_threads()
-    configure_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 STOP_REQUESTED = threading.Event()
@@ -409,6 +377,7 @@ class Trainer:
                 kept_epoch, kept_probs = epoch, probs
                 kept_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             observer.on_epoch_end(fold, record)
+            adjust_threads()  # another program may have started or stopped on our cores
             if stopping is not None and stopping.should_stop(epoch):
                 break
         result = FoldResult(fold, history, kept_epoch, np.asarray(val_idx), kept_probs, model.frozen_stages, kept_state)

@@ -5,12 +5,15 @@
 Each measurement runs one fold of a fixed EfficientNet-Lite0 configuration (64 px, random
 weights, no augmentation) in a fresh process, so that OpenMP reads its settings at start-up: once
 alone, once while ``os.cpu_count()`` processes each spin a busy loop (another program on the same
-cores). Prints the seconds of each and the slowdown the busy loops cause.
+cores), and once with the loops starting a few seconds into the trial (a program started
+mid-search). Prints the seconds of each, the thread count the trial ended with, and the slowdown
+the busy loops cause.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import subprocess
@@ -24,7 +27,8 @@ TRIAL = """
 import time, numpy as np, torch
 from autocls.config import TrainConfig
 from autocls.images import ImageStore
-from autocls.trainer import Trainer, configure_threads
+from autocls.threads import configure_threads
+from autocls.trainer import Trainer
 configure_threads()
 n, epochs = {images}, {epochs}
 store = ImageStore(torch.randint(0, 256, (n, 3, 64, 64), dtype=torch.uint8))
@@ -37,10 +41,12 @@ print(time.perf_counter() - start, torch.get_num_threads())
 """
 
 SETTINGS = {
-    "default": {},
+    "default (adapts to the load)": {},
+    "AUTOCLS_THREADS=<all CPUs> (the old default)": {"AUTOCLS_THREADS": str(len(os.sched_getaffinity(0)))},
     "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
     "AUTOCLS_THREADS=1": {"AUTOCLS_THREADS": "1"},
 }
+LATE_START_SECONDS = 3.0
 
 
 def spin(stop: multiprocessing.Event) -> None:
@@ -48,13 +54,35 @@ def spin(stop: multiprocessing.Event) -> None:
         pass
 
 
-def run_trial(env: dict[str, str], images: int, epochs: int) -> tuple[float, int]:
+def run_trial(env: dict[str, str], images: int, epochs: int, loops_after: float | None = None) -> tuple[float, int]:
+    """Seconds of one fold and the thread count it ended with; with ``loops_after``, a busy loop on
+    every core starts that many seconds after the trial (another program starting mid-search)."""
     code = TRIAL.format(images=images, epochs=epochs)
-    done = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, check=True
-    )
-    seconds, threads = done.stdout.split()
+    trial = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)
+    with busy_loops(loops_after):
+        out, _ = trial.communicate()
+    if trial.returncode:
+        raise SystemExit(f"the trial failed with exit code {trial.returncode}")
+    seconds, threads = out.split()
     return float(seconds), int(threads)
+
+
+@contextlib.contextmanager
+def busy_loops(after: float | None):
+    if after is None:
+        yield
+        return
+    time.sleep(after)
+    stop = multiprocessing.Event()
+    loops = [multiprocessing.Process(target=spin, args=(stop,)) for _ in range(os.cpu_count() or 1)]
+    for loop in loops:
+        loop.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for loop in loops:
+            loop.join()
 
 
 def main() -> None:
@@ -63,23 +91,24 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
     table = Table(title=f"one fold of {args.images} images, {args.epochs} epochs, {os.cpu_count()} cores")
-    for column in ("setting", "threads", "alone (s)", "beside busy loops (s)", "slowdown"):
+    late = f"loops start {LATE_START_SECONDS:.0f} s in (s)"
+    columns = ("setting", "alone (s)", "beside busy loops (s)", "slowdown", late)
+    for column in columns:
         table.add_column(column)
     for name, env in SETTINGS.items():
         alone, threads = run_trial(env, args.images, args.epochs)
-        stop = multiprocessing.Event()
-        loops = [multiprocessing.Process(target=spin, args=(stop,)) for _ in range(os.cpu_count() or 1)]
-        for loop in loops:
-            loop.start()
-        time.sleep(0.5)  # let the loops take the cores before the trial starts
-        try:
-            busy, _ = run_trial(env, args.images, args.epochs)
-        finally:
-            stop.set()
-            for loop in loops:
-                loop.join()
-        table.add_row(name, str(threads), f"{alone:.1f}", f"{busy:.1f}", f"x{busy / alone:.1f}")
-    Console().print(table)
+        with busy_loops(0.0):
+            time.sleep(0.5)  # let the loops take the cores before the trial starts
+            busy, busy_threads = run_trial(env, args.images, args.epochs)
+        late, late_threads = run_trial(env, args.images, args.epochs, loops_after=LATE_START_SECONDS)
+        table.add_row(
+            name,
+            f"{alone:.1f} ({threads} threads)",
+            f"{busy:.1f} ({busy_threads})",
+            f"x{busy / alone:.1f}",
+            f"{late:.1f} ({late_threads})",
+        )
+    Console(width=150).print(table)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from autocls.data import DataSpec
 from autocls.progress import setup_logging
 from autocls.space import SearchSpace, load_space, space_from_dict
 from autocls.study import SearchRequest, narrow_to_available_weights, run_search
-from autocls.trainer import configure_threads, resolve_device
+from autocls.threads import configure_threads
+from autocls.trainer import resolve_device
 
 
 def sample_configs(space: SearchSpace, trials: int, seed: int) -> list[dict]:

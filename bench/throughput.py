@@ -30,7 +30,8 @@ from rich.table import Table
 from autocls.config import TrainConfig
 from autocls.data import discover
 from autocls.images import ImageStore, build_store
-from autocls.trainer import Trainer, configure_threads, create_optimizer
+from autocls.threads import configure_threads
+from autocls.trainer import Trainer, create_optimizer
 
 
 def write_photos(root: Path, count: int, classes: int = 4) -> None:

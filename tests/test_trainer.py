@@ -326,17 +326,3 @@ def test_frozen_features_belong_to_their_image_store(prepared) -> None:
     calls = []
     assert other.features(("k",), lambda: calls.append(1) or torch.ones(1)) is other.features(("k",), torch.zeros)
     assert ImageStore(other.images).features(("k",), lambda: torch.zeros(1)).item() == 0.0 and calls == [1]
-
-
-@pytest.mark.parametrize(
-    ("cpu_max", "expected"), [("max 100000\n", None), ("100000 100000\n", 1), ("150000 100000", 1)]
-)
-def test_thread_count_respects_a_cgroup_cpu_quota(tmp_path: Path, cpu_max: str, expected: int | None) -> None:
-    import os
-
-    from autocls.trainer import available_cpus
-
-    (tmp_path / "cpu.max").write_text(cpu_max)
-    affinity = len(os.sched_getaffinity(0))
-    assert available_cpus(tmp_path / "cpu.max") == (affinity if expected is None else min(affinity, expected))
-    assert available_cpus(tmp_path / "missing") == affinity

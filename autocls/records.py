@@ -1,0 +1,166 @@
+"""What a trial records in the study: one schema, written and read here only.
+
+Optuna keeps a trial's parameters and value; autocls adds, as user attributes, the configuration
+the parameters made, the per-epoch history of every fold, fold scores, why a trial failed or was
+skipped, and the cost model's estimate. :class:`TrialRecorder` writes them while the trial runs
+(the dashboard shows them live); :class:`TrialRecord` reads a finished or running trial back. The
+progress table, the cost model, the kept fold models, refit and the stop rules all read through
+:class:`TrialRecord`, so an attribute cannot be renamed in one place and silently missed in another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import optuna
+
+from autocls.config import TrainConfig
+from autocls.trainer import EpochRecord, FoldResult
+
+SCHEMA_VERSION = 1
+# user-attribute names; a trial written by an older autocls without "schema" reads as version 1
+SCHEMA = "schema"
+CONFIG, SEED = "config", "seed"
+HISTORY, FOLDS = "history", "folds"
+FROZEN_STAGES, OOF_SCORE = "frozen_stages", "oof_score"
+DATA_FINGERPRINT, FOLDS_HASH, VERSIONS = "data_fingerprint", "folds_hash", "versions"
+ESTIMATE = "estimated_epoch_seconds"  # the cost model's per-epoch estimate when the trial started
+SKIPPED = "skipped"  # why a configuration was not trained (too long for the time left)
+FAIL_REASON, STOPPED_BY = "fail_reason", "stopped_by"
+WORKER = "worker"  # {"host", "pid", "started"}: a later run on this host recovers the trial if it died
+RETRY_OF = "retry_of"  # on a re-enqueued trial: the number of the trial it repeats
+STOPPED_BY_TIMEOUT = "timeout"
+
+
+def fold_summaries(folds: list[FoldResult]) -> list[dict[str, float | int]]:
+    """JSON-ready per-fold scores (plain floats: Optuna's user attributes must be JSON)."""
+    return [
+        {
+            "fold": f.fold,
+            "score": round(float(f.best.val_score), 6),
+            "val_loss": round(float(f.best.val_loss), 6),
+            "best_epoch": f.best_epoch,
+            "epochs_run": len(f.history),
+            "seconds": round(f.seconds, 2),
+        }
+        for f in folds
+    ]
+
+
+def epoch_summary(record: EpochRecord) -> dict[str, float]:
+    return {k: round(float(v), 6) for k, v in asdict(record).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What autocls recorded on one trial (fields are ``None`` or empty where nothing was recorded)."""
+
+    number: int
+    state: optuna.trial.TrialState
+    value: float | None
+    params: dict[str, Any]
+    config: dict[str, Any] | None = None
+    seed: int | None = None
+    history: list[list[dict[str, float]]] = field(default_factory=list)
+    folds: list[dict[str, float | int]] = field(default_factory=list)
+    frozen_stages: int = 0
+    oof_score: float | None = None
+    data_fingerprint: str | None = None
+    folds_hash: str | None = None
+    estimated_epoch_seconds: float | None = None
+    skipped: str | None = None
+    fail_reason: str | None = None
+    stopped_by: str | None = None
+    worker: dict[str, Any] | None = None
+    retry_of: int | None = None
+    schema: int = SCHEMA_VERSION
+
+    @classmethod
+    def read(cls, trial: optuna.trial.FrozenTrial) -> TrialRecord:
+        attrs = trial.user_attrs
+        return cls(
+            number=trial.number,
+            state=trial.state,
+            value=trial.value if trial.values else None,
+            params=dict(trial.params),
+            config=attrs.get(CONFIG),
+            seed=attrs.get(SEED),
+            history=attrs.get(HISTORY, []),
+            folds=attrs.get(FOLDS, []),
+            frozen_stages=int(attrs.get(FROZEN_STAGES, 0)),
+            oof_score=attrs.get(OOF_SCORE),
+            data_fingerprint=attrs.get(DATA_FINGERPRINT),
+            folds_hash=attrs.get(FOLDS_HASH),
+            estimated_epoch_seconds=attrs.get(ESTIMATE),
+            skipped=attrs.get(SKIPPED),
+            fail_reason=attrs.get(FAIL_REASON),
+            stopped_by=attrs.get(STOPPED_BY),
+            worker=attrs.get(WORKER),
+            retry_of=attrs.get(RETRY_OF),
+            schema=int(attrs.get(SCHEMA, 1)),
+        )
+
+    @property
+    def train_config(self) -> TrainConfig | None:
+        return TrainConfig.from_dict(self.config) if self.config is not None else None
+
+    @property
+    def epoch_seconds(self) -> list[float]:
+        return [epoch["seconds"] for fold in self.history for epoch in fold]
+
+    @property
+    def stopped_by_timeout(self) -> bool:
+        return self.stopped_by == STOPPED_BY_TIMEOUT
+
+
+class TrialRecorder:
+    """Writes a running trial's record, piece by piece, as the trial learns it."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def _set(self, **attrs: Any) -> None:
+        for key, value in attrs.items():
+            self.trial.set_user_attr(key, value)
+
+    def started(self, worker: dict[str, Any]) -> None:
+        self._set(**{SCHEMA: SCHEMA_VERSION, WORKER: worker})
+
+    def configured(
+        self, config: TrainConfig, seed: int, data_fingerprint: str, folds_hash: str, versions: dict[str, str]
+    ) -> None:
+        self._set(
+            **{
+                CONFIG: config.to_dict(),
+                SEED: seed,
+                DATA_FINGERPRINT: data_fingerprint,
+                FOLDS_HASH: folds_hash,
+                VERSIONS: versions,
+            }
+        )
+
+    def estimated(self, epoch_seconds: float) -> None:
+        self._set(**{ESTIMATE: round(epoch_seconds, 4)})
+
+    def progress(self, history: list[list[dict[str, float]]]) -> None:
+        self._set(**{HISTORY: history})
+
+    def folds_done(self, folds: list[FoldResult]) -> None:
+        self._set(**{FOLDS: fold_summaries(folds)})
+
+    def finished(self, frozen_stages: int, oof_score: float) -> None:
+        self._set(**{FROZEN_STAGES: frozen_stages, OOF_SCORE: round(oof_score, 6)})
+
+    def skipped(self, reason: str) -> None:
+        self._set(**{SKIPPED: reason})
+
+    def failed(self, reason: str, timeout: bool = False) -> None:
+        self._set(**{FAIL_REASON: reason})
+        if timeout:
+            self._set(**{STOPPED_BY: STOPPED_BY_TIMEOUT})
+
+
+def retry_attrs(number: int) -> dict[str, int]:
+    """User attributes of a trial enqueued again to repeat trial ``number``."""
+    return {RETRY_OF: number}
