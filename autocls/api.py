@@ -23,14 +23,15 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from autocls.data import DataSpec
 from autocls.ensemble import Ensemble
-from autocls.ensemble import refit as _refit
 from autocls.errors import AutoclsError
 from autocls.progress import Reporter, optuna_logs_quiet
+from autocls.refitter import refit as _refit
+from autocls.runtime import resolve_device, stop_on_ctrl_c
 from autocls.space import SearchSpace
 from autocls.storage import default_url, optuna_experimental_allowed
-from autocls.study import CACHE_DIR, DEFAULT_WORKDIR, SearchRequest, StudySetup, run_search
+from autocls.study import run_search
+from autocls.studysetup import CACHE_DIR, DEFAULT_WORKDIR, SearchRequest, StudySetup
 from autocls.threads import autocls_threads
-from autocls.trainer import resolve_device, stop_on_ctrl_c
 from autocls.trialstore import TrialStore
 
 DataLike = str | Path | pd.DataFrame

@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _search_request(args: argparse.Namespace):
     from autocls.data import DataSpec
-    from autocls.study import SearchRequest
+    from autocls.studysetup import SearchRequest
 
     return SearchRequest(
         data=DataSpec.of(args.data, args.labels, file_column=args.file_column, label_column=args.label_column),
@@ -207,9 +207,9 @@ def _search_request(args: argparse.Namespace):
 
 def run_search(args: argparse.Namespace) -> int:
     from autocls.progress import Reporter
+    from autocls.runtime import resolve_device, stop_on_ctrl_c
     from autocls.study import run_search
     from autocls.threads import configure_threads
-    from autocls.trainer import resolve_device, stop_on_ctrl_c
 
     if args.workers > 1:
         return run_workers(args)
@@ -237,11 +237,12 @@ def run_workers(args: argparse.Namespace) -> int:
     import subprocess
 
     from autocls.cost import CostModel
+    from autocls.prepare import DATA_INDEX_FILE, check_same_data
     from autocls.progress import Reporter
+    from autocls.runtime import resolve_device
     from autocls.storage import allows_several_processes, default_url, open_storage
-    from autocls.study import CACHE_DIR, DATA_INDEX_FILE, check_same_data, create_or_continue
+    from autocls.studysetup import CACHE_DIR, create_or_continue
     from autocls.threads import available_cpus
-    from autocls.trainer import resolve_device
     from autocls.workers import recover_dead_local_trials
 
     url = args.storage or default_url(args.workdir)
@@ -303,12 +304,12 @@ def worker_envs(workers: int, cores: int, gpus: int, base: dict[str, str]) -> li
 
 
 def run_refit(args: argparse.Namespace) -> int:
-    from autocls.ensemble import refit
     from autocls.progress import Reporter
+    from autocls.refitter import refit
+    from autocls.runtime import resolve_device
     from autocls.storage import default_url
-    from autocls.study import CACHE_DIR, open_study
+    from autocls.studysetup import CACHE_DIR, open_study
     from autocls.threads import configure_threads
-    from autocls.trainer import resolve_device
     from autocls.trialstore import TrialStore
 
     configure_threads()
@@ -374,7 +375,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     from autocls.htmlreport import write_report
     from autocls.storage import default_url, open_storage
-    from autocls.study import open_study, study_names
+    from autocls.studysetup import open_study, study_names
 
     check_output(args.out, models=[args.model], overwrite=args.overwrite)
     manifest_path = args.model / "manifest.json"
@@ -403,7 +404,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
     from optuna_dashboard import run_server
 
-    from autocls.reports import artifact_store
+    from autocls.artifacts import artifact_store
     from autocls.storage import default_url, open_storage, redact
 
     url = args.storage or default_url(args.workdir)

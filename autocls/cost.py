@@ -24,8 +24,9 @@ import torch
 
 from autocls.atomic import exclusive, write_atomically
 from autocls.backbones import create_classifier
+from autocls.build import create_optimizer
 from autocls.config import TrainConfig
-from autocls.trainer import create_optimizer
+from autocls.records import TrialRecord
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ PROBE_SECONDS = 2.0
 MAX_PROBE_STEPS = 12
 PROBE_CLASSES = 10  # the head's size hardly matters to the time
 EVAL_SPEED_UP = 3.0  # a forward pass alone costs about a third of forward+backward
-ESTIMATE_ATTR = "estimated_epoch_seconds"  # per-epoch estimate, stored on each trial
 
 
 @dataclass
@@ -80,8 +80,8 @@ class CostModel:
         """Set the correction to the median ratio of real to estimated epoch time of past trials."""
         ratios = []
         for trial in trials:
-            estimate = trial.user_attrs.get(ESTIMATE_ATTR)
-            epochs = [e["seconds"] for fold in trial.user_attrs.get("history", []) for e in fold]
+            record = TrialRecord.read(trial)
+            estimate, epochs = record.estimated_epoch_seconds, record.epoch_seconds
             if estimate and epochs:
                 ratios.append(float(np.mean(epochs)) / estimate)
         if ratios:

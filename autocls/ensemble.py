@@ -1,4 +1,7 @@
-"""Refit and the k-fold ensemble: one model per fold, their softmax outputs averaged.
+"""A saved model: the k-fold ensemble, one model per fold, their softmax outputs averaged.
+
+Loading and predicting import nothing of the search (no Optuna, no study): only the configuration,
+the backbones, image decoding and :mod:`autocls.preprocess`. :mod:`autocls.refit` writes models.
 
 A saved ensemble is a directory holding ``fold<i>.safetensors`` per fold model and ``manifest.json``
 (configuration, class names, preprocessing, fold scores, library versions). Nothing is pickled. The
@@ -13,12 +16,10 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import optuna
 import pandas as pd
 import torch
 from PIL import Image
@@ -31,10 +32,8 @@ from autocls.config import TrainConfig
 from autocls.data import IMAGE_ERRORS
 from autocls.errors import AutoclsError
 from autocls.images import fit_square, load_square, resize_batch
-from autocls.progress import Reporter
-from autocls.study import PreparedData, StudySetup, fold_summaries, library_versions
-from autocls.trainer import CVResult, cross_validate, folds_hash, resolve_device
-from autocls.trialstore import TrialStore
+from autocls.preprocess import Preprocess, autocast, model_to_device, norm_tensors
+from autocls.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +83,14 @@ class Ensemble:
 
     def __init__(self, models: list[nn.Module], manifest: dict[str, Any], device: torch.device | None = None) -> None:
         self.device = device or torch.device("cpu")
-        self.models = [m.to(self.device).eval() for m in models]
+        self.models = [model_to_device(m, self.device).eval() for m in models]
         self.manifest = manifest
         self.config = TrainConfig.from_dict(manifest["config"])
         self.class_names: list[str] = list(manifest["class_names"])
         pre = manifest["preprocessing"]
         self.decode_size = int(pre["decode_size"])
-        self.mean = torch.tensor(pre["mean"], device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(pre["std"], device=self.device).view(1, 3, 1, 1)
+        self.mean, self.std = norm_tensors(pre["mean"], pre["std"], self.device)
+        self.preprocess = Preprocess(self.mean, self.std, self.device)
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, directory: str | Path, extra: dict[str, str] | None = None, overwrite: bool = False) -> Path:
@@ -163,11 +162,8 @@ class Ensemble:
         images = resize_batch(images, self.config.resolution)
         out = []
         for start in range(0, len(images), PREDICT_BATCH):
-            x = images[start : start + PREDICT_BATCH].to(self.device).float().div_(255.0)
-            x = (x - self.mean) / self.std
-            if self.device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            x = self.preprocess(images[start : start + PREDICT_BATCH])
+            with autocast(self.device):
                 probs = torch.stack([m(x).float().softmax(dim=1) for m in self.models]).mean(dim=0)
             self._check_finite(probs)
             out.append(probs.cpu())
@@ -221,135 +217,3 @@ class Ensemble:
         if not arrays:
             return torch.zeros((0, 3, self.decode_size, self.decode_size), dtype=torch.uint8)
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
-@dataclass
-class RefitResult:
-    ensemble: Ensemble
-    cv: CVResult
-    directory: Path
-
-
-def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
-    """Trial ``number``, or the best completed trial."""
-    if number is None:
-        try:
-            return study.best_trial
-        except ValueError:
-            raise AutoclsError(f"study {study.study_name!r} has no completed trial yet; run autocls search.") from None
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    if number not in trials:
-        raise AutoclsError(f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1}).")
-    trial = trials[number]
-    if "config" not in trial.user_attrs:
-        raise AutoclsError(f"trial {number} has no recorded configuration (state {trial.state.name}).")
-    return trial
-
-
-def refit(
-    study: optuna.Study,
-    out: str | Path,
-    trial_number: int | None = None,
-    device: torch.device | None = None,
-    reporter: Reporter | None = None,
-    store: TrialStore | None = None,
-    retrain: bool = False,
-    cache_dir: Path | None = None,
-    overwrite: bool = False,
-) -> RefitResult:
-    """Save the chosen trial's averaged fold ensemble to ``out`` (replacing a model there only with
-    ``overwrite``).
-
-    The fold models the search kept for this trial (in ``store``) are reused as they are, unless
-    ``retrain`` is set, none were kept, or the data or folds are no longer those the trial was
-    computed on (its recorded data fingerprint and folds hash): then every fold model is trained
-    again with the trial's configuration, folds and seed, on the data as it is now.
-    """
-    reporter = reporter or Reporter(quiet=True)
-    check_model_destination(Path(out), overwrite)  # before any training, not after it
-    device = device or resolve_device("auto")
-    setup = StudySetup.from_study(study)
-    trial = pick_trial(study, trial_number)
-    config = TrainConfig.from_dict(trial.user_attrs["config"])
-    seed = int(trial.user_attrs.get("seed", setup.seed))
-    data = PreparedData.load(setup, setup.search_space.max_resolution, cache_dir)
-    num_classes = len(data.images.class_names)
-    kept = not retrain and store is not None and store.has(trial.number)
-    same_data = trial.user_attrs.get("data_fingerprint") == data.images.fingerprint() and trial.user_attrs.get(
-        "folds_hash"
-    ) == folds_hash(data.splits)
-    if kept and not same_data:
-        reporter.print(
-            f"refit trial {trial.number}: the data changed since the search ({len(data.images)} images now); "
-            "its kept fold models and scores belong to the old data, so they are retrained on the current data"
-        )
-    reused = kept and same_data
-    if reused:
-        reporter.print(f"refit trial {trial.number}: reusing the {setup.folds} fold models kept by the search")
-        cv = store.load(trial, data.images.labels, num_classes, setup.metric)
-    else:
-        reporter.print(f"refit trial {trial.number} of study {study.study_name!r}: training {setup.folds} fold models")
-        cv = _retrain(config, data, setup, device, seed, reporter, trial.number)
-    models = []
-    for fold in cv.folds:
-        model = create_classifier(config, cv.num_classes, load_weights=False)
-        model.load_state_dict(fold.state_dict)
-        models.append(model)
-    probe = models[0]
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "study": study.study_name,
-        "trial": trial.number,
-        "config": config.to_dict(),
-        "class_names": list(data.images.class_names),
-        "preprocessing": {
-            "decode_size": data.store.base_size,
-            "resolution": config.resolution,
-            "resize": "shorter side to decode_size, centre crop, then bilinear (antialiased) to resolution",
-            "mean": list(probe.pretrained_cfg.get("mean", (0.485, 0.456, 0.406))),
-            "std": list(probe.pretrained_cfg.get("std", (0.229, 0.224, 0.225))),
-        },
-        "folds": fold_summaries(cv.folds),
-        "metric": setup.metric,
-        "cv_score": cv.mean_score,
-        "oof_score": cv.oof_score(),
-        "oof_accuracy": cv.oof_score("accuracy"),
-        "search_cv_score": trial.value,
-        "fold_models": "reused from the search" if reused else "retrained",
-        "seed": seed,
-        "data": {**asdict(setup.data), "images": len(data.images), "fingerprint": data.images.fingerprint()},
-        "history": [[asdict(record) for record in fold.history] for fold in cv.folds],
-        "versions": library_versions(),
-    }
-    ensemble = Ensemble(models, manifest, device)
-    oof = ensemble.to_frame([str(p) for p in data.images.paths], np.nan_to_num(cv.oof_probs))
-    oof.insert(1, "true_label", [data.images.class_names[i] for i in data.images.labels])
-    picked = cv.oof_probs[np.arange(len(cv.labels)), cv.labels]
-    oof.insert(4, "loss", -np.log(np.clip(np.nan_to_num(picked, nan=1.0), 1e-7, 1.0)))
-    directory = ensemble.save(out, extra={OOF_FILE: oof.to_csv(index=False)}, overwrite=overwrite)
-    return RefitResult(ensemble, cv, directory)
-
-
-def _retrain(
-    config: TrainConfig,
-    data: PreparedData,
-    setup: StudySetup,
-    device: torch.device,
-    seed: int,
-    reporter: Reporter,
-    number: int,
-) -> CVResult:
-    with reporter.live(f"refit trial {number}"):
-        return cross_validate(
-            config,
-            data.store,
-            data.images.labels,
-            data.splits,
-            len(data.images.class_names),
-            device,
-            setup.weights_dir,
-            seed,
-            reporter,
-            keep_models=True,
-            metric=setup.metric,
-        )

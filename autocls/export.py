@@ -17,6 +17,7 @@ from torch import nn
 
 from autocls.ensemble import Ensemble
 from autocls.errors import AutoclsError
+from autocls.preprocess import normalise
 
 FORMATS = ("torchscript", "onnx")
 
@@ -31,7 +32,7 @@ class EnsembleGraph(nn.Module):
         self.register_buffer("std", ensemble.std.detach().cpu().view(1, 3, 1, 1).clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() / 255.0 - self.mean) / self.std
+        x = normalise(images, self.mean, self.std)
         probs = [model(x).softmax(dim=1) for model in self.models]
         return torch.stack(probs).mean(dim=0)
 

@@ -8,6 +8,7 @@ forward pass runs under bf16 autocast; on CPU both measured slower here, so both
 from __future__ import annotations
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 
@@ -23,7 +24,7 @@ def norm_tensors(mean: tuple[float, ...], std: tuple[float, ...], device: torch.
 def model_norm(model: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean and std a timm model was pretrained with, as ``(1, 3, 1, 1)`` tensors on ``device``."""
     cfg = model.pretrained_cfg
-    return norm_tensors(cfg["mean"], cfg["std"], device)
+    return norm_tensors(cfg.get("mean", IMAGENET_DEFAULT_MEAN), cfg.get("std", IMAGENET_DEFAULT_STD), device)
 
 
 class Preprocess:

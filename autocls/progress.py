@@ -17,7 +17,9 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from autocls.trainer import EpochRecord, FoldResult, TrainingObserver
+from autocls.callbacks import TrainingObserver
+from autocls.records import TrialRecord
+from autocls.trainer import EpochRecord, FoldResult
 
 SHOWN_PARAMS = ("backbone", "resolution", "freeze", "optimizer", "lr", "scheduler", "augmentation", "batch_size")
 
@@ -120,15 +122,16 @@ class Reporter(TrainingObserver):
     def trial_finished(self, trial: optuna.trial.FrozenTrial) -> None:
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
         state = trial.state.name
+        record = TrialRecord.read(trial)
         if trial.state == optuna.trial.TrialState.COMPLETE:
             outcome = f"[green]{state}[/] cv score {trial.value:.4f}"
-        elif "skipped" in trial.user_attrs:
-            outcome = f"[yellow]SKIPPED[/] {trial.user_attrs['skipped']}"
+        elif record.skipped is not None:
+            outcome = f"[yellow]SKIPPED[/] {record.skipped}"
         elif trial.state == optuna.trial.TrialState.PRUNED:
             outcome = f"[yellow]{state}[/] at step {trial.last_step}"
         else:
-            outcome = f"[red]{state}[/] {trial.user_attrs.get('fail_reason', '')}"
-        config = trial.user_attrs.get("config", trial.params)
+            outcome = f"[red]{state}[/] {record.fail_reason or ''}"
+        config = record.config or trial.params
         self.print(f"trial {trial.number} {outcome} in {seconds:.0f}s · {summarise_params(config)}")
 
     def best_trials_table(self, study: optuna.Study, metric: str = "accuracy", top: int = 5) -> None:
@@ -136,7 +139,8 @@ class Reporter(TrainingObserver):
         if not done:
             self.print("no trial has completed yet.")
             return
-        skipped = [t for t in study.trials if "skipped" in t.user_attrs]  # recorded FAIL, not trained
+        records = {t.number: TrialRecord.read(t) for t in study.trials}
+        skipped = [r for r in records.values() if r.skipped is not None]  # recorded FAIL, not trained
         counts = {s.name: sum(1 for t in study.trials if t.state == s) for s in optuna.trial.TrialState}
         table = Table(
             title=f"study {study.study_name}: best of {counts['COMPLETE']} complete, "
@@ -147,13 +151,14 @@ class Reporter(TrainingObserver):
             table.add_column(column, overflow="fold")
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         for trial in sorted(done, key=lambda t: t.value, reverse=maximize)[:top]:
-            folds = " ".join(f"{f['score']:.3f}" for f in trial.user_attrs.get("folds", []))
+            record = records[trial.number]
+            folds = " ".join(f"{f['score']:.3f}" for f in record.folds)
             seconds = trial.duration.total_seconds() if trial.duration else 0.0
             table.add_row(
                 str(trial.number),
                 f"{trial.value:.4f}",
                 folds,
                 f"{seconds:.0f}s",
-                summarise_params(trial.user_attrs.get("config", trial.params)),
+                summarise_params(record.config or trial.params),
             )
         self.print(table)

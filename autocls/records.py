@@ -30,6 +30,7 @@ SKIPPED = "skipped"  # why a configuration was not trained (too long for the tim
 FAIL_REASON, STOPPED_BY = "fail_reason", "stopped_by"
 WORKER = "worker"  # {"host", "pid", "started"}: a later run on this host recovers the trial if it died
 RETRY_OF = "retry_of"  # on a re-enqueued trial: the number of the trial it repeats
+PORTFOLIO = "portfolio"  # on a warm-start recipe enqueued when the study was created
 STOPPED_BY_TIMEOUT = "timeout"
 
 
@@ -161,6 +162,7 @@ class TrialRecorder:
             self._set(**{STOPPED_BY: STOPPED_BY_TIMEOUT})
 
 
-def retry_attrs(number: int) -> dict[str, int]:
-    """User attributes of a trial enqueued again to repeat trial ``number``."""
-    return {RETRY_OF: number}
+def retry_attrs(trial: optuna.trial.FrozenTrial | optuna.Trial) -> dict[str, Any]:
+    """User attributes of a trial enqueued again to repeat ``trial`` (a warm-start recipe stays one)."""
+    keep = {k: v for k, v in trial.user_attrs.items() if k == PORTFOLIO}
+    return {**keep, RETRY_OF: trial.number}

@@ -1,34 +1,17 @@
-"""What a person looks at: per-trial figures and notes for optuna-dashboard, and evaluation tables.
+"""What a person reads: learning curves and evaluation tables (metrics, per-class report, confusion).
 
-Each completed trial uploads its learning curves (per fold: train and validation loss, validation
-score by epoch) and its out-of-fold confusion matrix as SVG artifacts to a
-``FileSystemArtifactStore`` in the workdir, and gets a Markdown note summarising its
-configuration and fold scores. ``autocls dashboard`` serves the study with that store.
+Used by the dashboard's trial figures (:mod:`autocls.artifacts`), ``autocls evaluate`` and
+``autocls report``; nothing here needs a study.
 """
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
-import optuna
 import pandas as pd
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from autocls import plots
-from autocls.config import TrainConfig
-from autocls.trainer import CVResult
-
-ARTIFACT_DIR = "artifacts"
-
-
-def artifact_store(workdir: Path) -> FileSystemArtifactStore:
-    path = workdir / ARTIFACT_DIR
-    path.mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(str(path))
 
 
 def learning_curves(history: list[list[dict[str, float]]], metric: str) -> dict[str, str]:
@@ -48,50 +31,6 @@ def learning_curves(history: list[list[dict[str, float]]], metric: str) -> dict[
         ),
         "score_curves.svg": plots.line_chart(scores, f"validation {metric} by epoch", y_label=metric),
     }
-
-
-def oof_confusion(cv: CVResult, class_names: list[str]) -> np.ndarray:
-    covered = ~np.isnan(cv.oof_probs[:, 0])
-    return sk_confusion_matrix(cv.labels[covered], cv.oof_probs[covered].argmax(1), labels=np.arange(len(class_names)))
-
-
-def trial_note(trial_number: int, config: TrainConfig, cv: CVResult, frozen_stages: int) -> str:
-    """A Markdown summary of a trial for optuna-dashboard's note panel."""
-    folds = ", ".join(f"{f.best.val_score:.4f}" for f in cv.folds)
-    return (
-        f"### trial {trial_number}: {config.backbone} at {config.resolution} px\n\n"
-        f"- cv {cv.metric}: **{cv.mean_score:.4f}** (folds {folds}); out-of-fold {cv.oof_score():.4f}\n"
-        f"- {frozen_stages} frozen stages (freeze {config.freeze}), head hidden {config.head_hidden}, "
-        f"dropout {config.dropout}\n"
-        f"- {config.optimizer} lr {config.lr:.3g} wd {config.weight_decay:.3g}"
-        f"{f' SAM rho {config.sam_rho}' if config.sam_rho else ''}, {config.scheduler} schedule, "
-        f"batch {config.batch_size}, up to {config.epochs} epochs (patience {config.patience})\n"
-        f"- augmentation {config.augmentation}, random erasing {config.random_erasing}, mixup {config.mixup}, "
-        f"cutmix {config.cutmix}, label smoothing {config.label_smoothing}, imbalance {config.imbalance}\n"
-    )
-
-
-def publish_trial(
-    trial: optuna.Trial,
-    store: FileSystemArtifactStore,
-    config: TrainConfig,
-    cv: CVResult,
-    history: list[list[dict[str, float]]],
-    class_names: list[str],
-) -> None:
-    """Upload a completed trial's figures as artifacts and attach its note."""
-    from optuna_dashboard import save_note
-
-    figures = learning_curves(history, cv.metric)
-    figures["confusion_matrix.svg"] = plots.confusion_matrix(
-        oof_confusion(cv, class_names), class_names, "out-of-fold confusion matrix"
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, svg in figures.items():
-            path = Path(tmp) / name
-            path.write_text(svg, encoding="utf-8")
-            upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype="image/svg+xml")
-    save_note(trial, trial_note(trial.number, config, cv, cv.folds[0].frozen_stages))
 
 
 def evaluation_tables(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> dict[str, object]:

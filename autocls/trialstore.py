@@ -16,7 +16,9 @@ import optuna
 import torch
 from safetensors.torch import load_file, save_file
 
-from autocls.trainer import CVResult, EpochRecord, FoldResult
+from autocls.cv import CVResult
+from autocls.records import TrialRecord
+from autocls.trainer import EpochRecord, FoldResult
 
 DEFAULT_KEEP = 3
 
@@ -56,7 +58,8 @@ class TrialStore:
         """The trial's cross-validation, rebuilt from its saved folds and its recorded history."""
         folds_file = load_file(self.path(trial.number) / "folds.safetensors")
         results = []
-        for summary, history in zip(trial.user_attrs["folds"], trial.user_attrs["history"], strict=True):
+        record = TrialRecord.read(trial)
+        for summary, history in zip(record.folds, record.history, strict=True):
             fold = summary["fold"]
             results.append(
                 FoldResult(
@@ -65,7 +68,7 @@ class TrialStore:
                     best_epoch=summary["best_epoch"],
                     val_indices=folds_file[f"val_indices_{fold}"].numpy(),
                     val_probs=folds_file[f"val_probs_{fold}"].numpy(),
-                    frozen_stages=int(trial.user_attrs.get("frozen_stages", 0)),
+                    frozen_stages=record.frozen_stages,
                     state_dict=load_file(self.path(trial.number) / f"fold{fold}.safetensors"),
                 )
             )

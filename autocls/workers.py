@@ -20,10 +20,9 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-logger = logging.getLogger(__name__)
+from autocls import records
 
-WORKER_ATTR = "worker"  # trial user attribute: {"host", "pid", "started"}
-RETRY_ATTR = "retry_of"  # on a re-enqueued trial: the number of the trial it repeats
+logger = logging.getLogger(__name__)
 
 
 def _process_start(pid: int) -> str | None:
@@ -59,8 +58,7 @@ def is_alive(worker: dict[str, Any]) -> bool:
 
 def queue_again(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial) -> None:
     """Enqueue ``trial``'s parameters as a new trial (marked ``retry_of``), for the next run to train."""
-    keep = {k: v for k, v in trial.user_attrs.items() if k == "portfolio"}
-    study.enqueue_trial(trial.params, user_attrs={**keep, RETRY_ATTR: trial.number})
+    study.enqueue_trial(trial.params, user_attrs=records.retry_attrs(trial))
 
 
 def recover_dead_local_trials(study: optuna.Study) -> list[int]:
@@ -73,14 +71,14 @@ def recover_dead_local_trials(study: optuna.Study) -> list[int]:
     storage = study._storage
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get(WORKER_ATTR)
+        worker = records.TrialRecord.read(trial).worker
         if not worker or worker.get("host") != host or is_alive(worker):
             continue
         try:
             # the reason first: a finished trial takes no more attributes
             storage.set_trial_user_attr(
                 trial._trial_id,
-                "fail_reason",
+                records.FAIL_REASON,
                 f"its worker (process {worker['pid']} on {host}) died; queued again as a new trial",
             )
             if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):

@@ -21,10 +21,11 @@ from rich.table import Table
 
 from autocls.data import DataSpec
 from autocls.progress import setup_logging
+from autocls.runtime import resolve_device
 from autocls.space import SearchSpace, load_space, space_from_dict
-from autocls.study import SearchRequest, narrow_to_available_weights, run_search
+from autocls.study import run_search
+from autocls.studysetup import SearchRequest, narrow_to_available_weights
 from autocls.threads import configure_threads
-from autocls.trainer import resolve_device
 
 
 def sample_configs(space: SearchSpace, trials: int, seed: int) -> list[dict]:

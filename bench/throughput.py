@@ -27,11 +27,12 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from autocls.build import create_optimizer
 from autocls.config import TrainConfig
 from autocls.data import discover
 from autocls.images import ImageStore, build_store
 from autocls.threads import configure_threads
-from autocls.trainer import Trainer, create_optimizer
+from autocls.trainer import Trainer
 
 
 def write_photos(root: Path, count: int, classes: int = 4) -> None:

@@ -73,7 +73,7 @@ def test_the_api_leaves_the_callers_process_as_it_found_it(image_folder: Path, t
     cleared: a later search in the same process runs (it used to stop at once)."""
     import signal
 
-    from autocls.trainer import STOP_REQUESTED, stop_on_ctrl_c
+    from autocls.runtime import STOP_REQUESTED, stop_on_ctrl_c
 
     with stop_on_ctrl_c():
         signal.raise_signal(signal.SIGINT)  # Ctrl-C during a search: a stop request, not an exception
@@ -111,3 +111,25 @@ def test_importing_autocls_installs_no_warning_filter() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+SEARCH_MODULES = (
+    "optuna",
+    "autocls.study",
+    "autocls.studysetup",
+    "autocls.objective",
+    "autocls.refitter",
+    "autocls.cv",
+)
+
+
+@pytest.mark.parametrize("module", ["autocls.ensemble", "autocls.predict", "autocls.export", "autocls.evaluate"])
+def test_loading_and_predicting_import_nothing_of_the_search(module: str) -> None:
+    import subprocess
+    import sys
+
+    found = f"sorted(m for m in sys.modules if m.split('.')[0] == 'optuna' or m in {SEARCH_MODULES})"
+    code = f"import sys, {module}\nprint({found})"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"{module} pulls in {done.stdout.strip()}"

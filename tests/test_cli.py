@@ -16,7 +16,7 @@ from PIL import Image
 from autocls.cli import main
 from autocls.ensemble import Ensemble
 from autocls.predict import predict
-from autocls.study import FOLD_STEP
+from autocls.pruning import FOLD_STEP
 from tests.conftest import class_image, edit_space, write_class_folders
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED

@@ -9,16 +9,19 @@ import optuna
 import pytest
 import torch
 
+from autocls import records
 from autocls.config import TrainConfig
-from autocls.cost import ESTIMATE_ATTR, CostModel
+from autocls.cost import CostModel
+from autocls.cv import stratified_folds
 from autocls.data import DataSpec, discover
 from autocls.images import build_store
 from autocls.metrics import default_metric
 from autocls.portfolio import DataStats, portfolio
 from autocls.pruning import FOLD_STEP, FoldAwarePruner
 from autocls.space import load_space
-from autocls.study import MAX_CONSECUTIVE_SKIPS, SearchRequest, create_or_continue, run_search
-from autocls.trainer import Trainer, stratified_folds
+from autocls.study import MAX_CONSECUTIVE_SKIPS, run_search
+from autocls.studysetup import SearchRequest, create_or_continue
+from autocls.trainer import Trainer
 from autocls.trialstore import TrialStore
 from tests.conftest import edit_space, write_class_folders
 
@@ -165,7 +168,7 @@ def test_cost_model_measures_a_configuration_once_and_learns_from_real_trials(tm
     assert per_epoch == pytest.approx(80 / speed + 20 / (speed * 3))
     assert again.trial_seconds(config, 100, 5) == pytest.approx(per_epoch * config.epochs * 5)
     history = [[{"seconds": 2 * per_epoch}, {"seconds": 2 * per_epoch}]]
-    done = optuna.trial.create_trial(value=0.5, user_attrs={ESTIMATE_ATTR: per_epoch, "history": history})
+    done = optuna.trial.create_trial(value=0.5, user_attrs={records.ESTIMATE: per_epoch, records.HISTORY: history})
     again.learn_from([done, optuna.trial.create_trial(value=0.4)])
     assert again.correction == pytest.approx(2.0)  # the real epochs took twice the estimate
     assert again.trial_seconds(config, 100, 5) == pytest.approx(2 * per_epoch * config.epochs * 5)

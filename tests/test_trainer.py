@@ -7,21 +7,15 @@ import pytest
 import torch
 
 from autocls.backbones import create_classifier, split_frozen_prefix
+from autocls.build import ANNEALING_SCHEDULERS, create_optimizer, create_scheduler
+from autocls.callbacks import TrainingObserver, monitor_split
 from autocls.config import AUGMENTATIONS, OPTIMIZERS, SCHEDULERS, TrainConfig
+from autocls.cv import cross_validate, stratified_folds
 from autocls.data import discover
 from autocls.errors import NonFiniteLossError
 from autocls.images import ImageStore, build_store
-from autocls.trainer import (
-    ANNEALING_SCHEDULERS,
-    Trainer,
-    TrainingObserver,
-    create_optimizer,
-    create_scheduler,
-    cross_validate,
-    derive_seed,
-    monitor_split,
-    stratified_folds,
-)
+from autocls.runtime import derive_seed
+from autocls.trainer import Trainer
 
 CPU = torch.device("cpu")
 BASE = TrainConfig(backbone="test_efficientnet", pretrained=False, resolution=16, batch_size=8, epochs=2, lr=0.01)
@@ -285,19 +279,19 @@ def test_no_prefix_split_for_a_vit_or_when_nothing_is_frozen() -> None:
 
 
 def test_frozen_prefix_cache_gives_the_same_model_and_runs_the_prefix_once(prepared, monkeypatch) -> None:
-    from autocls import trainer as trainer_module
+    from autocls import build as build_module
 
     config, store, labels, splits, plain = _fit_uncached(prepared, freeze=0.5)
     images = store.at(16)
     stem_calls = []
-    real_create = trainer_module.create_classifier
+    real_create = build_module.create_classifier
 
     def create_counting_stem(*args, **kwargs):
         model = real_create(*args, **kwargs)
         model.conv_stem.register_forward_pre_hook(lambda module, inputs: stem_calls.append(len(inputs[0])))
         return model
 
-    monkeypatch.setattr(trainer_module, "create_classifier", create_counting_stem)
+    monkeypatch.setattr(build_module, "create_classifier", create_counting_stem)
     cached = Trainer(config, 3, CPU).fit(store, labels, *splits[0])
     assert cached.frozen_stages > 0
     np.testing.assert_allclose(cached.val_probs, plain.val_probs, **SAME_MODEL)

@@ -147,7 +147,8 @@ def _save_then_retain(root: str, storage: str, rounds: int, lost: Any) -> None:
     import numpy as np
     import torch
 
-    from autocls.trainer import CVResult, FoldResult
+    from autocls.cv import CVResult
+    from autocls.trainer import FoldResult
     from autocls.trialstore import TrialStore
 
     store = TrialStore(root, keep=1)

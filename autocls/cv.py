@@ -1,0 +1,89 @@
+"""k folds -> one cross-validation result: stratified splits, one model per split, out-of-fold predictions."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedKFold
+
+from autocls.callbacks import TrainingObserver
+from autocls.config import TrainConfig
+from autocls.images import ImageStore
+from autocls.metrics import get_metric
+from autocls.trainer import FoldResult, Trainer
+
+
+@dataclass
+class CVResult:
+    """All folds of a cross-validation run."""
+
+    folds: list[FoldResult]
+    labels: np.ndarray
+    num_classes: int
+    metric: str = "accuracy"
+    _oof: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def mean_score(self) -> float:
+        """The mean of the folds' kept-epoch scores: a trial's value."""
+        return float(np.mean([f.best.val_score for f in self.folds]))
+
+    @property
+    def oof_probs(self) -> np.ndarray:
+        """Out-of-fold probabilities: each image predicted by the fold model that did not train on it."""
+        if self._oof is None:
+            oof = np.full((len(self.labels), self.num_classes), np.nan, dtype=np.float32)
+            for fold in self.folds:
+                oof[fold.val_indices] = fold.val_probs
+            self._oof = oof
+        return self._oof
+
+    def oof_score(self, metric: str | None = None) -> float:
+        """``metric`` (the study's by default) over all out-of-fold predictions at once."""
+        covered = ~np.isnan(self.oof_probs[:, 0])
+        return get_metric(metric or self.metric)(self.labels[covered], self.oof_probs[covered])
+
+
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Seeded stratified k-fold splits as (train indices, validation indices)."""
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(labels)), labels))
+
+
+def folds_hash(splits: list[tuple[np.ndarray, np.ndarray]]) -> str:
+    """A short hash of which image is in which validation fold, to prove two runs used the same folds."""
+    digest = hashlib.sha256()
+    for _, val_idx in splits:
+        digest.update(np.sort(val_idx).astype(np.int64).tobytes() + b"|")
+    return digest.hexdigest()[:16]
+
+
+def cross_validate(
+    config: TrainConfig,
+    store: ImageStore,
+    labels: np.ndarray,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    num_classes: int,
+    device: torch.device,
+    weights_dir: Path | None = None,
+    seed: int = 0,
+    observer: TrainingObserver | None = None,
+    keep_models: bool = False,
+    metric: str = "accuracy",
+) -> CVResult:
+    """Train one model per split with the same :class:`Trainer`; models are kept only if asked."""
+    observer = observer or TrainingObserver()
+    trainer = Trainer(config, num_classes, device, weights_dir, seed, metric)
+    label_t = torch.as_tensor(labels)
+    results = []
+    for fold, (train_idx, val_idx) in enumerate(splits):
+        observer.on_fold_start(fold, len(splits), config.epochs)
+        result = trainer.fit(store, label_t, train_idx, val_idx, fold, observer)
+        if not keep_models:
+            result.state_dict = None
+        results.append(result)
+    return CVResult(results, labels, num_classes, metric)

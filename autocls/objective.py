@@ -1,0 +1,169 @@
+"""One trial: sample a configuration, cross-validate it, report to the pruner, record and save it."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore
+
+from autocls.artifacts import publish_trial
+from autocls.budget import Budget, BudgetExhausted, TrialSkipped
+from autocls.callbacks import TrainingObserver
+from autocls.config import TrainConfig
+from autocls.cost import CostModel
+from autocls.cv import CVResult, cross_validate, folds_hash
+from autocls.errors import AutoclsError
+from autocls.prepare import PreparedData
+from autocls.progress import Reporter
+from autocls.pruning import FOLD_STEP
+from autocls.records import TrialRecorder, epoch_summary
+from autocls.runtime import derive_seed
+from autocls.studysetup import StudySetup, library_versions
+from autocls.trainer import EpochRecord, FoldResult
+from autocls.trialstore import TrialStore
+from autocls.workers import queue_again, this_worker
+
+logger = logging.getLogger(__name__)
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+class TrialObserver(TrainingObserver):
+    """Reports a trial's epochs and folds to Optuna (and prunes), records them, enforces the budget."""
+
+    def __init__(self, trial: optuna.Trial, reporter: Reporter, budget: Budget) -> None:
+        self.trial = trial
+        self.recorder = TrialRecorder(trial)
+        self.reporter = reporter
+        self.budget = budget
+        self.folds: list[FoldResult] = []
+        self.history: list[list[dict[str, float]]] = []
+
+    def on_fold_start(self, fold: int, folds: int, epochs: int) -> None:
+        if self.folds:
+            self.budget.check(float(np.mean([f.seconds for f in self.folds])), f"fold {fold + 1}")
+        self.history.append([])
+        self.reporter.on_fold_start(fold, folds, epochs)
+
+    def on_epoch_end(self, fold: int, record: EpochRecord) -> None:
+        self.history[fold].append(epoch_summary(record))
+        self.recorder.progress(self.history)
+        self.reporter.on_epoch_end(fold, record)
+        if fold == 0:
+            self._report(record.val_score, record.epoch)
+        self.budget.check(0.0, "the next epoch")
+
+    def on_fold_end(self, result: FoldResult) -> None:
+        self.folds.append(result)
+        self.recorder.folds_done(self.folds)
+        self.reporter.on_fold_end(result)
+        self._report(float(np.mean([f.best.val_score for f in self.folds])), FOLD_STEP + result.fold)
+
+    def _report(self, value: float, step: int) -> None:
+        self.trial.report(value, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} with {value:.4f}")
+
+
+class Objective:
+    """One trial: sample a configuration from the space, cross-validate it, return the mean fold score."""
+
+    def __init__(
+        self,
+        setup: StudySetup,
+        data: PreparedData,
+        device: torch.device,
+        reporter: Reporter,
+        budget: Budget,
+        store: TrialStore | None = None,
+        artifacts: FileSystemArtifactStore | None = None,
+        cost: CostModel | None = None,
+    ) -> None:
+        self.cost = cost
+        self.store = store
+        self.artifacts = artifacts
+        self.setup = setup
+        self.space = setup.search_space
+        self.data = data
+        self.device = device
+        self.reporter = reporter
+        self.budget = budget
+        self.folds_hash = folds_hash(data.splits)
+        self.data_fingerprint = data.images.fingerprint()
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        recorder = TrialRecorder(trial)
+        recorder.started(this_worker())  # a later run on this host recovers it if we die
+        try:
+            config, result, history = self._run(trial)
+        except TrialSkipped:
+            raise
+        except BudgetExhausted as err:  # not a fault of the configuration: the next run trains it again
+            recorder.failed(f"{err}; queued again for the next run", timeout=True)
+            queue_again(trial.study, trial)
+            raise
+        except AutoclsError as err:  # a fault of this configuration (no weights, diverged): FAIL, go on
+            recorder.failed(str(err))
+            raise
+        except torch.OutOfMemoryError as err:
+            recorder.failed(f"out of memory: {str(err).splitlines()[0]}")
+            raise
+        except KeyboardInterrupt:
+            recorder.failed("interrupted (Ctrl-C); queued again for the next run")
+            queue_again(trial.study, trial)
+            raise
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:  # any other fault of one trial must not end a search of hours
+            recorder.failed(f"{err.__class__.__name__}: {err}")
+            logger.warning("trial %d failed: %s: %s", trial.number, err.__class__.__name__, err)
+            raise
+        if self.store is not None and self.store.is_candidate(trial.study, result.mean_score):
+            self.store.save(trial.number, result)  # refit --best can then reuse these fold models
+        if self.artifacts is not None:
+            try:
+                names = list(self.data.images.class_names)
+                publish_trial(trial, self.artifacts, config, result, history, names)
+            except Exception as err:  # figures are a convenience: never fail a finished trial for them
+                logger.warning("trial %d: could not upload its figures (%s)", trial.number, err)
+        return result.mean_score
+
+    def _run(self, trial: optuna.Trial) -> tuple[TrainConfig, CVResult, list[list[dict[str, float]]]]:
+        config = self.space.sample(trial)
+        seed = derive_seed(self.setup.seed, trial.number)  # folds derive theirs from it: no two collide
+        recorder = TrialRecorder(trial)
+        recorder.configured(config, seed, self.data_fingerprint, self.folds_hash, library_versions())
+        self._skip_if_too_long(trial, recorder, config)
+        observer = TrialObserver(trial, self.reporter, self.budget)
+        self.reporter.set_title(f"trial {trial.number}")
+        result = cross_validate(
+            config,
+            self.data.store,
+            self.data.images.labels,
+            self.data.splits,
+            len(self.data.images.class_names),
+            self.device,
+            self.setup.weights_dir,
+            seed,
+            observer,
+            keep_models=self.store is not None,
+            metric=self.setup.metric,
+        )
+        recorder.finished(result.folds[0].frozen_stages, result.oof_score())
+        return config, result, observer.history
+
+    def _skip_if_too_long(self, trial: optuna.Trial, recorder: TrialRecorder, config: TrainConfig) -> None:
+        """Skip (before any training) a configuration that cannot finish in the time left."""
+        if self.cost is None or self.budget.deadline is None:
+            return
+        images, folds = len(self.data.images), self.setup.folds
+        self.cost.learn_from(trial.study.get_trials(deepcopy=False, states=FINISHED))
+        per_epoch = self.cost.epoch_seconds(config, images - images // folds, images // folds)
+        recorder.estimated(per_epoch)
+        needed = self.cost.trial_seconds(config, images, folds)
+        if needed > self.budget.left():
+            reason = f"needs about {needed:.0f}s, {self.budget.left():.0f}s left"
+            recorder.skipped(reason)
+            raise TrialSkipped(f"skipped: {reason}")

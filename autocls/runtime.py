@@ -1,0 +1,77 @@
+"""The process around training: which device, Ctrl-C as a request to stop, and seeds."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import threading
+
+import numpy as np
+import torch
+
+from autocls.errors import AutoclsError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AutoclsError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto.")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise AutoclsError(f"--device must be auto, cpu or cuda, got {name!r}.")
+    return torch.device(name)
+
+
+STOP_REQUESTED = threading.Event()
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c():
+    """Within the block, Ctrl-C is a request the trainer honours after the current batch; a second
+    Ctrl-C interrupts at once. A KeyboardInterrupt raised at an arbitrary point can land in a garbage
+    collector callback (SQLAlchemy's), where Python prints and swallows it: the search then went on.
+
+    The request is cleared and the caller's SIGINT handler restored on the way out, so a later search
+    in the same process (a notebook, the Python API) does not stop at once.
+    """
+    STOP_REQUESTED.clear()
+    # signal handlers can be set from the main thread only; an ignored (nohup) or custom SIGINT
+    # handler is the caller's choice and stays
+    ours = threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+
+    def handler(signum: int, frame: object) -> None:
+        if STOP_REQUESTED.is_set():
+            raise KeyboardInterrupt
+        STOP_REQUESTED.set()
+
+    previous = signal.signal(signal.SIGINT, handler) if ours else None
+    try:
+        yield
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, previous)
+        STOP_REQUESTED.clear()
+
+
+def check_stop() -> None:
+    if STOP_REQUESTED.is_set():
+        raise KeyboardInterrupt
+
+
+def derive_seed(*entropy: int) -> int:
+    """A 32-bit seed for a tuple of integers, e.g. (study seed, trial number) or (trial seed, fold).
+
+    numpy's ``SeedSequence`` hashes the whole tuple, so distinct tuples get unrelated seeds; a sum
+    (``seed + trial + fold``) gave trial 1 fold 0 and trial 0 fold 1 the same seed.
+    """
+    return int(np.random.SeedSequence([int(e) % 2**64 for e in entropy]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (model init, torchvision augmentation), numpy (timm's Mixup) and ``random``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

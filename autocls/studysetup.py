@@ -1,0 +1,270 @@
+"""A study's persisted setup: what was asked (:class:`SearchRequest`), what is stored on the study
+(:class:`StudySetup`), and creating a study or continuing one with its own settings."""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import timm
+import torch
+
+from autocls import __version__
+from autocls.backbones import check_weights
+from autocls.config import TrainConfig
+from autocls.cost import CostModel
+from autocls.data import DataSpec, check_folds, typical_side
+from autocls.errors import AutoclsError
+from autocls.metrics import default_metric, get_metric
+from autocls.portfolio import DataStats, portfolio
+from autocls.records import PORTFOLIO
+from autocls.samplers import make_pruner, make_sampler
+from autocls.space import SearchSpace, load_space, space_from_dict
+from autocls.storage import open_storage, redact
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WORKDIR = Path("autocls-runs")
+DEFAULT_FOLDS = 5
+DEFAULT_SPACE = "default"
+CPU_SPACE = "fast"
+STUDY_ATTR = "autocls"  # the study user attribute that holds how the study was set up
+CACHE_DIR = "cache"  # decoded-image arrays, in the workdir
+
+
+def library_versions() -> dict[str, str]:
+    return {
+        "autocls": __version__,
+        "timm": timm.__version__,
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "python": platform.python_version(),
+    }
+
+
+@dataclass(frozen=True)
+class StudySetup:
+    """How a study was set up; stored on the study so later runs and refit use the same data and folds."""
+
+    data: DataSpec
+    space: dict[str, Any]
+    folds: int
+    seed: int
+    metric: str = "accuracy"
+    weights: str | None = None
+
+    def to_attr(self) -> dict[str, Any]:
+        return {**asdict(self), "versions": library_versions()}
+
+    @classmethod
+    def from_study(cls, study: optuna.Study) -> StudySetup:
+        stored = dict(study.user_attrs.get(STUDY_ATTR) or {})
+        if not stored:
+            raise AutoclsError(f"study {study.study_name!r} was not created by autocls search.")
+        stored.pop("versions", None)
+        return cls(**{**stored, "data": DataSpec(**stored["data"])})
+
+    @property
+    def search_space(self) -> SearchSpace:
+        return space_from_dict(self.space, name=self.space.get("name", "stored"))
+
+    @property
+    def weights_dir(self) -> Path | None:
+        return Path(self.weights) if self.weights else None
+
+
+Storage = optuna.storages.BaseStorage
+
+
+def study_names(storage: Storage) -> list[str]:
+    return [s.study_name for s in optuna.get_all_study_summaries(storage)]
+
+
+def open_study(url: str, study_name: str | None) -> optuna.Study:
+    """Load ``study_name`` from the storage at ``url``, or the only study there when no name is given."""
+    storage = open_storage(url)
+    names = study_names(storage)
+    if study_name is None:
+        if len(names) != 1:
+            raise AutoclsError(f"{redact(url)} holds {len(names)} studies {names}; choose one with --study.")
+        study_name = names[0]
+    if study_name not in names:
+        raise AutoclsError(f"no study {study_name!r} in {redact(url)}; studies there: {names}.")
+    return optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(0), pruner=make_pruner())
+
+
+def narrow_to_available_weights(space: SearchSpace, weights_dir: Path | None, quiet: bool = False) -> SearchSpace:
+    """Drop backbones whose pretrained weights cannot be found, saying so once, before any trial.
+
+    Only when the space fixes ``pretrained = true``; where ``pretrained`` is searched, every backbone
+    stays (it can train from scratch) and a trial that needs missing weights fails with the reason.
+    """
+    can_pretrain = True in space.values_of("pretrained")
+    backbones = [str(b) for b in space.values_of("backbone")]
+    missing = {name: reason for name in backbones if can_pretrain and (reason := check_weights(name, weights_dir))}
+    if not missing:
+        return space
+    example = next(iter(missing.values()))
+    if space.values_of("pretrained") != [True]:
+        if not quiet:
+            logger.warning("no pretrained weights for %s; those trials train from scratch or fail", ", ".join(missing))
+        return space
+    available = [b for b in backbones if b not in missing]
+    if not available:
+        raise AutoclsError(example)
+    if not quiet:
+        logger.warning("no pretrained weights for %s, left out of this study; e.g. %s", ", ".join(missing), example)
+    data = space.to_dict()
+    data["params"]["backbone"]["choices"] = available
+    return space_from_dict(data, name=space.name)
+
+
+@dataclass
+class SearchRequest:
+    """What ``autocls search`` was asked; ``None`` means: as stored in the study, else the default."""
+
+    data: DataSpec
+    workdir: Path = DEFAULT_WORKDIR
+    storage: str | None = None
+    study_name: str | None = None
+    space: str | SearchSpace | None = None  # a name, a .toml path or a loaded space
+    trials: int = 20
+    timeout: float | None = None
+    folds: int | None = None
+    seed: int | None = None
+    metric: str | None = None
+    device: str = "auto"
+    weights: str | None = None
+    sampler: str = "tpe"
+    pruning: bool = True
+    warm_start: bool = True  # enqueue the portfolio's recipes first
+
+    def __post_init__(self) -> None:
+        """Every setting checked before anything is written: a refused value must not be stored."""
+        problems = []
+        if not (isinstance(self.trials, int) and self.trials >= 1):
+            problems.append(f"trials must be a positive number of finished trials; got {self.trials!r}")
+        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
+            problems.append(f"timeout must be a positive number of seconds; got {self.timeout!r}")
+        if self.folds is not None and not (isinstance(self.folds, int) and self.folds >= 2):
+            problems.append(f"folds must be an integer of at least 2; got {self.folds!r}")
+        if self.seed is not None and not (isinstance(self.seed, int) and self.seed >= 0):
+            problems.append(f"seed must be a non-negative integer; got {self.seed!r}")
+        if self.weights is not None and not Path(self.weights).expanduser().is_dir():
+            problems.append(f"weights must be a folder of checkpoints; {self.weights} is not one")
+        if problems:
+            raise AutoclsError("; ".join(problems) + ".")
+
+
+def _check_continuation(study: optuna.Study, setup: StudySetup, request: SearchRequest) -> None:
+    clashes = [
+        f"{what} {asked} (the study has {stored})"
+        for what, asked, stored in (
+            ("--folds", request.folds, setup.folds),
+            ("--seed", request.seed, setup.seed),
+            ("--metric", request.metric, setup.metric),
+            ("--space", _space_name(request.space), setup.space.get("name")),
+            ("data", request.data.source, setup.data.source),
+        )
+        if asked is not None and asked != stored and not (what == "--space" and Path(asked).stem == stored)
+    ]
+    if clashes:
+        raise AutoclsError(
+            f"study {study.study_name!r} continues with its own settings, not {'; '.join(clashes)}; "
+            "drop those options or start a new study with --study NAME."
+        )
+
+
+def _warn_if_space_changed(setup: StudySetup, asked: str | SearchSpace | None) -> None:
+    if asked is None:
+        return
+    try:
+        current = asked if isinstance(asked, SearchSpace) else load_space(asked)
+        # the stored space left out backbones without weights: compare like with like, or the
+        # warning came on every run although nothing changed
+        current = narrow_to_available_weights(current, setup.weights_dir, quiet=True)
+    except AutoclsError:
+        return
+    if current.to_dict() != setup.search_space.to_dict():
+        logger.warning(
+            "space %r has changed since this study started; the study keeps its own space "
+            "(start a new study with --study NAME to search the new one)",
+            current.name,
+        )
+
+
+def _default_space(request: SearchRequest) -> str:
+    """``default`` where a GPU will train; on a CPU, ``fast``, whose trials finish in minutes there
+    (a ViT at 224 px trains at a few images a second on two cores)."""
+    on_gpu = request.device.startswith("cuda") or (request.device == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        return DEFAULT_SPACE
+    logger.info("no GPU: searching the CPU-sized 'fast' space (--space default to override)")
+    return CPU_SPACE
+
+
+def _space_name(space: str | SearchSpace | None) -> str | None:
+    return space.name if isinstance(space, SearchSpace) else space
+
+
+def create_or_continue(
+    storage: Storage, study_name: str, request: SearchRequest, cost: CostModel | None = None
+) -> tuple[optuna.Study, StudySetup]:
+    """Continue ``study_name`` with its stored setup, or create it: metric, space and warm start.
+
+    With a ``cost`` model and a ``request.timeout``, the warm-start recipes are sized to the budget.
+    """
+    if study_name in study_names(storage):
+        study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner())
+        if STUDY_ATTR in study.user_attrs:
+            setup = StudySetup.from_study(study)
+            _check_continuation(study, setup, request)
+            _warn_if_space_changed(setup, request.space)
+            return study, setup
+    data = request.data.discover()
+    check_folds(data, request.folds or DEFAULT_FOLDS)  # before the study and its settings are stored
+    metric = request.metric or default_metric(data.class_counts())
+    if request.metric is None and metric != "accuracy":
+        logger.warning("classes are imbalanced 5:1 or more: optimising balanced_accuracy (--metric to change)")
+    get_metric(metric)
+    weights = request.weights
+    space = (
+        request.space
+        if isinstance(request.space, SearchSpace)
+        else load_space(request.space or _default_space(request))
+    )
+    space = narrow_to_available_weights(space, Path(weights) if weights else None)
+    setup = StudySetup(
+        data=request.data,
+        space=space.to_dict(),
+        folds=request.folds or DEFAULT_FOLDS,
+        seed=request.seed if request.seed is not None else 0,
+        metric=metric,
+        weights=weights,
+    )
+    # read before the study exists: a failure here must not leave a study without its warm start
+    stats = DataStats(len(data), len(data.class_names), typical_side(data.paths))
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        direction=get_metric(metric).direction,
+        pruner=make_pruner(),
+        load_if_exists=True,  # a study created beforehand (e.g. with enqueued trials) is adopted
+    )
+    study.set_user_attr(STUDY_ATTR, setup.to_attr())
+    study.set_metric_names([metric])
+    if not study.trials and request.warm_start:
+        seconds = None
+        if cost is not None and request.timeout:
+
+            def seconds(params: dict[str, Any]) -> float:
+                return cost.trial_seconds(TrainConfig.from_dict({**space.fixed, **params}), len(data), setup.folds)
+
+        for params in portfolio(space, stats, seconds, request.timeout):
+            study.enqueue_trial(params, user_attrs={PORTFOLIO: True}, skip_if_exists=True)
+    return study, setup
