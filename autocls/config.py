@@ -1,21 +1,114 @@
-"""The resolved configuration of one training run: what a search trial samples and refit re-runs."""
+"""The resolved configuration of one training run: what a search trial samples and refit re-runs.
+
+Every setting is checked against one table, :data:`CONSTRAINTS` (type, range or choices), which a
+search space's values are checked against as well. The choices of ``optimizer``, ``scheduler`` and
+``augmentation`` are the keys of the registries that implement them, so a new policy or schedule
+is a choice as soon as it is registered.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
+from autocls.augment import POLICIES
 from autocls.errors import AutoclsError
+from autocls.optim import OPTIMIZERS, SCHEDULERS
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULERS = ("cosine", "onecycle", "step", "plateau", "constant")
-AUGMENTATIONS = ("none", "light", "randaugment", "trivialaugment", "autoaugment")
 IMBALANCE = ("none", "class_weight", "sampler")
+_TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", float: "a number"}
 
 
-_TYPES = {"str": str, "bool": bool, "int": int, "float": (int, float)}
-_TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", (int, float): "a number"}
+@dataclass(frozen=True)
+class Constraint:
+    """What one setting accepts: a type, and choices or a range (``open_low``: low itself is excluded)."""
+
+    kind: type
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        # bool is an int to Python, but "epochs = true" is a mistake; an int is a fine float
+        types = (int, float) if self.kind is float else self.kind
+        if isinstance(value, bool) != (self.kind is bool) or not isinstance(value, types):
+            return False
+        if self.choices is not None:
+            return value in self.choices
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.open_low else value >= self.low)
+        below = self.high is None or (value < self.high if self.open_high else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return f"one of {list(self.choices)}"
+        kind = _TYPE_NAMES[self.kind]
+        if self.low is None and self.high is None:
+            return kind
+        if self.high is None:
+            return f"{kind} {'>' if self.open_low else '>='} {self.low:g}"
+        left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+        return f"{kind} in {left}{self.low:g}, {self.high:g}{right}"
+
+
+def _fraction(open_high: bool = False) -> Constraint:
+    return Constraint(float, low=0.0, high=1.0, open_high=open_high)
+
+
+CONSTRAINTS: dict[str, Constraint] = {
+    "backbone": Constraint(str),
+    "pretrained": Constraint(bool),
+    "freeze": _fraction(),  # of the backbone's stages: 0 fine-tunes all, 1 trains the head alone
+    "optimizer": Constraint(str, choices=tuple(OPTIMIZERS)),
+    "lr": Constraint(float, low=0.0, open_low=True),
+    "weight_decay": Constraint(float, low=0.0, high=10.0),
+    "momentum": _fraction(open_high=True),
+    "nesterov": Constraint(bool),
+    "sam_rho": Constraint(float, low=0.0, high=10.0),
+    "layer_decay": Constraint(float, low=0.0, high=1.0, open_low=True),
+    "scheduler": Constraint(str, choices=tuple(SCHEDULERS)),
+    "warmup_epochs": Constraint(int, low=0),
+    "augmentation": Constraint(str, choices=tuple(POLICIES)),
+    "random_erasing": _fraction(),
+    "mixup": Constraint(float, low=0.0),
+    "cutmix": Constraint(float, low=0.0),
+    "label_smoothing": _fraction(open_high=True),
+    "imbalance": Constraint(str, choices=IMBALANCE),
+    "dropout": _fraction(open_high=True),
+    "head_hidden": Constraint(int, low=0),
+    "batch_size": Constraint(int, low=1),
+    "resolution": Constraint(int, low=8),
+    "epochs": Constraint(int, low=1),
+    "patience": Constraint(int, low=1),
+}
+# the names a search space and the CLI's tables use
+OPTIMIZER_NAMES = CONSTRAINTS["optimizer"].choices
+SCHEDULER_NAMES = CONSTRAINTS["scheduler"].choices
+AUGMENTATIONS = CONSTRAINTS["augmentation"].choices
+
+
+class SettingError(AutoclsError):
+    """A setting outside :data:`CONSTRAINTS`; ``where`` (a file, a table) is added by whoever knows it."""
+
+    def __init__(self, name: str, value: Any, where: str | None = None) -> None:
+        self.name, self.value = name, value
+        place = f" in {where}" if where else ""
+        super().__init__(f"The {name!r} setting{place} must be {CONSTRAINTS[name].describe()}. Got {value!r}.")
+
+    def at(self, where: str) -> SettingError:
+        return SettingError(self.name, self.value, where)
+
+
+def check_setting(name: str, value: Any) -> None:
+    """Raise :class:`SettingError` unless ``value`` is acceptable for setting ``name``."""
+    if not CONSTRAINTS[name].accepts(value):
+        raise SettingError(name, value)
 
 
 @dataclass(frozen=True)
@@ -56,27 +149,8 @@ class TrainConfig:
     patience: int = 3
 
     def __post_init__(self) -> None:
-        for spec in dataclasses.fields(self):
-            value, kind = getattr(self, spec.name), _TYPES[spec.type]
-            # bool is an int to Python, but "epochs = true" is a mistake; an int is a fine float
-            if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
-                raise AutoclsError(f"{spec.name} must be {_TYPE_NAMES[kind]}, got {value!r}.")
-        for field, allowed in (
-            ("optimizer", OPTIMIZERS),
-            ("scheduler", SCHEDULERS),
-            ("augmentation", AUGMENTATIONS),
-            ("imbalance", IMBALANCE),
-        ):
-            value = getattr(self, field)
-            if value not in allowed:
-                raise AutoclsError(f"{field} must be one of {list(allowed)}, got {value!r}.")
-        if not 0.0 <= self.freeze <= 1.0:
-            raise AutoclsError(f"freeze is a fraction of the backbone's stages in [0, 1], got {self.freeze}.")
-        if not 0.0 < self.layer_decay <= 1.0:
-            raise AutoclsError(f"layer_decay must be in (0, 1], got {self.layer_decay}.")
-        for field in ("batch_size", "resolution", "epochs"):
-            if getattr(self, field) < 1:
-                raise AutoclsError(f"{field} must be a positive integer, got {getattr(self, field)}.")
+        for name in self.field_names():
+            check_setting(name, getattr(self, name))
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

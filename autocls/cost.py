@@ -24,8 +24,8 @@ import torch
 
 from autocls.atomic import exclusive, write_atomically
 from autocls.backbones import create_classifier
-from autocls.build import create_optimizer
 from autocls.config import TrainConfig
+from autocls.optim import create_optimizer
 from autocls.records import TrialRecord
 
 logger = logging.getLogger(__name__)

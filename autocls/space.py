@@ -27,7 +27,7 @@ from typing import Any
 
 import optuna
 
-from autocls.config import TrainConfig
+from autocls.config import SettingError, TrainConfig, check_setting
 from autocls.errors import AutoclsError
 
 Value = bool | int | float | str
@@ -185,20 +185,20 @@ def _check_backbones(space: SearchSpace, origin: str) -> None:
 
 
 def _check_values(space: SearchSpace, origin: str) -> None:
-    """Every value a space can give is a valid setting, checked when the file is loaded rather than
-    when a trial happens to sample it (then it failed mid-search as an 'unexpected error')."""
-    base = {"backbone": "resnet18", **space.fixed}
-    try:
-        TrainConfig.from_dict(base)
-    except AutoclsError as err:
-        raise AutoclsError(f"{origin}: [fixed]: {err}") from None
+    """Every value a space can give is a valid setting (:data:`autocls.config.CONSTRAINTS`), checked
+    when the file is loaded rather than when a trial happens to sample it (then it failed
+    mid-search as an 'unexpected error')."""
+    for name, value in space.fixed.items():
+        try:
+            check_setting(name, value)
+        except SettingError as err:
+            raise err.at(f"{origin} [fixed]") from None
     for dim in space.dimensions:
-        values = dim.choices if dim.choices is not None else (dim.low, dim.high)
-        for value in values:
+        for value in dim.choices if dim.choices is not None else (dim.low, dim.high):
             try:
-                TrainConfig.from_dict({**base, dim.name: value})
-            except AutoclsError as err:
-                raise AutoclsError(f"{origin}: params.{dim.name}: {err}") from None
+                check_setting(dim.name, value)
+            except SettingError as err:
+                raise err.at(f"{origin} [params.{dim.name}]") from None
 
 
 def _dimension(name: str, spec: Any, origin: str, sampled_before: set[str]) -> Dimension:

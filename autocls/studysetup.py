@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import platform
@@ -143,6 +144,19 @@ class SearchRequest:
     sampler: str = "tpe"
     pruning: bool = True
     warm_start: bool = True  # enqueue the portfolio's recipes first
+
+    def to_json(self) -> str:
+        """The request as JSON, for a ``--workers`` child process (a loaded space travels as its dict)."""
+        space = self.space.to_dict() if isinstance(self.space, SearchSpace) else self.space
+        return json.dumps({**asdict(self), "workdir": str(self.workdir), "space": space})
+
+    @classmethod
+    def from_json(cls, text: str) -> SearchRequest:
+        fields = json.loads(text)
+        space = fields["space"]
+        if isinstance(space, dict):
+            space = space_from_dict(space, name=space.get("name", "stored"))
+        return cls(**{**fields, "data": DataSpec(**fields["data"]), "workdir": Path(fields["workdir"]), "space": space})
 
     def __post_init__(self) -> None:
         """Every setting checked before anything is written: a refused value must not be stored."""

@@ -22,7 +22,7 @@ from timm.data.mixup import Mixup, mixup_target
 from torch import nn
 
 from autocls.augment import create_augmentation
-from autocls.build import FoldParts, anneals, batch_plan, build_fold
+from autocls.build import FoldParts, batch_plan, build_fold
 from autocls.callbacks import EarlyStopping, KeptWeights, TrainingObserver, monitor_split
 from autocls.config import TrainConfig
 from autocls.errors import NonFiniteLossError
@@ -30,6 +30,7 @@ from autocls.features import cached_inputs, features_to_device
 from autocls.images import ImageStore
 from autocls.losses import sam_ascent_step, soft_cross_entropy
 from autocls.metrics import get_metric
+from autocls.optim import anneals
 from autocls.preprocess import autocast
 from autocls.runtime import check_stop, derive_seed, seed_everything
 from autocls.threads import adjust_threads

@@ -1,4 +1,4 @@
-"""Which process runs a trial, and recovery of the trials whose local process died.
+"""Which process runs a trial: ``--workers`` child processes, and recovery of trials whose process died.
 
 Optuna's heartbeat (RDB storages only) fails a stale trial once its grace period has passed, which a
 quick re-run on the same machine outlives, and journal storage has no heartbeat at all. So every
@@ -13,14 +13,26 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from autocls import records
+from autocls.cost import CostModel
+from autocls.errors import AutoclsError
+from autocls.prepare import DATA_INDEX_FILE, check_same_data
+from autocls.progress import Reporter
+from autocls.runtime import resolve_device, stop_on_ctrl_c
+from autocls.storage import allows_several_processes, default_url, open_storage
+from autocls.studysetup import CACHE_DIR, SearchRequest, create_or_continue
+from autocls.threads import available_cpus, configure_threads
 
 logger = logging.getLogger(__name__)
 
@@ -93,3 +105,72 @@ def recover_dead_local_trials(study: optuna.Study) -> list[int]:
             ", ".join(map(str, recovered)),
         )
     return recovered
+
+
+REQUEST_ENV = "AUTOCLS_SEARCH_REQUEST"  # a --workers child's settings: the parent's SearchRequest as JSON
+
+
+def run_workers(request: SearchRequest, workers: int, quiet: bool = False) -> int:
+    """Create the study here, then run ``workers`` search processes on it and wait for them all.
+
+    Each child gets the parent's whole :class:`SearchRequest` (as JSON in its environment, which
+    also keeps a storage URL's password out of ``ps``), so no setting can be forgotten on the way.
+    """
+    url = request.storage or default_url(request.workdir)
+    if not allows_several_processes(url):
+        raise AutoclsError(
+            f"--workers {workers} needs a storage several processes can share, not SQLite: "
+            f"--storage journal:{request.workdir / 'autocls.journal'} (this machine) or postgresql://... (any machine)."
+        )
+    cost = CostModel(resolve_device(request.device), request.workdir / CACHE_DIR / "speeds.json")
+    study, setup = create_or_continue(open_storage(url), request.study_name or request.data.name, request, cost)
+    check_same_data(study, setup.data.discover(), request.workdir / study.study_name / DATA_INDEX_FILE)
+    recover_dead_local_trials(study)  # once, here: workers started together would race for the same trials
+    child = replace(request, study_name=study.study_name, storage=url)
+    base = {**os.environ, REQUEST_ENV: child.to_json()}
+    gpus = torch.cuda.device_count() if request.device != "cpu" and torch.cuda.is_available() else 0
+    envs = worker_envs(workers, available_cpus(), gpus, base)
+    children = [subprocess.Popen([sys.executable, "-m", "autocls.workers"], env=env) for env in envs]
+    codes = [c.wait() for c in children]
+    Reporter(quiet=quiet).best_trials_table(study, study.metric_names[0] if study.metric_names else "score")
+    failed = [c for c in codes if c not in (0, 1)]
+    if failed:
+        print(f"autocls: {len(failed)} of {workers} workers exited with errors ({failed}).", file=sys.stderr)
+    return 0 if not failed else 1
+
+
+def worker_envs(workers: int, cores: int, gpus: int, base: dict[str, str]) -> list[dict[str, str]]:
+    """Each worker's environment: its share of the cores, its sampler seed and, with several GPUs,
+    one GPU (round robin over ``CUDA_VISIBLE_DEVICES`` when set), so each trial has a GPU to itself."""
+    visible = base.get("CUDA_VISIBLE_DEVICES")
+    gpu_ids = [g.strip() for g in visible.split(",")] if visible else [str(g) for g in range(gpus)]
+    envs = []
+    for i in range(workers):
+        # each worker seeds its sampler differently, or all would propose the same first trials
+        env = {**base, "AUTOCLS_THREADS": str(max(1, cores // workers)), "AUTOCLS_WORKER": str(i)}
+        if gpus > 1:
+            env["CUDA_VISIBLE_DEVICES"] = gpu_ids[i % len(gpu_ids)]
+        envs.append(env)
+    return envs
+
+
+def worker_main() -> int:
+    """A ``--workers`` child: the parent's request, searched quietly; exit codes as ``autocls search``."""
+    from autocls.cli import run_guarded
+    from autocls.progress import setup_logging
+    from autocls.study import run_search
+
+    setup_logging(quiet=True)
+
+    def search() -> int:
+        request = SearchRequest.from_json(os.environ[REQUEST_ENV])
+        configure_threads()
+        with stop_on_ctrl_c():
+            study = run_search(request, resolve_device(request.device), Reporter(quiet=True))
+        return 0 if any(t.state == TrialState.COMPLETE for t in study.trials) else 1
+
+    return run_guarded(search)
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from autocls.backbones import create_classifier
-from autocls.build import create_optimizer, create_scheduler
 from autocls.config import TrainConfig
+from autocls.optim import create_optimizer, create_scheduler
 
 
 def group_lrs(config: TrainConfig, steps: int) -> list[tuple[int, list[float], list[float], list[float]]]:

@@ -27,10 +27,10 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from autocls.build import create_optimizer
 from autocls.config import TrainConfig
 from autocls.data import discover
 from autocls.images import ImageStore, build_store
+from autocls.optim import create_optimizer
 from autocls.threads import configure_threads
 from autocls.trainer import Trainer
 

@@ -23,7 +23,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from autocls.cli import main
-from tests.conftest import TINY_SPACE, write_class_folders
+from tests.helpers import TINY_SPACE, write_class_folders
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ CASES = [
         "space value of the wrong type",
         "search {data} --space {tmp}/bad.toml --workdir {tmp}/fresh",
         2,
-        "epochs must be an integer",
+        "The 'epochs' setting in",
         _space({"epochs = 2": 'epochs = "two"'}),
     ),
     Case(

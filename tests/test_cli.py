@@ -17,7 +17,7 @@ from autocls.cli import main
 from autocls.ensemble import Ensemble
 from autocls.predict import predict
 from autocls.pruning import FOLD_STEP
-from tests.conftest import class_image, edit_space, write_class_folders
+from tests.helpers import class_image, edit_space, write_class_folders
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 
@@ -88,7 +88,9 @@ def test_search_refit_predict(image_folder: Path, tiny_space: Path, tmp_path: Pa
     printed = capsys.readouterr().out
     assert "balanced accuracy" in printed and "per-class report" in printed and "confusion matrix" in printed
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["images"] == 6 and 0.0 <= metrics["accuracy"] <= 1.0
+    predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    assert metrics["images"] == 6 == len(predictions)
+    assert metrics["accuracy"] == pytest.approx((predictions["label"] == predictions["true_label"]).mean())
     per_class = pd.read_csv(tmp_path / "eval" / "per_class.csv")
     assert list(per_class.columns) == ["class", "precision", "recall", "f1", "support"]
     assert per_class["support"].sum() == 6

@@ -13,7 +13,7 @@ from PIL import Image
 from autocls.data import DataSpec, check_folds, discover
 from autocls.errors import AutoclsError
 from autocls.images import build_store, decode_images, load_square
-from tests.conftest import class_image, write_class_folders
+from tests.helpers import class_image, write_class_folders
 
 
 def test_class_folders_found_with_any_extension_case(image_folder: Path) -> None:

@@ -23,7 +23,7 @@ from autocls.study import MAX_CONSECUTIVE_SKIPS, run_search
 from autocls.studysetup import SearchRequest, create_or_continue
 from autocls.trainer import Trainer
 from autocls.trialstore import TrialStore
-from tests.conftest import edit_space, write_class_folders
+from tests.helpers import edit_space, write_class_folders
 
 CPU = torch.device("cpu")
 DEFAULT = load_space("default")

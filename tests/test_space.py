@@ -62,11 +62,27 @@ def test_round_trip_through_dict(tiny_space: Path) -> None:
         # wrong values are found when the file is loaded, not when a trial happens to sample them
         ({"fixed": {"backbone": "x"}, "params": {"optimizer": {"choices": ["adamw", "lion"]}}}, "params.optimizer"),
         ({"fixed": {"backbone": "x"}, "params": {"lr": {"low": 0.0, "high": 0.1, "log": True}}}, "log range needs"),
-        ({"fixed": {"backbone": "x"}, "params": {"epochs": {"choices": [4, "six"]}}}, "epochs must be an integer"),
-        ({"fixed": {"backbone": "x", "lr": "fast"}}, r"\[fixed\]: lr must be a number"),
-        ({"fixed": {"backbone": "x", "pretrained": 1}}, "pretrained must be true or false"),
+        (
+            {"fixed": {"backbone": "x"}, "params": {"epochs": {"choices": [4, "six"]}}},
+            r"The 'epochs' setting in bad.toml \[params.epochs\] must be an integer >= 1. Got 'six'",
+        ),
+        (
+            {"fixed": {"backbone": "x", "lr": "fast"}},
+            r"The 'lr' setting in bad.toml \[fixed\] must be a number > 0. Got 'fast'",
+        ),
+        (
+            {"fixed": {"backbone": "x", "pretrained": 1}},
+            "'pretrained' setting in bad.toml \\[fixed\\] must be true or false. Got 1",
+        ),
         ({"fixed": {"backbone": "x"}, "params": {"lr": {"low": "a", "high": 0.1}}}, "must be numbers"),
         ({"fixed": {"backbone": "resnet19"}}, "unknown backbone 'resnet19'; did you mean resnet18"),
+        (
+            {"fixed": {"backbone": "x", "lr": -3}},
+            r"The 'lr' setting in bad.toml \[fixed\] must be a number > 0. Got -3.",
+        ),
+        ({"fixed": {"backbone": "x", "dropout": 1.0}}, r"'dropout' .* must be a number in \[0, 1\). Got 1.0"),
+        ({"fixed": {"backbone": "x", "resolution": 4}}, "'resolution' .* must be an integer >= 8. Got 4"),
+        ({"fixed": {"backbone": "x", "scheduler": "poly"}}, r"must be one of \['cosine', 'onecycle'"),
     ],
 )
 def test_invalid_spaces_are_rejected_with_the_reason(data: dict, message: str) -> None:
@@ -80,7 +96,7 @@ def test_unknown_space_name_lists_the_builtins() -> None:
 
 
 def test_config_validates_choices() -> None:
-    with pytest.raises(AutoclsError, match="optimizer must be one of"):
+    with pytest.raises(AutoclsError, match=r"The 'optimizer' setting must be one of \[.adamw., .adam., .sgd.\]"):
         TrainConfig(backbone="resnet18", optimizer="lion")
-    with pytest.raises(AutoclsError, match="freeze"):
+    with pytest.raises(AutoclsError, match=r"The 'freeze' setting must be a number in \[0, 1\]. Got 1.5."):
         TrainConfig(backbone="resnet18", freeze=1.5)

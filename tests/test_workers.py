@@ -16,7 +16,7 @@ import pytest
 from autocls.cli import main
 from autocls.errors import AutoclsError
 from autocls.storage import open_storage, redact
-from tests.conftest import edit_space
+from tests.helpers import edit_space
 
 POSTGRES_URL = os.environ.get("AUTOCLS_TEST_POSTGRES_URL")
 
@@ -248,7 +248,7 @@ def test_ctrl_c_leaves_no_running_trial(image_folder: Path, tiny_space: Path, tm
 
 
 def test_each_worker_gets_its_share_of_the_cores_and_one_gpu_of_several() -> None:
-    from autocls.cli import worker_envs
+    from autocls.workers import worker_envs
 
     envs = worker_envs(4, cores=16, gpus=2, base={"PATH": "/bin"})
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0", "1"]
@@ -275,3 +275,36 @@ def test_first_runs_started_at_once_on_a_new_sqlite_database_all_start(tmp_path:
         process.join(timeout=120)
     assert [p.exitcode for p in starts] == [0] * 5
     assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["first"]
+
+
+def test_a_worker_gets_every_setting_of_the_parents_request(image_folder: Path, tiny_space: Path) -> None:
+    """--workers children get the parent's SearchRequest whole: a field left out of the hand-off fails here."""
+    import dataclasses
+
+    from autocls.data import DataSpec
+    from autocls.space import load_space
+    from autocls.studysetup import SearchRequest
+
+    defaults = SearchRequest(DataSpec.of(image_folder))
+    asked = SearchRequest(
+        data=DataSpec.of(image_folder, file_column="f", label_column="l"),
+        workdir=Path("/tmp/w"),
+        storage="journal:/tmp/w/j",
+        study_name="s",
+        space=str(tiny_space),
+        trials=7,
+        timeout=90.5,
+        folds=3,
+        seed=4,
+        metric="balanced_accuracy",
+        device="cpu",
+        weights=str(image_folder),
+        sampler="random",
+        pruning=False,
+        warm_start=False,
+    )
+    changed = {f.name for f in dataclasses.fields(SearchRequest) if getattr(asked, f.name) != getattr(defaults, f.name)}
+    assert changed == {f.name for f in dataclasses.fields(SearchRequest)}  # every setting differs from its default
+    assert SearchRequest.from_json(asked.to_json()) == asked
+    loaded = dataclasses.replace(asked, space=load_space(str(tiny_space)))
+    assert SearchRequest.from_json(loaded.to_json()).space.to_dict() == loaded.space.to_dict()

@@ -1,0 +1,250 @@
+"""What each ``autocls`` command does with its parsed arguments, and the checks on what it will write."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from autocls.backbones import WEIGHTS_ENV
+from autocls.errors import AutoclsError
+
+
+def check_output(
+    out: Path, inputs: Sequence[str | Path] = (), models: Sequence[Path] = (), overwrite: bool = False
+) -> None:
+    """An output file is never one of the command's inputs, nor a file inside a model folder (the
+    model would no longer load), nor an existing folder; an existing file is replaced only with
+    ``--overwrite`` (autocls cannot tell whether it wrote it)."""
+    target = out.expanduser().resolve()
+    if target.is_dir():
+        raise AutoclsError(f"--out {out} is a folder; give a file name.")
+    for item in inputs:
+        source = Path(item).expanduser().resolve()
+        if target == source or (source.is_dir() and target.is_relative_to(source)):
+            raise AutoclsError(f"--out {out} would write over the input {item}; give another file name.")
+    for model in models:
+        if target.is_relative_to(Path(model).expanduser().resolve()):
+            raise AutoclsError(f"--out {out} is inside the model folder {model}; write it elsewhere.")
+    if target.exists() and not overwrite:
+        raise AutoclsError(f"--out {out} exists; add --overwrite to replace it, or give another file name.")
+
+
+EVALUATION_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.csv", "predictions.csv")
+
+
+def check_output_folder(folder: Path, names: Sequence[str], models: Sequence[Path], overwrite: bool) -> None:
+    """A folder autocls writes ``names`` into: not a file, not a model folder, and none of those
+    files replaced without ``--overwrite``."""
+    if folder.exists() and not folder.is_dir():
+        raise AutoclsError(f"--out-dir {folder} is a file; give a folder.")
+    for model in models:
+        if folder.expanduser().resolve().is_relative_to(Path(model).expanduser().resolve()):
+            raise AutoclsError(f"--out-dir {folder} is inside the model folder {model}; write it elsewhere.")
+    present = [name for name in names if (folder / name).exists()]
+    if present and not overwrite:
+        raise AutoclsError(f"--out-dir {folder} already holds {', '.join(present)}; add --overwrite to replace them.")
+
+
+def _search_request(args: argparse.Namespace):
+    from autocls.data import DataSpec
+    from autocls.studysetup import SearchRequest
+
+    return SearchRequest(
+        data=DataSpec.of(args.data, args.labels, file_column=args.file_column, label_column=args.label_column),
+        workdir=args.workdir,
+        storage=args.storage,
+        study_name=args.study,
+        space=args.space,
+        trials=args.trials,
+        timeout=args.timeout,
+        folds=args.folds,
+        seed=args.seed,
+        metric=args.metric,
+        sampler=args.sampler,
+        pruning=not args.no_pruning,
+        warm_start=not args.no_warm_start,
+        device=args.device,
+        weights=args.weights or os.environ.get(WEIGHTS_ENV),
+    )
+
+
+def run_search(args: argparse.Namespace) -> int:
+    import torch
+
+    from autocls.progress import Reporter
+    from autocls.runtime import resolve_device, stop_on_ctrl_c
+    from autocls.study import run_search
+    from autocls.threads import configure_threads
+
+    if args.workers > 1:
+        from autocls.workers import run_workers
+
+        return run_workers(_search_request(args), args.workers, quiet=args.quiet)
+    configure_threads()
+    reporter = Reporter(quiet=args.quiet)
+    device = resolve_device(args.device)
+    if device.type == "cuda" and (gpus := torch.cuda.device_count()) > 1:
+        reporter.print(
+            f"{gpus} GPUs visible, this search uses one: --workers {gpus} "
+            "with a journal: or postgresql:// --storage runs one trial per GPU."
+        )
+    with stop_on_ctrl_c():
+        study = run_search(_search_request(args), device, reporter)
+    try:
+        best = study.best_trial
+    except ValueError:
+        return 1
+    print(f"best trial {best.number}: cv {study.metric_names[0] if study.metric_names else 'score'} {best.value:.4f}")
+    print(f"next: autocls refit --best --study {study.study_name}")
+    return 0
+
+
+def run_refit(args: argparse.Namespace) -> int:
+    from autocls.progress import Reporter
+    from autocls.refitter import refit
+    from autocls.runtime import resolve_device
+    from autocls.storage import default_url
+    from autocls.studysetup import CACHE_DIR, open_study
+    from autocls.threads import configure_threads
+    from autocls.trialstore import TrialStore
+
+    configure_threads()
+    if not args.storage and not (args.workdir / "autocls.db").is_file():
+        raise AutoclsError(
+            f"nothing was searched in {args.workdir} (no autocls.db there); run autocls search first, "
+            "or point --workdir (or --storage) at the search."
+        )
+    storage = args.storage or default_url(args.workdir)
+    study = open_study(storage, args.study)
+    out = args.out or args.workdir / study.study_name / "model"
+    overwrite = args.overwrite or args.out is None  # the default folder is autocls's own: refit replaces it
+    store = TrialStore(args.workdir / study.study_name / "trials")
+    reporter = Reporter(quiet=args.quiet)
+    cache = args.workdir / CACHE_DIR
+    result = refit(study, out, args.trial, resolve_device(args.device), reporter, store, args.retrain, cache, overwrite)
+    folds = " ".join(f"{f.best.val_score:.4f}" for f in result.cv.folds)
+    metric = result.cv.metric
+    trial = result.ensemble.manifest["trial"]
+    print(f"saved {len(result.cv.folds)}-fold ensemble of trial {trial} to {result.directory}")
+    print(f"fold {metric}: {folds}; mean {result.cv.mean_score:.4f}")
+    accuracy = f"; out-of-fold accuracy: {result.cv.oof_score('accuracy'):.4f}" if metric != "accuracy" else ""
+    print(f"out-of-fold {metric}: {result.cv.oof_score():.4f}{accuracy}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from autocls.predict import predict
+    from autocls.threads import configure_threads
+
+    configure_threads()
+    if args.out:
+        check_output(args.out, args.inputs, [args.model], args.overwrite)
+    frame = predict(args.model, args.inputs, args.device)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(args.out, index=False, errors="surrogateescape")  # file names as the OS has them
+        if not args.quiet:
+            print(f"wrote {len(frame)} predictions to {args.out}")
+    else:
+        text = frame.to_csv(index=False)  # a name that is not UTF-8 is printed escaped
+        sys.stdout.write(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from autocls.evaluate import evaluate, print_evaluation, write_evaluation
+    from autocls.threads import configure_threads
+
+    configure_threads()
+    result = evaluate(args.model, args.data, args.labels, args.device)
+    print_evaluation(result, Console())
+    if args.out_dir:
+        check_output_folder(args.out_dir, EVALUATION_FILES, [args.model], args.overwrite)
+        write_evaluation(result, args.out_dir)
+        if not args.quiet:
+            print(f"wrote metrics.json, per_class.csv and confusion_matrix.csv to {args.out_dir}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    import json
+
+    from autocls.htmlreport import write_report
+    from autocls.storage import default_url, open_storage
+    from autocls.studysetup import open_study, study_names
+
+    check_output(args.out, models=[args.model], overwrite=args.overwrite)
+    manifest_path = args.model / "manifest.json"
+    name = args.study or (json.loads(manifest_path.read_text())["study"] if manifest_path.is_file() else None)
+    study = None
+    if args.storage or (args.workdir / "autocls.db").is_file():  # the study's history, where it can be found
+        url = args.storage or default_url(args.workdir)
+        if name in study_names(open_storage(url)):
+            study = open_study(url, name)
+    out = write_report(args.model, args.out, study)
+    print(f"wrote {out}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from autocls.export import export
+
+    check_output(args.out, models=[args.model], overwrite=args.overwrite)
+    out = export(args.model, args.out, args.format)
+    print(f"wrote {args.format} ensemble to {out}")
+    return 0
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    import socket
+
+    from optuna_dashboard import run_server
+
+    from autocls.artifacts import artifact_store
+    from autocls.storage import default_url, open_storage, redact
+
+    url = args.storage or default_url(args.workdir)
+    with socket.socket() as probe:  # a port in use is one line now, not a traceback after "Listening"
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as err:
+            raise AutoclsError(
+                f"cannot serve on {args.host}:{args.port} ({err.strerror}); choose another --port."
+            ) from None
+    print(f"optuna-dashboard for {redact(url)} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
+    run_server(open_storage(url), host=args.host, port=args.port, artifact_store=artifact_store(args.workdir))
+    return 0
+
+
+def run_space(args: argparse.Namespace) -> int:
+    from autocls.space import load_space
+
+    space = load_space(args.name)
+    table = Table(title=f"search space {space.name}: {space.description}")
+    for column in ("dimension", "type", "choices or range", "condition"):
+        table.add_column(column, overflow="fold")
+    for dim in space.dimensions:
+        condition = " and ".join(f"{k} in {list(v)}" for k, v in dim.when.items())
+        table.add_row(dim.name, dim.kind, dim.describe(), condition)
+    for name, value in space.fixed.items():
+        table.add_row(name, "fixed", str(value), "")
+    Console().print(table)
+    return 0
+
+
+HANDLERS = {
+    "search": run_search,
+    "refit": run_refit,
+    "predict": run_predict,
+    "evaluate": run_evaluate,
+    "report": run_report,
+    "export": run_export,
+    "dashboard": run_dashboard,
+    "space": run_space,
+}
