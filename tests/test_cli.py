@@ -19,6 +19,8 @@ from autocls.predict import predict
 from autocls.pruning import FOLD_STEP
 from tests.helpers import class_image, edit_space, write_class_folders
 
+pytestmark = pytest.mark.slow  # end-to-end: the CLI, subprocesses, a browser (-m 'not slow' skips them)
+
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 
 

@@ -17,6 +17,8 @@ import quickstart_digits  # noqa: E402
 import train_classify  # noqa: E402
 from prepare_digits import write_digits  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end-to-end: the CLI, subprocesses, a browser (-m 'not slow' skips them)
+
 
 def test_quickstart_digits(tmp_path: Path) -> None:
     accuracy = quickstart_digits.run(tmp_path, fast=True)

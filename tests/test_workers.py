@@ -18,6 +18,8 @@ from autocls.errors import AutoclsError
 from autocls.storage import open_storage, redact
 from tests.helpers import edit_space
 
+pytestmark = pytest.mark.slow  # end-to-end: the CLI, subprocesses, a browser (-m 'not slow' skips them)
+
 POSTGRES_URL = os.environ.get("AUTOCLS_TEST_POSTGRES_URL")
 
 
