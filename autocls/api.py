@@ -107,8 +107,11 @@ def refit(
     device: str = "auto",
     quiet: bool = True,
     overwrite: bool = False,
+    best: bool = False,
 ) -> Ensemble:
-    """Save the fold ensemble of ``trial`` (the best by default) like ``autocls refit``; return it."""
+    """Save the model ``autocls refit`` saves and return it: the recommended one by default (an
+    ensemble selected across the kept trials when it beats the best trial), the best trial's fold
+    ensemble with ``best``, or that of ``trial``."""
     workdir = Path(workdir)
     overwrite = overwrite or out is None  # the default folder is autocls's own: refit replaces it
     out = Path(out) if out else workdir / study.study_name / "model"
@@ -116,7 +119,7 @@ def refit(
     reporter = Reporter(quiet=quiet)
     with autocls_threads(), optuna_experimental_allowed():
         result = _refit(
-            study, out, trial, resolve_device(device), reporter, store, retrain, workdir / CACHE_DIR, overwrite
+            study, out, trial, resolve_device(device), reporter, store, retrain, workdir / CACHE_DIR, overwrite, best
         )
     return result.ensemble
 

@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--space", help="search space name (default, fast) or .toml file; default: default on a GPU, fast on a CPU"
     )
     search.add_argument("--trials", type=_positive_int, default=20, help="target number of finished trials")
+    search.add_argument(
+        "--keep-trials",
+        type=_positive_int,
+        default=5,
+        help="keep the fold models of this many best trials for refit's ensemble selection (disk: ~70 MB each for "
+        "Lite0 x 5 folds)",
+    )
     search.add_argument("--timeout", type=_seconds, help="stop starting trials after this many seconds")
     search.add_argument("--folds", type=_positive_int, help="folds of stratified cross-validation (default 5)")
     search.add_argument("--seed", type=int, help="seed for sampling, folds and training (default 0)")
@@ -91,9 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--weights", help="folder of pretrained checkpoints by model name ($AUTOCLS_WEIGHTS)")
     common(search)
 
-    refit = commands.add_parser("refit", help="retrain a trial on every fold and save the fold ensemble")
+    refit = commands.add_parser(
+        "refit",
+        help="save the model the search recommends: an ensemble selected across the kept trials when it beats "
+        "the best trial on out-of-fold predictions, else the best trial's fold ensemble",
+    )
     which = refit.add_mutually_exclusive_group()
-    which.add_argument("--best", action="store_true", help="the best completed trial (the default)")
+    which.add_argument("--best", action="store_true", help="the best completed trial's k-fold ensemble")
     which.add_argument("--trial", type=int, help="this trial number instead of the best")
     refit.add_argument("--out", type=Path, help="model folder (default: WORKDIR/STUDY/model)")
     refit.add_argument(

@@ -69,6 +69,7 @@ def _search_request(args: argparse.Namespace):
         sampler=args.sampler,
         pruning=not args.no_pruning,
         warm_start=not args.no_warm_start,
+        keep_trials=args.keep_trials,
         device=args.device,
         weights=args.weights or os.environ.get(WEIGHTS_ENV),
     )
@@ -127,14 +128,22 @@ def run_refit(args: argparse.Namespace) -> int:
     store = TrialStore(args.workdir / study.study_name / "trials")
     reporter = Reporter(quiet=args.quiet)
     cache = args.workdir / CACHE_DIR
-    result = refit(study, out, args.trial, resolve_device(args.device), reporter, store, args.retrain, cache, overwrite)
-    folds = " ".join(f"{f.best.val_score:.4f}" for f in result.cv.folds)
+    result = refit(
+        study, out, args.trial, resolve_device(args.device), reporter, store, args.retrain, cache, overwrite, args.best
+    )
+    manifest = result.ensemble.manifest
     metric = result.cv.metric
-    trial = result.ensemble.manifest["trial"]
-    print(f"saved {len(result.cv.folds)}-fold ensemble of trial {trial} to {result.directory}")
-    print(f"fold {metric}: {folds}; mean {result.cv.mean_score:.4f}")
-    accuracy = f"; out-of-fold accuracy: {result.cv.oof_score('accuracy'):.4f}" if metric != "accuracy" else ""
-    print(f"out-of-fold {metric}: {result.cv.oof_score():.4f}{accuracy}")
+    members = manifest.get("members", [{"trial": manifest["trial"], "weight": 1.0}])
+    tta = " with horizontal-flip TTA" if manifest.get("tta") else ""
+    if len(members) > 1:
+        parts = ", ".join(f"trial {m['trial']} x{m['weight']:.2f}" for m in members)
+        print(f"saved an ensemble of {len(members)} trials ({parts}){tta} to {result.directory}")
+    else:
+        folds = " ".join(f"{f.best.val_score:.4f}" for f in result.cv.folds)
+        print(f"saved {len(result.cv.folds)}-fold ensemble of trial {manifest['trial']}{tta} to {result.directory}")
+        print(f"fold {metric}: {folds}; mean {result.cv.mean_score:.4f}")
+    accuracy = f"; out-of-fold accuracy: {manifest['oof_accuracy']:.4f}" if metric != "accuracy" else ""
+    print(f"out-of-fold {metric}: {result.oof_score:.4f}{accuracy}")
     return 0
 
 

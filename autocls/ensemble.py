@@ -16,6 +16,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,10 @@ logger = logging.getLogger(__name__)
 ImageInput = str | Path | Image.Image | torch.Tensor
 MANIFEST = "manifest.json"
 OOF_FILE = "oof_predictions.csv"  # each training image predicted by the fold model that held it out
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: members (several trials) and test-time views; 1 (one trial) still loads
 PREDICT_BATCH = 128
+# test-time views of a normalised batch, averaged with the batch itself when the manifest asks
+TTA_VIEWS: dict[str, Any] = {"hflip": lambda x: torch.flip(x, dims=[3])}
 
 
 def check_model_destination(directory: Path, overwrite: bool) -> None:
@@ -63,6 +66,25 @@ def check_model_destination(directory: Path, overwrite: bool) -> None:
         raise AutoclsError(f"{directory} holds an autocls model already; add --overwrite to replace it, or use --out.")
 
 
+def member_specs(manifest: dict[str, Any]) -> list[tuple[TrainConfig, float, tuple, tuple, int | None, int]]:
+    """(config, weight, mean, std, trial, folds) per member; a format-1 manifest is one member."""
+    if "members" not in manifest:
+        pre = manifest["preprocessing"]
+        config = TrainConfig.from_dict(manifest["config"])
+        return [(config, 1.0, tuple(pre["mean"]), tuple(pre["std"]), manifest.get("trial"), len(manifest["folds"]))]
+    return [
+        (
+            TrainConfig.from_dict(m["config"]),
+            float(m["weight"]),
+            tuple(m["mean"]),
+            tuple(m["std"]),
+            m.get("trial"),
+            int(m["folds"]),
+        )
+        for m in manifest["members"]
+    ]
+
+
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     """A fold model's tensors; a missing, truncated or edited file, or one holding NaN or infinite
     values, is an error that names the file."""
@@ -78,19 +100,58 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-class Ensemble:
-    """Fold models of one configuration; predictions are the mean of their softmax outputs."""
+@dataclass
+class Member:
+    """One trial's fold models, whose softmax outputs are averaged, and the member's weight."""
 
-    def __init__(self, models: list[nn.Module], manifest: dict[str, Any], device: torch.device | None = None) -> None:
+    config: TrainConfig
+    models: list[nn.Module]
+    weight: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    trial: int | None = None
+
+    def files(self, index: int) -> list[str]:
+        """Member 0 keeps the single-trial names (``fold<i>.safetensors``), so older readers load it."""
+        prefix = "" if index == 0 else f"member{index}_"
+        return [f"{prefix}fold{i}.safetensors" for i in range(len(self.models))]
+
+
+class Ensemble:
+    """Fold models of one or more trials: each trial's fold models averaged, the trials weighted.
+
+    A single trial's k-fold ensemble is one member of weight 1. Members chosen by ensemble selection
+    (:mod:`autocls.selection`) carry their weights; each has its own resolution and normalisation.
+    ``tta`` lists the test-time views averaged with the image itself (``"hflip"``), chosen on
+    out-of-fold predictions at refit.
+    """
+
+    def __init__(self, members: list[Member], manifest: dict[str, Any], device: torch.device | None = None) -> None:
         self.device = device or torch.device("cpu")
-        self.models = [model_to_device(m, self.device).eval() for m in models]
+        for member in members:
+            member.models = [model_to_device(m, self.device).eval() for m in member.models]
+        self.members = members
         self.manifest = manifest
-        self.config = TrainConfig.from_dict(manifest["config"])
         self.class_names: list[str] = list(manifest["class_names"])
-        pre = manifest["preprocessing"]
-        self.decode_size = int(pre["decode_size"])
-        self.mean, self.std = norm_tensors(pre["mean"], pre["std"], self.device)
-        self.preprocess = Preprocess(self.mean, self.std, self.device)
+        self.decode_size = int(manifest["preprocessing"]["decode_size"])
+        self.tta: tuple[str, ...] = tuple(manifest.get("tta", ()))
+        unknown = set(self.tta) - set(TTA_VIEWS)
+        if unknown:
+            raise AutoclsError(f"unknown test-time views {sorted(unknown)} in the manifest; known: {list(TTA_VIEWS)}.")
+
+    @property
+    def config(self) -> TrainConfig:
+        """The configuration of the member of most weight (the only one for a single trial)."""
+        return max(self.members, key=lambda m: m.weight).config
+
+    @property
+    def models(self) -> list[nn.Module]:
+        return [model for member in self.members for model in member.models]
+
+    @property
+    def resolutions(self) -> list[int]:
+        """The distinct input resolutions of the members, ascending."""
+        return sorted({member.config.resolution for member in self.members})
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, directory: str | Path, extra: dict[str, str] | None = None, overwrite: bool = False) -> Path:
@@ -103,9 +164,10 @@ class Ensemble:
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         staging.chmod(0o755)  # mkdtemp makes it private; a model folder is an ordinary folder
         try:
-            for i, model in enumerate(self.models):
-                state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-                save_file(state, staging / f"fold{i}.safetensors", metadata={"format": "pt"})
+            for index, member in enumerate(self.members):
+                for model, name in zip(member.models, member.files(index), strict=True):
+                    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+                    save_file(state, staging / name, metadata={"format": "pt"})
             (staging / MANIFEST).write_text(json.dumps(self.manifest, indent=2), encoding="utf-8")
             for name, text in (extra or {}).items():
                 (staging / name).write_text(text, encoding="utf-8", errors="surrogateescape")
@@ -131,25 +193,27 @@ class Ensemble:
             raise AutoclsError(f"{directory}: not an autocls model folder (no {MANIFEST}); run autocls refit first.")
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            config = TrainConfig.from_dict(manifest["config"])
-            folds, classes = len(manifest["folds"]), len(manifest["class_names"])
+            classes = len(manifest["class_names"])
+            specs = member_specs(manifest)
         except (ValueError, KeyError, TypeError) as err:
             raise AutoclsError(
                 f"{manifest_path}: not a readable autocls manifest ({err.__class__.__name__}: {err}); "
                 "run autocls refit again to write the model."
             ) from None
-        models = []
-        for i in range(folds):
-            model = create_classifier(config, classes, load_weights=False)
-            path = directory / f"fold{i}.safetensors"
-            try:
-                model.load_state_dict(_load_weights(path))
-            except RuntimeError as err:  # tensors missing, extra or of other shapes than the manifest's model
-                first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-                raise AutoclsError(f"{path}: does not fit the model its manifest describes ({first}).") from None
-            models.append(model)
+        members = []
+        for index, (config, weight, mean, std, trial, folds) in enumerate(specs):
+            member = Member(config, [], weight, mean, std, trial)
+            member.models = [create_classifier(config, classes, load_weights=False) for _ in range(folds)]
+            for model, name in zip(member.models, member.files(index), strict=True):
+                path = directory / name
+                try:
+                    model.load_state_dict(_load_weights(path))
+                except RuntimeError as err:  # tensors missing, extra or of other shapes than the manifest's model
+                    first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+                    raise AutoclsError(f"{path}: does not fit the model its manifest describes ({first}).") from None
+            members.append(member)
         dev = resolve_device(device) if isinstance(device, str) else device
-        return cls(models, manifest, dev)
+        return cls(members, manifest, dev)
 
     # -- prediction --------------------------------------------------------------------------
     def _check_finite(self, probs: torch.Tensor) -> None:
@@ -159,15 +223,18 @@ class Ensemble:
     @torch.inference_mode()
     def predict_images(self, images: torch.Tensor) -> np.ndarray:
         """Class probabilities for an ``(N, 3, H, W)`` uint8 batch decoded at ``decode_size``."""
-        images = resize_batch(images, self.config.resolution)
-        out = []
-        for start in range(0, len(images), PREDICT_BATCH):
-            x = self.preprocess(images[start : start + PREDICT_BATCH])
-            with autocast(self.device):
-                probs = torch.stack([m(x).float().softmax(dim=1) for m in self.models]).mean(dim=0)
-            self._check_finite(probs)
-            out.append(probs.cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, len(self.class_names)), np.float32)
+        total = np.zeros((len(images), len(self.class_names)), np.float32)
+        for member in self.members:
+            resized = resize_batch(images, member.config.resolution)
+            preprocess = Preprocess(*norm_tensors(member.mean, member.std, self.device), self.device)
+            for start in range(0, len(resized), PREDICT_BATCH):
+                x = preprocess(resized[start : start + PREDICT_BATCH])
+                views = [x] + [TTA_VIEWS[name](x) for name in self.tta]
+                with autocast(self.device):
+                    probs = torch.stack([m(v).float().softmax(dim=1) for v in views for m in member.models]).mean(0)
+                self._check_finite(probs)
+                total[start : start + len(probs)] += member.weight * probs.cpu().numpy()
+        return total
 
     def predict_proba(self, inputs: Sequence[ImageInput]) -> np.ndarray:
         """Averaged class probabilities, one row per input: image paths, PIL images, or ``(3, H, W)``

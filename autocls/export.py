@@ -3,7 +3,9 @@
 The graph takes a ``(N, 3, R, R)`` uint8 batch, the images already resized to the model's
 resolution ``R`` as the manifest describes (shorter side to ``decode_size``, centre crop, then
 antialiased bilinear to ``R``), and returns the ``(N, classes)`` averaged softmax probabilities.
-Resizing stays outside the graph because antialiased resizing has no exact ONNX equivalent.
+An ensemble whose members differ in resolution takes one batch per resolution, ascending (ONNX
+inputs ``images_<R>``). Resizing stays outside the graph because antialiased resizing has no
+exact ONNX equivalent. Test-time views the manifest chose (a horizontal flip) are in the graph.
 """
 
 from __future__ import annotations
@@ -15,26 +17,46 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autocls.ensemble import Ensemble
+from autocls.ensemble import Ensemble, Member
 from autocls.errors import AutoclsError
-from autocls.preprocess import normalise
+from autocls.preprocess import norm_tensors, normalise
 
 FORMATS = ("torchscript", "onnx")
 
 
-class EnsembleGraph(nn.Module):
-    """Normalise, run every fold model, average their softmax outputs."""
+class MemberGraph(nn.Module):
+    """One member: normalise, run its fold models (and test-time views), average, weigh."""
 
-    def __init__(self, ensemble: Ensemble) -> None:
+    def __init__(self, member: Member, tta: tuple[str, ...]) -> None:
         super().__init__()
-        self.models = nn.ModuleList([m.cpu().eval() for m in ensemble.models])
-        self.register_buffer("mean", ensemble.mean.detach().cpu().view(1, 3, 1, 1).clone())
-        self.register_buffer("std", ensemble.std.detach().cpu().view(1, 3, 1, 1).clone())
+        self.models = nn.ModuleList([m.cpu().eval() for m in member.models])
+        mean, std = norm_tensors(member.mean, member.std, torch.device("cpu"))
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.weight = member.weight
+        self.hflip = "hflip" in tta
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = normalise(images, self.mean, self.std)
-        probs = [model(x).softmax(dim=1) for model in self.models]
-        return torch.stack(probs).mean(dim=0)
+        views = [x, torch.flip(x, dims=[3])] if self.hflip else [x]
+        probs = [model(v).softmax(dim=1) for v in views for model in self.models]
+        return torch.stack(probs).mean(dim=0) * self.weight
+
+
+class EnsembleGraph(nn.Module):
+    """Every member's weighted probabilities, summed; one input per distinct member resolution."""
+
+    def __init__(self, ensemble: Ensemble) -> None:
+        super().__init__()
+        self.members = nn.ModuleList([MemberGraph(m, ensemble.tta) for m in ensemble.members])
+        resolutions = ensemble.resolutions
+        self.inputs = [resolutions.index(m.config.resolution) for m in ensemble.members]
+
+    def forward(self, *images: torch.Tensor) -> torch.Tensor:
+        total = self.members[0](images[self.inputs[0]])
+        for member, index in zip(self.members[1:], self.inputs[1:], strict=True):
+            total = total + member(images[index])
+        return total
 
 
 def export(model_dir: str | Path, out: str | Path, fmt: str = "torchscript") -> Path:
@@ -43,14 +65,14 @@ def export(model_dir: str | Path, out: str | Path, fmt: str = "torchscript") -> 
         raise AutoclsError(f"--format must be one of {list(FORMATS)}, got {fmt!r}.")
     ensemble = Ensemble.load(model_dir, "cpu")
     graph = EnsembleGraph(ensemble).eval()
-    size = ensemble.config.resolution
-    example = torch.zeros((2, 3, size, size), dtype=torch.uint8)
+    examples = tuple(torch.zeros((2, 3, r, r), dtype=torch.uint8) for r in ensemble.resolutions)
+    names = ["images"] if len(examples) == 1 else [f"images_{r}" for r in ensemble.resolutions]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, and still loads everywhere
-            traced = torch.jit.trace(graph, example)
+            traced = torch.jit.trace(graph, examples)
             torch.jit.save(traced, str(out), _extra_files={"manifest.json": json.dumps(ensemble.manifest)})
         return out
     try:
@@ -59,11 +81,11 @@ def export(model_dir: str | Path, out: str | Path, fmt: str = "torchscript") -> 
         raise AutoclsError("ONNX export needs the onnx extra: pip install 'autocls[onnx]'.") from None
     torch.onnx.export(
         graph,
-        (example,),
+        examples,
         str(out),
-        input_names=["images"],
+        input_names=names,
         output_names=["probabilities"],
-        dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
+        dynamic_axes={**{name: {0: "batch"} for name in names}, "probabilities": {0: "batch"}},
         dynamo=False,
     )
     return out

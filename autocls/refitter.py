@@ -6,7 +6,8 @@ The only part of the model stage that reads a study; loading and predicting need
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,23 +18,38 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from autocls.backbones import create_classifier
 from autocls.config import TrainConfig
 from autocls.cv import CVResult, cross_validate, folds_hash
-from autocls.ensemble import FORMAT_VERSION, OOF_FILE, Ensemble, check_model_destination
+from autocls.ensemble import FORMAT_VERSION, OOF_FILE, TTA_VIEWS, Ensemble, Member, check_model_destination
 from autocls.errors import AutoclsError
+from autocls.metrics import get_metric
 from autocls.prepare import PreparedData
+from autocls.preprocess import Preprocess, autocast, model_norm, model_to_device
 from autocls.progress import Reporter
 from autocls.records import TrialRecord, fold_summaries
 from autocls.runtime import resolve_device
+from autocls.selection import Selection, blend, select_ensemble
 from autocls.studysetup import StudySetup, library_versions
 from autocls.trialstore import TrialStore
 
 logger = logging.getLogger(__name__)
+EVAL_BATCH = 256
 
 
 @dataclass
 class RefitResult:
     ensemble: Ensemble
-    cv: CVResult
+    cv: CVResult  # the member of most weight (the only one for a single trial)
     directory: Path
+    oof_score: float  # of the saved model: its members and test-time views, on out-of-fold predictions
+
+
+@dataclass
+class Candidate:
+    """A trial's fold models and out-of-fold predictions, ready to be a member."""
+
+    trial: optuna.trial.FrozenTrial
+    config: TrainConfig
+    cv: CVResult
+    reused: bool
 
 
 def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
@@ -62,25 +78,73 @@ def refit(
     retrain: bool = False,
     cache_dir: Path | None = None,
     overwrite: bool = False,
+    best: bool = False,
 ) -> RefitResult:
-    """Save the chosen trial's averaged fold ensemble to ``out`` (replacing a model there only with
-    ``overwrite``).
+    """Save the model the search recommends to ``out`` (replacing a model there only with ``overwrite``).
 
-    The fold models the search kept for this trial (in ``store``) are reused as they are, unless
-    ``retrain`` is set, none were kept, or the data or folds are no longer those the trial was
-    computed on (its recorded data fingerprint and folds hash): then every fold model is trained
-    again with the trial's configuration, folds and seed, on the data as it is now.
+    By default that is the ensemble selected across the kept trials (:mod:`autocls.selection`)
+    when its out-of-fold score beats the best trial's own k-fold ensemble, else that ensemble.
+    ``best`` asks for the best trial's k-fold ensemble, ``trial_number`` for another trial's.
+
+    The fold models the search kept (in ``store``) are reused as they are, unless ``retrain`` is
+    set, none were kept, or the data or folds are no longer those the trial was computed on (its
+    recorded data fingerprint and folds hash): then every fold model is trained again with the
+    trial's configuration, folds and seed, on the data as it is now. A horizontal flip at test time
+    is kept only when it raises the out-of-fold score.
     """
     reporter = reporter or Reporter(quiet=True)
     check_model_destination(Path(out), overwrite)  # before any training, not after it
     device = device or resolve_device("auto")
     setup = StudySetup.from_study(study)
-    trial = pick_trial(study, trial_number)
+    data = PreparedData.load(setup, setup.search_space.max_resolution, cache_dir)
+    metric = get_metric(setup.metric)
+    sign = 1.0 if metric.greater_is_better else -1.0  # selection and TTA maximise sign * metric
+
+    def score(y: np.ndarray, p: np.ndarray) -> float:
+        return sign * metric(y, p)
+
+    best_trial = _candidate(pick_trial(study, trial_number), setup, data, device, reporter, store, retrain)
+    candidates = [best_trial]
+    if trial_number is None and not best and not retrain and store is not None:
+        candidates += _kept_candidates(study, data, store, setup, exclude=best_trial.trial.number)
+    labels = data.images.labels
+    selection = select_ensemble([c.cv.oof_probs for c in candidates], labels, score)
+    if len(candidates) > 1:
+        chosen = "ensemble" if len(selection.weights) > 1 else "best trial"
+        reporter.print(
+            f"ensemble selection over {len(candidates)} kept trials: out-of-fold {setup.metric} "
+            f"{sign * selection.score:.4f} with {len(selection.weights)} members, best trial alone "
+            f"{sign * selection.best_single_score:.4f}: the {chosen} is saved"
+        )
+    if len(selection.weights) == 1:  # no blend beats one trial: the best trial, as --best gives
+        selection = replace(selection, weights={0: 1.0})
+    members = [(candidates[i], weight) for i, weight in selection.weights.items()]
+    oof = blend([c.cv.oof_probs for c in candidates], selection.weights)
+    tta, oof, tta_scores = _choose_tta(members, data, device, score, oof)
+    considered = [c.trial.number for c in candidates]
+    ensemble = _ensemble(members, tta, study, setup, data, device, selection, sign, oof, tta_scores, considered)
+    frame = ensemble.to_frame([str(p) for p in data.images.paths], np.nan_to_num(oof))
+    frame.insert(1, "true_label", [data.images.class_names[i] for i in labels])
+    picked = oof[np.arange(len(labels)), labels]
+    frame.insert(4, "loss", -np.log(np.clip(np.nan_to_num(picked, nan=1.0), 1e-7, 1.0)))
+    directory = ensemble.save(out, extra={OOF_FILE: frame.to_csv(index=False)}, overwrite=overwrite)
+    heaviest = max(members, key=lambda m: m[1])[0]
+    return RefitResult(ensemble, heaviest.cv, directory, metric(labels, oof))
+
+
+def _candidate(
+    trial: optuna.trial.FrozenTrial,
+    setup: StudySetup,
+    data: PreparedData,
+    device: torch.device,
+    reporter: Reporter,
+    store: TrialStore | None,
+    retrain: bool,
+) -> Candidate:
+    """``trial``'s fold models: those the search kept when they fit the data as it is, else retrained."""
     record = TrialRecord.read(trial)
     config = record.train_config
     seed = record.seed if record.seed is not None else setup.seed
-    data = PreparedData.load(setup, setup.search_space.max_resolution, cache_dir)
-    num_classes = len(data.images.class_names)
     kept = not retrain and store is not None and store.has(trial.number)
     same_data = record.data_fingerprint == data.images.fingerprint() and record.folds_hash == folds_hash(data.splits)
     if kept and not same_data:
@@ -88,51 +152,144 @@ def refit(
             f"refit trial {trial.number}: the data changed since the search ({len(data.images)} images now); "
             "its kept fold models and scores belong to the old data, so they are retrained on the current data"
         )
-    reused = kept and same_data
-    if reused:
+    num_classes = len(data.images.class_names)
+    if kept and same_data:
         reporter.print(f"refit trial {trial.number}: reusing the {setup.folds} fold models kept by the search")
-        cv = store.load(trial, data.images.labels, num_classes, setup.metric)
-    else:
-        reporter.print(f"refit trial {trial.number} of study {study.study_name!r}: training {setup.folds} fold models")
-        cv = _retrain(config, data, setup, device, seed, reporter, trial.number)
-    models = []
-    for fold in cv.folds:
-        model = create_classifier(config, cv.num_classes, load_weights=False)
+        return Candidate(trial, config, store.load(trial, data.images.labels, num_classes, setup.metric), True)
+    reporter.print(f"refit trial {trial.number}: training {setup.folds} fold models")
+    return Candidate(trial, config, _retrain(config, data, setup, device, seed, reporter, trial.number), False)
+
+
+def _kept_candidates(
+    study: optuna.Study, data: PreparedData, store: TrialStore, setup: StudySetup, exclude: int
+) -> list[Candidate]:
+    """The other completed trials whose fold models the search kept, on the same data and folds."""
+    fingerprint, hashed = data.images.fingerprint(), folds_hash(data.splits)
+    found = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        record = TrialRecord.read(trial)
+        if trial.number == exclude or not store.has(trial.number) or record.config is None:
+            continue
+        if record.data_fingerprint != fingerprint or record.folds_hash != hashed:
+            continue
+        cv = store.load(trial, data.images.labels, len(data.images.class_names), setup.metric)
+        found.append(Candidate(trial, record.train_config, cv, True))
+    return found
+
+
+def _choose_tta(
+    members: list[tuple[Candidate, float]],
+    data: PreparedData,
+    device: torch.device,
+    score: Callable[[np.ndarray, np.ndarray], float],
+    plain: np.ndarray,
+) -> tuple[list[str], np.ndarray, dict[str, float]]:
+    """Horizontal-flip TTA if it raises the out-of-fold score: each fold model also predicts its own
+    validation images flipped, and the average of both views is scored like the plain predictions."""
+    flipped = sum(weight * _flipped_oof(c, data, device) for c, weight in members)
+    with_flip = (plain + flipped) / 2
+    labels = data.images.labels
+    scores = {"none": float(score(labels, plain)), "hflip": float(score(labels, with_flip))}
+    if scores["hflip"] > scores["none"]:
+        return ["hflip"], with_flip, scores
+    return [], plain, scores
+
+
+@torch.inference_mode()
+def _flipped_oof(candidate: Candidate, data: PreparedData, device: torch.device) -> np.ndarray:
+    num_classes = len(data.images.class_names)
+    images = data.store.at(candidate.config.resolution)
+    oof = np.zeros_like(candidate.cv.oof_probs)
+    for fold in candidate.cv.folds:
+        model = create_classifier(candidate.config, num_classes, load_weights=False)
         model.load_state_dict(fold.state_dict)
-        models.append(model)
-    probe = models[0]
+        model = model_to_device(model, device).eval()
+        preprocess = Preprocess(*model_norm(model, device), device)
+        indices = torch.as_tensor(fold.val_indices)
+        probs = []
+        for start in range(0, len(indices), EVAL_BATCH):
+            x = TTA_VIEWS["hflip"](preprocess(images[indices[start : start + EVAL_BATCH]]))
+            with autocast(device):
+                probs.append(model(x).float().softmax(dim=1).cpu())
+        oof[fold.val_indices] = torch.cat(probs).numpy()
+    return oof
+
+
+def _ensemble(
+    members: list[tuple[Candidate, float]],
+    tta: list[str],
+    study: optuna.Study,
+    setup: StudySetup,
+    data: PreparedData,
+    device: torch.device,
+    selection: Selection,
+    sign: float,
+    oof: np.ndarray,
+    tta_scores: dict[str, float],
+    considered: list[int],
+) -> Ensemble:
+    """The members' fold models and the manifest that describes them."""
+    num_classes = len(data.images.class_names)
+    built = []
+    for candidate, weight in members:
+        models = []
+        for fold in candidate.cv.folds:
+            model = create_classifier(candidate.config, num_classes, load_weights=False)
+            model.load_state_dict(fold.state_dict)
+            models.append(model)
+        cfg = models[0].pretrained_cfg
+        mean, std = tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", IMAGENET_DEFAULT_STD))
+        built.append(Member(candidate.config, models, weight, mean, std, candidate.trial.number))
+    heaviest = max(members, key=lambda m: m[1])[0]
+    lead = built[[c for c, _ in members].index(heaviest)]
+    labels = data.images.labels
     manifest = {
         "format_version": FORMAT_VERSION,
         "study": study.study_name,
-        "trial": trial.number,
-        "config": config.to_dict(),
+        "trial": heaviest.trial.number,
+        "config": heaviest.config.to_dict(),
         "class_names": list(data.images.class_names),
         "preprocessing": {
             "decode_size": data.store.base_size,
-            "resolution": config.resolution,
+            "resolution": heaviest.config.resolution,
             "resize": "shorter side to decode_size, centre crop, then bilinear (antialiased) to resolution",
-            "mean": list(probe.pretrained_cfg.get("mean", IMAGENET_DEFAULT_MEAN)),
-            "std": list(probe.pretrained_cfg.get("std", IMAGENET_DEFAULT_STD)),
+            "mean": list(lead.mean),
+            "std": list(lead.std),
         },
-        "folds": fold_summaries(cv.folds),
+        "members": [
+            {
+                "trial": candidate.trial.number,
+                "weight": weight,
+                "config": candidate.config.to_dict(),
+                "mean": list(member.mean),
+                "std": list(member.std),
+                "folds": len(member.models),
+                "cv_score": candidate.trial.value,
+                "oof_score": candidate.cv.oof_score(),
+                "fold_models": "reused from the search" if candidate.reused else "retrained",
+            }
+            for (candidate, weight), member in zip(members, built, strict=True)
+        ],
+        "tta": tta,
+        "selection": {
+            "candidates": considered,
+            "oof_score_selected": sign * selection.score,
+            "oof_score_best_trial": sign * selection.best_single_score,
+            "oof_score_tta": {view: sign * value for view, value in tta_scores.items()},
+        },
+        "folds": fold_summaries(heaviest.cv.folds),
         "metric": setup.metric,
-        "cv_score": cv.mean_score,
-        "oof_score": cv.oof_score(),
-        "oof_accuracy": cv.oof_score("accuracy"),
-        "search_cv_score": trial.value,
-        "fold_models": "reused from the search" if reused else "retrained",
-        "seed": seed,
+        "cv_score": heaviest.cv.mean_score,
+        "oof_score": get_metric(setup.metric)(labels, oof),
+        "oof_accuracy": get_metric("accuracy")(labels, oof),
+        "search_cv_score": heaviest.trial.value,
+        "fold_models": "reused from the search" if heaviest.reused else "retrained",
+        "seed": TrialRecord.read(heaviest.trial).seed,
         "data": {**asdict(setup.data), "images": len(data.images), "fingerprint": data.images.fingerprint()},
-        "history": [[asdict(record) for record in fold.history] for fold in cv.folds],
+        "history": [[asdict(record) for record in fold.history] for fold in heaviest.cv.folds],
         "versions": library_versions(),
     }
-    ensemble = Ensemble(models, manifest, device)
-    oof = ensemble.to_frame([str(p) for p in data.images.paths], np.nan_to_num(cv.oof_probs))
-    oof.insert(1, "true_label", [data.images.class_names[i] for i in data.images.labels])
-    picked = cv.oof_probs[np.arange(len(cv.labels)), cv.labels]
-    oof.insert(4, "loss", -np.log(np.clip(np.nan_to_num(picked, nan=1.0), 1e-7, 1.0)))
-    directory = ensemble.save(out, extra={OOF_FILE: oof.to_csv(index=False)}, overwrite=overwrite)
-    return RefitResult(ensemble, cv, directory)
+    return Ensemble(built, manifest, device)
 
 
 def _retrain(

@@ -40,9 +40,7 @@ def blend(oof: list[np.ndarray], weights: dict[int, float]) -> np.ndarray:
     return sum(weight * oof[i] for i, weight in weights.items())
 
 
-def select_ensemble(
-    oof: list[np.ndarray], labels: np.ndarray, score: Score, rounds: int = DEFAULT_ROUNDS
-) -> Selection:
+def select_ensemble(oof: list[np.ndarray], labels: np.ndarray, score: Score, rounds: int = DEFAULT_ROUNDS) -> Selection:
     """Greedy ensemble selection with replacement over candidates' OOF probabilities.
 
     ``score`` must be higher-is-better. Each round adds the candidate whose addition gives the best

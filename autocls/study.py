@@ -107,7 +107,7 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
         f"{setup.folds}-fold CV of {setup.metric} on {len(data.images)} images, "
         f"{len(data.images.class_names)} classes, device {device.type}"
     )
-    store = TrialStore(request.workdir / study.study_name / "trials")
+    store = TrialStore(request.workdir / study.study_name / "trials", keep=request.keep_trials)
     objective = Objective(setup, data, device, reporter, budget, store, artifact_store(request.workdir), cost)
     with reporter.live(f"study {study.study_name}"):
         study.optimize(
@@ -121,4 +121,9 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
             ],
         )
     reporter.best_trials_table(study, setup.metric)
+    kept = len(store.retain_best(study))
+    reporter.print(
+        f"fold models of the best {kept} trials kept for refit's ensemble selection: "
+        f"{store.disk_bytes() / 2**20:.0f} MiB in {store.root} (--keep-trials to change)"
+    )
     return study

@@ -27,6 +27,7 @@ from autocls.records import PORTFOLIO
 from autocls.samplers import make_pruner, make_sampler
 from autocls.space import SearchSpace, load_space, space_from_dict
 from autocls.storage import open_storage, redact
+from autocls.trialstore import DEFAULT_KEEP
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class SearchRequest:
     sampler: str = "tpe"
     pruning: bool = True
     warm_start: bool = True  # enqueue the portfolio's recipes first
+    keep_trials: int = DEFAULT_KEEP  # trials whose fold models stay on disk for refit's ensemble selection
 
     def to_json(self) -> str:
         """The request as JSON, for a ``--workers`` child process (a loaded space travels as its dict)."""
@@ -167,6 +169,8 @@ class SearchRequest:
             problems.append(f"timeout must be a positive number of seconds; got {self.timeout!r}")
         if self.folds is not None and not (isinstance(self.folds, int) and self.folds >= 2):
             problems.append(f"folds must be an integer of at least 2; got {self.folds!r}")
+        if not (isinstance(self.keep_trials, int) and self.keep_trials >= 1):
+            problems.append(f"keep_trials must be a positive number of trials; got {self.keep_trials!r}")
         if self.seed is not None and not (isinstance(self.seed, int) and self.seed >= 0):
             problems.append(f"seed must be a non-negative integer; got {self.seed!r}")
         if self.weights is not None and not Path(self.weights).expanduser().is_dir():

@@ -20,7 +20,7 @@ from autocls.cv import CVResult
 from autocls.records import TrialRecord
 from autocls.trainer import EpochRecord, FoldResult
 
-DEFAULT_KEEP = 3
+DEFAULT_KEEP = 5  # enough candidates for ensemble selection; about 70 MB per trial for Lite0 x 5 folds
 
 
 class TrialStore:
@@ -92,6 +92,10 @@ class TrialStore:
                 if folder.is_dir() and number in finished and number not in best:
                     shutil.rmtree(folder, ignore_errors=True)
         return best
+
+    def disk_bytes(self) -> int:
+        """Bytes the kept fold models take on disk."""
+        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file()) if self.root.is_dir() else 0
 
     def is_candidate(self, study: optuna.Study, value: float) -> bool:
         """Whether a trial scoring ``value`` would enter the best ``keep`` completed trials."""

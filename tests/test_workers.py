@@ -304,6 +304,7 @@ def test_a_worker_gets_every_setting_of_the_parents_request(image_folder: Path, 
         sampler="random",
         pruning=False,
         warm_start=False,
+        keep_trials=2,
     )
     changed = {f.name for f in dataclasses.fields(SearchRequest) if getattr(asked, f.name) != getattr(defaults, f.name)}
     assert changed == {f.name for f in dataclasses.fields(SearchRequest)}  # every setting differs from its default

@@ -1,0 +1,199 @@
+"""Ensemble selection across trials and test-time augmentation, decided on out-of-fold predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autocls import refitter
+from autocls.metrics import get_metric
+from autocls.selection import blend, select_ensemble
+
+ACCURACY = get_metric("accuracy")
+
+
+def one_hot(labels: np.ndarray, classes: int, confidence: float) -> np.ndarray:
+    probs = np.full((len(labels), classes), (1 - confidence) / (classes - 1))
+    probs[np.arange(len(labels)), labels] = confidence
+    return probs
+
+
+@pytest.fixture
+def labels() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 3, size=300)
+
+
+def test_a_better_trial_is_chosen_alone_over_a_worse_one(labels: np.ndarray) -> None:
+    good = one_hot(labels, 3, 0.8)
+    noise = np.random.default_rng(1).dirichlet(np.ones(3), size=len(labels))
+    selection = select_ensemble([noise, good], labels, ACCURACY)
+    assert selection.weights == {1: 1.0}
+    assert selection.best_single == 1 and selection.score == selection.best_single_score == 1.0
+
+
+def test_complementary_trials_are_blended_and_beat_each_alone(labels: np.ndarray) -> None:
+    """Each trial is right on a different two thirds of the images, confidently, and wrong elsewhere
+    with little confidence: the blend is right on all of them."""
+    rng = np.random.default_rng(2)
+    thirds = rng.integers(0, 3, size=len(labels))
+    wrong = (labels + 1) % 3
+    members = []
+    for blind in range(3):
+        probs = one_hot(labels, 3, 0.9)
+        miss = thirds == blind
+        probs[miss] = one_hot(wrong[miss], 3, 0.5)
+        members.append(probs)
+    selection = select_ensemble(members, labels, ACCURACY)
+    assert len(selection.weights) >= 2  # any two cover each other's blind third
+    assert sum(selection.weights.values()) == pytest.approx(1.0)
+    assert selection.score == 1.0 > selection.best_single_score
+    assert ACCURACY(labels, blend(members, selection.weights)) == selection.score
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("metric", ["accuracy", "log_loss"])
+def test_never_worse_than_the_best_trial_on_oof(labels: np.ndarray, seed: int, metric: str) -> None:
+    rng = np.random.default_rng(seed)
+    truth = one_hot(labels, 3, 1.0)
+    candidates = [rng.uniform(0.2, 0.8) * truth + rng.dirichlet(np.ones(3), size=len(labels)) for _ in range(5)]
+    candidates = [c / c.sum(axis=1, keepdims=True) for c in candidates]
+    m = get_metric(metric)
+    sign = 1.0 if m.greater_is_better else -1.0
+
+    def score(y: np.ndarray, p: np.ndarray) -> float:
+        return sign * m(y, p)
+
+    selection = select_ensemble(candidates, labels, score)
+    assert sum(selection.weights.values()) == pytest.approx(1.0)
+    assert all(0 < w <= 1 for w in selection.weights.values())
+    assert selection.score >= max(score(labels, c) for c in candidates)
+    assert score(labels, blend(candidates, selection.weights)) == pytest.approx(selection.score)
+
+
+@pytest.mark.parametrize(("flip_helps", "expected"), [(True, ["hflip"]), (False, [])])
+def test_flip_tta_is_kept_only_when_it_raises_the_oof_score(
+    labels: np.ndarray, monkeypatch: pytest.MonkeyPatch, flip_helps: bool, expected: list[str]
+) -> None:
+    plain = one_hot(labels, 3, 0.6)
+    plain[:60] = one_hot((labels[:60] + 1) % 3, 3, 0.4)  # wrong on 60 images, with little confidence
+    flipped = one_hot(labels, 3, 0.9) if flip_helps else one_hot((labels + 2) % 3, 3, 0.9)
+    monkeypatch.setattr(refitter, "_flipped_oof", lambda candidate, data, device: flipped)
+
+    class Data:
+        class images:
+            pass
+
+    Data.images.labels = labels
+    tta, oof, scores = refitter._choose_tta([(None, 1.0)], Data, None, ACCURACY, plain)
+    assert tta == expected
+    np.testing.assert_allclose(oof, (plain + flipped) / 2 if flip_helps else plain)
+    assert scores["none"] == pytest.approx(0.8)
+    assert (scores["hflip"] > scores["none"]) == flip_helps
+
+
+@pytest.mark.slow
+def test_refit_recommends_a_selected_ensemble_that_predicts_and_exports(image_folder, tiny_space, tmp_path) -> None:
+    """Up to four kept trials at two resolutions: refit's default model never scores below the best trial
+    on out-of-fold predictions, its manifest lists members and weights, and it predicts, reloads
+    and exports (one input per resolution) to the same probabilities."""
+    import json
+
+    import onnxruntime
+    import torch
+
+    import autocls
+    from autocls.ensemble import Ensemble
+    from autocls.export import export
+    from autocls.images import decode_images, resize_batch
+    from tests.helpers import edit_space
+
+    edit_space(
+        tiny_space,
+        {
+            "resolution = 24\n": "",
+            "[params.optimizer]": "[params.resolution]\nchoices = [16, 24]\n\n[params.optimizer]",
+        },
+    )
+    workdir = tmp_path / "runs"
+    study = autocls.search(image_folder, trials=4, folds=2, space=str(tiny_space), workdir=workdir)
+    ensemble = autocls.refit(study, workdir=workdir)
+    manifest = json.loads((workdir / "data" / "model" / "manifest.json").read_text())
+    complete = [t.number for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) >= 2 and sorted(manifest["selection"]["candidates"]) == complete  # all kept (keep 5)
+    weights = [m["weight"] for m in manifest["members"]]
+    assert sum(weights) == pytest.approx(1.0) and len(weights) == len(ensemble.members)
+    assert manifest["oof_score"] >= manifest["selection"]["oof_score_best_trial"]
+    assert manifest["tta"] in ([], ["hflip"])
+
+    images, _, _ = decode_images(sorted(image_folder.rglob("*.*")), ensemble.decode_size)
+    expected = ensemble.predict_images(images)
+    np.testing.assert_allclose(
+        Ensemble.load(workdir / "data" / "model", "cpu").predict_images(images), expected, atol=1e-6
+    )
+    inputs = [resize_batch(images, r) for r in ensemble.resolutions]
+    torchscript = export(workdir / "data" / "model", tmp_path / "m.pt", "torchscript")
+    got = torch.jit.load(str(torchscript))(*inputs).detach().numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    onnx = export(workdir / "data" / "model", tmp_path / "m.onnx", "onnx")
+    session = onnxruntime.InferenceSession(str(onnx))
+    feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs, strict=True)}
+    np.testing.assert_allclose(session.run(None, feeds)[0], expected, atol=1e-4)
+
+
+def test_a_two_member_ensemble_is_the_weighted_mean_of_its_members(tmp_path) -> None:
+    """Members at different resolutions, weights 0.25/0.75 and a flip view: saved, reloaded and
+    predicted as the weighted mean of each member's own fold average."""
+    from dataclasses import replace
+
+    import torch
+
+    from autocls.backbones import create_classifier
+    from autocls.config import TrainConfig
+    from autocls.ensemble import Ensemble, Member
+
+    torch.manual_seed(0)
+    configs = [TrainConfig(backbone="test_efficientnet", pretrained=False, resolution=r) for r in (16, 24)]
+    members = [
+        Member(c, [create_classifier(c, 3, load_weights=False) for _ in range(2)], w, (0.5,) * 3, (0.25,) * 3, n)
+        for n, (c, w) in enumerate(zip(configs, (0.25, 0.75), strict=True))
+    ]
+    manifest = {
+        "class_names": ["a", "b", "c"],
+        "preprocessing": {"decode_size": 32},
+        "tta": ["hflip"],
+        "members": [
+            {
+                "trial": m.trial,
+                "weight": m.weight,
+                "config": m.config.to_dict(),
+                "mean": m.mean,
+                "std": m.std,
+                "folds": 2,
+            }
+            for m in members
+        ],
+    }
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    saved = Ensemble(members, manifest).save(tmp_path / "model")
+    loaded = Ensemble.load(saved, "cpu")
+    alone = [Ensemble([replace(m, weight=1.0)], manifest).predict_images(images) for m in loaded.members]
+    np.testing.assert_allclose(loaded.predict_images(images), 0.25 * alone[0] + 0.75 * alone[1], atol=1e-6)
+    # exported: one input per resolution, ascending, the flip view inside the graph
+    import onnxruntime
+
+    from autocls.export import export
+    from autocls.images import resize_batch
+
+    inputs = [resize_batch(images, r) for r in (16, 24)]
+    traced = torch.jit.load(str(export(saved, tmp_path / "m.pt", "torchscript")))
+    np.testing.assert_allclose(traced(*inputs).detach().numpy(), loaded.predict_images(images), atol=1e-5)
+    session = onnxruntime.InferenceSession(str(export(saved, tmp_path / "m.onnx", "onnx")))
+    assert [i.name for i in session.get_inputs()] == ["images_16", "images_24"]
+    outputs = session.run(None, {"images_16": inputs[0].numpy(), "images_24": inputs[1].numpy()})[0]
+    np.testing.assert_allclose(outputs, loaded.predict_images(images), atol=1e-5)
+    assert sorted(p.name for p in saved.glob("*.safetensors")) == [
+        "fold0.safetensors",
+        "fold1.safetensors",
+        "member1_fold0.safetensors",
+        "member1_fold1.safetensors",
+    ]
