@@ -133,6 +133,35 @@ def _study_sections(study: optuna.Study) -> str:
     return section
 
 
+def _members(manifest: dict) -> str:
+    """Which trials the model averages, with what weight, and what selection and TTA scored on OOF."""
+    members = manifest.get("members")
+    if not members:
+        return ""
+    rows = pd.DataFrame(
+        [
+            {
+                "trial": m["trial"],
+                "weight": round(m["weight"], 3),
+                "backbone": m["config"]["backbone"],
+                "resolution": m["config"]["resolution"],
+                "cv score": round(m["cv_score"], 4) if m.get("cv_score") is not None else "",
+                "oof score": round(m["oof_score"], 4) if m.get("oof_score") is not None else "",
+            }
+            for m in members
+        ]
+    ).set_index("trial")
+    selection = manifest.get("selection", {})
+    tta = manifest.get("tta") or ["none"]
+    note = (
+        f"<p>chosen on out-of-fold predictions among trials {selection.get('candidates')}: selected ensemble "
+        f"{selection.get('oof_score_selected', float('nan')):.4f}, best trial alone "
+        f"{selection.get('oof_score_best_trial', float('nan')):.4f}; test-time views: {escape(', '.join(tta))} "
+        f"(scores {escape(str(selection.get('oof_score_tta', {})))}).</p>"
+    )
+    return "<h2>Members</h2>" + _table(rows) + note
+
+
 def build_report(model_dir: str | Path, study: optuna.Study | None = None) -> str:
     """The report's HTML for the ensemble in ``model_dir`` (and its study, if given)."""
     model_dir = Path(model_dir)
@@ -152,6 +181,7 @@ def build_report(model_dir: str | Path, study: optuna.Study | None = None) -> st
         f"<p>study {escape(str(manifest.get('study')))}, trial {manifest.get('trial')}; "
         f"out-of-fold accuracy <b>{tables['accuracy']:.4f}</b>, balanced accuracy "
         f"{tables['balanced_accuracy']:.4f}, {len(oof)} images; fold models {manifest.get('fold_models', '')}.</p>",
+        _members(manifest),
         "<h2>Class distribution</h2>",
         plots.bar_chart({n: float(c) for n, c in counts.items()}, "images per class", value_format="{:.0f}"),
         "<h2>Augmented training samples</h2>",
