@@ -1,15 +1,21 @@
 """autocls against the hand-tuned recipe and random search on Fashion-MNIST, one time budget each.
 
     apt-get install dataset-fashion-mnist
-    python bench/fashion_mnist.py [--budget-minutes 30] [--train 2000] [--test 2000] [--arms abc] [--speeds F]
+    python bench/fashion_mnist.py [--budget-minutes 30] [--train 2000] [--test 2000] [--arms a0bc] [--seed 0]
+                                  [--speeds F]
 
 Runs, in one process and one after another, on a stratified training subset and a disjoint
 held-out set (t10k):
 
-(a) autocls with its defaults: ``search --timeout`` then ``refit --best``, together within the budget;
+(a) autocls with its defaults: ``search --timeout`` then ``refit`` (the model it recommends: an
+    ensemble selected across the kept trials, or the best trial's), together within the budget;
+(0) the first warm-start recipe alone, as (a) sizes it for the same budget: ``search --trials 1``
+    then ``refit --best`` (its k-fold ensemble);
 (b) the recipe people write by hand: EfficientNet-Lite0 (ImageNet), Adam lr 1e-4,
     ReduceLROnPlateau, flip/rotation/colour jitter, a class-weighted sampler, 5-fold ensemble;
 (c) random search over the same space, without pruning or warm start, same budget, then refit.
+
+``--seed`` draws another stratified subset of both sets.
 
 Prints a table of held-out accuracy, wall time and trials, and writes it as Markdown (with the
 date and the machine) to ``--out``/results.md.
@@ -68,6 +74,8 @@ class ArmResult:
     seconds: float
     trials: str
     winner: str  # the best trial and, per fold, epochs run / epoch kept (1-based)
+    oof: float  # the delivered model's out-of-fold accuracy
+    members: str  # the delivered model's trials and weights, and its test-time views
 
 
 def trial_counts(study: optuna.Study) -> str:
@@ -85,7 +93,7 @@ def trial_counts(study: optuna.Study) -> str:
 SPEEDS: Path | None = None  # --speeds: measured training speeds every arm starts from
 
 
-def run_arm(name: str, data: Path, test: Path, workdir: Path, **search: object) -> ArmResult:
+def run_arm(name: str, data: Path, test: Path, workdir: Path, best: bool = False, **search: object) -> ArmResult:
     print(f"\n=== {name} ===", flush=True)
     if SPEEDS is not None:
         # the warm-start recipes are sized from two probe steps a model; their noise can flip a
@@ -94,13 +102,19 @@ def run_arm(name: str, data: Path, test: Path, workdir: Path, **search: object) 
         shutil.copy2(SPEEDS, workdir / "cache" / "speeds.json")
     start = time.perf_counter()
     study = autocls.search(data, workdir=workdir, study_name="bench", quiet=False, **search)
-    ensemble = autocls.refit(study, workdir=workdir, quiet=False)
+    ensemble = autocls.refit(study, workdir=workdir, quiet=False, best=best)
     seconds = time.perf_counter() - start
     result = evaluate(ensemble, test)
     print(f"{name}: held-out accuracy {result.accuracy:.4f} after {seconds:.0f}s", flush=True)
     winner = winning_trial_epochs(study.best_trial)
     print(f"{name}: best trial {winner}", flush=True)
-    return ArmResult(name, result.accuracy, study.best_value, seconds, trial_counts(study), winner)
+    manifest = ensemble.manifest
+    members = manifest.get("members", [{"trial": manifest["trial"], "weight": 1.0}])
+    described = " + ".join(f"#{m['trial']} x{m['weight']:.2f}" for m in members)
+    described += " +flip" if manifest.get("tta") else ""
+    oof = float(manifest.get("oof_accuracy", float("nan")))
+    print(f"{name}: delivered {described}, out-of-fold accuracy {oof:.4f}", flush=True)
+    return ArmResult(name, result.accuracy, study.best_value, seconds, trial_counts(study), winner, oof, described)
 
 
 def winning_trial_epochs(trial: optuna.trial.FrozenTrial) -> str:
@@ -115,7 +129,8 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=30.0)
     parser.add_argument("--train", type=int, default=2000)
     parser.add_argument("--test", type=int, default=2000)
-    parser.add_argument("--arms", default="abc", help="which of a, b, c to run (default: all)")
+    parser.add_argument("--arms", default="a0bc", help="which of a, 0, b, c to run (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="which stratified subset of both sets")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-runs" / "fashion")
     parser.add_argument(
         "--speeds",
@@ -126,14 +141,17 @@ def main() -> None:
     global SPEEDS
     SPEEDS = args.speeds
     budget = args.budget_minutes * 60
-    data = args.out / "data"
+    data = args.out / f"data-{args.seed}-{args.train}-{args.test}"
     if not (data / "train").is_dir():
-        write_fashion_mnist(data, train=args.train, test=args.test)
+        write_fashion_mnist(data, train=args.train, test=args.test, seed=args.seed)
     train, test = data / "train", data / "test"
     runs = args.out / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     search_budget = {"timeout": budget - REFIT_RESERVE, "trials": 1000}
     arms = {
         "a": lambda: run_arm("(a) autocls defaults", train, test, runs / "a", **search_budget),
+        "0": lambda: run_arm(
+            "(a0) first recipe alone", train, test, runs / "a0", best=True, timeout=budget - REFIT_RESERVE, trials=1
+        ),
         "b": lambda: run_arm(
             "(b) hand recipe",
             train,
@@ -142,6 +160,7 @@ def main() -> None:
             space=space_from_dict({"fixed": HAND_RECIPE}, name="hand"),
             trials=1,
             warm_start=False,
+            best=True,
         ),
         "c": lambda: run_arm(
             "(c) random search, no pruning",
@@ -157,7 +176,8 @@ def main() -> None:
     results = [arms[key]() for key in args.arms]
 
     title = (
-        f"Fashion-MNIST, {args.train} training / {args.test} held-out images, budget {args.budget_minutes:g} min; "
+        f"Fashion-MNIST subset {args.seed}, {args.train} training / {args.test} held-out images, "
+        f"budget {args.budget_minutes:g} min; "
         f"{datetime.date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}"
     )
@@ -169,6 +189,7 @@ def main() -> None:
         "wall time",
         "trials",
         "best trial: epochs run/kept per fold",
+        "delivered model (OOF accuracy)",
     )
     rows = [
         (
@@ -179,6 +200,7 @@ def main() -> None:
             f"{r.seconds / 60:.1f} min",
             r.trials,
             r.winner,
+            f"{r.members} ({r.oof:.4f})",
         )
         for r in results
     ]
@@ -187,7 +209,7 @@ def main() -> None:
         table.add_column(column)
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    Console(width=220).print(table)
     markdown = [title, "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     markdown += ["| " + " | ".join(row) + " |" for row in rows]
     (runs / "results.md").write_text("\n".join(markdown) + "\n")
