@@ -41,6 +41,8 @@ def _seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # long, and one function on purpose: the declarations are a table of every command's flags,
+    # read top to bottom (docs/cli.md is generated from it)
     parser = argparse.ArgumentParser(
         prog="autocls",
         description="Find the best image classifier for a folder of labelled images by transfer learning.",

@@ -200,22 +200,8 @@ def _pick_column(columns: list[str], given: str | None, candidates: tuple[str, .
 def _from_csv(
     csv: Path, data_dir: Path, file_column: str | None, label_column: str | None, min_classes: int = 2
 ) -> LabelledImages:
-    if not csv.is_file():
-        raise AutoclsError(f"{csv}: labels CSV not found.")
-    try:
-        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
-        if len(table.columns) == 1:  # a spreadsheet's export in some locales: ';' (or tab) between columns
-            separator = next((s for s in (";", "\t", "|") if s in str(table.columns[0])), None)
-            if separator is not None:
-                table = pd.read_csv(csv, dtype=str, keep_default_na=False, sep=separator)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise AutoclsError(f"{csv}: not a readable CSV ({err}).") from None
+    table = _read_labels_table(csv)
     columns = list(table.columns)
-    if len(columns) < 2:
-        raise AutoclsError(
-            f"{csv}: found one column ({columns[0]!r}); a labels CSV needs a file column and a label column, "
-            "separated by commas (or ';' or tabs)."
-        )
     if len(columns) == 2 and file_column is None and label_column is None:
         file_column, label_column = columns  # the common two-column file,label layout, whatever the header says
     file_col = _pick_column(columns, file_column, FILE_COLUMN_NAMES, "image files", csv)
@@ -261,6 +247,38 @@ def _from_csv(
         first_row[key] = (row, file_name, label.strip())
         paths.append(found)
         names.append(label.strip())
+    _refuse_bad_rows(csv, bases, empty, conflicts, escaping, missing)
+    if repeats:
+        logger.warning(
+            "%s: %d rows repeat an image already listed with the same label; each image counted once", csv, repeats
+        )
+    return _labelled(paths, names, str(csv), min_classes)
+
+
+def _read_labels_table(csv: Path) -> pd.DataFrame:
+    """The CSV as strings, with ',' or the ';', tab or '|' a spreadsheet's export may use; two columns at least."""
+    if not csv.is_file():
+        raise AutoclsError(f"{csv}: labels CSV not found.")
+    try:
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        if len(table.columns) == 1:  # a spreadsheet's export in some locales: ';' (or tab) between columns
+            separator = next((s for s in (";", "\t", "|") if s in str(table.columns[0])), None)
+            if separator is not None:
+                table = pd.read_csv(csv, dtype=str, keep_default_na=False, sep=separator)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise AutoclsError(f"{csv}: not a readable CSV ({err}).") from None
+    if len(table.columns) < 2:
+        raise AutoclsError(
+            f"{csv}: found one column ({table.columns[0]!r}); a labels CSV needs a file column and a label column, "
+            "separated by commas (or ';' or tabs)."
+        )
+    return table
+
+
+def _refuse_bad_rows(
+    csv: Path, bases: list[Path], empty: list[int], conflicts: list[str], escaping: list[str], missing: list[str]
+) -> None:
+    """One error for the first kind of bad row found, naming the rows or files and the fix."""
     if empty:
         raise AutoclsError(f"{csv}: {len(empty)} rows have an empty label (rows {_first(empty)}); fill or remove them.")
     if conflicts:
@@ -278,11 +296,6 @@ def _from_csv(
         raise AutoclsError(
             f"{csv}: {len(missing)} listed files do not exist under {where} ({_first(missing)}); fix the paths."
         )
-    if repeats:
-        logger.warning(
-            "%s: %d rows repeat an image already listed with the same label; each image counted once", csv, repeats
-        )
-    return _labelled(paths, names, str(csv), min_classes)
 
 
 def _inside(base: Path, path: Path) -> bool:

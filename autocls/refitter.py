@@ -228,7 +228,8 @@ def _ensemble(
     tta_scores: dict[str, float],
     considered: list[int],
 ) -> Ensemble:
-    """The members' fold models and the manifest that describes them."""
+    """The members' fold models and the manifest that describes them (long: the manifest is one
+    literal, so that what a model folder records can be read in one place)."""
     num_classes = len(data.images.class_names)
     built = []
     for candidate, weight in members:

@@ -142,6 +142,9 @@ class Trainer:
         The weights kept, and the score the fold reports, are chosen without ``val_idx``'s labels:
         an annealing schedule keeps its last epoch; any other early-stops on images held out of
         ``train_idx`` (:func:`monitor_split`) and keeps the epoch best on those.
+
+        Seventy lines on purpose: the whole loop on one page, as nanoGPT's ``train.py`` keeps it;
+        what varies (building, caching, stopping, keeping) lives in the objects it calls.
         """
         observer = observer or TrainingObserver()
         cfg = self.config
