@@ -8,7 +8,7 @@ from autocls.errors import AutoclsError
 
 
 class BudgetExhausted(AutoclsError):
-    """The --timeout budget cannot hold more training."""
+    """The time budget cannot hold more training."""
 
 
 class TrialSkipped(AutoclsError):
@@ -28,4 +28,4 @@ class Budget:
 
     def check(self, needed: float, what: str) -> None:
         if needed > self.left():
-            raise BudgetExhausted(f"--timeout: {self.left():.0f}s left, {what} needs about {needed:.0f}s")
+            raise BudgetExhausted(f"time budget: {self.left():.0f}s left, {what} needs about {needed:.0f}s")

@@ -107,6 +107,7 @@ def run_search(args: argparse.Namespace) -> int:
 
 
 def run_refit(args: argparse.Namespace) -> int:
+    from autocls.ensemble import check_model_destination
     from autocls.progress import Reporter
     from autocls.refitter import refit
     from autocls.runtime import resolve_device
@@ -128,6 +129,7 @@ def run_refit(args: argparse.Namespace) -> int:
     store = TrialStore(args.workdir / study.study_name / "trials")
     reporter = Reporter(quiet=args.quiet)
     cache = args.workdir / CACHE_DIR
+    check_model_destination(Path(out), overwrite, "--overwrite")  # in the CLI's words, before any work
     result = refit(
         study, out, args.trial, resolve_device(args.device), reporter, store, args.retrain, cache, overwrite, args.best
     )

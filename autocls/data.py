@@ -323,13 +323,13 @@ def _labelled(paths: list[Path], names: list[str], origin: str, min_classes: int
 def check_folds(data: LabelledImages, folds: int) -> None:
     """Stratified k-fold needs every class in every fold; sklearn only warns, so fail clearly here."""
     if folds < 2:
-        raise AutoclsError(f"--folds must be at least 2, got {folds}.")
+        raise AutoclsError(f"The 'folds' setting must be an integer >= 2. Got {folds}.")
     small = {name: n for name, n in data.class_counts().items() if n < folds}
     if small:
         listed = ", ".join(f"{name!r} has {n}" for name, n in list(small.items())[:5])
         fewest = min(small.values())
         fix = (
-            f"use --folds {fewest} or add images to those classes"
+            f"set folds to {fewest} or add images to those classes"
             if fewest >= 2
             else "cross-validation needs at least 2 images of each class: add images or remove those classes"
         )

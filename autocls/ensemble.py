@@ -47,23 +47,25 @@ PREDICT_BATCH = 128
 TTA_VIEWS: dict[str, Any] = {"hflip": lambda x: torch.flip(x, dims=[3])}
 
 
-def check_model_destination(directory: Path, overwrite: bool) -> None:
+def check_model_destination(directory: Path, overwrite: bool, overwrite_option: str = "overwrite=True") -> None:
     """A model is written only to a new or empty folder, or over an autocls model when ``overwrite``
     says so: never over a file, and never into a folder of the user's own files (whose contents a
-    replacement would delete)."""
+    replacement would delete). ``overwrite_option`` is how the caller's user says so (a flag, an argument)."""
     if not directory.exists():
         return
     if not directory.is_dir():
-        raise AutoclsError(f"{directory} is a file, not a folder; give a new folder for the model with --out.")
+        raise AutoclsError(f"{directory} is a file, not a folder; give a new folder for the model.")
     if not any(directory.iterdir()):
         return
     if not (directory / MANIFEST).is_file():
         raise AutoclsError(
             f"{directory} holds files that are not an autocls model, and autocls does not write over them; "
-            "give a new or empty folder with --out."
+            "give a new or empty folder for the model."
         )
     if not overwrite:
-        raise AutoclsError(f"{directory} holds an autocls model already; add --overwrite to replace it, or use --out.")
+        raise AutoclsError(
+            f"{directory} holds an autocls model already; add {overwrite_option} to replace it, or give another folder."
+        )
 
 
 def member_specs(manifest: dict[str, Any]) -> list[tuple[TrainConfig, float, tuple, tuple, int | None, int]]:

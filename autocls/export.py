@@ -62,7 +62,7 @@ class EnsembleGraph(nn.Module):
 def export(model_dir: str | Path, out: str | Path, fmt: str = "torchscript") -> Path:
     """Write the ensemble in ``model_dir`` as a TorchScript or ONNX file; returns its path."""
     if fmt not in FORMATS:
-        raise AutoclsError(f"--format must be one of {list(FORMATS)}, got {fmt!r}.")
+        raise AutoclsError(f"The 'format' setting must be one of {list(FORMATS)}. Got {fmt!r}.")
     ensemble = Ensemble.load(model_dir, "cpu")
     graph = EnsembleGraph(ensemble).eval()
     examples = tuple(torch.zeros((2, 3, r, r), dtype=torch.uint8) for r in ensemble.resolutions)

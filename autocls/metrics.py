@@ -42,7 +42,7 @@ METRICS = {
 
 def get_metric(name: str) -> Metric:
     if name not in METRICS:
-        raise AutoclsError(f"--metric must be one of {list(METRICS)}, got {name!r}.")
+        raise AutoclsError(f"The 'metric' setting must be one of {list(METRICS)}. Got {name!r}.")
     return METRICS[name]
 
 

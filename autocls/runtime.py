@@ -17,9 +17,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise AutoclsError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto.")
+        raise AutoclsError("The 'device' setting asks for cuda, but torch sees no CUDA GPU; use cpu or auto.")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise AutoclsError(f"--device must be auto, cpu or cuda, got {name!r}.")
+        raise AutoclsError(f"The 'device' setting must be auto, cpu, cuda or cuda:N. Got {name!r}.")
     return torch.device(name)
 
 

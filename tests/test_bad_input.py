@@ -173,7 +173,7 @@ CASES = [
     Case("--trials 0", SEARCH + " --trials 0", 2, "expected a positive integer"),
     Case("--weights not a folder", SEARCH + " --weights {tmp}/weights", 2, "folder of checkpoints"),
     Case("--metric unknown", SEARCH + " --metric auc", 2, "invalid choice"),
-    Case("--device tpu", SEARCH + " --device tpu", 2, "--device must be auto, cpu or cuda"),
+    Case("--device tpu", SEARCH + " --device tpu", 2, "The 'device' setting must be auto, cpu"),
     Case("--workers with SQLite", SEARCH + " --workers 2", 2, "journal:"),
     Case("an unknown flag", SEARCH + " --epochs 3", 2, "unrecognized arguments"),
     # -- search spaces ------------------------------------------------------------------------
@@ -255,7 +255,7 @@ CASES = [
         "not an autocls model",
         _write("mine/a.txt", "x"),
     ),
-    Case("refit --out onto a model", "refit --workdir {work} --out {model}", 2, "--overwrite"),
+    Case("refit --out onto a model", "refit --workdir {work} --out {model}", 2, "add --overwrite to replace it"),
     Case("refit --best and --trial", "refit --workdir {work} --best --trial 0", 2, "not allowed with argument"),
     # -- predict ------------------------------------------------------------------------------
     Case("predict no such model", "predict {tmp}/nope {data}", 2, "not an autocls model folder"),

@@ -75,7 +75,7 @@ def test_csv_missing_files_and_empty_labels_are_listed(image_folder: Path) -> No
 def test_fewer_images_than_folds_names_the_class(image_folder: Path) -> None:
     data = discover(image_folder)
     check_folds(data, 5)
-    with pytest.raises(AutoclsError, match=r"'class_0' has 8.*--folds 8"):
+    with pytest.raises(AutoclsError, match=r"'class_0' has 8.*set folds to 8"):
         check_folds(data, 10)
 
 
