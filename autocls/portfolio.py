@@ -81,6 +81,7 @@ class DataStats:
 # Share of the time budget each recipe may take, in order: the first (EfficientNet-style) recipe
 # is the one most likely to win, so it gets the time to train well; the sampler keeps the rest.
 BUDGET_SHARES = (0.4, 0.15, 0.15)
+MIN_RECIPE_EPOCHS = 6  # a recipe trains at least this long before it trains at a larger resolution
 
 
 def portfolio(
@@ -116,8 +117,15 @@ def portfolio(
 def _size_to_budget(
     space: SearchSpace, params: dict[str, Any], trial_seconds: Callable[[dict[str, Any]], float], seconds: float
 ) -> dict[str, Any]:
-    """``params`` at the largest searched resolution, then epochs, whose estimate fits ``seconds``;
-    at the cheapest of them when none does (the study then skips it if it cannot finish at all)."""
+    """``params`` at the largest searched resolution, then epochs, whose estimate fits ``seconds``,
+    among sizes of at least :data:`MIN_RECIPE_EPOCHS` epochs first; at the cheapest size when none
+    fits (the study then skips it if it cannot finish at all).
+
+    Resolution yields to epochs below that floor: on 2,000 Fashion-MNIST images in 30 minutes the
+    first recipe sized to 96 px x 4 epochs scored CV 0.8535 (held-out 0.8700 as the delivered
+    blend), at 64 px x 8 epochs CV 0.8600 (held-out 0.8815); a one-cycle schedule of 4 epochs is
+    too short to use the larger input.
+    """
     searched = {dim.name: dim for dim in space.dimensions if dim.choices is not None}
     options = {
         name: sorted(searched[name].choices, reverse=True) if name in searched else [params.get(name)]
@@ -127,7 +135,9 @@ def _size_to_budget(
         {**params, **{k: v for k, v in zip(options, values, strict=True) if v is not None}}
         for values in product(*options.values())
     ]
-    return next((c for c in candidates if trial_seconds(c) <= seconds), candidates[-1])
+    long_enough = [c for c in candidates if c.get("epochs", MIN_RECIPE_EPOCHS) >= MIN_RECIPE_EPOCHS]
+    short = [c for c in candidates if c not in long_enough]
+    return next((c for c in long_enough + short if trial_seconds(c) <= seconds), candidates[-1])
 
 
 def _fit_to_space(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:

@@ -181,8 +181,11 @@ def test_portfolio_is_sized_to_the_time_budget() -> None:
         return params["resolution"] * params["epochs"]
 
     first, second = portfolio(fast, DataStats(images=2000, classes=10, image_side=28), seconds, budget=1200)
-    assert (first["resolution"], first["epochs"]) == (96, 4)  # the largest resolution: 384 s within 40% of 1200 s
+    # 480 s (40% of 1200 s) holds 96 px only for 4 epochs (384 s): 6 epochs at 64 px first (384 s)
+    assert (first["resolution"], first["epochs"]) == (64, 6)
     assert (second["resolution"], second["epochs"]) == (48, 4)  # nothing fits its 180 s: the cheapest
+    roomy = portfolio(fast, DataStats(images=2000, classes=10, image_side=28), seconds, budget=1500)
+    assert (roomy[0]["resolution"], roomy[0]["epochs"]) == (96, 6)  # 576 s within 600 s: the larger input
     tight = portfolio(fast, DataStats(images=2000, classes=10, image_side=28), seconds, budget=60)
     assert all((c["resolution"], c["epochs"]) == (48, 4) for c in tight)  # the cheapest, to be skipped if need be
 
