@@ -28,7 +28,14 @@ FOLD_STEP = 1000  # intermediate steps from here on are running fold means
 
 
 class FoldAwarePruner(BasePruner):
-    """The median rule on first-fold epochs, a best-fraction rule on running fold means."""
+    """The median rule on first-fold epochs, a best-fraction rule on running fold means.
+
+    Hand-written because it measured better than Optuna's WilcoxonPruner, which is built for
+    per-instance scores such as fold scores: with 5 folds its signed-rank test cannot reach
+    p < 0.1 before the 4th fold. ``bench/pruning.py`` (8 trials, 5 folds, 600 Fashion-MNIST images,
+    the same median rule in fold 0 for both): all three runs kept the best trial (0.7783);
+    unpruned 576 s, this pruner 301 s (0.52), Wilcoxon on fold scores 384 s (0.67).
+    """
 
     def __init__(self, n_startup_trials: int = 3, keep_fraction: float = 0.25) -> None:
         self.n_startup_trials = n_startup_trials
