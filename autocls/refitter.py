@@ -14,6 +14,7 @@ import numpy as np
 import optuna
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
 
 from autocls.backbones import create_classifier
 from autocls.config import TrainConfig
@@ -50,6 +51,17 @@ class Candidate:
     config: TrainConfig
     cv: CVResult
     reused: bool
+    _models: list[nn.Module] | None = None
+
+    def models(self, num_classes: int) -> list[nn.Module]:
+        """The fold models, built from their weights once (TTA scoring and the saved model share them)."""
+        if self._models is None:
+            self._models = []
+            for fold in self.cv.folds:
+                model = create_classifier(self.config, num_classes, load_weights=False)
+                model.load_state_dict(fold.state_dict)
+                self._models.append(model)
+        return self._models
 
 
 def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
@@ -200,9 +212,7 @@ def _flipped_oof(candidate: Candidate, data: PreparedData, device: torch.device)
     num_classes = len(data.images.class_names)
     images = data.store.at(candidate.config.resolution)
     oof = np.zeros_like(candidate.cv.oof_probs)
-    for fold in candidate.cv.folds:
-        model = create_classifier(candidate.config, num_classes, load_weights=False)
-        model.load_state_dict(fold.state_dict)
+    for fold, model in zip(candidate.cv.folds, candidate.models(num_classes), strict=True):
         model = model_to_device(model, device).eval()
         preprocess = Preprocess(*model_norm(model, device), device)
         indices = torch.as_tensor(fold.val_indices)
@@ -233,11 +243,7 @@ def _ensemble(
     num_classes = len(data.images.class_names)
     built = []
     for candidate, weight in members:
-        models = []
-        for fold in candidate.cv.folds:
-            model = create_classifier(candidate.config, num_classes, load_weights=False)
-            model.load_state_dict(fold.state_dict)
-            models.append(model)
+        models = candidate.models(num_classes)
         cfg = models[0].pretrained_cfg
         mean, std = tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", IMAGENET_DEFAULT_STD))
         built.append(Member(candidate.config, models, weight, mean, std, candidate.trial.number))
