@@ -71,10 +71,11 @@ class CostModel:
         speed = self.images_per_second(config)
         return train_images / speed + val_images / (speed * EVAL_SPEED_UP)
 
-    def trial_seconds(self, config: TrainConfig, images: int, folds: int) -> float:
-        """Estimated seconds to cross-validate ``config`` on ``images`` images, every epoch run."""
+    def trial_seconds(self, config: TrainConfig, images: int, folds: int, trained: int | None = None) -> float:
+        """Estimated seconds to cross-validate ``config`` on ``images`` images split into ``folds``
+        folds, every epoch run, training ``trained`` of the folds (all by default)."""
         per_epoch = self.epoch_seconds(config, images - images // folds, images // folds)
-        return per_epoch * config.epochs * folds * self.correction
+        return per_epoch * config.epochs * (trained or folds) * self.correction
 
     def learn_from(self, trials: list[optuna.trial.FrozenTrial]) -> None:
         """Set the correction to the median ratio of real to estimated epoch time of past trials."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from itertools import product
 
 import numpy as np
 import optuna
@@ -19,7 +20,7 @@ from autocls.errors import AutoclsError
 from autocls.prepare import PreparedData
 from autocls.progress import Reporter
 from autocls.pruning import FOLD_STEP
-from autocls.records import TrialRecorder, epoch_summary
+from autocls.records import TrialRecorder, epoch_summary, shrunk_attrs
 from autocls.runtime import derive_seed
 from autocls.studysetup import StudySetup, library_versions
 from autocls.trainer import EpochRecord, FoldResult
@@ -142,7 +143,7 @@ class Objective:
             config,
             self.data.store,
             self.data.images.labels,
-            self.data.splits,
+            self.data.splits[: self.setup.trained_folds],
             len(self.data.images.class_names),
             self.device,
             self.setup.weights_dir,
@@ -155,15 +156,45 @@ class Objective:
         return config, result, observer.history
 
     def _skip_if_too_long(self, trial: optuna.Trial, recorder: TrialRecorder, config: TrainConfig) -> None:
-        """Skip (before any training) a configuration that cannot finish in the time left."""
+        """Skip (before any training) a configuration that cannot finish in the time left, and queue
+        the largest smaller version of it (lower resolution, fewer epochs) that can: the last minutes
+        of a budget still train a member for the ensemble rather than a row of skips."""
         if self.cost is None or self.budget.deadline is None:
             return
-        images, folds = len(self.data.images), self.setup.folds
         self.cost.learn_from(trial.study.get_trials(deepcopy=False, states=FINISHED))
-        per_epoch = self.cost.epoch_seconds(config, images - images // folds, images // folds)
-        recorder.estimated(per_epoch)
-        needed = self.cost.trial_seconds(config, images, folds)
-        if needed > self.budget.left():
-            reason = f"needs about {needed:.0f}s, {self.budget.left():.0f}s left"
-            recorder.skipped(reason)
-            raise TrialSkipped(f"skipped: {reason}")
+        images, folds = len(self.data.images), self.setup.folds
+        recorder.estimated(self.cost.epoch_seconds(config, images - images // folds, images // folds))
+        needed = self._seconds(config)
+        left = self.budget.left()
+        if needed <= left:
+            return
+        reason = f"needs about {needed:.0f}s, {left:.0f}s left"
+        smaller = self._smaller_that_fits(trial, config, left)
+        if smaller:
+            trial.study.enqueue_trial({**trial.params, **smaller}, user_attrs=shrunk_attrs(trial))
+            reason += "; queued smaller: " + ", ".join(f"{name}={value}" for name, value in smaller.items())
+        recorder.skipped(reason)
+        raise TrialSkipped(f"skipped: {reason}")
+
+    def _seconds(self, config: TrainConfig) -> float:
+        assert self.cost is not None
+        return self.cost.trial_seconds(config, len(self.data.images), self.setup.folds, self.setup.trained_folds)
+
+    def _smaller_that_fits(self, trial: optuna.Trial, config: TrainConfig, seconds: float) -> dict[str, int]:
+        """The most expensive resolution and epochs, each at most ``config``'s and among the space's
+        choices, whose estimate fits ``seconds``; empty if none does or the trial did not sample them."""
+        choices = {
+            dim.name: sorted(c for c in dim.choices if c <= getattr(config, dim.name))
+            for dim in self.space.dimensions
+            if dim.name in ("resolution", "epochs") and dim.choices is not None and dim.name in trial.params
+        }
+        if not choices:
+            return {}
+        sizes = [dict(zip(choices, values, strict=True)) for values in product(*choices.values())]
+        costs = {
+            i: self._seconds(TrainConfig.from_dict({**config.to_dict(), **size}))
+            for i, size in enumerate(sizes)
+            if any(size[name] != getattr(config, name) for name in size)
+        }
+        fitting = [i for i, cost in costs.items() if cost <= seconds]
+        return sizes[max(fitting, key=costs.__getitem__)] if fitting else {}

@@ -30,6 +30,7 @@ SKIPPED = "skipped"  # why a configuration was not trained (too long for the tim
 FAIL_REASON, STOPPED_BY = "fail_reason", "stopped_by"
 WORKER = "worker"  # {"host", "pid", "started"}: a later run on this host recovers the trial if it died
 RETRY_OF = "retry_of"  # on a re-enqueued trial: the number of the trial it repeats
+SHRUNK_FROM = "shrunk_from"  # on a smaller version of a configuration that did not fit the time left
 PORTFOLIO = "portfolio"  # on a warm-start recipe enqueued when the study was created
 STOPPED_BY_TIMEOUT = "timeout"
 
@@ -160,6 +161,12 @@ class TrialRecorder:
         self._set(**{FAIL_REASON: reason})
         if timeout:
             self._set(**{STOPPED_BY: STOPPED_BY_TIMEOUT})
+
+
+def shrunk_attrs(trial: optuna.trial.FrozenTrial | optuna.Trial) -> dict[str, Any]:
+    """User attributes of a smaller version of ``trial`` enqueued because ``trial`` did not fit."""
+    keep = {k: v for k, v in trial.user_attrs.items() if k == PORTFOLIO}
+    return {**keep, SHRUNK_FROM: trial.number}
 
 
 def retry_attrs(trial: optuna.trial.FrozenTrial | optuna.Trial) -> dict[str, Any]:

@@ -119,8 +119,11 @@ def refit(
     candidates = [best_trial]
     if trial_number is None and not best and not retrain and store is not None:
         candidates += _kept_candidates(study, data, store, setup, exclude=best_trial.trial.number)
-    labels = data.images.labels
-    selection = select_ensemble([c.cv.oof_probs for c in candidates], labels, score)
+    # the images every candidate predicts out of fold: all of them, unless the search trained fewer
+    # than all folds (a short budget), where only its validation folds are predicted
+    covered = np.logical_and.reduce([~np.isnan(c.cv.oof_probs[:, 0]) for c in candidates])
+    labels = data.images.labels[covered]
+    selection = select_ensemble([c.cv.oof_probs[covered] for c in candidates], labels, score)
     if len(candidates) > 1:
         chosen = "ensemble" if len(selection.weights) > 1 else "best trial"
         reporter.print(
@@ -131,14 +134,14 @@ def refit(
     if len(selection.weights) == 1:  # no blend beats one trial: the best trial, as --best gives
         selection = replace(selection, weights={0: 1.0})
     members = [(candidates[i], weight) for i, weight in selection.weights.items()]
-    oof = blend([c.cv.oof_probs for c in candidates], selection.weights)
-    tta, oof, tta_scores = _choose_tta(members, data, device, score, oof)
+    oof = blend([c.cv.oof_probs[covered] for c in candidates], selection.weights)
+    tta, oof, tta_scores = _choose_tta(members, data, device, score, oof, covered)
     considered = [c.trial.number for c in candidates]
-    ensemble = _ensemble(members, tta, study, setup, data, device, selection, sign, oof, tta_scores, considered)
-    frame = ensemble.to_frame([str(p) for p in data.images.paths], np.nan_to_num(oof))
+    ensemble = _ensemble(members, tta, study, setup, data, device, selection, sign, oof, labels, tta_scores, considered)
+    frame = ensemble.to_frame([str(p) for p, kept in zip(data.images.paths, covered, strict=True) if kept], oof)
     frame.insert(1, "true_label", [data.images.class_names[i] for i in labels])
     picked = oof[np.arange(len(labels)), labels]
-    frame.insert(4, "loss", -np.log(np.clip(np.nan_to_num(picked, nan=1.0), 1e-7, 1.0)))
+    frame.insert(4, "loss", -np.log(np.clip(picked, 1e-7, 1.0)))
     directory = ensemble.save(out, extra={OOF_FILE: frame.to_csv(index=False)}, overwrite=overwrite)
     heaviest = max(members, key=lambda m: m[1])[0]
     return RefitResult(ensemble, heaviest.cv, directory, metric(labels, oof))
@@ -166,8 +169,12 @@ def _candidate(
         )
     num_classes = len(data.images.class_names)
     if kept and same_data:
-        reporter.print(f"refit trial {trial.number}: reusing the {setup.folds} fold models kept by the search")
-        return Candidate(trial, config, store.load(trial, data.images.labels, num_classes, setup.metric), True)
+        cv = store.load(trial, data.images.labels, num_classes, setup.metric)
+        reused = f"reusing the {len(cv.folds)} fold models kept by the search"
+        if len(cv.folds) < setup.folds:
+            reused += f" (it trained {len(cv.folds)} of {setup.folds} folds; --retrain trains all {setup.folds})"
+        reporter.print(f"refit trial {trial.number}: {reused}")
+        return Candidate(trial, config, cv, True)
     reporter.print(f"refit trial {trial.number}: training {setup.folds} fold models")
     return Candidate(trial, config, _retrain(config, data, setup, device, seed, reporter, trial.number), False)
 
@@ -195,12 +202,14 @@ def _choose_tta(
     device: torch.device,
     score: Callable[[np.ndarray, np.ndarray], float],
     plain: np.ndarray,
+    covered: np.ndarray,
 ) -> tuple[list[str], np.ndarray, dict[str, float]]:
     """Horizontal-flip TTA if it raises the out-of-fold score: each fold model also predicts its own
-    validation images flipped, and the average of both views is scored like the plain predictions."""
-    flipped = sum(weight * _flipped_oof(c, data, device) for c, weight in members)
+    validation images flipped, and the average of both views is scored like the plain predictions
+    (``plain``: the ``covered`` images' out-of-fold probabilities)."""
+    flipped = sum(weight * _flipped_oof(c, data, device)[covered] for c, weight in members)
     with_flip = (plain + flipped) / 2
-    labels = data.images.labels
+    labels = data.images.labels[covered]
     scores = {"none": float(score(labels, plain)), "hflip": float(score(labels, with_flip))}
     if scores["hflip"] > scores["none"]:
         return ["hflip"], with_flip, scores
@@ -235,6 +244,7 @@ def _ensemble(
     selection: Selection,
     sign: float,
     oof: np.ndarray,
+    labels: np.ndarray,
     tta_scores: dict[str, float],
     considered: list[int],
 ) -> Ensemble:
@@ -249,7 +259,6 @@ def _ensemble(
         built.append(Member(candidate.config, models, weight, mean, std, candidate.trial.number))
     heaviest = max(members, key=lambda m: m[1])[0]
     lead = built[[c for c, _ in members].index(heaviest)]
-    labels = data.images.labels
     manifest = {
         "format_version": FORMAT_VERSION,
         "study": study.study_name,
@@ -289,6 +298,7 @@ def _ensemble(
         "cv_score": heaviest.cv.mean_score,
         "oof_score": get_metric(setup.metric)(labels, oof),
         "oof_accuracy": get_metric("accuracy")(labels, oof),
+        "oof_images": len(labels),  # fewer than the data's when the search trained fewer than all folds
         "search_cv_score": heaviest.trial.value,
         "fold_models": "reused from the search" if heaviest.reused else "retrained",
         "seed": TrialRecord.read(heaviest.trial).seed,

@@ -38,7 +38,7 @@ from autocls.progress import Reporter
 from autocls.records import TrialRecord
 from autocls.samplers import make_pruner, make_sampler
 from autocls.storage import default_url, open_storage
-from autocls.studysetup import CACHE_DIR, SearchRequest, create_or_continue
+from autocls.studysetup import CACHE_DIR, SearchRequest, StudySetup, create_or_continue
 from autocls.trialstore import TrialStore
 from autocls.workers import recover_dead_local_trials
 
@@ -78,6 +78,16 @@ class _StopConditions:
             study.stop()
 
 
+def _validation(setup: StudySetup) -> str:
+    if setup.trained_folds == setup.folds:
+        return f"{setup.folds}-fold CV"
+    what = "a hold-out split" if setup.trained_folds == 1 else f"{setup.trained_folds} of {setup.folds} folds"
+    return (
+        f"{what} (of a {setup.folds}-fold split: the time budget holds no more; "
+        f"refit --retrain trains all {setup.folds} fold models)"
+    )
+
+
 def run_search(request: SearchRequest, device: torch.device, reporter: Reporter | None = None) -> optuna.Study:
     """Run (or continue) a study until it has ``request.trials`` finished trials or time runs out."""
     reporter = reporter or Reporter(quiet=True)
@@ -104,7 +114,7 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
         return study
     reporter.print(
         f"study {study.study_name!r}: {remaining} more trials of space {setup.space.get('name')!r}, "
-        f"{setup.folds}-fold CV of {setup.metric} on {len(data.images)} images, "
+        f"{_validation(setup)} of {setup.metric} on {len(data.images)} images, "
         f"{len(data.images.class_names)} classes, device {device.type}"
     )
     store = TrialStore(request.workdir / study.study_name / "trials", keep=request.keep_trials)

@@ -22,7 +22,7 @@ from autocls.cost import CostModel
 from autocls.data import DataSpec, check_folds, typical_side
 from autocls.errors import AutoclsError
 from autocls.metrics import default_metric, get_metric
-from autocls.portfolio import DataStats, portfolio
+from autocls.portfolio import DataStats, folds_to_train, portfolio
 from autocls.records import PORTFOLIO
 from autocls.samplers import make_pruner, make_sampler
 from autocls.space import SearchSpace, load_space, space_from_dict
@@ -59,6 +59,12 @@ class StudySetup:
     seed: int
     metric: str = "accuracy"
     weights: str | None = None
+    search_folds: int | None = None  # the first folds each trial trains when the budget holds fewer than all
+
+    @property
+    def trained_folds(self) -> int:
+        """How many of the ``folds`` each trial of the search trains (the first ones)."""
+        return self.search_folds or self.folds
 
     def to_attr(self) -> dict[str, Any]:
         return {**asdict(self), "versions": library_versions()}
@@ -257,16 +263,25 @@ def create_or_continue(
         else load_space(request.space or _default_space(request))
     )
     space = narrow_to_available_weights(space, Path(weights) if weights else None)
+    folds = request.folds or DEFAULT_FOLDS
+    # read before the study exists: a failure here must not leave a study without its warm start
+    stats = DataStats(len(data), len(data.class_names), typical_side(data.paths))
+    fold_seconds = None
+    if cost is not None and request.timeout and request.warm_start:
+
+        def fold_seconds(params: dict[str, Any]) -> float:
+            return cost.trial_seconds(TrainConfig.from_dict({**space.fixed, **params}), len(data), folds, trained=1)
+
+    trained = folds_to_train(space, stats, folds, fold_seconds, request.timeout)
     setup = StudySetup(
         data=request.data,
         space=space.to_dict(),
-        folds=request.folds or DEFAULT_FOLDS,
+        folds=folds,
         seed=request.seed if request.seed is not None else 0,
         metric=metric,
         weights=weights,
+        search_folds=trained if trained < folds else None,
     )
-    # read before the study exists: a failure here must not leave a study without its warm start
-    stats = DataStats(len(data), len(data.class_names), typical_side(data.paths))
     study = optuna.create_study(
         study_name=study_name,
         storage=storage,
@@ -278,10 +293,10 @@ def create_or_continue(
     study.set_metric_names([metric])
     if not study.trials and request.warm_start:
         seconds = None
-        if cost is not None and request.timeout:
+        if fold_seconds is not None:
 
             def seconds(params: dict[str, Any]) -> float:
-                return cost.trial_seconds(TrainConfig.from_dict({**space.fixed, **params}), len(data), setup.folds)
+                return fold_seconds(params) * trained
 
         for params in portfolio(space, stats, seconds, request.timeout):
             study.enqueue_trial(params, user_attrs={PORTFOLIO: True}, skip_if_exists=True)

@@ -16,7 +16,7 @@ from autocls.cv import stratified_folds
 from autocls.data import DataSpec, discover
 from autocls.images import build_store
 from autocls.metrics import default_metric
-from autocls.portfolio import DataStats, portfolio
+from autocls.portfolio import DataStats, first_share, folds_to_train, portfolio
 from autocls.pruning import FOLD_STEP, FoldAwarePruner
 from autocls.space import load_space
 from autocls.study import MAX_CONSECUTIVE_SKIPS, run_search
@@ -180,14 +180,105 @@ def test_portfolio_is_sized_to_the_time_budget() -> None:
     def seconds(params: dict) -> float:  # a trial costs its resolution times its epochs
         return params["resolution"] * params["epochs"]
 
-    first, second = portfolio(fast, DataStats(images=2000, classes=10, image_side=28), seconds, budget=1200)
-    # 480 s (40% of 1200 s) holds 96 px only for 4 epochs (384 s): 6 epochs at 64 px first (384 s)
-    assert (first["resolution"], first["epochs"]) == (64, 6)
-    assert (second["resolution"], second["epochs"]) == (48, 4)  # nothing fits its 180 s: the cheapest
-    roomy = portfolio(fast, DataStats(images=2000, classes=10, image_side=28), seconds, budget=1500)
-    assert (roomy[0]["resolution"], roomy[0]["epochs"]) == (96, 6)  # 576 s within 600 s: the larger input
-    tight = portfolio(fast, DataStats(images=2000, classes=10, image_side=28), seconds, budget=60)
+    stats = DataStats(images=2000, classes=10, image_side=28)
+    first, second = portfolio(fast, stats, seconds, budget=2400)
+    # 960 s (40% of 2400 s) hold 96 px x 8 epochs (768 s); the second recipe's 360 s (15%) hold
+    # 48 px x 6 (288 s), the largest size of at least 6 epochs that fits
+    assert (first["resolution"], first["epochs"]) == (96, 8)
+    assert (second["resolution"], second["epochs"]) == (48, 6)
+    # 20 minutes: the first recipe's share is 0.575 (690 s): 96 px x 6 (576 s), not 96 px x 8 (768 s)
+    twenty = portfolio(fast, stats, seconds, budget=1200)
+    assert (twenty[0]["resolution"], twenty[0]["epochs"]) == (96, 6)
+    # 10 minutes: 75% (450 s) holds 6 epochs only at 64 px (384 s); 96 px x 4 (384 s) is too short a schedule
+    ten = portfolio(fast, stats, seconds, budget=600)
+    assert (ten[0]["resolution"], ten[0]["epochs"]) == (64, 6)
+    tight = portfolio(fast, stats, seconds, budget=60)
     assert all((c["resolution"], c["epochs"]) == (48, 4) for c in tight)  # the cheapest, to be skipped if need be
+
+
+@pytest.mark.parametrize(
+    ("budget", "share"), [(60, 0.75), (300, 0.75), (600, 0.75), (1200, 0.575), (1800, 0.4), (7200, 0.4)]
+)
+def test_the_first_recipe_takes_more_of_a_short_budget(budget: float, share: float) -> None:
+    assert first_share(budget) == pytest.approx(share)
+
+
+@pytest.mark.parametrize(
+    ("budget", "folds", "expected"),
+    [
+        (None, 5, 5),  # no budget: every fold
+        (3600, 5, 5),  # 1440 s hold five 288 s folds
+        (1200, 5, 2),  # 690 s hold two
+        (300, 5, 1),  # 225 s hold none: a hold-out split, not a skipped recipe
+        (300, 3, 1),
+        (30, 5, 1),
+    ],
+)
+def test_a_short_budget_trains_fewer_folds(budget: float | None, folds: int, expected: int) -> None:
+    def fold_seconds(params: dict) -> float:  # the cheapest long-enough size is 48 px x 6 epochs: 288 s
+        assert (params["resolution"], params["epochs"]) == (48, 6)
+        return params["resolution"] * params["epochs"]
+
+    stats = DataStats(images=2000, classes=10, image_side=28)
+    assert folds_to_train(load_space("fast"), stats, folds, fold_seconds, budget) == expected
+
+
+def test_a_search_on_fewer_folds_is_refit_on_the_folds_it_trained(
+    image_folder: Path, tiny_space: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A budget that holds one fold of five: every trial trains fold 0 only, its out-of-fold scores
+    cover that fold's images, and refit blends and saves what the search trained (one model each)."""
+    import json
+
+    from autocls import studysetup
+    from autocls.api import refit
+
+    image_folder = write_class_folders(tmp_path / "more", classes=3, per_class=10)
+    monkeypatch.setattr(studysetup, "folds_to_train", lambda *args, **kwargs: 1)
+    workdir = tmp_path / "runs"
+    request = SearchRequest(DataSpec.of(image_folder), workdir=workdir, space=str(tiny_space), trials=3, folds=5)
+    study = run_search(request, CPU)
+    assert studysetup.StudySetup.from_study(study).trained_folds == 1
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 3 and all(len(t.user_attrs["folds"]) == 1 for t in complete)
+    refit(study, workdir=workdir)
+    manifest = json.loads((workdir / "more" / "model" / "manifest.json").read_text())
+    assert manifest["oof_images"] == 6  # fold 0 of five over 30 images
+    assert all(member["folds"] == 1 for member in manifest["members"])
+    oof = (workdir / "more" / "model" / "oof_predictions.csv").read_text().splitlines()
+    assert len(oof) == 1 + 6
+
+
+def test_a_configuration_too_long_for_the_time_left_is_queued_smaller(
+    image_folder: Path, tiny_space: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """24 px would take days, 16 px is instant: each 24 px configuration is skipped and its 16 px
+    version (same other parameters, the most epochs that fit) trains in its place."""
+    edit_space(
+        tiny_space,
+        {
+            "resolution = 24\n": "",
+            "epochs = 2\n": "",
+            "[params.optimizer]": "[params.resolution]\nchoices = [16, 24]\n\n"
+            "[params.epochs]\nchoices = [1, 2]\n\n[params.optimizer]",
+        },
+    )
+    monkeypatch.setattr(CostModel, "images_per_second", lambda self, config: 1e-3 if config.resolution == 24 else 1e6)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    data = DataSpec.of(image_folder)
+    request = SearchRequest(
+        data, tmp_path / "runs", storage, space=str(tiny_space), trials=4, folds=2, timeout=600, pruning=False
+    )
+    run_search(request, CPU)
+    trials = optuna.load_study(study_name="data", storage=storage).trials
+    skipped = [t for t in trials if "skipped" in t.user_attrs]
+    assert skipped, "the sampler proposed no 24 px configuration in 4 trials"
+    by_number = {t.number: t for t in trials}
+    for trial in skipped:
+        assert "queued smaller: resolution=16" in trial.user_attrs["skipped"]
+        smaller = [t for t in trials if t.user_attrs.get(records.SHRUNK_FROM) == trial.number]
+        assert len(smaller) == 1 and smaller[0].state.name == "COMPLETE"
+        assert smaller[0].params == {**by_number[trial.number].params, "resolution": 16}
 
 
 def test_trials_record_what_reproduces_them(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:

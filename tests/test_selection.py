@@ -84,7 +84,8 @@ def test_flip_tta_is_kept_only_when_it_raises_the_oof_score(
             pass
 
     Data.images.labels = labels
-    tta, oof, scores = refitter._choose_tta([(None, 1.0)], Data, None, ACCURACY, plain)
+    covered = np.ones(len(labels), dtype=bool)
+    tta, oof, scores = refitter._choose_tta([(None, 1.0)], Data, None, ACCURACY, plain, covered)
     assert tta == expected
     np.testing.assert_allclose(oof, (plain + flipped) / 2 if flip_helps else plain)
     assert scores["none"] == pytest.approx(0.8)
