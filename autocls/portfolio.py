@@ -84,7 +84,7 @@ class DataStats:
 # Share of the time budget each recipe may take, in order: the first (EfficientNet-style) recipe
 # is the one most likely to win, so it gets the time to train well; the sampler keeps the rest.
 # The first share grows as the budget shrinks (see first_share).
-BUDGET_SHARES = (0.4, 0.15, 0.15)
+BUDGET_SHARES = (0.4, 0.25, 0.15)
 MIN_RECIPE_EPOCHS = 6  # a recipe trains at least this long before it trains at a larger resolution
 # Budgets (seconds) between which the first recipe's share falls from SHORT_SHARE to BUDGET_SHARES[0]
 SHORT_BUDGET, LONG_BUDGET = 600.0, 1800.0
@@ -156,11 +156,18 @@ def portfolio(
     each recipe is sized to its share of the budget (see :data:`BUDGET_SHARES`).
     """
     backbones = [str(b) for b in space.values_of("backbone")]
-    configs = []
+    recipes = []
     for prefixes, recipe in FAMILIES.values():
         members = [b for b in backbones if b.startswith(prefixes)]
-        if not members:
-            continue
+        if members:
+            recipes.append((recipe, members))
+    if len(recipes) == 1 and len(recipes[0][1]) > 1:
+        # one family only (offline on a CPU: the EfficientNet-Lite checkpoints): its second backbone
+        # too, so that ensemble selection has two strong members that differ in more than the seed
+        recipe, members = recipes[0]
+        recipes.append((recipe, members[1:]))
+    configs = []
+    for recipe, members in recipes:
         params = {**recipe, "backbone": members[0]}  # spaces list each family's cheapest first
         params["resolution"] = stats.image_side  # snapped to the space's nearest resolution below
         per_class = stats.images / max(1, stats.classes)

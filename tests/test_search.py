@@ -18,7 +18,7 @@ from autocls.images import build_store
 from autocls.metrics import default_metric
 from autocls.portfolio import DataStats, first_share, folds_to_train, portfolio
 from autocls.pruning import FOLD_STEP, FoldAwarePruner
-from autocls.space import load_space
+from autocls.space import load_space, space_from_dict
 from autocls.study import MAX_CONSECUTIVE_SKIPS, run_search
 from autocls.studysetup import SearchRequest, create_or_continue
 from autocls.trainer import Trainer
@@ -182,10 +182,10 @@ def test_portfolio_is_sized_to_the_time_budget() -> None:
 
     stats = DataStats(images=2000, classes=10, image_side=28)
     first, second = portfolio(fast, stats, seconds, budget=2400)
-    # 960 s (40% of 2400 s) hold 96 px x 8 epochs (768 s); the second recipe's 360 s (15%) hold
-    # 48 px x 6 (288 s), the largest size of at least 6 epochs that fits
+    # 960 s (40% of 2400 s) hold 96 px x 8 epochs (768 s); the second recipe's 600 s (25%) hold
+    # 96 px x 6 (576 s); a third would get 15%
     assert (first["resolution"], first["epochs"]) == (96, 8)
-    assert (second["resolution"], second["epochs"]) == (48, 6)
+    assert (second["resolution"], second["epochs"]) == (96, 6)
     # 20 minutes: the first recipe's share is 0.575 (690 s): 96 px x 6 (576 s), not 96 px x 8 (768 s)
     twenty = portfolio(fast, stats, seconds, budget=1200)
     assert (twenty[0]["resolution"], twenty[0]["epochs"]) == (96, 6)
@@ -194,6 +194,20 @@ def test_portfolio_is_sized_to_the_time_budget() -> None:
     assert (ten[0]["resolution"], ten[0]["epochs"]) == (64, 6)
     tight = portfolio(fast, stats, seconds, budget=60)
     assert all((c["resolution"], c["epochs"]) == (48, 4) for c in tight)  # the cheapest, to be skipped if need be
+
+
+def test_a_space_of_one_family_gets_a_recipe_on_its_second_backbone() -> None:
+    """Offline on a CPU only the EfficientNet-Lite checkpoints are there: the portfolio then trains
+    the family's recipe on Lite0 and on Lite1, two strong members for ensemble selection."""
+    data = load_space("fast").to_dict()
+    data["params"]["backbone"]["choices"] = ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
+    configs = portfolio(space_from_dict(data, name="lite"), DataStats(images=2000, classes=10, image_side=28))
+    assert [c["backbone"] for c in configs] == ["tf_efficientnet_lite0", "tf_efficientnet_lite1"]
+    assert {k: v for k, v in configs[0].items() if k != "backbone"} == {
+        k: v for k, v in configs[1].items() if k != "backbone"
+    }
+    data["params"]["backbone"]["choices"] = ["tf_efficientnet_lite0"]
+    assert len(portfolio(space_from_dict(data, name="lite0"), DataStats(2000, 10, 28))) == 1
 
 
 @pytest.mark.parametrize(
