@@ -110,7 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--trial", type=int, help="this trial number instead of the best")
     refit.add_argument("--out", type=Path, help="model folder (default: WORKDIR/STUDY/model)")
     refit.add_argument(
-        "--retrain", action="store_true", help="train the fold models again even if the search kept them"
+        "--retrain",
+        action="store_true",
+        help="train the fold models again even if the search kept them (all k folds, where a short "
+        "budget's search trained fewer)",
     )
     refit.add_argument(
         "--overwrite", action="store_true", help="replace the autocls model in --out (the default folder: always)"

@@ -18,7 +18,11 @@ Time budget
 ``--timeout`` bounds the whole command: a trial or a fold does not start when the time left cannot
 hold it (estimated from finished trials and from the trial's own first fold), and a running trial
 is stopped after the epoch that crosses the deadline, so the command ends within one epoch of it.
-A trial stopped so is recorded FAIL with the reason; the next run retries it.
+A trial stopped so is recorded FAIL with the reason; the next run retries it. A configuration
+that cannot finish in the time left is skipped and its largest smaller version that can is queued
+(:meth:`autocls.objective.Objective._skip_if_too_long`). A budget too short for the first recipe's
+k-fold CV makes every trial train only the first folds that fit
+(:func:`autocls.portfolio.folds_to_train`, recorded as ``search_folds`` on the study).
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ def _validation(setup: StudySetup) -> str:
         return f"{setup.folds}-fold CV"
     what = "a hold-out split" if setup.trained_folds == 1 else f"{setup.trained_folds} of {setup.folds} folds"
     return (
-        f"{what} (of a {setup.folds}-fold split: the time budget holds no more; "
+        f"{what} (of a {setup.folds}-fold split: the study's first time budget held no more; "
         f"refit --retrain trains all {setup.folds} fold models)"
     )
 
