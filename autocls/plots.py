@@ -21,8 +21,10 @@ def line_chart(
     y_label: str = "",
     dashed: tuple[str, ...] = (),
     width: int = 520,
+    x_ticks: list[str] | None = None,
 ) -> str:
-    """One line per series over x = 1..n; a legend names them; series named in ``dashed`` are dashed."""
+    """One line per series over x = 1..n (labelled ``x_ticks`` if given); a legend names them;
+    series named in ``dashed`` are dashed."""
     height, left, right, top, bottom = 300, 56, 130, 30, 40
     values = [v for ys in series.values() for v in ys if np.isfinite(v)]
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
@@ -43,7 +45,8 @@ def line_chart(
         parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>')
         parts.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>')
     for i in range(longest):
-        parts.append(f'<text x="{x(i):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{i + 1}</text>')
+        tick = escape(x_ticks[i]) if x_ticks and i < len(x_ticks) else str(i + 1)
+        parts.append(f'<text x="{x(i):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{tick}</text>')
     for n, (name, ys) in enumerate(series.items()):
         colour = PALETTE[n % len(PALETTE)]
         points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(ys) if np.isfinite(v))
