@@ -12,6 +12,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from autocls.calibration import expected_calibration_error, scale
 from autocls.data import discover
 from autocls.ensemble import Ensemble
 from autocls.errors import AutoclsError
@@ -26,6 +27,9 @@ class Evaluation:
     per_class: pd.DataFrame
     confusion_matrix: pd.DataFrame
     predictions: pd.DataFrame
+    ece: float  # expected calibration error of the model's confidences (15 bins)
+    ece_uncalibrated: float  # the same without the temperature refit fitted
+    temperature: float
 
 
 def evaluate(model: str | Path | Ensemble, data: str | Path, labels_csv: str | None = None, device: str = "auto"):
@@ -43,19 +47,30 @@ def evaluate(model: str | Path | Ensemble, data: str | Path, labels_csv: str | N
     warn_unreadable(failed)
     index = {name: i for i, name in enumerate(ensemble.class_names)}
     truth = np.array([index[labelled.class_names[labelled.labels[i]]] for i in kept])
-    probs = ensemble.predict_images(images)
+    raw = ensemble.predict_images(images, calibrated=False)
+    probs = scale(raw, ensemble.temperature)
     predictions = ensemble.to_frame([str(labelled.paths[i]) for i in kept], probs)
     predictions.insert(1, "true_label", [ensemble.class_names[t] for t in truth])
     with warnings.catch_warnings():  # a test set of fewer classes than the model's is fine to score
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
         tables = evaluation_tables(truth, probs.argmax(1), ensemble.class_names)
-    return Evaluation(predictions=predictions, **tables)
+    return Evaluation(
+        predictions=predictions,
+        ece=expected_calibration_error(probs, truth),
+        ece_uncalibrated=expected_calibration_error(raw, truth),
+        temperature=ensemble.temperature,
+        **tables,
+    )
 
 
 def print_evaluation(result: Evaluation, console: Console) -> None:
     console.print(
         f"accuracy {result.accuracy:.4f} · balanced accuracy {result.balanced_accuracy:.4f} · "
         f"{len(result.predictions)} images"
+    )
+    console.print(
+        f"expected calibration error {result.ece:.4f} (temperature {result.temperature:.3f}; "
+        f"{result.ece_uncalibrated:.4f} without it)"
     )
     report = Table(title="per-class report")
     for column in ("class", "precision", "recall", "f1", "support"):
@@ -78,6 +93,9 @@ def write_evaluation(result: Evaluation, out_dir: Path) -> None:
         "accuracy": result.accuracy,
         "balanced_accuracy": result.balanced_accuracy,
         "images": len(result.predictions),
+        "expected_calibration_error": result.ece,
+        "expected_calibration_error_uncalibrated": result.ece_uncalibrated,
+        "temperature": result.temperature,
         "per_class": result.per_class.to_dict(orient="index"),
         "confusion_matrix": result.confusion_matrix.to_dict(orient="split"),
     }

@@ -23,6 +23,7 @@ from PIL import Image
 
 from autocls import plots
 from autocls.augment import create_augmentation
+from autocls.calibration import reliability, scale
 from autocls.config import TrainConfig
 from autocls.ensemble import MANIFEST, OOF_FILE
 from autocls.errors import AutoclsError
@@ -162,6 +163,27 @@ def _members(manifest: dict) -> str:
     return "<h2>Members</h2>" + _table(rows) + note
 
 
+def _calibration(oof: pd.DataFrame, names: list[str], manifest: dict) -> str:
+    """Reliability of the out-of-fold confidences with and without the temperature refit fitted."""
+    fitted = manifest.get("calibration")
+    if not fitted:
+        return ""
+    probs = oof[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float64)
+    labels = oof["true_label"].map({n: i for i, n in enumerate(names)}).to_numpy()
+    temperature = float(fitted["temperature"])
+    raw = scale(probs, 1.0 / temperature)  # the saved out-of-fold probabilities are the calibrated ones
+    curves = {
+        f"before (ECE {fitted['ece_before']:.3f})": reliability(raw, labels),
+        f"after (ECE {fitted['ece_after']:.3f})": reliability(probs, labels),
+    }
+    return (
+        "<h2>Calibration</h2>"
+        f"<p>temperature {temperature:.3f}, fitted on the out-of-fold predictions; negative log-likelihood "
+        f"{fitted['nll_before']:.4f} -> {fitted['nll_after']:.4f}.</p>"
+        + plots.reliability_diagram(curves, "out-of-fold reliability")
+    )
+
+
 def build_report(model_dir: str | Path, study: optuna.Study | None = None) -> str:
     """The report's HTML for the ensemble in ``model_dir`` (and its study, if given)."""
     model_dir = Path(model_dir)
@@ -192,6 +214,7 @@ def build_report(model_dir: str | Path, study: optuna.Study | None = None) -> st
         f'<div class="figs">{"".join(curves.values())}</div>',
         "<h2>Out-of-fold confusion matrix</h2>",
         plots.confusion_matrix(tables["confusion_matrix"].to_numpy(), names, "out-of-fold confusion matrix"),
+        _calibration(oof, names, manifest),
         "<h2>Per-class precision, recall, F1</h2>",
         _table(tables["per_class"].rename_axis("class")),
         "<h2>Most confused class pairs</h2>",

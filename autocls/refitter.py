@@ -17,6 +17,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from autocls.backbones import create_classifier
+from autocls.calibration import Calibration, calibrate, scale
 from autocls.config import TrainConfig
 from autocls.cv import CVResult, cross_validate, folds_hash
 from autocls.ensemble import FORMAT_VERSION, OOF_FILE, TTA_VIEWS, Ensemble, Member, check_model_destination
@@ -136,8 +137,16 @@ def refit(
     members = [(candidates[i], weight) for i, weight in selection.weights.items()]
     oof = blend([c.cv.oof_probs[covered] for c in candidates], selection.weights)
     tta, oof, tta_scores = _choose_tta(members, data, device, score, oof, covered)
+    calibration = calibrate(oof, labels)  # on the blend as it will predict: members, weights and views
+    oof = scale(oof, calibration.temperature)
+    reporter.print(
+        f"calibration: temperature {calibration.temperature:.3f}, out-of-fold expected calibration error "
+        f"{calibration.ece_before:.4f} -> {calibration.ece_after:.4f}"
+    )
     considered = [c.trial.number for c in candidates]
-    ensemble = _ensemble(members, tta, study, setup, data, device, selection, sign, oof, labels, tta_scores, considered)
+    ensemble = _ensemble(
+        members, tta, study, setup, data, device, selection, sign, oof, labels, tta_scores, considered, calibration
+    )
     frame = ensemble.to_frame([str(p) for p, kept in zip(data.images.paths, covered, strict=True) if kept], oof)
     frame.insert(1, "true_label", [data.images.class_names[i] for i in labels])
     picked = oof[np.arange(len(labels)), labels]
@@ -247,6 +256,7 @@ def _ensemble(
     labels: np.ndarray,
     tta_scores: dict[str, float],
     considered: list[int],
+    calibration: Calibration,
 ) -> Ensemble:
     """The members' fold models and the manifest that describes them (long: the manifest is one
     literal, so that what a model folder records can be read in one place)."""
@@ -293,6 +303,7 @@ def _ensemble(
             "oof_score_best_trial": sign * selection.best_single_score,
             "oof_score_tta": {view: sign * value for view, value in tta_scores.items()},
         },
+        "calibration": calibration.to_dict(),
         "folds": fold_summaries(heaviest.cv.folds),
         "metric": setup.metric,
         "cv_score": heaviest.cv.mean_score,
