@@ -2,7 +2,7 @@
 
 Sections: the class distribution, a grid of augmented training samples, every fold's learning
 curves, the out-of-fold confusion matrix, per-class precision/recall/F1/support, the most confused
-class pairs with thumbnails, the images most likely mislabelled (highest out-of-fold loss), and,
+class pairs with thumbnails, the images most likely mislabelled (confident learning, cleanlab), and,
 when the study is given, its optimisation history and parameter importances. Figures are inline
 SVG and thumbnails base64 PNG, so the file can be mailed or archived on its own.
 """
@@ -28,7 +28,7 @@ from autocls.config import TrainConfig
 from autocls.ensemble import MANIFEST, OOF_FILE
 from autocls.errors import AutoclsError
 from autocls.images import load_square
-from autocls.reports import evaluation_tables, learning_curves
+from autocls.reports import evaluation_tables, label_issues, learning_curves
 
 THUMB = 72
 STYLE = """
@@ -97,15 +97,21 @@ def _confused_pairs(oof: pd.DataFrame, top: int = 6, per_pair: int = 4) -> str:
     return "".join(blocks)
 
 
-def _likely_mislabelled(oof: pd.DataFrame, top: int = 12) -> str:
-    worst = oof.nlargest(top, "loss")
+def _likely_mislabelled(oof: pd.DataFrame, names: list[str], top: int = 12) -> str:
+    labels = oof["true_label"].map({n: i for i, n in enumerate(names)}).to_numpy()
+    probs = oof[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float64)
+    found = label_issues(labels, probs)
     figures = [
         f"<figure>{thumbnail(row['path'])}<figcaption>labelled {escape(str(row['true_label']))}<br>"
         f"predicted {escape(str(row['label']))} ({row['confidence']:.2f})<br>{escape(Path(row['path']).name)}"
         "</figcaption></figure>"
-        for _, row in worst.iterrows()
+        for _, row in oof.iloc[found[:top]].iterrows()
     ]
-    return f'<div class="grid">{"".join(figures)}</div>'
+    return (
+        f"<p>{len(found)} of {len(oof)} images are likely mislabelled by confident learning on the out-of-fold "
+        f"probabilities (cleanlab); the {min(top, len(found))} most likely:</p>"
+        f'<div class="grid">{"".join(figures)}</div>'
+    )
 
 
 def _study_sections(study: optuna.Study) -> str:
@@ -219,8 +225,8 @@ def build_report(model_dir: str | Path, study: optuna.Study | None = None) -> st
         _table(tables["per_class"].rename_axis("class")),
         "<h2>Most confused class pairs</h2>",
         _confused_pairs(oof),
-        "<h2>Images most likely mislabelled (highest out-of-fold loss)</h2>",
-        _likely_mislabelled(oof),
+        "<h2>Images most likely mislabelled (confident learning)</h2>",
+        _likely_mislabelled(oof, names),
     ]
     if study is not None:
         body.append(_study_sections(study))
