@@ -147,7 +147,11 @@ def narrow_to_limits(space: SearchSpace, limits: Limits, cost: CostModel, folds:
     broken = {}
     for backbone in backbones:
         config = TrainConfig.from_dict({**space.fixed, "backbone": backbone, "resolution": lowest})
-        reason = limits.exceeded(fold_models_cost(cost, config, folds))
+        try:
+            reason = limits.exceeded(fold_models_cost(cost, config, folds))
+        except Exception as err:  # a model that cannot be built here fails its trials with the reason
+            logger.debug("could not measure %s at %d px: %s", backbone, lowest, err)
+            continue
         if reason:
             broken[backbone] = reason
     if len(broken) == len(backbones):
