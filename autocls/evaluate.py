@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,10 @@ from autocls.data import discover
 from autocls.ensemble import Ensemble
 from autocls.errors import AutoclsError
 from autocls.images import decode_images, require_some_readable, warn_unreadable
+from autocls.leakage import duplicates_of_training
 from autocls.reports import evaluation_tables
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,6 +34,7 @@ class Evaluation:
     ece: float  # expected calibration error of the model's confidences (15 bins)
     ece_uncalibrated: float  # the same without the temperature refit fitted
     temperature: float
+    training_duplicates: int  # evaluated images whose bytes are those of a training image
 
 
 def evaluate(model: str | Path | Ensemble, data: str | Path, labels_csv: str | None = None, device: str = "auto"):
@@ -42,6 +47,17 @@ def evaluate(model: str | Path | Ensemble, data: str | Path, labels_csv: str | N
     unknown = sorted(set(labelled.class_names) - set(ensemble.class_names))
     if unknown:
         raise AutoclsError(f"{data}: classes {unknown} are not among the model's {ensemble.class_names}.")
+    duplicates = duplicates_of_training(ensemble.manifest, labelled.paths)
+    if duplicates:
+        evaluated, trained = duplicates[0]
+        logger.warning(
+            "%d of the %d evaluation images are training images of this model (e.g. %s is %s): "
+            "their score is not a held-out score",
+            len(duplicates),
+            len(labelled.paths),
+            evaluated,
+            trained,
+        )
     images, kept, failed = decode_images(labelled.paths, ensemble.decode_size)
     require_some_readable(len(labelled.paths), failed)
     warn_unreadable(failed)
@@ -59,6 +75,7 @@ def evaluate(model: str | Path | Ensemble, data: str | Path, labels_csv: str | N
         ece=expected_calibration_error(probs, truth),
         ece_uncalibrated=expected_calibration_error(raw, truth),
         temperature=ensemble.temperature,
+        training_duplicates=len(duplicates),
         **tables,
     )
 
@@ -96,6 +113,7 @@ def write_evaluation(result: Evaluation, out_dir: Path) -> None:
         "expected_calibration_error": result.ece,
         "expected_calibration_error_uncalibrated": result.ece_uncalibrated,
         "temperature": result.temperature,
+        "training_duplicates": result.training_duplicates,
         "per_class": result.per_class.to_dict(orient="index"),
         "confusion_matrix": result.confusion_matrix.to_dict(orient="split"),
     }

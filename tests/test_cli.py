@@ -96,6 +96,7 @@ def test_search_refit_predict(image_folder: Path, tiny_space: Path, tmp_path: Pa
     assert metrics["images"] == 6 == len(predictions)
     assert "expected calibration error" in printed and 0 <= metrics["expected_calibration_error"] <= 1
     assert metrics["temperature"] == pytest.approx(calibration["temperature"])
+    assert metrics["training_duplicates"] == 0  # new images: none is a training image
     assert metrics["accuracy"] == pytest.approx((predictions["label"] == predictions["true_label"]).mean())
     per_class = pd.read_csv(tmp_path / "eval" / "per_class.csv")
     assert list(per_class.columns) == ["class", "precision", "recall", "f1", "support"]
