@@ -68,11 +68,14 @@ def search(
     sampler: str = "tpe",
     pruning: bool = True,
     warm_start: bool = True,
+    max_latency_ms: float | None = None,
+    max_params: int | None = None,
     quiet: bool = True,
 ) -> optuna.Study:
     """Run (or continue) a search like ``autocls search`` and return the Optuna study.
 
     ``space`` is a built-in name, a ``.toml`` path or a loaded :class:`~autocls.space.SearchSpace`.
+    ``max_latency_ms`` and ``max_params`` limit the delivered model (:mod:`autocls.limits`).
     Ctrl-C stops after the current batch (finished trials are kept); torch's thread count, the
     SIGINT handler and the warning filters are the caller's again on return.
     """
@@ -92,6 +95,8 @@ def search(
         sampler=sampler,
         pruning=pruning,
         warm_start=warm_start,
+        max_latency_ms=max_latency_ms,
+        max_params=max_params,
     )
     with autocls_threads(), stop_on_ctrl_c(), optuna_experimental_allowed(), optuna_logs_quiet():
         return run_search(request, resolve_device(device), Reporter(quiet=quiet))

@@ -30,14 +30,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
+def _positive_float(text: str, unit: str = "") -> float:
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive number{unit}, got {text!r}")
     return value
+
+
+def _seconds(text: str) -> float:
+    return _positive_float(text, " of seconds")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--no-pruning", action="store_true", help="train every trial to the end")
     search.add_argument("--no-warm-start", action="store_true", help="do not enqueue the known-good recipes first")
     search.add_argument("--weights", help="folder of pretrained checkpoints by model name ($AUTOCLS_WEIGHTS)")
+    search.add_argument(
+        "--max-latency-ms",
+        type=_positive_float,
+        help="the delivered model's time per image (batch 1, this device, all fold models and views together); "
+        "configurations that cannot keep it are not trained",
+    )
+    search.add_argument(
+        "--max-params",
+        type=_positive_int,
+        help="the delivered model's parameters, all fold models together; configurations over it are not trained",
+    )
     common(search)
 
     refit = commands.add_parser(

@@ -70,6 +70,8 @@ def _search_request(args: argparse.Namespace):
         pruning=not args.no_pruning,
         warm_start=not args.no_warm_start,
         keep_trials=args.keep_trials,
+        max_latency_ms=args.max_latency_ms,
+        max_params=args.max_params,
         device=args.device,
         weights=args.weights or os.environ.get(WEIGHTS_ENV),
     )

@@ -6,7 +6,8 @@ through forward+backward and the validation images through forward. The training
 (seconds for a small CNN, and once: it is kept in the workdir per device and thread count), and
 the estimate is corrected by how long finished trials really took against their estimates (data
 path, augmentation, early stopping). The study driver uses it to skip what cannot finish in the
-time left and to size the warm-start recipes to the budget.
+time left and to size the warm-start recipes to the budget. The same cache keeps each model's
+per-image latency and parameter count, for the deployment limits (:mod:`autocls.limits`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ PROBE_SECONDS = 2.0
 MAX_PROBE_STEPS = 12
 PROBE_CLASSES = 10  # the head's size hardly matters to the time
 EVAL_SPEED_UP = 3.0  # a forward pass alone costs about a third of forward+backward
+LATENCY_SECONDS = 0.5  # per-image latency: the median of passes over about this long
+MAX_LATENCY_RUNS = 25
 
 
 @dataclass
@@ -87,6 +90,44 @@ class CostModel:
                 ratios.append(float(np.mean(epochs)) / estimate)
         if ratios:
             self.correction = float(np.median(ratios))
+
+    def latency_ms(self, config: TrainConfig) -> float:
+        """Milliseconds one of ``config``'s models takes to predict one image (batch 1, inference,
+        on this device), the median of a few passes; measured once like the training speed."""
+        key = f"latency/{self.device.type}/{torch.get_num_threads()}t/{config.backbone}/{config.resolution}px"
+        if key not in self.speeds:
+            self.speeds[key] = self._measure_latency(config)
+            self._save()
+        return self.speeds[key]
+
+    def parameters(self, config: TrainConfig) -> int:
+        """Parameters of ``config``'s model (its head sized for :data:`PROBE_CLASSES` classes)."""
+        key = f"params/{config.backbone}"
+        if key not in self.speeds:
+            model = create_classifier(TrainConfig.from_dict({**config.to_dict(), "pretrained": False}), PROBE_CLASSES)
+            self.speeds[key] = float(sum(p.numel() for p in model.parameters()))
+            self._save()
+        return int(self.speeds[key])
+
+    @torch.inference_mode()
+    def _measure_latency(self, config: TrainConfig) -> float:
+        probe = TrainConfig.from_dict({**config.to_dict(), "pretrained": False})
+        model = create_classifier(probe, PROBE_CLASSES).to(self.device).eval()
+        x = torch.randn(1, 3, config.resolution, config.resolution, device=self.device)
+
+        def once() -> float:
+            start = time.perf_counter()
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                model(x)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            return time.perf_counter() - start
+
+        once()  # warm-up: allocators and kernel choice
+        times = [once()]
+        while sum(times) < LATENCY_SECONDS and len(times) < MAX_LATENCY_RUNS:
+            times.append(once())
+        return 1000.0 * float(np.median(times))
 
     def _measure(self, config: TrainConfig) -> float:
         batch = self._probe_batch(config)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from autocls.backbones import create_classifier
+from autocls.calibration import scale
 from autocls.config import TrainConfig
 from autocls.data import IMAGE_ERRORS
 from autocls.errors import AutoclsError
@@ -137,6 +139,12 @@ class Ensemble:
         self.class_names: list[str] = list(manifest["class_names"])
         self.decode_size = int(manifest["preprocessing"]["decode_size"])
         self.tta: tuple[str, ...] = tuple(manifest.get("tta", ()))
+        # fitted on out-of-fold predictions at refit (autocls.calibration); models saved before have none
+        self.temperature = float(manifest.get("calibration", {}).get("temperature", 1.0))
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise AutoclsError(
+                f"the manifest's calibration temperature must be a positive number; got {self.temperature}."
+            )
         unknown = set(self.tta) - set(TTA_VIEWS)
         if unknown:
             raise AutoclsError(f"unknown test-time views {sorted(unknown)} in the manifest; known: {list(TTA_VIEWS)}.")
@@ -223,8 +231,9 @@ class Ensemble:
             raise AutoclsError("the model's predictions are not finite numbers; its weights are damaged: refit it.")
 
     @torch.inference_mode()
-    def predict_images(self, images: torch.Tensor) -> np.ndarray:
-        """Class probabilities for an ``(N, 3, H, W)`` uint8 batch decoded at ``decode_size``."""
+    def predict_images(self, images: torch.Tensor, calibrated: bool = True) -> np.ndarray:
+        """Class probabilities for an ``(N, 3, H, W)`` uint8 batch decoded at ``decode_size``,
+        temperature-scaled as refit calibrated them unless ``calibrated`` is false."""
         total = np.zeros((len(images), len(self.class_names)), np.float32)
         for member in self.members:
             resized = resize_batch(images, member.config.resolution)
@@ -236,7 +245,7 @@ class Ensemble:
                     probs = torch.stack([m(v).float().softmax(dim=1) for v in views for m in member.models]).mean(0)
                 self._check_finite(probs)
                 total[start : start + len(probs)] += member.weight * probs.cpu().numpy()
-        return total
+        return scale(total, self.temperature) if calibrated else total
 
     def predict_proba(self, inputs: Sequence[ImageInput]) -> np.ndarray:
         """Averaged class probabilities, one row per input: image paths, PIL images, or ``(3, H, W)``

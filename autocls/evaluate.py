@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +13,15 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from autocls.calibration import expected_calibration_error, scale
 from autocls.data import discover
 from autocls.ensemble import Ensemble
 from autocls.errors import AutoclsError
 from autocls.images import decode_images, require_some_readable, warn_unreadable
+from autocls.leakage import duplicates_of_training
 from autocls.reports import evaluation_tables
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,6 +31,10 @@ class Evaluation:
     per_class: pd.DataFrame
     confusion_matrix: pd.DataFrame
     predictions: pd.DataFrame
+    ece: float  # expected calibration error of the model's confidences (15 bins)
+    ece_uncalibrated: float  # the same without the temperature refit fitted
+    temperature: float
+    training_duplicates: int  # evaluated images whose bytes are those of a training image
 
 
 def evaluate(model: str | Path | Ensemble, data: str | Path, labels_csv: str | None = None, device: str = "auto"):
@@ -38,24 +47,47 @@ def evaluate(model: str | Path | Ensemble, data: str | Path, labels_csv: str | N
     unknown = sorted(set(labelled.class_names) - set(ensemble.class_names))
     if unknown:
         raise AutoclsError(f"{data}: classes {unknown} are not among the model's {ensemble.class_names}.")
+    duplicates = duplicates_of_training(ensemble.manifest, labelled.paths)
+    if duplicates:
+        evaluated, trained = duplicates[0]
+        logger.warning(
+            "%d of the %d evaluation images are training images of this model (e.g. %s is %s): "
+            "their score is not a held-out score",
+            len(duplicates),
+            len(labelled.paths),
+            evaluated,
+            trained,
+        )
     images, kept, failed = decode_images(labelled.paths, ensemble.decode_size)
     require_some_readable(len(labelled.paths), failed)
     warn_unreadable(failed)
     index = {name: i for i, name in enumerate(ensemble.class_names)}
     truth = np.array([index[labelled.class_names[labelled.labels[i]]] for i in kept])
-    probs = ensemble.predict_images(images)
+    raw = ensemble.predict_images(images, calibrated=False)
+    probs = scale(raw, ensemble.temperature)
     predictions = ensemble.to_frame([str(labelled.paths[i]) for i in kept], probs)
     predictions.insert(1, "true_label", [ensemble.class_names[t] for t in truth])
     with warnings.catch_warnings():  # a test set of fewer classes than the model's is fine to score
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
         tables = evaluation_tables(truth, probs.argmax(1), ensemble.class_names)
-    return Evaluation(predictions=predictions, **tables)
+    return Evaluation(
+        predictions=predictions,
+        ece=expected_calibration_error(probs, truth),
+        ece_uncalibrated=expected_calibration_error(raw, truth),
+        temperature=ensemble.temperature,
+        training_duplicates=len(duplicates),
+        **tables,
+    )
 
 
 def print_evaluation(result: Evaluation, console: Console) -> None:
     console.print(
         f"accuracy {result.accuracy:.4f} · balanced accuracy {result.balanced_accuracy:.4f} · "
         f"{len(result.predictions)} images"
+    )
+    console.print(
+        f"expected calibration error {result.ece:.4f} (temperature {result.temperature:.3f}; "
+        f"{result.ece_uncalibrated:.4f} without it)"
     )
     report = Table(title="per-class report")
     for column in ("class", "precision", "recall", "f1", "support"):
@@ -78,6 +110,10 @@ def write_evaluation(result: Evaluation, out_dir: Path) -> None:
         "accuracy": result.accuracy,
         "balanced_accuracy": result.balanced_accuracy,
         "images": len(result.predictions),
+        "expected_calibration_error": result.ece,
+        "expected_calibration_error_uncalibrated": result.ece_uncalibrated,
+        "temperature": result.temperature,
+        "training_duplicates": result.training_duplicates,
         "per_class": result.per_class.to_dict(orient="index"),
         "confusion_matrix": result.confusion_matrix.to_dict(orient="split"),
     }

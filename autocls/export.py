@@ -2,7 +2,8 @@
 
 The graph takes a ``(N, 3, R, R)`` uint8 batch, the images already resized to the model's
 resolution ``R`` as the manifest describes (shorter side to ``decode_size``, centre crop, then
-antialiased bilinear to ``R``), and returns the ``(N, classes)`` averaged softmax probabilities.
+antialiased bilinear to ``R``), and returns the ``(N, classes)`` averaged softmax probabilities,
+temperature-scaled as refit calibrated them.
 An ensemble whose members differ in resolution takes one batch per resolution, ascending (ONNX
 inputs ``images_<R>``). Resizing stays outside the graph because antialiased resizing has no
 exact ONNX equivalent. Test-time views the manifest chose (a horizontal flip) are in the graph.
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from autocls.calibration import scale_tensor
 from autocls.ensemble import Ensemble, Member
 from autocls.errors import AutoclsError
 from autocls.preprocess import norm_tensors, normalise
@@ -51,12 +53,13 @@ class EnsembleGraph(nn.Module):
         self.members = nn.ModuleList([MemberGraph(m, ensemble.tta) for m in ensemble.members])
         resolutions = ensemble.resolutions
         self.inputs = [resolutions.index(m.config.resolution) for m in ensemble.members]
+        self.temperature = ensemble.temperature
 
     def forward(self, *images: torch.Tensor) -> torch.Tensor:
         total = self.members[0](images[self.inputs[0]])
         for member, index in zip(self.members[1:], self.inputs[1:], strict=True):
             total = total + member(images[index])
-        return total
+        return scale_tensor(total, self.temperature)
 
 
 def export(model_dir: str | Path, out: str | Path, fmt: str = "torchscript") -> Path:

@@ -2,7 +2,7 @@
 
 Sections: the class distribution, a grid of augmented training samples, every fold's learning
 curves, the out-of-fold confusion matrix, per-class precision/recall/F1/support, the most confused
-class pairs with thumbnails, the images most likely mislabelled (highest out-of-fold loss), and,
+class pairs with thumbnails, the images most likely mislabelled (confident learning, cleanlab), and,
 when the study is given, its optimisation history and parameter importances. Figures are inline
 SVG and thumbnails base64 PNG, so the file can be mailed or archived on its own.
 """
@@ -23,11 +23,12 @@ from PIL import Image
 
 from autocls import plots
 from autocls.augment import create_augmentation
+from autocls.calibration import reliability, scale
 from autocls.config import TrainConfig
 from autocls.ensemble import MANIFEST, OOF_FILE
 from autocls.errors import AutoclsError
 from autocls.images import load_square
-from autocls.reports import evaluation_tables, learning_curves
+from autocls.reports import evaluation_tables, label_issues, learning_curves
 
 THUMB = 72
 STYLE = """
@@ -96,15 +97,21 @@ def _confused_pairs(oof: pd.DataFrame, top: int = 6, per_pair: int = 4) -> str:
     return "".join(blocks)
 
 
-def _likely_mislabelled(oof: pd.DataFrame, top: int = 12) -> str:
-    worst = oof.nlargest(top, "loss")
+def _likely_mislabelled(oof: pd.DataFrame, names: list[str], top: int = 12) -> str:
+    labels = oof["true_label"].map({n: i for i, n in enumerate(names)}).to_numpy()
+    probs = oof[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float64)
+    found = label_issues(labels, probs)
     figures = [
         f"<figure>{thumbnail(row['path'])}<figcaption>labelled {escape(str(row['true_label']))}<br>"
         f"predicted {escape(str(row['label']))} ({row['confidence']:.2f})<br>{escape(Path(row['path']).name)}"
         "</figcaption></figure>"
-        for _, row in worst.iterrows()
+        for _, row in oof.iloc[found[:top]].iterrows()
     ]
-    return f'<div class="grid">{"".join(figures)}</div>'
+    return (
+        f"<p>{len(found)} of {len(oof)} images are likely mislabelled by confident learning on the out-of-fold "
+        f"probabilities (cleanlab); the {min(top, len(found))} most likely:</p>"
+        f'<div class="grid">{"".join(figures)}</div>'
+    )
 
 
 def _study_sections(study: optuna.Study) -> str:
@@ -162,6 +169,27 @@ def _members(manifest: dict) -> str:
     return "<h2>Members</h2>" + _table(rows) + note
 
 
+def _calibration(oof: pd.DataFrame, names: list[str], manifest: dict) -> str:
+    """Reliability of the out-of-fold confidences with and without the temperature refit fitted."""
+    fitted = manifest.get("calibration")
+    if not fitted:
+        return ""
+    probs = oof[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float64)
+    labels = oof["true_label"].map({n: i for i, n in enumerate(names)}).to_numpy()
+    temperature = float(fitted["temperature"])
+    raw = scale(probs, 1.0 / temperature)  # the saved out-of-fold probabilities are the calibrated ones
+    curves = {
+        f"before (ECE {fitted['ece_before']:.3f})": reliability(raw, labels),
+        f"after (ECE {fitted['ece_after']:.3f})": reliability(probs, labels),
+    }
+    return (
+        "<h2>Calibration</h2>"
+        f"<p>temperature {temperature:.3f}, fitted on the out-of-fold predictions; negative log-likelihood "
+        f"{fitted['nll_before']:.4f} -> {fitted['nll_after']:.4f}.</p>"
+        + plots.reliability_diagram(curves, "out-of-fold reliability")
+    )
+
+
 def build_report(model_dir: str | Path, study: optuna.Study | None = None) -> str:
     """The report's HTML for the ensemble in ``model_dir`` (and its study, if given)."""
     model_dir = Path(model_dir)
@@ -192,12 +220,13 @@ def build_report(model_dir: str | Path, study: optuna.Study | None = None) -> st
         f'<div class="figs">{"".join(curves.values())}</div>',
         "<h2>Out-of-fold confusion matrix</h2>",
         plots.confusion_matrix(tables["confusion_matrix"].to_numpy(), names, "out-of-fold confusion matrix"),
+        _calibration(oof, names, manifest),
         "<h2>Per-class precision, recall, F1</h2>",
         _table(tables["per_class"].rename_axis("class")),
         "<h2>Most confused class pairs</h2>",
         _confused_pairs(oof),
-        "<h2>Images most likely mislabelled (highest out-of-fold loss)</h2>",
-        _likely_mislabelled(oof),
+        "<h2>Images most likely mislabelled (confident learning)</h2>",
+        _likely_mislabelled(oof, names),
     ]
     if study is not None:
         body.append(_study_sections(study))

@@ -17,10 +17,11 @@ from autocls.config import TrainConfig
 from autocls.cost import CostModel
 from autocls.cv import CVResult, cross_validate, folds_hash
 from autocls.errors import AutoclsError
+from autocls.limits import fold_models_cost
 from autocls.prepare import PreparedData
 from autocls.progress import Reporter
 from autocls.pruning import FOLD_STEP
-from autocls.records import TrialRecorder, epoch_summary, shrunk_attrs
+from autocls.records import LIMIT_SKIP, TrialRecorder, epoch_summary, shrunk_attrs
 from autocls.runtime import derive_seed
 from autocls.studysetup import StudySetup, library_versions
 from autocls.trainer import EpochRecord, FoldResult
@@ -136,6 +137,7 @@ class Objective:
         seed = derive_seed(self.setup.seed, trial.number)  # folds derive theirs from it: no two collide
         recorder = TrialRecorder(trial)
         recorder.configured(config, seed, self.data_fingerprint, self.folds_hash, library_versions())
+        self._skip_if_over_limits(recorder, config)
         self._skip_if_too_long(trial, recorder, config)
         observer = TrialObserver(trial, self.reporter, self.budget)
         self.reporter.set_title(f"trial {trial.number}")
@@ -154,6 +156,18 @@ class Objective:
         )
         recorder.finished(result.folds[0].frozen_stages, result.oof_score())
         return config, result, observer.history
+
+    def _skip_if_over_limits(self, recorder: TrialRecorder, config: TrainConfig) -> None:
+        """Skip (before any training) a configuration whose fold models break the deployment limits."""
+        limits = self.setup.limits
+        if not limits or self.cost is None:
+            return
+        cost = fold_models_cost(self.cost, config, self.setup.trained_folds)
+        recorder.model_cost(cost.latency_ms, cost.parameters)
+        reason = limits.exceeded(cost)
+        if reason:
+            recorder.skipped(f"{LIMIT_SKIP}its {self.setup.trained_folds} fold models take {reason}")
+            raise TrialSkipped(f"skipped: {self.setup.trained_folds} fold models take {reason}")
 
     def _skip_if_too_long(self, trial: optuna.Trial, recorder: TrialRecorder, config: TrainConfig) -> None:
         """Skip (before any training) a configuration that cannot finish in the time left, and queue

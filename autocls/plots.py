@@ -1,4 +1,4 @@
-"""Small SVG figures: learning curves and confusion matrices.
+"""Small SVG figures: learning curves, confusion matrices and reliability diagrams.
 
 matplotlib is not part of autocls's stack, and these two figures need little: SVG text is
 self-contained, embeds in the HTML report as it is, and optuna-dashboard shows it as an image
@@ -101,6 +101,38 @@ def confusion_matrix(matrix: np.ndarray, class_names: list[str], title: str = "c
                     f'<text x="{px + cell / 2}" y="{py + cell / 2 + 4}" text-anchor="middle">{int(matrix[i, j])}</text>'
                 )
     parts.append(f'<text x="{width / 2}" y="{height - 6}" text-anchor="middle">predicted (rows: true class)</text>')
+    return "".join(parts) + "</svg>"
+
+
+def reliability_diagram(curves: dict[str, list[tuple[float, float, int]]], title: str, size: int = 320) -> str:
+    """Accuracy against confidence per bin, one line per curve (``(confidence, accuracy, count)``
+    points, see :func:`autocls.calibration.reliability`); the diagonal is perfect calibration."""
+    left, top, right, bottom = 50, 30, 120, 40
+    plot = size - top - bottom
+    width = left + plot + right
+
+    def x(v: float) -> float:
+        return left + plot * v
+
+    def y(v: float) -> float:
+        return top + plot * (1 - v)
+
+    parts = [_header(width, size, title)]
+    for k in range(6):
+        v = k / 5
+        parts.append(f'<line x1="{x(0)}" x2="{x(1)}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>')
+        parts.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.1f}</text>')
+        parts.append(f'<text x="{x(v):.1f}" y="{top + plot + 16}" text-anchor="middle">{v:.1f}</text>')
+    parts.append(f'<line x1="{x(0)}" y1="{y(0)}" x2="{x(1)}" y2="{y(1)}" stroke="#999" stroke-dasharray="4,3"/>')
+    for n, (name, points) in enumerate(curves.items()):
+        colour = PALETTE[n % len(PALETTE)]
+        line = " ".join(f"{x(c):.1f},{y(a):.1f}" for c, a, _ in points)
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{line}"/>')
+        parts.extend(f'<circle cx="{x(c):.1f}" cy="{y(a):.1f}" r="2.5" fill="{colour}"/>' for c, a, _ in points)
+        parts.append(f'<rect x="{left + plot + 10}" y="{top + 16 * n}" width="12" height="3" fill="{colour}"/>')
+        parts.append(f'<text x="{left + plot + 26}" y="{top + 16 * n + 5}">{escape(name)}</text>')
+    parts.append(f'<text x="{x(0.5)}" y="{size - 6}" text-anchor="middle">confidence</text>')
+    parts.append(f'<text transform="translate(14,{y(0.5)}) rotate(-90)" text-anchor="middle">accuracy</text>')
     return "".join(parts) + "</svg>"
 
 

@@ -58,6 +58,12 @@ def summarise_params(params: dict[str, Any]) -> str:
     return " ".join(shown)
 
 
+def _model_cost(cost: dict[str, float] | None) -> tuple[str, str]:
+    if not cost:
+        return "", ""
+    return f"{cost['latency_ms']:.1f}", f"{int(cost['parameters']) / 1e6:.1f}M"
+
+
 class Reporter(TrainingObserver):
     """Shows training progress live and prints finished trials; silent but for warnings when quiet."""
 
@@ -147,7 +153,9 @@ class Reporter(TrainingObserver):
             f"{counts['PRUNED']} pruned, {counts['FAIL'] - len(skipped)} failed trials"
             + (f"; {len(skipped)} configurations skipped (too long for the time left)" if skipped else "")
         )
-        for column in ("trial", f"cv {metric}", "folds", "time", "configuration"):
+        limited = any(r.model_cost for r in records.values())  # a study with deployment limits
+        columns = ("trial", f"cv {metric}", "folds", "time") + (("ms/image", "parameters") if limited else ())
+        for column in (*columns, "configuration"):
             table.add_column(column, overflow="fold")
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         for trial in sorted(done, key=lambda t: t.value, reverse=maximize)[:top]:
@@ -159,6 +167,7 @@ class Reporter(TrainingObserver):
                 f"{trial.value:.4f}",
                 folds,
                 f"{seconds:.0f}s",
+                *(_model_cost(record.model_cost) if limited else ()),
                 summarise_params(record.config or trial.params),
             )
         self.print(table)

@@ -26,7 +26,9 @@ HISTORY, FOLDS = "history", "folds"
 FROZEN_STAGES, OOF_SCORE = "frozen_stages", "oof_score"
 DATA_FINGERPRINT, FOLDS_HASH, VERSIONS = "data_fingerprint", "folds_hash", "versions"
 ESTIMATE = "estimated_epoch_seconds"  # the cost model's per-epoch estimate when the trial started
-SKIPPED = "skipped"  # why a configuration was not trained (too long for the time left)
+MODEL_COST = "model_cost"  # {"latency_ms", "parameters"} of the trial's fold models together, under limits
+SKIPPED = "skipped"  # why a configuration was not trained (too long for the time left, or over a limit)
+LIMIT_SKIP = "limit: "  # starts the skipped reason of a configuration over the deployment limits
 FAIL_REASON, STOPPED_BY = "fail_reason", "stopped_by"
 WORKER = "worker"  # {"host", "pid", "started"}: a later run on this host recovers the trial if it died
 RETRY_OF = "retry_of"  # on a re-enqueued trial: the number of the trial it repeats
@@ -71,6 +73,7 @@ class TrialRecord:
     data_fingerprint: str | None = None
     folds_hash: str | None = None
     estimated_epoch_seconds: float | None = None
+    model_cost: dict[str, float] | None = None
     skipped: str | None = None
     fail_reason: str | None = None
     stopped_by: str | None = None
@@ -95,6 +98,7 @@ class TrialRecord:
             data_fingerprint=attrs.get(DATA_FINGERPRINT),
             folds_hash=attrs.get(FOLDS_HASH),
             estimated_epoch_seconds=attrs.get(ESTIMATE),
+            model_cost=attrs.get(MODEL_COST),
             skipped=attrs.get(SKIPPED),
             fail_reason=attrs.get(FAIL_REASON),
             stopped_by=attrs.get(STOPPED_BY),
@@ -141,6 +145,9 @@ class TrialRecorder:
                 VERSIONS: versions,
             }
         )
+
+    def model_cost(self, latency_ms: float, parameters: int) -> None:
+        self._set(**{MODEL_COST: {"latency_ms": round(latency_ms, 3), "parameters": parameters}})
 
     def estimated(self, epoch_seconds: float) -> None:
         self._set(**{ESTIMATE: round(epoch_seconds, 4)})

@@ -17,10 +17,13 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from autocls.backbones import create_classifier
+from autocls.calibration import Calibration, calibrate, scale
 from autocls.config import TrainConfig
+from autocls.cost import CostModel
 from autocls.cv import CVResult, cross_validate, folds_hash
 from autocls.ensemble import FORMAT_VERSION, OOF_FILE, TTA_VIEWS, Ensemble, Member, check_model_destination
 from autocls.errors import AutoclsError
+from autocls.limits import ModelCost, fold_models_cost
 from autocls.metrics import get_metric
 from autocls.prepare import PreparedData
 from autocls.preprocess import Preprocess, autocast, model_norm, model_to_device
@@ -123,7 +126,8 @@ def refit(
     # than all folds (a short budget), where only its validation folds are predicted
     covered = np.logical_and.reduce([~np.isnan(c.cv.oof_probs[:, 0]) for c in candidates])
     labels = data.images.labels[covered]
-    selection = select_ensemble([c.cv.oof_probs[covered] for c in candidates], labels, score)
+    within = _within_limits(candidates, setup, device, cache_dir)
+    selection = select_ensemble([c.cv.oof_probs[covered] for c in candidates], labels, score, allowed=within)
     if len(candidates) > 1:
         chosen = "ensemble" if len(selection.weights) > 1 else "best trial"
         reporter.print(
@@ -132,12 +136,37 @@ def refit(
             f"{sign * selection.best_single_score:.4f}: the {chosen} is saved"
         )
     if len(selection.weights) == 1:  # no blend beats one trial: the best trial, as --best gives
-        selection = replace(selection, weights={0: 1.0})
+        selection = replace(selection, weights={0 if within(frozenset({0})) else selection.best_single: 1.0})
     members = [(candidates[i], weight) for i, weight in selection.weights.items()]
     oof = blend([c.cv.oof_probs[covered] for c in candidates], selection.weights)
-    tta, oof, tta_scores = _choose_tta(members, data, device, score, oof, covered)
+    if within(frozenset(selection.weights), views=2):
+        tta, oof, tta_scores = _choose_tta(members, data, device, score, oof, covered)
+    else:
+        tta, tta_scores = [], {"none": float(score(labels, oof))}
+        reporter.print(
+            f"no test-time flip: it would double the time an image takes, over the limit ({setup.limits.describe()})"
+        )
+    calibration = calibrate(oof, labels)  # on the blend as it will predict: members, weights and views
+    oof = scale(oof, calibration.temperature)
+    reporter.print(
+        f"calibration: temperature {calibration.temperature:.3f}, out-of-fold expected calibration error "
+        f"{calibration.ece_before:.4f} -> {calibration.ece_after:.4f}"
+    )
     considered = [c.trial.number for c in candidates]
-    ensemble = _ensemble(members, tta, study, setup, data, device, selection, sign, oof, labels, tta_scores, considered)
+    ensemble = _ensemble(
+        members, tta, study, setup, data, device, selection, sign, oof, labels, tta_scores, considered, calibration
+    )
+    if setup.limits:  # what the saved model costs, beside the limits it keeps
+        cost = CostModel(device, cache_dir / "speeds.json" if cache_dir else None)
+        views = 1 + len(tta)
+        total = sum((fold_models_cost(cost, c.config, len(c.cv.folds), views) for c, _ in members), ModelCost())
+        ensemble.manifest["limits"] = {
+            "max_latency_ms": setup.max_latency_ms,
+            "max_params": setup.max_params,
+            "latency_ms": round(total.latency_ms, 3),
+            "parameters": total.parameters,
+            "device": device.type,
+        }
     frame = ensemble.to_frame([str(p) for p, kept in zip(data.images.paths, covered, strict=True) if kept], oof)
     frame.insert(1, "true_label", [data.images.class_names[i] for i in labels])
     picked = oof[np.arange(len(labels)), labels]
@@ -145,6 +174,31 @@ def refit(
     directory = ensemble.save(out, extra={OOF_FILE: frame.to_csv(index=False)}, overwrite=overwrite)
     heaviest = max(members, key=lambda m: m[1])[0]
     return RefitResult(ensemble, heaviest.cv, directory, metric(labels, oof))
+
+
+def _within_limits(
+    candidates: list[Candidate], setup: StudySetup, device: torch.device, cache_dir: Path | None
+) -> Callable[..., bool]:
+    """Whether a set of candidates (indices), run on ``views`` views of each image, keeps the
+    study's deployment limits; always true without limits. The best trial alone must keep them."""
+    limits = setup.limits
+    if not limits:
+        return lambda members, views=1: True
+    cost = CostModel(device, cache_dir / "speeds.json" if cache_dir else None)
+    costs = [fold_models_cost(cost, c.config, len(c.cv.folds)) for c in candidates]
+
+    def within(members: frozenset[int], views: int = 1) -> bool:
+        total = sum((costs[i] for i in members), ModelCost())
+        return limits.exceeded(ModelCost(total.latency_ms * views, total.parameters)) is None
+
+    reason = limits.exceeded(costs[0])
+    if reason:
+        first = candidates[0]
+        raise AutoclsError(
+            f"trial {first.trial.number}'s {len(first.cv.folds)} fold models take {reason} (the study's limit); "
+            "refit without --retrain (the search's fold models kept it), or choose another --trial."
+        )
+    return within
 
 
 def _candidate(
@@ -247,6 +301,7 @@ def _ensemble(
     labels: np.ndarray,
     tta_scores: dict[str, float],
     considered: list[int],
+    calibration: Calibration,
 ) -> Ensemble:
     """The members' fold models and the manifest that describes them (long: the manifest is one
     literal, so that what a model folder records can be read in one place)."""
@@ -293,6 +348,7 @@ def _ensemble(
             "oof_score_best_trial": sign * selection.best_single_score,
             "oof_score_tta": {view: sign * value for view, value in tta_scores.items()},
         },
+        "calibration": calibration.to_dict(),
         "folds": fold_summaries(heaviest.cv.folds),
         "metric": setup.metric,
         "cv_score": heaviest.cv.mean_score,

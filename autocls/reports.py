@@ -52,3 +52,18 @@ def evaluation_tables(labels: np.ndarray, predicted: np.ndarray, class_names: li
         "per_class": per_class,
         "confusion_matrix": pd.DataFrame(matrix, index=class_names, columns=class_names),
     }
+
+
+def label_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Indices of images whose label is likely wrong, most likely first: confident learning
+    (Northcutt et al., 2021) on out-of-fold probabilities, by cleanlab's ``find_label_issues``.
+
+    Better than ranking by loss alone: it estimates per-class thresholds from the probabilities, so
+    a hard but rightly labelled image of a class the model is unsure of is not flagged. A class
+    with fewer than two images leaves cleanlab nothing to estimate: then no issue is reported.
+    """
+    from cleanlab.filter import find_label_issues  # the report's alone: evaluate and predict need none of it
+
+    if len(labels) == 0 or np.bincount(labels, minlength=probs.shape[1]).min() < 2:
+        return np.zeros(0, dtype=int)
+    return np.asarray(find_label_issues(labels, probs, return_indices_ranked_by="self_confidence"), dtype=int)

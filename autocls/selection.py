@@ -40,23 +40,39 @@ def blend(oof: list[np.ndarray], weights: dict[int, float]) -> np.ndarray:
     return sum(weight * oof[i] for i, weight in weights.items())
 
 
-def select_ensemble(oof: list[np.ndarray], labels: np.ndarray, score: Score, rounds: int = DEFAULT_ROUNDS) -> Selection:
+def select_ensemble(
+    oof: list[np.ndarray],
+    labels: np.ndarray,
+    score: Score,
+    rounds: int = DEFAULT_ROUNDS,
+    allowed: Callable[[frozenset[int]], bool] | None = None,
+) -> Selection:
     """Greedy ensemble selection with replacement over candidates' OOF probabilities.
 
     ``score`` must be higher-is-better. Each round adds the candidate whose addition gives the best
     score (ties go to the candidate added earliest, then to the lowest index, so that the result is
-    deterministic); the ensemble after the best round is returned.
+    deterministic); the ensemble after the best round is returned. ``allowed`` (a set of candidate
+    indices -> whether that set may be the ensemble, e.g. within a latency limit) restricts which
+    candidates may join, and which may start it.
     """
     if not oof:
         raise ValueError("ensemble selection needs at least one candidate")
-    singles = [score(labels, p) for p in oof]
+    allowed = allowed or (lambda members: True)
+    singles = [score(labels, p) if allowed(frozenset({i})) else -np.inf for i, p in enumerate(oof)]
+    if not np.isfinite(max(singles)):
+        raise ValueError("no candidate is allowed on its own")
     best_single = int(np.argmax(singles))
     counts: Counter[int] = Counter()
     total = np.zeros_like(oof[0], dtype=np.float64)
     best_counts, best_score = Counter({best_single: 1}), singles[best_single]
     for size in range(1, rounds + 1):
-        trial_scores = [score(labels, (total + p) / size) for p in oof]
+        trial_scores = [
+            score(labels, (total + p) / size) if allowed(frozenset(counts) | {i}) else -np.inf
+            for i, p in enumerate(oof)
+        ]
         chosen = int(np.argmax(trial_scores))  # first maximum: lowest index on ties
+        if not np.isfinite(trial_scores[chosen]):
+            break
         counts[chosen] += 1
         total += oof[chosen]
         if trial_scores[chosen] > best_score + 1e-12:

@@ -21,6 +21,7 @@ from autocls.config import TrainConfig
 from autocls.cost import CostModel
 from autocls.data import DataSpec, check_folds, typical_side
 from autocls.errors import AutoclsError
+from autocls.limits import Limits, fold_models_cost
 from autocls.metrics import default_metric, get_metric
 from autocls.portfolio import DataStats, folds_to_train, portfolio
 from autocls.records import PORTFOLIO
@@ -60,6 +61,12 @@ class StudySetup:
     metric: str = "accuracy"
     weights: str | None = None
     search_folds: int | None = None  # the first folds each trial trains when the budget holds fewer than all
+    max_latency_ms: float | None = None  # deployment limits of the delivered model (autocls.limits)
+    max_params: int | None = None
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_latency_ms, self.max_params)
 
     @property
     def trained_folds(self) -> int:
@@ -132,6 +139,43 @@ def narrow_to_available_weights(space: SearchSpace, weights_dir: Path | None, qu
     return space_from_dict(data, name=space.name)
 
 
+def narrow_to_limits(space: SearchSpace, limits: Limits, cost: CostModel, folds: int) -> SearchSpace:
+    """Drop backbones whose ``folds`` fold models break ``limits`` even at the space's lowest
+    resolution (measured here, batch 1), saying so once; none left is an error."""
+    backbones = [str(b) for b in space.values_of("backbone")]
+    lowest = min(int(r) for r in space.values_of("resolution"))
+    broken = {}
+    for backbone in backbones:
+        config = TrainConfig.from_dict({**space.fixed, "backbone": backbone, "resolution": lowest})
+        try:
+            reason = limits.exceeded(fold_models_cost(cost, config, folds))
+        except Exception as err:  # a model that cannot be built here fails its trials with the reason
+            logger.debug("could not measure %s at %d px: %s", backbone, lowest, err)
+            continue
+        if reason:
+            broken[backbone] = reason
+    if len(broken) == len(backbones):
+        raise AutoclsError(
+            f"no backbone of space {space.name!r} meets the limit ({limits.describe()}) with {folds} fold models: "
+            + "; ".join(f"{b}: {r}" for b, r in broken.items())
+            + ". Raise the limit, or search fewer --folds."
+        )
+    if not broken:
+        return space
+    logger.warning(
+        "left out of this study, over the limit (%s) with %d fold models at %d px: %s",
+        limits.describe(),
+        folds,
+        lowest,
+        "; ".join(f"{b} ({r})" for b, r in broken.items()),
+    )
+    data = space.to_dict()
+    if "backbone" not in data["params"]:  # a fixed backbone that keeps the limit: nothing to narrow
+        return space
+    data["params"]["backbone"]["choices"] = [b for b in backbones if b not in broken]
+    return space_from_dict(data, name=space.name)
+
+
 @dataclass
 class SearchRequest:
     """What ``autocls search`` was asked; ``None`` means: as stored in the study, else the default."""
@@ -152,6 +196,8 @@ class SearchRequest:
     pruning: bool = True
     warm_start: bool = True  # enqueue the portfolio's recipes first
     keep_trials: int = DEFAULT_KEEP  # trials whose fold models stay on disk for refit's ensemble selection
+    max_latency_ms: float | None = None  # the delivered model's per-image latency on this device
+    max_params: int | None = None  # the delivered model's parameters, all fold models together
 
     def to_json(self) -> str:
         """The request as JSON, for a ``--workers`` child process (a loaded space travels as its dict)."""
@@ -179,6 +225,10 @@ class SearchRequest:
             problems.append(f"keep_trials must be a positive number of trials; got {self.keep_trials!r}")
         if self.seed is not None and not (isinstance(self.seed, int) and self.seed >= 0):
             problems.append(f"seed must be a non-negative integer; got {self.seed!r}")
+        try:
+            Limits(self.max_latency_ms, self.max_params)
+        except AutoclsError as err:
+            problems.append(str(err).rstrip("."))
         if self.weights is not None and not Path(self.weights).expanduser().is_dir():
             problems.append(f"weights must be a folder of checkpoints; {self.weights} is not one")
         if problems:
@@ -192,6 +242,8 @@ def _check_continuation(study: optuna.Study, setup: StudySetup, request: SearchR
             ("--folds", request.folds, setup.folds),
             ("--seed", request.seed, setup.seed),
             ("--metric", request.metric, setup.metric),
+            ("--max-latency-ms", request.max_latency_ms, setup.max_latency_ms),
+            ("--max-params", request.max_params, setup.max_params),
             ("--space", _space_name(request.space), setup.space.get("name")),
             ("data", request.data.source, setup.data.source),
         )
@@ -273,6 +325,9 @@ def create_or_continue(
             return cost.trial_seconds(TrainConfig.from_dict({**space.fixed, **params}), len(data), folds, trained=1)
 
     trained = folds_to_train(space, stats, folds, fold_seconds, request.timeout)
+    limits = Limits(request.max_latency_ms, request.max_params)
+    if limits:
+        space = narrow_to_limits(space, limits, cost or CostModel(torch.device("cpu")), trained)
     setup = StudySetup(
         data=request.data,
         space=space.to_dict(),
@@ -281,6 +336,8 @@ def create_or_continue(
         metric=metric,
         weights=weights,
         search_folds=trained if trained < folds else None,
+        max_latency_ms=request.max_latency_ms,
+        max_params=request.max_params,
     )
     study = optuna.create_study(
         study_name=study_name,

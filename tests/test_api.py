@@ -136,3 +136,26 @@ def test_loading_and_predicting_import_nothing_of_the_search(module: str) -> Non
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", f"{module} pulls in {done.stdout.strip()}"
+
+
+def test_evaluate_warns_when_evaluation_images_are_training_images(
+    model_dir: Path, image_folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A copy of a training image under another name, among new images: named in one warning, counted."""
+    import shutil
+
+    from autocls.evaluate import evaluate
+    from autocls.leakage import duplicates_of_training
+    from tests.helpers import write_class_folders
+
+    evaluated = write_class_folders(tmp_path / "eval", per_class=2, seed=7)
+    original = sorted((image_folder / "class_1").iterdir())[0]
+    copy = evaluated / "class_1" / f"renamed{original.suffix}"
+    shutil.copy(original, copy)
+    manifest = autocls.Ensemble.load(model_dir, "cpu").manifest
+    assert duplicates_of_training(manifest, sorted(evaluated.rglob("*.*"))) == [(copy, original)]
+    result = evaluate(model_dir, evaluated)
+    assert result.training_duplicates == 1
+    assert "1 of the 7 evaluation images are training images" in caplog.text and str(copy) in caplog.text
+    moved = {**manifest, "data": {**manifest["data"], "source": str(tmp_path / "gone")}}
+    assert duplicates_of_training(moved, [copy]) == []  # training data not here: nothing to compare

@@ -59,6 +59,8 @@ def test_search_refit_predict(image_folder: Path, tiny_space: Path, tmp_path: Pa
     assert manifest["class_names"] == ["class_0", "class_1", "class_2"]
     assert manifest["trial"] == trial.number and len(manifest["folds"]) == 2
     assert {"autocls", "timm"} <= set(manifest["versions"])
+    calibration = manifest["calibration"]  # fitted on the out-of-fold predictions: never a worse NLL
+    assert calibration["temperature"] > 0 and calibration["nll_after"] <= calibration["nll_before"] + 1e-9
     assert sorted(p.name for p in model_dir.iterdir()) == [
         "fold0.safetensors",
         "fold1.safetensors",
@@ -92,6 +94,9 @@ def test_search_refit_predict(image_folder: Path, tiny_space: Path, tmp_path: Pa
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv")
     assert metrics["images"] == 6 == len(predictions)
+    assert "expected calibration error" in printed and 0 <= metrics["expected_calibration_error"] <= 1
+    assert metrics["temperature"] == pytest.approx(calibration["temperature"])
+    assert metrics["training_duplicates"] == 0  # new images: none is a training image
     assert metrics["accuracy"] == pytest.approx((predictions["label"] == predictions["true_label"]).mean())
     per_class = pd.read_csv(tmp_path / "eval" / "per_class.csv")
     assert list(per_class.columns) == ["class", "precision", "recall", "f1", "support"]
@@ -200,6 +205,8 @@ def test_report_is_one_self_contained_html_file(image_folder: Path, tiny_space: 
         "Learning curves",
         "Out-of-fold confusion matrix",
         "Per-class precision",
+        "Calibration",
+        "out-of-fold reliability",
         "Most confused class pairs",
         "most likely mislabelled",
         "Optimisation history",

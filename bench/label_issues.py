@@ -1,0 +1,87 @@
+"""How many deliberately swapped labels does the report list? And is the model calibrated?
+
+    python bench/label_issues.py DATA/train [--swap 40] [--budget-minutes 5] [--test DATA/test]
+
+Copies the class folders of ``DATA/train`` to a scratch folder, moving ``--swap`` images (chosen
+with a fixed seed) into another class's folder, searches it with autocls's defaults for the budget,
+refits, and prints: how many of the swapped images confident learning (the report's "likely
+mislabelled" list, cleanlab) finds, how many other images it flags, and the out-of-fold expected
+calibration error before and after the temperature refit fitted (and on ``--test`` if given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import autocls
+from autocls.ensemble import OOF_FILE
+from autocls.evaluate import evaluate
+from autocls.reports import label_issues
+
+
+def swapped_copy(source: Path, target: Path, swap: int, seed: int = 0) -> set[str]:
+    """Copy ``source``'s class folders to ``target`` with ``swap`` images moved to another class;
+    returns the moved images' new paths."""
+    classes = sorted(p.name for p in source.iterdir() if p.is_dir())
+    files = sorted(f for c in classes for f in (source / c).iterdir() if f.is_file())
+    rng = np.random.default_rng(seed)
+    moved = set(rng.choice(len(files), size=swap, replace=False).tolist())
+    paths = set()
+    for i, file in enumerate(files):
+        label = file.parent.name
+        if i in moved:
+            label = classes[(classes.index(label) + int(rng.integers(1, len(classes)))) % len(classes)]
+        destination = target / label / file.name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(file, destination)
+        if i in moved:
+            paths.add(str(destination.resolve()))
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("train", type=Path)
+    parser.add_argument("--swap", type=int, default=40)
+    parser.add_argument("--budget-minutes", type=float, default=5.0)
+    parser.add_argument("--test", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="autocls-swap-") as scratch:
+        data = Path(scratch) / "swapped"
+        swapped = swapped_copy(args.train, data, args.swap)
+        workdir = Path(scratch) / "runs"
+        study = autocls.search(data, workdir=workdir, trials=1000, timeout=args.budget_minutes * 60, quiet=False)
+        ensemble = autocls.refit(study, workdir=workdir, quiet=False)
+        model = workdir / study.study_name / "model"
+        oof = pd.read_csv(model / OOF_FILE, dtype={"label": str, "true_label": str})
+        names = ensemble.class_names
+        labels = oof["true_label"].map({n: i for i, n in enumerate(names)}).to_numpy()
+        found = {
+            str(Path(p).resolve())
+            for p in oof["path"].iloc[label_issues(labels, oof[[f"prob_{n}" for n in names]].to_numpy())]
+        }
+        predicted = {str(Path(p).resolve()) for p in oof["path"]}
+        print(f"swapped: {len(swapped)} images, {len(swapped & predicted)} of them predicted out of fold")
+        print(f"listed by confident learning: {len(found & swapped)} of the swapped, {len(found - swapped)} others")
+        calibration = json.loads((model / "manifest.json").read_text())["calibration"]
+        print(
+            f"out-of-fold: temperature {calibration['temperature']:.3f}, ECE {calibration['ece_before']:.4f} -> "
+            f"{calibration['ece_after']:.4f}, NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}"
+        )
+        if args.test:
+            result = evaluate(ensemble, args.test)
+            print(
+                f"held-out: accuracy {result.accuracy:.4f}, ECE {result.ece_uncalibrated:.4f} -> {result.ece:.4f} "
+                f"(temperature {result.temperature:.3f})"
+            )
+
+
+if __name__ == "__main__":
+    main()
