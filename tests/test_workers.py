@@ -305,6 +305,8 @@ def test_a_worker_gets_every_setting_of_the_parents_request(image_folder: Path, 
         pruning=False,
         warm_start=False,
         keep_trials=2,
+        max_latency_ms=12.5,
+        max_params=1_000_000,
     )
     changed = {f.name for f in dataclasses.fields(SearchRequest) if getattr(asked, f.name) != getattr(defaults, f.name)}
     assert changed == {f.name for f in dataclasses.fields(SearchRequest)}  # every setting differs from its default
