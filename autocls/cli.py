@@ -40,6 +40,16 @@ def _positive_float(text: str, unit: str = "") -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
+
+
 def _seconds(text: str) -> float:
     return _positive_float(text, " of seconds")
 
@@ -134,6 +144,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace the autocls model in --out (the default folder: always)"
     )
     common(refit)
+
+    distill = commands.add_parser(
+        "distill", help="train one student model on a saved ensemble's soft targets (one forward pass per image)"
+    )
+    distill.add_argument("model", type=Path, help="the teacher: a model folder written by autocls refit")
+    distill.add_argument("data", nargs="?", help="training images (default: the data the teacher was trained on)")
+    distill.add_argument("--labels", help="CSV of file,label rows for the images under DATA")
+    distill.add_argument("--out", type=Path, required=True, help="folder for the student model")
+    distill.add_argument("--backbone", help="timm model name for the student (default: the teacher's)")
+    distill.add_argument("--epochs", type=_positive_int, help="training epochs (default: the teacher's)")
+    distill.add_argument(
+        "--label-weight",
+        type=_fraction,
+        default=0.0,
+        help="weight of the one-hot labels in the targets, the rest being the teacher's probabilities (default 0)",
+    )
+    distill.add_argument("--weights", help="folder of pretrained checkpoints by model name ($AUTOCLS_WEIGHTS)")
+    distill.add_argument("--seed", type=int, default=0, help="default 0")
+    distill.add_argument("--overwrite", action="store_true", help="replace the autocls model in --out")
+    common(distill, study=False)
 
     predict = commands.add_parser("predict", help="predict images with a saved ensemble")
     predict.add_argument("model", type=Path, help="model folder written by autocls refit")

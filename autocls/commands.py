@@ -151,6 +151,37 @@ def run_refit(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_distill(args: argparse.Namespace) -> int:
+    from autocls.distill import distill
+    from autocls.progress import Reporter
+    from autocls.threads import configure_threads
+
+    configure_threads()
+    weights = args.weights or os.environ.get(WEIGHTS_ENV)
+    result = distill(
+        args.model,
+        args.out,
+        args.data,
+        args.labels,
+        args.backbone,
+        args.epochs,
+        args.label_weight,
+        Path(weights) if weights else None,
+        args.device,
+        args.seed,
+        Reporter(quiet=args.quiet),
+        args.overwrite,
+    )
+    print(f"saved the student {result.student.config.backbone} to {result.directory} ({result.seconds:.0f} s)")
+    print(
+        f"on the training images: student agrees with the teacher on {result.agreement:.1%}; accuracy "
+        f"{result.student_accuracy:.4f} (teacher {result.teacher_accuracy:.4f}); "
+        f"{result.student_ms_per_image:.2f} ms per image (teacher {result.teacher_ms_per_image:.2f})"
+    )
+    print(f"held-out comparison: autocls evaluate {result.directory} TEST_DATA, and the same for {args.model}")
+    return 0
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from autocls.predict import predict
     from autocls.threads import configure_threads
@@ -254,6 +285,7 @@ def run_space(args: argparse.Namespace) -> int:
 HANDLERS = {
     "search": run_search,
     "refit": run_refit,
+    "distill": run_distill,
     "predict": run_predict,
     "evaluate": run_evaluate,
     "report": run_report,

@@ -143,7 +143,7 @@ def _study_sections(study: optuna.Study) -> str:
 def _members(manifest: dict) -> str:
     """Which trials the model averages, with what weight, and what selection and TTA scored on OOF."""
     members = manifest.get("members")
-    if not members:
+    if not members or "distilled_from" in manifest:
         return ""
     rows = pd.DataFrame(
         [
@@ -167,6 +167,23 @@ def _members(manifest: dict) -> str:
         f"(scores {escape(str(selection.get('oof_score_tta', {})))}).</p>"
     )
     return "<h2>Members</h2>" + _table(rows) + note
+
+
+def _distilled(manifest: dict) -> str:
+    """What a distilled student was trained from; its out-of-fold tables below are the teacher's."""
+    source = manifest.get("distilled_from")
+    if not source:
+        return ""
+    return (
+        f"<p>trained on the soft targets of {escape(str(source['model']))} (members "
+        f"{escape(str([m['trial'] for m in source['members']]))}, label weight {source['label_weight']}); on the "
+        f"training images it agrees with the teacher on {source['agreement_on_training_images']:.1%} and takes "
+        f"{source['student_ms_per_image']:.2f} ms per image against the teacher's "
+        f"{source['teacher_ms_per_image']:.2f}. "
+        "A student has no out-of-fold predictions of its own: the confusion matrix, per-class table, calibration "
+        "and likely mislabelled images below are the teacher's out-of-fold predictions (properties of the data "
+        "as the teacher saw it); score the student on held-out images with autocls evaluate.</p>"
+    )
 
 
 def _calibration(oof: pd.DataFrame, names: list[str], manifest: dict) -> str:
@@ -204,8 +221,11 @@ def build_report(model_dir: str | Path, study: optuna.Study | None = None) -> st
     counts = oof["true_label"].value_counts().reindex(names, fill_value=0)
     curves = learning_curves(manifest.get("history", []), manifest.get("metric", "score"))
     title = f"autocls report: {config.backbone} ensemble of {len(manifest['folds'])} folds"
+    if "distilled_from" in manifest:
+        title = f"autocls report: {config.backbone} student distilled from an ensemble"
     body = [
         f"<h1>{escape(title)}</h1>",
+        _distilled(manifest),
         f"<p>study {escape(str(manifest.get('study')))}, trial {manifest.get('trial')}; "
         f"out-of-fold accuracy <b>{tables['accuracy']:.4f}</b>, balanced accuracy "
         f"{tables['balanced_accuracy']:.4f}, {len(oof)} images; fold models {manifest.get('fold_models', '')}.</p>",

@@ -136,6 +136,7 @@ class Trainer:
         val_idx: np.ndarray,
         fold: int = 0,
         observer: TrainingObserver | None = None,
+        soft_targets: torch.Tensor | None = None,
     ) -> FoldResult:
         """Train on ``train_idx`` and report every epoch's score on ``val_idx``.
 
@@ -143,11 +144,17 @@ class Trainer:
         an annealing schedule keeps its last epoch; any other early-stops on images held out of
         ``train_idx`` (:func:`monitor_split`) and keeps the epoch best on those.
 
+        ``soft_targets`` (one probability row per image, e.g. a teacher's, for distillation) replace
+        the one-hot labels in the training loss; scores and early stopping still use ``labels``.
+        They cannot be combined with MixUp/CutMix, whose timm implementation mixes hard labels.
+
         Seventy lines on purpose: the whole loop on one page, as nanoGPT's ``train.py`` keeps it;
         what varies (building, caching, stopping, keeping) lives in the objects it calls.
         """
         observer = observer or TrainingObserver()
         cfg = self.config
+        if soft_targets is not None and self.mixup is not None:
+            raise ValueError("soft targets cannot be combined with MixUp/CutMix; set mixup and cutmix to 0")
         seed = derive_seed(self.seed, fold)
         seed_everything(seed)
         generator = torch.Generator().manual_seed(seed)
@@ -177,7 +184,8 @@ class Trainer:
                 check_stop()
                 idx = order[step * batch : (step + 1) * batch]
                 x = inputs.prepare_train(inputs.images[idx])
-                loss = self._train_step(inputs.net, parts.optimizer, x, labels[idx], class_weights)
+                targets = soft_targets[idx] if soft_targets is not None else labels[idx]
+                loss = self._train_step(inputs.net, parts.optimizer, x, targets, class_weights)
                 if not math.isfinite(loss):
                     raise NonFiniteLossError(
                         f"loss became {loss} at epoch {epoch + 1}, step {step + 1} (lr {cfg.lr:.2g})"
@@ -251,8 +259,11 @@ class Trainer:
         labels: torch.Tensor,
         class_weights: torch.Tensor | None,
     ) -> float:
+        """One update on a batch; ``labels`` are class indices, or probability rows (soft targets)."""
         y = labels.to(self.device, non_blocking=True)
-        if self.mixup is not None:
+        if y.is_floating_point():
+            targets = y
+        elif self.mixup is not None:
             x, targets = self.mixup(x, y)
         else:
             targets = mixup_target(y, self.num_classes, smoothing=self.config.label_smoothing)

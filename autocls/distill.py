@@ -1,0 +1,238 @@
+"""Distillation: one student model trained on a saved ensemble's soft targets, saved as a model.
+
+A k-fold ensemble (or a blend of trials, with test-time flips) costs k or more forward passes per
+image. Its averaged, calibrated probabilities are also better training targets than the labels
+alone (Hinton et al., 2015, "Distilling the knowledge in a neural network"): they say which wrong
+classes an image resembles. The student is trained on all the training images by the same
+:class:`~autocls.trainer.Trainer` as every search trial, with the teacher's probabilities (mixed
+with the one-hot labels by ``label_weight``) in place of the labels, and saved in the same format,
+so predict, evaluate, export and report take it like any model.
+
+The teacher's targets are computed once, on the un-augmented images; the student's augmentation
+then sees a flipped or jittered image with the target of the original, as for a label. MixUp and
+CutMix are turned off for the student: timm's implementation mixes hard labels only.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from autocls.backbones import check_weights, create_classifier
+from autocls.config import TrainConfig
+from autocls.data import DataSpec, LabelledImages
+from autocls.ensemble import FORMAT_VERSION, OOF_FILE, Ensemble, Member, check_model_destination
+from autocls.errors import AutoclsError
+from autocls.images import build_store
+from autocls.metrics import get_metric
+from autocls.progress import Reporter
+from autocls.records import fold_summaries
+from autocls.runtime import resolve_device
+from autocls.studysetup import library_versions
+from autocls.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+MONITOR_IMAGES = 512  # training images the student is scored on after each epoch (progress only)
+
+
+@dataclass
+class DistillResult:
+    student: Ensemble
+    directory: Path
+    agreement: float  # share of the training images where the student's class is the teacher's
+    teacher_accuracy: float  # on the training images (which the teacher was trained on)
+    student_accuracy: float  # likewise: both are in-sample; evaluate on held-out images to compare
+    teacher_ms_per_image: float  # batched prediction of the training images on this device
+    student_ms_per_image: float
+    seconds: float
+
+
+def distill(
+    teacher_dir: str | Path,
+    out: str | Path,
+    data: str | Path | None = None,
+    labels_csv: str | Path | None = None,
+    backbone: str | None = None,
+    epochs: int | None = None,
+    label_weight: float = 0.0,
+    weights_dir: Path | None = None,
+    device: torch.device | str = "auto",
+    seed: int = 0,
+    reporter: Reporter | None = None,
+    overwrite: bool = False,
+) -> DistillResult:
+    """Train one student on the soft targets of the model in ``teacher_dir`` and save it to ``out``.
+
+    ``data`` defaults to the training data the teacher's manifest names. The student's configuration
+    is the teacher's (its member of most weight) with ``backbone`` and ``epochs`` replaced when given,
+    and MixUp, CutMix and label smoothing off (the targets are already soft). Each image's target is
+    ``(1 - label_weight) * teacher + label_weight * one_hot(label)``.
+    """
+    started = time.perf_counter()
+    reporter = reporter or Reporter(quiet=True)
+    if not 0.0 <= label_weight <= 1.0:
+        raise AutoclsError(f"The 'label_weight' parameter must be a number in [0, 1]. Got {label_weight!r} instead.")
+    teacher_dir, out = Path(teacher_dir), Path(out)
+    if out.expanduser().resolve() == teacher_dir.expanduser().resolve():
+        raise AutoclsError(f"--out {out} is the teacher's folder; give another folder for the student.")
+    check_model_destination(out, overwrite, "--overwrite")  # before any training, not after it
+    device = resolve_device(device) if isinstance(device, str) else device
+    teacher = Ensemble.load(teacher_dir, device)
+    config = student_config(teacher.config, backbone, epochs)
+    if not timm.is_model(config.backbone.split(".")[0]):
+        raise AutoclsError(f"{config.backbone!r} is not a timm model name; see timm.list_models().")
+    reason = check_weights(config.backbone, weights_dir) if config.pretrained else None
+    if reason:
+        raise AutoclsError(f"no pretrained weights for the student {config.backbone}: {reason}")
+
+    images = _training_images(teacher, data, labels_csv)
+    images, store = build_store(images, teacher.decode_size)
+    index = {name: i for i, name in enumerate(teacher.class_names)}
+    labels = np.array([index[images.class_names[i]] for i in images.labels])
+    reporter.print(f"teacher {teacher_dir}: predicting {len(labels)} training images")
+    teacher_probs, teacher_ms = _timed_predict(teacher, store.images)
+    targets = soft_targets(teacher_probs, labels, label_weight)
+
+    metric = str(teacher.manifest.get("metric", "accuracy"))
+    trainer = Trainer(config, len(teacher.class_names), device, weights_dir, seed, metric)
+    rng = np.random.default_rng(seed)
+    monitor = np.sort(rng.choice(len(labels), min(MONITOR_IMAGES, len(labels)), replace=False))
+    with reporter.live(f"distilling into {config.backbone}"):
+        reporter.on_fold_start(0, 1, config.epochs)
+        fold = trainer.fit(
+            store, torch.as_tensor(labels), np.arange(len(labels)), monitor, 0, reporter, torch.from_numpy(targets)
+        )
+    student = _student(config, fold.state_dict, teacher, device)
+    student_probs, student_ms = _timed_predict(student, store.images)
+    agreement = float((student_probs.argmax(1) == teacher_probs.argmax(1)).mean())
+    accuracy = get_metric("accuracy")
+    student.manifest.update(
+        {
+            "folds": fold_summaries([fold]),
+            "history": [[asdict(r) for r in fold.history]],
+            "metric": metric,
+            "seed": seed,
+            "data": {
+                **teacher.manifest.get("data", {}),
+                **_data_fields(data, labels_csv),
+                "images": len(labels),
+                "fingerprint": images.fingerprint(),
+            },
+            "distilled_from": {
+                "model": str(teacher_dir.expanduser().resolve()),
+                "members": [{"trial": m.trial, "weight": m.weight, "folds": len(m.models)} for m in teacher.members],
+                "tta": list(teacher.tta),
+                "label_weight": label_weight,
+                "agreement_on_training_images": agreement,
+                "teacher_accuracy_on_training_images": accuracy(labels, teacher_probs),
+                "student_accuracy_on_training_images": accuracy(labels, student_probs),
+                "teacher_oof_score": teacher.manifest.get("oof_score"),
+                "teacher_ms_per_image": teacher_ms,  # batched prediction of the training images, this device
+                "student_ms_per_image": student_ms,
+            },
+        }
+    )
+    directory = student.save(out, overwrite=overwrite)
+    if (teacher_dir / OOF_FILE).is_file():  # the report's data diagnostics: the teacher's held-out view
+        shutil.copyfile(teacher_dir / OOF_FILE, directory / OOF_FILE)
+    return DistillResult(
+        student,
+        directory,
+        agreement,
+        accuracy(labels, teacher_probs),
+        accuracy(labels, student_probs),
+        teacher_ms,
+        student_ms,
+        time.perf_counter() - started,
+    )
+
+
+def student_config(teacher: TrainConfig, backbone: str | None, epochs: int | None) -> TrainConfig:
+    """The teacher's configuration for the student, validated like a search space's values."""
+    values = teacher.to_dict() | {"mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0}
+    if backbone is not None:
+        values["backbone"] = backbone
+    if epochs is not None:
+        values["epochs"] = epochs
+    return TrainConfig.from_dict(values)
+
+
+def soft_targets(teacher_probs: np.ndarray, labels: np.ndarray, label_weight: float) -> np.ndarray:
+    """Rows that sum to 1: the teacher's probabilities mixed with the one-hot labels."""
+    one_hot = np.eye(teacher_probs.shape[1], dtype=np.float32)[labels]
+    probs = teacher_probs / teacher_probs.sum(axis=1, keepdims=True)
+    return ((1.0 - label_weight) * probs + label_weight * one_hot).astype(np.float32)
+
+
+def _timed_predict(model: Ensemble, images: torch.Tensor) -> tuple[np.ndarray, float]:
+    """Calibrated probabilities and the milliseconds per image it took (batched, as predict runs)."""
+    start = time.perf_counter()
+    probs = model.predict_images(images)
+    return probs, 1000 * (time.perf_counter() - start) / max(len(images), 1)
+
+
+def _data_fields(data: str | Path | None, labels_csv: str | Path | None) -> dict[str, str | None]:
+    if data is None:
+        return {}
+    spec = DataSpec.of(data, labels_csv)
+    return {"source": spec.source, "labels_csv": spec.labels_csv, "file_column": None, "label_column": None}
+
+
+def _training_images(teacher: Ensemble, data: str | Path | None, labels_csv: str | Path | None) -> LabelledImages:
+    """``data``, or the teacher's training data as its manifest names it; classes must be the teacher's."""
+    if data is not None:
+        spec = DataSpec.of(data, labels_csv)
+    else:
+        fields = {k: v for k, v in teacher.manifest.get("data", {}).items() if k in DataSpec.__dataclass_fields__}
+        if "source" not in fields:
+            raise AutoclsError("the teacher's manifest names no training data; give the DATA folder or CSV.")
+        spec = DataSpec(**fields)
+        if not Path(spec.source).exists():
+            raise AutoclsError(
+                f"the teacher's training data {spec.source} is not there (moved, or another machine); "
+                "give the DATA folder or CSV."
+            )
+    images = spec.discover()
+    unknown = sorted(set(images.class_names) - set(teacher.class_names))
+    if unknown:
+        raise AutoclsError(f"{spec.source}: classes {unknown} are not among the teacher's {teacher.class_names}.")
+    return images
+
+
+def _student(
+    config: TrainConfig, state: dict[str, torch.Tensor] | None, teacher: Ensemble, device: torch.device
+) -> Ensemble:
+    """The trained student as a one-member, one-model :class:`Ensemble` with its manifest."""
+    model = create_classifier(config, len(teacher.class_names), load_weights=False)
+    model.load_state_dict(state)
+    cfg = model.pretrained_cfg
+    mean, std = tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", IMAGENET_DEFAULT_STD))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "study": teacher.manifest.get("study"),
+        "trial": None,
+        "config": config.to_dict(),
+        "class_names": list(teacher.class_names),
+        "preprocessing": {
+            **teacher.manifest["preprocessing"],
+            "resolution": config.resolution,
+            "mean": list(mean),
+            "std": list(std),
+        },
+        "members": [
+            {"trial": None, "weight": 1.0, "config": config.to_dict(), "mean": list(mean), "std": list(std), "folds": 1}
+        ],
+        "tta": [],
+        "fold_models": "distilled",
+        "versions": library_versions(),
+    }
+    return Ensemble([Member(config, [model], 1.0, mean, std, None)], manifest, device)
