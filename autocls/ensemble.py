@@ -136,6 +136,7 @@ class Ensemble:
             member.models = [model_to_device(m, self.device).eval() for m in member.models]
         self.members = members
         self.manifest = manifest
+        self.directory: Path | None = None  # the folder it was loaded from, if any
         self.class_names: list[str] = list(manifest["class_names"])
         self.decode_size = int(manifest["preprocessing"]["decode_size"])
         self.tta: tuple[str, ...] = tuple(manifest.get("tta", ()))
@@ -223,7 +224,9 @@ class Ensemble:
                     raise AutoclsError(f"{path}: does not fit the model its manifest describes ({first}).") from None
             members.append(member)
         dev = resolve_device(device) if isinstance(device, str) else device
-        return cls(members, manifest, dev)
+        ensemble = cls(members, manifest, dev)
+        ensemble.directory = directory
+        return ensemble
 
     # -- prediction --------------------------------------------------------------------------
     def _check_finite(self, probs: torch.Tensor) -> None:

@@ -15,10 +15,11 @@ from rich.table import Table
 
 from autocls.calibration import expected_calibration_error, scale
 from autocls.data import discover
-from autocls.ensemble import Ensemble
+from autocls.ensemble import OOF_FILE, Ensemble
 from autocls.errors import AutoclsError
 from autocls.images import decode_images, require_some_readable, warn_unreadable
 from autocls.leakage import duplicates_of_training
+from autocls.neardup import SIMILARITY, NearDuplicate, near_duplicates, training_features
 from autocls.reports import evaluation_tables
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class Evaluation:
     ece_uncalibrated: float  # the same without the temperature refit fitted
     temperature: float
     training_duplicates: int  # evaluated images whose bytes are those of a training image
+    near_duplicates: int = 0  # evaluated images whose backbone features nearly equal a training image's
 
 
 def evaluate(model: str | Path | Ensemble, data: str | Path, labels_csv: str | None = None, device: str = "auto"):
@@ -63,6 +65,7 @@ def evaluate(model: str | Path | Ensemble, data: str | Path, labels_csv: str | N
     warn_unreadable(failed)
     index = {name: i for i, name in enumerate(ensemble.class_names)}
     truth = np.array([index[labelled.class_names[labelled.labels[i]]] for i in kept])
+    near = _near_duplicates_of_training(ensemble, images, [labelled.paths[i] for i in kept])
     raw = ensemble.predict_images(images, calibrated=False)
     probs = scale(raw, ensemble.temperature)
     predictions = ensemble.to_frame([str(labelled.paths[i]) for i in kept], probs)
@@ -76,8 +79,36 @@ def evaluate(model: str | Path | Ensemble, data: str | Path, labels_csv: str | N
         ece_uncalibrated=expected_calibration_error(raw, truth),
         temperature=ensemble.temperature,
         training_duplicates=len(duplicates),
+        near_duplicates=len(near),
         **tables,
     )
+
+
+def _near_duplicates_of_training(ensemble: Ensemble, images, paths: list[Path]) -> list[NearDuplicate]:
+    """Evaluation images (one per image, its closest match) that are near-duplicates of a training
+    image the model folder lists; none when the model was not loaded from a folder with that list."""
+    folder = ensemble.directory
+    if folder is None or not (folder / OOF_FILE).is_file() or not len(images):
+        return []
+    train = training_features(folder, ensemble)
+    pairs = near_duplicates(train.of(ensemble, images), train.directions)
+    closest = {}
+    for pair in pairs:  # most similar first: the first pair of an image is its closest
+        closest.setdefault(pair.first, pair)
+    found = sorted(closest.values(), key=lambda d: -d.similarity)
+    if found:
+        first = found[0]
+        logger.warning(
+            "%d of the %d evaluation images are near-duplicates of training images (backbone features at least "
+            "%.2f similar; e.g. %s ~ %s, %.3f): their score is not quite a held-out score",
+            len(found),
+            len(images),
+            SIMILARITY,
+            paths[first.first],
+            train.table["path"].iloc[first.second],
+            first.similarity,
+        )
+    return found
 
 
 def print_evaluation(result: Evaluation, console: Console) -> None:
@@ -114,6 +145,7 @@ def write_evaluation(result: Evaluation, out_dir: Path) -> None:
         "expected_calibration_error_uncalibrated": result.ece_uncalibrated,
         "temperature": result.temperature,
         "training_duplicates": result.training_duplicates,
+        "near_duplicates_of_training": result.near_duplicates,
         "per_class": result.per_class.to_dict(orient="index"),
         "confusion_matrix": result.confusion_matrix.to_dict(orient="split"),
     }

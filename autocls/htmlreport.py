@@ -25,9 +25,10 @@ from autocls import plots
 from autocls.augment import create_augmentation
 from autocls.calibration import reliability, scale
 from autocls.config import TrainConfig
-from autocls.ensemble import MANIFEST, OOF_FILE
+from autocls.ensemble import MANIFEST, OOF_FILE, Ensemble
 from autocls.errors import AutoclsError
 from autocls.images import load_square
+from autocls.neardup import SIMILARITY, near_duplicates, training_features
 from autocls.reports import evaluation_tables, label_issues, learning_curves
 
 THUMB = 72
@@ -169,6 +170,31 @@ def _members(manifest: dict) -> str:
     return "<h2>Members</h2>" + _table(rows) + note
 
 
+def _near_duplicates_across_classes(model_dir: Path, top: int = 8) -> str:
+    """Pairs of training images under different labels whose backbone features nearly coincide:
+    one of the two labels is likely wrong, or the classes overlap."""
+    model = Ensemble.load(model_dir, "cpu")
+    train = training_features(model_dir, model)
+    oof = train.table
+    labels = oof["true_label"].to_numpy()
+    pairs = [p for p in near_duplicates(train.directions) if labels[p.first] != labels[p.second]]
+    figures = []
+    for pair in pairs[:top]:
+        a, b = oof.iloc[pair.first], oof.iloc[pair.second]
+        figures.append(
+            "".join(
+                f"<figure>{thumbnail(row['path'])}<figcaption>{escape(str(row['true_label']))}<br>"
+                f"{escape(Path(row['path']).name)}</figcaption></figure>"
+                for row in (a, b)
+            )
+            + f"<p>similarity {pair.similarity:.3f}</p>"
+        )
+    return (
+        f"<p>{len(pairs)} pairs of images labelled differently have backbone features at least {SIMILARITY} "
+        f'similar (cosine); the {min(top, len(pairs))} closest:</p><div class="grid">{"".join(figures)}</div>'
+    )
+
+
 def _distilled(manifest: dict) -> str:
     """What a distilled student was trained from; its out-of-fold tables below are the teacher's."""
     source = manifest.get("distilled_from")
@@ -247,6 +273,8 @@ def build_report(model_dir: str | Path, study: optuna.Study | None = None) -> st
         _confused_pairs(oof),
         "<h2>Images most likely mislabelled (confident learning)</h2>",
         _likely_mislabelled(oof, names),
+        "<h2>Near-duplicate images in different classes</h2>",
+        _near_duplicates_across_classes(model_dir),
     ]
     if study is not None:
         body.append(_study_sections(study))

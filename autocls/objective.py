@@ -141,21 +141,38 @@ class Objective:
         self._skip_if_too_long(trial, recorder, config)
         observer = TrialObserver(trial, self.reporter, self.budget)
         self.reporter.set_title(f"trial {trial.number}")
-        result = cross_validate(
-            config,
-            self.data.store,
-            self.data.images.labels,
-            self.data.splits[: self.setup.trained_folds],
-            len(self.data.images.class_names),
-            self.device,
-            self.setup.weights_dir,
-            seed,
-            observer,
-            keep_models=self.store is not None,
-            metric=self.setup.metric,
-        )
+        try:
+            result = cross_validate(
+                config,
+                self.data.store,
+                self.data.images.labels,
+                self.data.splits[: self.setup.trained_folds],
+                len(self.data.images.class_names),
+                self.device,
+                self.setup.weights_dir,
+                seed,
+                observer,
+                keep_models=self.store is not None,
+                metric=self.setup.metric,
+            )
+        except BudgetExhausted as err:
+            result = self._cut_short(trial, observer, err)
         recorder.finished(result.folds[0].frozen_stages, result.oof_score())
         return config, result, observer.history
+
+    def _cut_short(self, trial: optuna.Trial, observer: TrialObserver, err: BudgetExhausted) -> CVResult:
+        """The folds a trial finished before the budget ended, as its result, when no trial of the
+        study has completed: the search then delivers a model trained on fewer folds rather than
+        none (a plan sized on estimates can miss by a fold when the machine runs slower than it
+        measured). Once any trial has completed, ``err`` stands: the trial is queued again."""
+        if not observer.folds or trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            raise err
+        done, planned = len(observer.folds), self.setup.trained_folds
+        note = f"{done} of {planned} folds: {err}; no trial had completed, so it is kept on the folds it trained"
+        TrialRecorder(trial).cut_short(note)
+        self.reporter.print(f"trial {trial.number}: {note}")
+        num_classes = len(self.data.images.class_names)
+        return CVResult(observer.folds, self.data.images.labels, num_classes, self.setup.metric)
 
     def _skip_if_over_limits(self, recorder: TrialRecorder, config: TrainConfig) -> None:
         """Skip (before any training) a configuration whose fold models break the deployment limits."""

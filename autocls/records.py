@@ -161,6 +161,9 @@ class TrialRecorder:
     def finished(self, frozen_stages: int, oof_score: float) -> None:
         self._set(**{FROZEN_STAGES: frozen_stages, OOF_SCORE: round(oof_score, 6)})
 
+    def cut_short(self, note: str) -> None:
+        self._set(cut_short=note)
+
     def skipped(self, reason: str) -> None:
         self._set(**{SKIPPED: reason})
 

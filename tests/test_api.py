@@ -159,3 +159,53 @@ def test_evaluate_warns_when_evaluation_images_are_training_images(
     assert "1 of the 7 evaluation images are training images" in caplog.text and str(copy) in caplog.text
     moved = {**manifest, "data": {**manifest["data"], "source": str(tmp_path / "gone")}}
     assert duplicates_of_training(moved, [copy]) == []  # training data not here: nothing to compare
+
+
+def test_evaluate_and_the_report_find_near_duplicates_by_features(
+    image_folder: Path, tiny_space: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch
+) -> None:
+    """A re-encoded, slightly enlarged copy has other bytes: found by its features, not its bytes.
+    A training image filed under two classes is a cross-class pair in the report.
+
+    The tiny test network is untrained (its features barely tell images apart), so the features
+    here are the images themselves at 8 px, what a backbone's features are to a real photo; the
+    threshold on real features is measured in bench/label_issues.py."""
+    import shutil
+
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from autocls import neardup
+    from autocls.evaluate import evaluate
+    from autocls.htmlreport import build_report
+
+    monkeypatch.setattr(
+        neardup, "embed", lambda model, images: F.adaptive_avg_pool2d(images.float(), 8).flatten(1).numpy()
+    )
+
+    original = sorted((image_folder / "class_2").iterdir())[0]
+    shutil.copy(original, image_folder / "class_0" / "filed twice.png")
+    study = autocls.search(image_folder, trials=1, folds=2, space=str(tiny_space), workdir=tmp_path / "runs")
+    autocls.refit(study, workdir=tmp_path / "runs")
+    model_dir = tmp_path / "runs" / "data" / "model"
+
+    evaluated = tmp_path / "eval"
+    rng = np.random.default_rng(7)
+    for i in range(6):  # unlike any training image: blocks of random colours
+        blocks = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8).repeat(4, axis=0).repeat(4, axis=1)
+        (evaluated / f"class_{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(blocks).save(evaluated / f"class_{i % 3}" / f"blocks{i}.png")
+    with Image.open(original) as image:
+        image.resize((18, 18)).save(evaluated / "class_2" / "enlarged.bmp")
+    result = evaluate(model_dir, evaluated)
+    assert result.training_duplicates == 0 and result.near_duplicates == 1
+    assert "near-duplicates of training images" in caplog.text and "enlarged.bmp" in caplog.text
+    caches = sorted(model_dir.glob("features-*.npz"))
+    assert len(caches) == 1  # the training images' features, computed once for this model
+    stamp = caches[0].stat().st_mtime_ns
+    assert evaluate(model_dir, evaluated).near_duplicates == result.near_duplicates
+    assert caches[0].stat().st_mtime_ns == stamp  # the second evaluation read them
+
+    html = build_report(model_dir)
+    section = html[html.index("Near-duplicate images in different classes") :]
+    assert "filed twice.png" in section and "similarity 1.000" in section

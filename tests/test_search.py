@@ -124,7 +124,9 @@ def test_metric_defaults_to_balanced_accuracy_for_imbalanced_classes(tmp_path: P
 
 def test_timeout_bounds_the_whole_command(image_folder: Path, tiny_space: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(CostModel, "images_per_second", lambda self, config: 1e9)  # an estimate far too low
-    edit_space(tiny_space, {"epochs = 2": "epochs = 50", "patience = 2": "patience = 50"})
+    # a first fold far longer than the budget: the trial is cut inside it (a trial cut between
+    # folds with none completed is kept on its folds: see the test after this one)
+    edit_space(tiny_space, {"epochs = 2": "epochs = 2000", "patience = 2": "patience = 2000"})
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     data = DataSpec.of(image_folder)
     request = SearchRequest(data, storage=storage, space=str(tiny_space), trials=5, folds=2, timeout=2)
@@ -136,7 +138,38 @@ def test_timeout_bounds_the_whole_command(image_folder: Path, tiny_space: Path, 
     assert (
         trials[0].user_attrs["stopped_by"] == "timeout" and trials[1].system_attrs["fixed_params"] == trials[0].params
     )
-    assert elapsed < 60  # 100 epochs would take far longer: it stopped at the budget, not at the end
+    assert elapsed < 60  # 4000 epochs would take far longer: it stopped at the budget, not at the end
+
+
+def test_a_budget_that_ends_between_the_first_trials_folds_still_delivers_a_model(
+    image_folder: Path, tiny_space: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """With no completed trial, a trial the budget stops after some folds completes on those folds
+    (a model from a short budget, not nothing); once one has completed, a cut trial is queued again."""
+    import autocls
+    from autocls.budget import Budget, BudgetExhausted
+
+    def check(self: Budget, needed: float, what: str) -> None:  # the budget ends before every second fold
+        if what == "fold 2":
+            raise BudgetExhausted(f"time budget: 1s left, {what} needs about 5s")
+
+    monkeypatch.setattr(Budget, "check", check)
+    workdir = tmp_path / "runs"
+    workdir.mkdir()
+    storage = f"sqlite:///{workdir / 'autocls.db'}"
+    request = SearchRequest(
+        DataSpec.of(image_folder), workdir, storage, space=str(tiny_space), trials=3, folds=2, pruning=False
+    )
+    study = run_search(request, CPU)
+    first, second, queued = study.trials
+    assert first.state.name == "COMPLETE" and len(first.user_attrs["folds"]) == 1
+    assert first.value == pytest.approx(first.user_attrs["folds"][0]["score"], abs=1e-6)
+    assert "1 of 2 folds" in first.user_attrs["cut_short"]
+    assert second.state.name == "FAIL" and second.user_attrs["stopped_by"] == "timeout"
+    assert queued.state.name == "WAITING"
+    model = autocls.refit(study, workdir=workdir)
+    assert [len(m.models) for m in model.members] == [1]
+    assert model.manifest["oof_images"] == 12  # the one trained fold's validation half of 24 images
 
 
 def test_configurations_that_cannot_finish_in_time_are_skipped(
