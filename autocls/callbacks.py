@@ -39,6 +39,9 @@ class TrainingObserver:
     def on_fold_end(self, result: FoldResult) -> None:
         pass
 
+    def on_fold_restart(self, fold: int, reason: str) -> None:
+        """The fold starts over (``on_fold_start`` follows), e.g. with a smaller batch after running out of memory."""
+
 
 class EarlyStopping:
     """Stop when a monitored loss has not improved by ``min_delta`` for ``patience`` epochs.

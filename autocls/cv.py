@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from autocls.config import TrainConfig
 from autocls.images import ImageStore
 from autocls.metrics import get_metric
 from autocls.trainer import FoldResult, Trainer
+
+MIN_BATCH = 8  # an out-of-memory retry halves the batch down to this (BatchNorm wants a few images)
 
 
 @dataclass
@@ -82,8 +85,44 @@ def cross_validate(
     results = []
     for fold, (train_idx, val_idx) in enumerate(splits):
         observer.on_fold_start(fold, len(splits), config.epochs)
-        result = trainer.fit(store, label_t, train_idx, val_idx, fold, observer)
+        result, trainer = fit_fold(trainer, store, label_t, train_idx, val_idx, fold, observer, len(splits))
         if not keep_models:
             result.state_dict = None
         results.append(result)
     return CVResult(results, labels, num_classes, metric)
+
+
+def fit_fold(
+    trainer: Trainer,
+    store: ImageStore,
+    labels: torch.Tensor,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    fold: int,
+    observer: TrainingObserver,
+    folds: int = 1,
+    soft_targets: torch.Tensor | None = None,
+) -> tuple[FoldResult, Trainer]:
+    """``trainer.fit``; on running out of device memory, the fold starts over with half the batch and
+    half the learning rate (the linear scaling rule, Goyal et al., 2017), down to :data:`MIN_BATCH`,
+    and only then fails. Returns the trainer that succeeded, so later folds start at its batch."""
+    while True:
+        try:
+            return trainer.fit(store, labels, train_idx, val_idx, fold, observer, soft_targets), trainer
+        except torch.OutOfMemoryError:
+            config = trainer.config
+            smaller = config.batch_size // 2
+            if smaller < MIN_BATCH:
+                raise
+            release_device_memory(trainer.device)
+            observer.on_fold_restart(fold, f"out of memory at batch {config.batch_size}: again with batch {smaller}")
+            scaled_lr = config.lr * smaller / config.batch_size
+            trainer = trainer.with_config(replace(config, batch_size=smaller, lr=scaled_lr))
+            observer.on_fold_start(fold, folds, config.epochs)
+
+
+def release_device_memory(device: torch.device) -> None:
+    """Return the failed attempt's cached blocks to the GPU before the retry (nothing to do on CPU)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

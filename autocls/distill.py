@@ -28,6 +28,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from autocls.backbones import check_weights, create_classifier
 from autocls.config import TrainConfig
+from autocls.cv import fit_fold
 from autocls.data import DataSpec, LabelledImages
 from autocls.ensemble import FORMAT_VERSION, OOF_FILE, Ensemble, Member, check_model_destination
 from autocls.errors import AutoclsError
@@ -108,9 +109,9 @@ def distill(
     monitor = np.sort(rng.choice(len(labels), min(MONITOR_IMAGES, len(labels)), replace=False))
     with reporter.live(f"distilling into {config.backbone}"):
         reporter.on_fold_start(0, 1, config.epochs)
-        fold = trainer.fit(
-            store, torch.as_tensor(labels), np.arange(len(labels)), monitor, 0, reporter, torch.from_numpy(targets)
-        )
+        everything, label_t, target_t = np.arange(len(labels)), torch.as_tensor(labels), torch.from_numpy(targets)
+        fold, trainer = fit_fold(trainer, store, label_t, everything, monitor, 0, reporter, 1, target_t)
+    config = trainer.config  # with a smaller batch if the device ran out of memory
     student = _student(config, fold.state_dict, teacher, device)
     student_probs, student_ms = _timed_predict(student, store.images)
     agreement = float((student_probs.argmax(1) == teacher_probs.argmax(1)).mean())

@@ -75,8 +75,8 @@ def _augmented_grid(oof: pd.DataFrame, config: TrainConfig, decode_size: int, co
             image = torch.from_numpy(load_square(row["path"], decode_size)).permute(2, 0, 1)
         except (OSError, ValueError):
             continue
-        shown = augment(image) if augment is not None else image
-        shown = torch.nn.functional.interpolate(shown[None].float(), size=(THUMB, THUMB), mode="bilinear")[0]
+        shown = augment(image[None])[0] * 255 if augment is not None else image.float()
+        shown = torch.nn.functional.interpolate(shown[None], size=(THUMB, THUMB), mode="bilinear")[0]
         array = shown.clamp(0, 255).byte().permute(1, 2, 0).numpy()
         figures.append(f"<figure>{_img(array)}<figcaption>{escape(str(row['true_label']))}</figcaption></figure>")
     return f'<div class="grid">{"".join(figures)}</div>'

@@ -24,6 +24,7 @@ from PIL import Image, ImageOps
 from autocls.atomic import write_atomically
 from autocls.data import IMAGE_ERRORS, LabelledImages
 from autocls.errors import AutoclsError
+from autocls.preprocess import place_images
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class ImageStore:
     def __init__(self, images: torch.Tensor) -> None:
         self.images = images
         self._resized: dict[int, torch.Tensor] = {}
+        self._placed: dict[tuple[int, str], torch.Tensor] = {}
         self._features: dict[tuple, torch.Tensor] = {}
 
     @property
@@ -119,6 +121,15 @@ class ImageStore:
         if size not in self._resized:
             self._resized[size] = resize_batch(self.images, size)
         return self._resized[size]
+
+    def on(self, size: int, device: torch.device) -> torch.Tensor:
+        """The images at ``size`` where training on ``device`` takes them from fastest (see
+        :func:`autocls.preprocess.place_images`); placed once per size while this store lives."""
+        key = (size, str(device))
+        if key not in self._placed:
+            self._placed.clear()  # one resolution at a time on a device: trials of one size follow each other
+            self._placed[key] = place_images(self.at(size), device)
+        return self._placed[key]
 
     def features(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """``compute()`` (a frozen network part over every image, in order), once per ``key`` while

@@ -57,6 +57,10 @@ class TrialObserver(TrainingObserver):
             self._report(record.val_score, record.epoch)
         self.budget.check(0.0, "the next epoch")
 
+    def on_fold_restart(self, fold: int, reason: str) -> None:
+        self.history.pop()  # the fold's epochs so far: on_fold_start begins its history again
+        self.reporter.on_fold_restart(fold, reason)
+
     def on_fold_end(self, result: FoldResult) -> None:
         self.folds.append(result)
         self.recorder.folds_done(self.folds)

@@ -118,6 +118,9 @@ class Reporter(TrainingObserver):
             completed=record.epoch + 1,
         )
 
+    def on_fold_restart(self, fold: int, reason: str) -> None:
+        self.print(f"fold {fold + 1}: {reason}")
+
     def on_fold_end(self, result: FoldResult) -> None:
         best = result.best
         self.print(

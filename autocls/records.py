@@ -47,6 +47,7 @@ def fold_summaries(folds: list[FoldResult]) -> list[dict[str, float | int]]:
             "best_epoch": f.best_epoch,
             "epochs_run": len(f.history),
             "seconds": round(f.seconds, 2),
+            "batch_size": f.batch_size,
         }
         for f in folds
     ]

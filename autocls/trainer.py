@@ -69,6 +69,7 @@ class FoldResult:
     val_probs: np.ndarray
     frozen_stages: int
     state_dict: dict[str, torch.Tensor] | None = None
+    batch_size: int = 0  # the configuration's, or smaller where running out of memory halved it
 
     @property
     def best(self) -> EpochRecord:
@@ -117,6 +118,8 @@ class Trainer:
         self.seed = seed
         self.metric = get_metric(metric)
         self.augment = create_augmentation(config.augmentation, config.random_erasing)
+        if self.augment is not None:
+            self.augment.to(device)
         self.mixup = (
             Mixup(
                 mixup_alpha=config.mixup,
@@ -206,14 +209,22 @@ class Trainer:
             if stopping is not None and stopping.should_stop(epoch):
                 break
         frozen = parts.model.frozen_stages
-        result = FoldResult(fold, history, kept.epoch, np.asarray(val_idx), kept.probs, frozen, kept.state)
+        result = FoldResult(
+            fold, history, kept.epoch, np.asarray(val_idx), kept.probs, frozen, kept.state, cfg.batch_size
+        )
         observer.on_fold_end(result)
         return result
+
+    def with_config(self, config: TrainConfig) -> Trainer:
+        """The same trainer (classes, device, weights, seed, metric) for another configuration."""
+        return Trainer(
+            config, self.num_classes, self.device, self.weights_dir, self.seed, self.metric.name, self.feature_cache
+        )
 
     def _inputs(self, parts: FoldParts, store: ImageStore) -> FoldInputs:
         """The images at the model's resolution; or, when the inputs are the same every epoch (no
         augmentation, no MixUp), a frozen part's cached features and the part left to train."""
-        images = store.at(self.config.resolution)
+        images = store.on(self.config.resolution, self.device)
         plain = FoldInputs(parts.model, images, self._augmented(parts), parts.preprocess)
         if not self.feature_cache or self.augment is not None or self.mixup is not None:
             return plain
@@ -228,9 +239,11 @@ class Trainer:
         return FoldInputs(net, features, to_device, to_device)
 
     def _augmented(self, parts: FoldParts) -> Prepare:
-        if self.augment is None:
+        """Augment a uint8 batch where the model trains (the device), then normalise it."""
+        augment = self.augment
+        if augment is None:
             return parts.preprocess
-        return lambda batch: parts.preprocess(torch.stack([self.augment(img) for img in batch]))
+        return lambda batch: parts.preprocess.unit(augment(batch.to(self.device, non_blocking=True)))
 
     def _monitor_loss(self, inputs: FoldInputs, labels: torch.Tensor, monitor_idx: np.ndarray | None) -> float | None:
         if monitor_idx is None:

@@ -1,10 +1,15 @@
-"""Trainer throughput against the model's own limit, on camera-sized JPEGs.
+"""Trainer throughput against the model's own limit, on camera-sized JPEGs; augmentation throughput.
 
     python bench/throughput.py [--images 320] [--model tf_efficientnet_lite0] [--resolution 64] [--batch 64]
+                               [--augment-only]
 
-1. raw: forward+backward+optimizer step of the model on random tensors (the model's limit);
+0. augmentation: each policy at 224 px, batch 64, as the per-image loop of torchvision transforms
+   autocls used before and as its batched kornia path, same threads, images/s;
+1. raw: forward+backward+optimizer step of the model on random tensors (the model's limit), as
+   many steps as the trainer's measured epochs take, median of three;
 2. trainer: autocls's Trainer on a folder of 2400x1800 JPEGs (generated), timed from the second
-   epoch on, as a search sees it (the images were decoded once into the store before);
+   epoch on, as a search sees it (the images were decoded once into the store before), validation
+   timed apart and left out: only training steps are compared with the raw steps;
 3. without the decoded-image cache: the notebook pipeline, torchvision ImageFolder + DataLoader
    decoding and resizing every JPEG every epoch, same model, augmentation and optimizer;
 4. the frozen-feature caches: the same trial (pretrained, no augmentation) with a quarter, half,
@@ -15,6 +20,7 @@ prints a table and ``throughput ratio: X`` (trainer / raw).
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -26,7 +32,9 @@ import torch
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
+from torchvision.transforms import v2
 
+from autocls.build import batch_plan
 from autocls.config import TrainConfig
 from autocls.data import discover
 from autocls.images import ImageStore, build_store
@@ -48,8 +56,38 @@ def write_photos(root: Path, count: int, classes: int = 4) -> None:
         Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(folder / f"IMG_{i:04d}.jpg", quality=90)
 
 
+def augmentation_speeds(resolution: int = 224, batch: int = 64, batches: int = 4) -> dict[str, tuple[float, float]]:
+    """Images/s of each policy: (per-image torchvision loop, batched kornia), after a warm-up batch."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from autocls.augment import create_augmentation
+    from tests.helpers import TORCHVISION_POLICIES
+
+    images = torch.randint(0, 256, (batch, 3, resolution, resolution), dtype=torch.uint8)
+    speeds = {}
+    for policy, steps in TORCHVISION_POLICIES.items():
+        loop = v2.Compose(steps())
+        batched = create_augmentation(policy)
+
+        def per_image(transform: v2.Compose = loop) -> None:
+            torch.stack([transform(image) for image in images]).float().div_(255)
+
+        def whole_batch(augment: torch.nn.Module = batched) -> None:
+            augment(images)
+
+        speeds[policy] = tuple(_images_per_second(run, batch, batches) for run in (per_image, whole_batch))
+    return speeds
+
+
+def _images_per_second(run, batch: int, batches: int) -> float:
+    run()  # warm-up
+    start = time.perf_counter()
+    for _ in range(batches):
+        run()
+    return batch * batches / (time.perf_counter() - start)
+
+
 def raw_speed(config: TrainConfig, batch: int, steps: int = 8, repeats: int = 3) -> float:
-    """The best of ``repeats`` timings of ``steps`` training steps, after warm-up: the model's limit."""
+    """The median of ``repeats`` timings of ``steps`` training steps, after warm-up: the model's limit."""
     model = timm.create_model(config.backbone, num_classes=4)
     optimizer = create_optimizer(model, config)
     x = torch.randn(batch, 3, config.resolution, config.resolution)
@@ -63,13 +101,13 @@ def raw_speed(config: TrainConfig, batch: int, steps: int = 8, repeats: int = 3)
 
     for _ in range(4):
         step()  # warm-up: oneDNN picks its kernels on the first steps
-    best = 0.0
+    speeds = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(steps):
             step()
-        best = max(best, batch * steps / (time.perf_counter() - start))
-    return best
+        speeds.append(batch * steps / (time.perf_counter() - start))
+    return float(np.median(speeds))
 
 
 def imagefolder_speed(root: Path, config: TrainConfig, batch: int, workers: int) -> float:
@@ -102,15 +140,32 @@ def imagefolder_speed(root: Path, config: TrainConfig, batch: int, workers: int)
     return seen / (time.perf_counter() - start)
 
 
+class TimedTrainer(Trainer):
+    """A Trainer that times its evaluations, so that training steps can be timed apart from them."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.evaluations: list[float] = []
+
+    def evaluate(self, *args, **kwargs):
+        start = time.perf_counter()
+        result = super().evaluate(*args, **kwargs)
+        self.evaluations.append(time.perf_counter() - start)
+        return result
+
+
 def trainer_speed(config: TrainConfig, store_images: torch.Tensor, labels: torch.Tensor, cache: bool = True) -> float:
-    """Images/s the Trainer trains at from the second epoch on, validation included."""
+    """Images/s of the Trainer's training steps from the second epoch on (its evaluations timed apart)."""
     val = np.arange(0, len(labels), 20)  # a small validation set: the benchmark is about training
     train = np.setdiff1d(np.arange(len(labels)), val)
     store = ImageStore(store_images)  # a new store: no features cached by an earlier measurement
-    result = Trainer(config, 4, torch.device("cpu"), feature_cache=cache).fit(store, labels, train, val)
+    trainer = TimedTrainer(config, 4, torch.device("cpu"), feature_cache=cache)
+    result = trainer.fit(store, labels, train, val)
+    per_epoch = len(trainer.evaluations) // len(result.history)  # validation, and early stopping's monitor
     steady = result.history[1:]
-    trained = (len(train) // config.batch_size) * config.batch_size
-    return trained * len(steady) / sum(r.seconds for r in steady)
+    evaluating = sum(trainer.evaluations[per_epoch:])
+    batch, steps = batch_plan(config.batch_size, len(train))
+    return batch * steps * len(steady) / (sum(r.seconds for r in steady) - evaluating)
 
 
 def frozen_speeds(config: TrainConfig, images: int = 1024) -> dict[float, tuple[float, float]]:
@@ -132,8 +187,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--photos", type=Path, help="keep the generated JPEGs here and reuse them next time")
+    parser.add_argument("--augment-only", action="store_true", help="only the augmentation table")
     args = parser.parse_args()
     configure_threads()
+    augmentation = Table(title=f"augmentation at 224 px, batch 64, {torch.get_num_threads()} threads, images/s")
+    for column in ("policy", "per-image loop (torchvision)", "batched (kornia)", "speed-up"):
+        augmentation.add_column(column)
+    for policy, (loop, batched) in augmentation_speeds().items():
+        augmentation.add_row(policy, f"{loop:.0f}", f"{batched:.0f}", f"x{batched / loop:.2f}")
+    Console().print(augmentation)
+    if args.augment_only:
+        return
     config = TrainConfig(
         backbone=args.model,
         resolution=args.resolution,
@@ -145,7 +209,6 @@ def main() -> None:
         lr=1e-3,
         scheduler="cosine",
     )
-    raw = raw_speed(config, args.batch)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.photos or Path(tmp) / "photos"
         start = time.perf_counter()
@@ -159,6 +222,8 @@ def main() -> None:
         labels = torch.as_tensor(data.labels)
         images = store.at(args.resolution)
         trainer = trainer_speed(config, images, labels)
+        batch, steps = batch_plan(args.batch, len(labels) - len(labels[::20]))
+        raw = raw_speed(config, batch, steps=steps * (args.epochs - 1))  # as many steps as the trainer's timed
         notebook = imagefolder_speed(root, config, args.batch, workers=torch.get_num_threads())
     frozen = frozen_speeds(config)
     table = Table(title=f"{args.model}, {args.resolution} px, batch {args.batch}, {torch.get_num_threads()} threads")
@@ -166,7 +231,7 @@ def main() -> None:
         table.add_column(column)
     table.add_row("raw forward+backward", f"{raw:.1f}", "random tensors")
     table.add_row("decode into the store", f"{len(data) / decode:.1f}", f"{args.images} 2400x1800 JPEGs, once")
-    table.add_row("trainer, epochs 2+", f"{trainer:.1f}", "light augmentation, validation included")
+    table.add_row("trainer, epochs 2+", f"{trainer:.1f}", "light augmentation, validation timed apart")
     table.add_row(
         "ImageFolder + DataLoader", f"{notebook:.1f}", "no image cache: decode + resize every epoch (epoch 2)"
     )

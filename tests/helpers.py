@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from torchvision.transforms import v2
 
 TINY_SPACE = """
 description = "tests: timm's 100k-parameter test model, 24 px, 2 epochs"
@@ -62,3 +63,17 @@ def edit_space(path: Path, replacements: dict[str, str]) -> None:
         assert old in text, old
         text = text.replace(old, new)
     path.write_text(text)
+
+
+# The per-image torchvision policies that autocls.augment's batched ones replaced: the reference
+# for their statistics (tests/test_augment.py) and speed (bench/throughput.py).
+TORCHVISION_POLICIES = {
+    "light": lambda: [
+        v2.RandomHorizontalFlip(),
+        v2.RandomRotation(15),
+        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+    ],
+    "randaugment": lambda: [v2.RandomHorizontalFlip(), v2.RandAugment(num_ops=2, magnitude=9)],
+    "trivialaugment": lambda: [v2.RandomHorizontalFlip(), v2.TrivialAugmentWide()],
+    "autoaugment": lambda: [v2.RandomHorizontalFlip(), v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)],
+}

@@ -172,6 +172,26 @@ def test_a_budget_that_ends_between_the_first_trials_folds_still_delivers_a_mode
     assert model.manifest["oof_images"] == 12  # the one trained fold's validation half of 24 images
 
 
+def test_a_trial_that_runs_out_of_memory_finishes_at_a_smaller_batch(
+    image_folder: Path, tiny_space: Path, tmp_path: Path, monkeypatch
+) -> None:
+    real_step = Trainer._train_step
+
+    def step(self, model, optimizer, x, labels, class_weights):  # a device that holds 4 images a batch
+        if len(x) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(self, model, optimizer, x, labels, class_weights)
+
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    monkeypatch.setattr("autocls.cv.MIN_BATCH", 4)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    request = SearchRequest(DataSpec.of(image_folder), storage=storage, space=str(tiny_space), trials=1, folds=2)
+    trial = run_search(request, CPU).trials[0]
+    assert trial.state.name == "COMPLETE"
+    assert [f["batch_size"] for f in trial.user_attrs["folds"]] == [4, 4]  # the space's 8, halved once
+    assert [len(epochs) for epochs in trial.user_attrs["history"]] == [2, 2]  # the restarted fold's once
+
+
 def test_configurations_that_cannot_finish_in_time_are_skipped(
     image_folder: Path, tiny_space: Path, tmp_path: Path, monkeypatch
 ) -> None:

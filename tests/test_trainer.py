@@ -323,3 +323,54 @@ def test_frozen_features_belong_to_their_image_store(prepared) -> None:
     calls = []
     assert other.features(("k",), lambda: calls.append(1) or torch.ones(1)) is other.features(("k",), torch.zeros)
     assert ImageStore(other.images).features(("k",), lambda: torch.zeros(1)).item() == 0.0 and calls == [1]
+
+
+def test_out_of_memory_halves_the_batch_and_the_learning_rate_down_to_a_floor(prepared, monkeypatch) -> None:
+    """An out-of-memory error (injected: CPU has none) restarts the fold at half the batch and half
+    the lr; later folds start at the batch that fitted; below the floor the error stands."""
+    from autocls import trainer as trainer_module
+    from autocls.cv import MIN_BATCH
+
+    data, store = prepared
+    built, real_build, real_step = [], trainer_module.build_fold, Trainer._train_step
+    monkeypatch.setattr(trainer_module, "build_fold", lambda cfg, *args: (built.append(cfg), real_build(cfg, *args))[1])
+    limit = {"images": 8}
+
+    def step(self, model, optimizer, x, labels, class_weights):
+        if len(x) > limit["images"]:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(self, model, optimizer, x, labels, class_weights)
+
+    monkeypatch.setattr(Trainer, "_train_step", step)
+
+    class Restarts(TrainingObserver):
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, str]] = []
+
+        def on_fold_restart(self, fold: int, reason: str) -> None:
+            self.seen.append((fold, reason))
+
+    config = TrainConfig(**{**BASE.to_dict(), "batch_size": 32, "epochs": 1})
+    splits = stratified_folds(data.labels, 2, seed=0)
+    observer = Restarts()
+    result = cross_validate(config, store, data.labels, splits, 3, CPU, observer=observer)
+    assert [f.batch_size for f in result.folds] == [8, 8]
+    assert [(c.batch_size, c.lr) for c in built] == [(32, 0.01), (16, 0.005), (8, 0.0025), (8, 0.0025)]
+    assert observer.seen == [
+        (0, "out of memory at batch 32: again with batch 16"),
+        (0, "out of memory at batch 16: again with batch 8"),
+    ]
+    limit["images"] = MIN_BATCH - 1  # not even the floor fits: the trial fails with the error
+    with pytest.raises(torch.OutOfMemoryError):
+        cross_validate(config, store, data.labels, splits, 3, CPU)
+
+
+def test_the_image_store_goes_to_a_gpu_only_within_its_share_of_free_memory() -> None:
+    from autocls.preprocess import DEVICE_STORE_SHARE, images_fit_on_device
+
+    gib = 2**30
+    store = 50_000 * 3 * 224 * 224  # 50,000 images at 224 px: 7.5 GB
+    assert images_fit_on_device(store, 80 * gib) and not images_fit_on_device(store, 12 * gib)
+    assert images_fit_on_device(int(DEVICE_STORE_SHARE * gib), gib)
+    images = ImageStore(torch.zeros((4, 3, 8, 8), dtype=torch.uint8))
+    assert images.on(8, CPU) is images.at(8)  # on CPU the store is used where it is, never copied
