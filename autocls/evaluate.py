@@ -36,7 +36,7 @@ class Evaluation:
     ece_uncalibrated: float  # the same without the temperature refit fitted
     temperature: float
     training_duplicates: int  # evaluated images whose bytes are those of a training image
-    near_duplicates: int = 0  # evaluated images whose backbone features nearly equal a training image's
+    near_duplicates: int = 0  # evaluated images that are resized or re-encoded copies of a training image
 
 
 def evaluate(model: str | Path | Ensemble, data: str | Path, labels_csv: str | None = None, device: str = "auto"):
@@ -90,8 +90,8 @@ def _near_duplicates_of_training(ensemble: Ensemble, images, paths: list[Path]) 
     folder = ensemble.directory
     if folder is None or not (folder / OOF_FILE).is_file() or not len(images):
         return []
-    train = training_features(folder, ensemble)
-    pairs = near_duplicates(train.of(ensemble, images), train.directions)
+    train = training_features(folder, ensemble.decode_size)
+    pairs = near_duplicates(train.of(images), train.directions)
     closest = {}
     for pair in pairs:  # most similar first: the first pair of an image is its closest
         closest.setdefault(pair.first, pair)
@@ -99,8 +99,8 @@ def _near_duplicates_of_training(ensemble: Ensemble, images, paths: list[Path]) 
     if found:
         first = found[0]
         logger.warning(
-            "%d of the %d evaluation images are near-duplicates of training images (backbone features at least "
-            "%.2f similar; e.g. %s ~ %s, %.3f): their score is not quite a held-out score",
+            "%d of the %d evaluation images are near-duplicates of training images (resized or re-encoded copies: "
+            "thumbnails at least %.2f similar; e.g. %s ~ %s, %.3f): their score is not quite a held-out score",
             len(found),
             len(images),
             SIMILARITY,

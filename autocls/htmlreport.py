@@ -25,7 +25,7 @@ from autocls import plots
 from autocls.augment import create_augmentation
 from autocls.calibration import reliability, scale
 from autocls.config import TrainConfig
-from autocls.ensemble import MANIFEST, OOF_FILE, Ensemble
+from autocls.ensemble import MANIFEST, OOF_FILE
 from autocls.errors import AutoclsError
 from autocls.images import load_square
 from autocls.neardup import SIMILARITY, near_duplicates, training_features
@@ -171,10 +171,10 @@ def _members(manifest: dict) -> str:
 
 
 def _near_duplicates_across_classes(model_dir: Path, top: int = 8) -> str:
-    """Pairs of training images under different labels whose backbone features nearly coincide:
-    one of the two labels is likely wrong, or the classes overlap."""
-    model = Ensemble.load(model_dir, "cpu")
-    train = training_features(model_dir, model)
+    """Pairs of training images under different labels that are copies of each other (resized or
+    re-encoded: see :mod:`autocls.neardup`): one of the two labels is likely wrong."""
+    decode_size = int(json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))["preprocessing"]["decode_size"])
+    train = training_features(model_dir, decode_size)
     oof = train.table
     labels = oof["true_label"].to_numpy()
     pairs = [p for p in near_duplicates(train.directions) if labels[p.first] != labels[p.second]]
@@ -190,8 +190,9 @@ def _near_duplicates_across_classes(model_dir: Path, top: int = 8) -> str:
             + f"<p>similarity {pair.similarity:.3f}</p>"
         )
     return (
-        f"<p>{len(pairs)} pairs of images labelled differently have backbone features at least {SIMILARITY} "
-        f'similar (cosine); the {min(top, len(pairs))} closest:</p><div class="grid">{"".join(figures)}</div>'
+        f"<p>{len(pairs)} pairs of images labelled differently are copies of each other, resized or re-encoded "
+        f"(centred thumbnails at least {SIMILARITY} similar); the {min(top, len(pairs))} closest:</p>"
+        f'<div class="grid">{"".join(figures)}</div>'
     )
 
 

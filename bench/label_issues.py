@@ -107,7 +107,7 @@ def main() -> None:
             f"out-of-fold: temperature {calibration['temperature']:.3f}, ECE {calibration['ece_before']:.4f} -> "
             f"{calibration['ece_after']:.4f}, NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}"
         )
-        train = training_features(model, Ensemble.load(model, "cpu"))
+        train = training_features(model, ensemble.decode_size)
         paths = [str(Path(p).resolve()) for p in train.table["path"]]
         labels_now = train.table["true_label"].to_numpy()
         pairs = {

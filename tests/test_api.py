@@ -161,27 +161,17 @@ def test_evaluate_warns_when_evaluation_images_are_training_images(
     assert duplicates_of_training(moved, [copy]) == []  # training data not here: nothing to compare
 
 
-def test_evaluate_and_the_report_find_near_duplicates_by_features(
-    image_folder: Path, tiny_space: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch
+def test_evaluate_and_the_report_find_resized_copies(
+    image_folder: Path, tiny_space: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A re-encoded, slightly enlarged copy has other bytes: found by its features, not its bytes.
-    A training image filed under two classes is a cross-class pair in the report.
-
-    The tiny test network is untrained (its features barely tell images apart), so the features
-    here are the images themselves at 8 px, what a backbone's features are to a real photo; the
-    threshold on real features is measured in bench/label_issues.py."""
+    """A re-encoded, slightly enlarged copy has other bytes: found by its thumbnail, not its bytes.
+    A training image filed under two classes is a cross-class pair in the report."""
     import shutil
 
-    import torch.nn.functional as F
     from PIL import Image
 
-    from autocls import neardup
     from autocls.evaluate import evaluate
     from autocls.htmlreport import build_report
-
-    monkeypatch.setattr(
-        neardup, "embed", lambda model, images: F.adaptive_avg_pool2d(images.float(), 8).flatten(1).numpy()
-    )
 
     original = sorted((image_folder / "class_2").iterdir())[0]
     shutil.copy(original, image_folder / "class_0" / "filed twice.png")
