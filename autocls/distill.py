@@ -16,7 +16,6 @@ CutMix are turned off for the student: timm's implementation mixes hard labels o
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -142,9 +141,10 @@ def distill(
             },
         }
     )
-    directory = student.save(out, overwrite=overwrite)
-    if (teacher_dir / OOF_FILE).is_file():  # the report's data diagnostics: the teacher's held-out view
-        shutil.copyfile(teacher_dir / OOF_FILE, directory / OOF_FILE)
+    # the teacher's out-of-fold table goes with the student: the report's data diagnostics
+    oof = teacher_dir / OOF_FILE
+    extra = {OOF_FILE: oof.read_text(encoding="utf-8", errors="surrogateescape")} if oof.is_file() else None
+    directory = student.save(out, extra=extra, overwrite=overwrite)
     return DistillResult(
         student,
         directory,

@@ -16,7 +16,7 @@ from autocls.ensemble import Ensemble
 from autocls.errors import AutoclsError
 from autocls.images import ImageStore
 from autocls.trainer import Trainer
-from tests.helpers import class_image, edit_space, write_class_folders
+from tests.helpers import class_image, write_class_folders
 
 
 def test_soft_targets_mix_the_teacher_with_the_labels_and_sum_to_one() -> None:
@@ -53,6 +53,20 @@ def _fit(config: TrainConfig, targets: torch.Tensor | None):
     return trainer.fit(store, labels, everything, everything, soft_targets=targets)
 
 
+TEACHER_SPACE = """
+[fixed]
+backbone = "test_efficientnet"
+pretrained = false
+resolution = 16
+epochs = 10
+batch_size = 8
+optimizer = "adamw"
+lr = 0.01
+augmentation = "none"
+
+[params.dropout]
+choices = [0.0]
+"""
 CONFIG = TrainConfig("test_efficientnet", pretrained=False, resolution=16, epochs=10, batch_size=8, lr=0.01)
 
 
@@ -81,10 +95,12 @@ def test_soft_targets_refuse_mixup() -> None:
 
 @pytest.mark.slow
 def test_distill_saves_a_student_that_predicts_exports_evaluates_and_reports_like_any_model(
-    image_folder: Path, tiny_space: Path, tmp_path: Path, capsys
+    tiny_space: Path, tmp_path: Path, capsys
 ) -> None:
     workdir = tmp_path / "runs"
-    edit_space(tiny_space, {"epochs = 2": "epochs = 10"})  # a teacher sure enough to be imitated
+    image_folder = write_class_folders(tmp_path / "data", per_class=16)
+    # a teacher sure enough to be imitated: one recipe that learns these images in 10 epochs
+    tiny_space.write_text(TEACHER_SPACE)
     search = ["search", str(image_folder), "--space", str(tiny_space), "--folds", "2", "--workdir", str(workdir)]
     assert main([*search, "--trials", "1", "--quiet"]) == 0
     teacher_dir = tmp_path / "teacher"
