@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autocls.data import DataSpec
+from autocls.data import DataSpec, LabelledImages
 from autocls.errors import AutoclsError
 
 logger = logging.getLogger(__name__)
@@ -38,16 +38,24 @@ def _by_size(paths: Sequence[Path]) -> dict[int, list[Path]]:
     return sizes
 
 
+def training_data(manifest: dict[str, Any]) -> LabelledImages | None:
+    """The training data a model's ``manifest`` names, as it is now; ``None`` when it cannot be
+    listed here (moved, or another machine)."""
+    fields = {k: v for k, v in manifest.get("data", {}).items() if k in DataSpec.__dataclass_fields__}
+    try:
+        return DataSpec(**fields).discover()
+    except (AutoclsError, TypeError, OSError) as err:
+        logger.debug("training data not found: %s", err)
+        return None
+
+
 def duplicates_of_training(manifest: dict[str, Any], paths: Sequence[Path]) -> list[tuple[Path, Path]]:
     """``(evaluation file, training file)`` pairs with the same bytes; empty when the training data
     named in ``manifest`` cannot be listed here (moved, or another machine)."""
-    fields = {k: v for k, v in manifest.get("data", {}).items() if k in DataSpec.__dataclass_fields__}
-    try:
-        training = DataSpec(**fields).discover().paths
-    except (AutoclsError, TypeError, OSError) as err:
-        logger.debug("training data not found, evaluation images not checked against it: %s", err)
+    training = training_data(manifest)
+    if training is None:
         return []
-    train_sizes = _by_size(training)
+    train_sizes = _by_size(training.paths)
     found = []
     for size, evaluated in _by_size(paths).items():
         if size not in train_sizes:

@@ -14,14 +14,15 @@ Lite0 features missed half the copies at 0.9; the thumbnails scored every copy a
 and no two distinct images above 0.99. They also cost no forward pass and work for any model.
 
 The training images' descriptors are computed once per model and cached in the model folder
-(``features-<key>.npz``, rows in the order of ``oof_predictions.csv``), so a report and every
-evaluation after the first pay only for their own images. A read-only model folder is used
+(``features-<key>.npz``, keyed by the manifest and the list of training files), so a report and
+every evaluation after the first pay only for their own images. A read-only model folder is used
 without the cache.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from autocls.atomic import write_atomically
 from autocls.ensemble import MANIFEST, OOF_FILE
 from autocls.images import decode_images
+from autocls.leakage import training_data
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +85,7 @@ def near_duplicates(
 
 @dataclass
 class TrainingFeatures:
-    """The training images a model folder lists (its out-of-fold table), their feature directions
+    """The training images (:func:`training_table`), their descriptor directions
     (zero rows for images unreadable now: they match nothing) and the centre they are measured from."""
 
     table: pd.DataFrame
@@ -96,16 +98,17 @@ class TrainingFeatures:
 
 
 def training_features(model_dir: Path, decode_size: int) -> TrainingFeatures:
-    """Descriptors of the training images ``model_dir`` lists, from the folder's cache when present."""
-    oof = pd.read_csv(model_dir / OOF_FILE, dtype={"label": str, "true_label": str}, encoding_errors="surrogateescape")
-    digest = hashlib.sha256((model_dir / MANIFEST).read_bytes() + (model_dir / OOF_FILE).read_bytes())
+    """Descriptors of the model's training images, from the model folder's cache when present."""
+    table = training_table(model_dir)
+    digest = hashlib.sha256((model_dir / MANIFEST).read_bytes())
+    digest.update("\n".join(table["path"]).encode("utf-8", "surrogateescape"))
     cache = model_dir / f"features-{digest.hexdigest()[:16]}.npz"
-    features = _read_cache(cache, len(oof))
+    features = _read_cache(cache, len(table))
     if features is None:
-        images, kept, _ = decode_images([Path(p) for p in oof["path"]], decode_size)
+        images, kept, _ = decode_images([Path(p) for p in table["path"]], decode_size)
         computed = describe(images)
-        features = np.zeros((len(oof), computed.shape[1] if len(computed) else 1), np.float32)
-        readable = np.zeros(len(oof), bool)
+        features = np.zeros((len(table), computed.shape[1]), np.float32)
+        readable = np.zeros(len(table), bool)
         features[kept], readable[kept] = computed, True
         try:
             write_atomically(cache, lambda f: np.savez(f, features=features, readable=readable))
@@ -116,7 +119,19 @@ def training_features(model_dir: Path, decode_size: int) -> TrainingFeatures:
     centre = features[readable].mean(axis=0) if readable.any() else np.zeros(features.shape[1], np.float32)
     unit = directions(features, centre)
     unit[~readable] = 0.0
-    return TrainingFeatures(oof, unit, centre)
+    return TrainingFeatures(table, unit, centre)
+
+
+def training_table(model_dir: Path) -> pd.DataFrame:
+    """``path`` and ``true_label`` of every training image: the data the manifest names, as it is
+    now; where that cannot be listed here (moved, another machine), the images of the model
+    folder's out-of-fold table (all of them, unless the search trained fewer than all folds)."""
+    data = training_data(json.loads((model_dir / MANIFEST).read_text(encoding="utf-8")))
+    if data is None:
+        oof = pd.read_csv(model_dir / OOF_FILE, dtype={"true_label": str}, encoding_errors="surrogateescape")
+        return oof[["path", "true_label"]]
+    names = [data.class_names[label] for label in data.labels]
+    return pd.DataFrame({"path": [str(p) for p in data.paths], "true_label": names})
 
 
 def _read_cache(cache: Path, rows: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -27,18 +27,19 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
 from torchvision.transforms import v2
 
+from autocls.backbones import create_classifier
 from autocls.build import batch_plan
 from autocls.config import TrainConfig
 from autocls.data import discover
 from autocls.images import ImageStore, build_store
 from autocls.optim import create_optimizer
+from autocls.preprocess import model_norm, normalise
 from autocls.threads import configure_threads
 from autocls.trainer import Trainer
 
@@ -86,11 +87,17 @@ def _images_per_second(run, batch: int, batches: int) -> float:
     return batch * batches / (time.perf_counter() - start)
 
 
-def raw_speed(config: TrainConfig, batch: int, steps: int = 8, repeats: int = 3) -> float:
-    """The median of ``repeats`` timings of ``steps`` training steps, after warm-up: the model's limit."""
-    model = timm.create_model(config.backbone, num_classes=4)
+def raw_speed(config: TrainConfig, images: torch.Tensor, batch: int, steps: int = 8, repeats: int = 3) -> float:
+    """The median of ``repeats`` timings of ``steps`` training steps, after warm-up: the model's limit.
+
+    The model is built as the trainer builds it (same weights) and steps on a batch of the same
+    images: a randomly initialised model on random tensors measured 10-20% slower per step than
+    the trainer's (denormal floats in its gradients), which made the trainer look faster than its
+    own model."""
+    model = create_classifier(config, 4)
     optimizer = create_optimizer(model, config)
-    x = torch.randn(batch, 3, config.resolution, config.resolution)
+    mean, std = model_norm(model, torch.device("cpu"))
+    x = normalise(images[:batch], mean, std)
     y = torch.randint(0, 4, (batch,))
     model.train()
 
@@ -127,7 +134,7 @@ def imagefolder_speed(root: Path, config: TrainConfig, batch: int, workers: int)
     loader = torch.utils.data.DataLoader(
         datasets.ImageFolder(root, transform), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True
     )
-    model = timm.create_model(config.backbone, num_classes=4)
+    model = create_classifier(config, 4)
     optimizer = create_optimizer(model, config)
     model.train()
     for _ in range(2):
@@ -188,6 +195,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--photos", type=Path, help="keep the generated JPEGs here and reuse them next time")
     parser.add_argument("--augment-only", action="store_true", help="only the augmentation table")
+    parser.add_argument("--no-frozen", action="store_true", help="leave out the frozen-feature cache rows")
     args = parser.parse_args()
     configure_threads()
     augmentation = Table(title=f"augmentation at 224 px, batch 64, {torch.get_num_threads()} threads, images/s")
@@ -223,13 +231,13 @@ def main() -> None:
         images = store.at(args.resolution)
         trainer = trainer_speed(config, images, labels)
         batch, steps = batch_plan(args.batch, len(labels) - len(labels[::20]))
-        raw = raw_speed(config, batch, steps=steps * (args.epochs - 1))  # as many steps as the trainer's timed
+        raw = raw_speed(config, images, batch, steps=steps * (args.epochs - 1))  # as many steps as the trainer's
         notebook = imagefolder_speed(root, config, args.batch, workers=torch.get_num_threads())
-    frozen = frozen_speeds(config)
+    frozen = {} if args.no_frozen else frozen_speeds(config)
     table = Table(title=f"{args.model}, {args.resolution} px, batch {args.batch}, {torch.get_num_threads()} threads")
     for column in ("what", "images/s", "note"):
         table.add_column(column)
-    table.add_row("raw forward+backward", f"{raw:.1f}", "random tensors")
+    table.add_row("raw forward+backward", f"{raw:.1f}", "the trainer's model and images, no augmentation")
     table.add_row("decode into the store", f"{len(data) / decode:.1f}", f"{args.images} 2400x1800 JPEGs, once")
     table.add_row("trainer, epochs 2+", f"{trainer:.1f}", "light augmentation, validation timed apart")
     table.add_row(
