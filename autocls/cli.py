@@ -213,10 +213,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from autocls.progress import setup_logging
 
     setup_logging(quiet=getattr(args, "quiet", False))
-    return run_guarded(lambda: commands.HANDLERS[args.command](args), debug=args.debug)
+    interrupted = (
+        "interrupted; finished trials are saved, run the same command to continue."
+        if args.command == "search"
+        else "interrupted before the command finished; a model folder is only ever replaced whole."
+    )
+    return run_guarded(lambda: commands.HANDLERS[args.command](args), debug=args.debug, interrupted=interrupted)
 
 
-def run_guarded(command: Callable[[], int], debug: bool = False) -> int:
+def run_guarded(
+    command: Callable[[], int],
+    debug: bool = False,
+    interrupted: str = "interrupted; finished trials are saved, run the same command to continue.",
+) -> int:
     """Run a command; every error it raises becomes one line on stderr and an exit code:
     2 for bad input, 1 for a failure at run time, 130 for Ctrl-C."""
     try:
@@ -231,7 +240,7 @@ def run_guarded(command: Callable[[], int], debug: bool = False) -> int:
         print(f"autocls: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("autocls: interrupted; finished trials are saved, run the same command to continue.", file=sys.stderr)
+        print(f"autocls: {interrupted}", file=sys.stderr)
         return 130
     except PermissionError as err:  # a read-only work folder or --out
         print(

@@ -183,3 +183,16 @@ def test_distill_mistakes_are_one_line_errors(
     err = capsys.readouterr().err.strip()
     assert err.startswith("autocls: error:") and expected in err and "\n" not in err
     assert not out.exists() and sorted(p.name for p in teacher_dir.iterdir()) == before
+
+
+def test_ctrl_c_in_distill_says_what_it_left(monkeypatch, capsys, tmp_path: Path) -> None:
+    """Only search keeps finished work on Ctrl-C; other commands say they did not finish."""
+    from autocls import commands
+
+    def interrupted(args) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(commands.HANDLERS, "distill", interrupted)
+    assert main(["distill", str(tmp_path), "--out", str(tmp_path / "s")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted before the command finished" in err and "finished trials" not in err
