@@ -10,16 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from rich.console import Console
 from rich.table import Table
 
 from autocls.calibration import expected_calibration_error, scale
 from autocls.data import discover
-from autocls.ensemble import OOF_FILE, Ensemble
+from autocls.ensemble import Ensemble
 from autocls.errors import AutoclsError
 from autocls.images import decode_images, require_some_readable, warn_unreadable
 from autocls.leakage import duplicates_of_training
-from autocls.neardup import SIMILARITY, NearDuplicate, near_duplicates, training_features
+from autocls.neardup import SIMILARITY, nearest, training_features
 from autocls.reports import evaluation_tables
 
 logger = logging.getLogger(__name__)
@@ -79,36 +80,33 @@ def evaluate(model: str | Path | Ensemble, data: str | Path, labels_csv: str | N
         ece_uncalibrated=expected_calibration_error(raw, truth),
         temperature=ensemble.temperature,
         training_duplicates=len(duplicates),
-        near_duplicates=len(near),
+        near_duplicates=near,
         **tables,
     )
 
 
-def _near_duplicates_of_training(ensemble: Ensemble, images, paths: list[Path]) -> list[NearDuplicate]:
-    """Evaluation images (one per image, its closest match) that are near-duplicates of a training
-    image the model folder lists; none when the model was not loaded from a folder with that list."""
+def _near_duplicates_of_training(ensemble: Ensemble, images: torch.Tensor, paths: list[Path]) -> int:
+    """How many evaluation images are near-duplicates of a training image (one warning names the
+    closest pair); none when the model was not loaded from a folder (nothing to compare with)."""
     folder = ensemble.directory
-    if folder is None or not (folder / OOF_FILE).is_file() or not len(images):
-        return []
+    if folder is None or not len(images):
+        return 0
     train = training_features(folder, ensemble.decode_size)
-    pairs = near_duplicates(train.of(images), train.directions)
-    closest = {}
-    for pair in pairs:  # most similar first: the first pair of an image is its closest
-        closest.setdefault(pair.first, pair)
-    found = sorted(closest.values(), key=lambda d: -d.similarity)
-    if found:
-        first = found[0]
+    matches = nearest(train.of(images), train.directions)
+    flagged = np.flatnonzero(matches.similarity >= SIMILARITY)
+    if len(flagged):
+        closest = flagged[np.argmax(matches.similarity[flagged])]
         logger.warning(
             "%d of the %d evaluation images are near-duplicates of training images (resized or re-encoded copies: "
             "thumbnails at least %.2f similar; e.g. %s ~ %s, %.3f): their score is not quite a held-out score",
-            len(found),
+            len(flagged),
             len(images),
             SIMILARITY,
-            paths[first.first],
-            train.table["path"].iloc[first.second],
-            first.similarity,
+            paths[closest],
+            train.table["path"].iloc[matches.index[closest]],
+            matches.similarity[closest],
         )
-    return found
+    return len(flagged)
 
 
 def print_evaluation(result: Evaluation, console: Console) -> None:

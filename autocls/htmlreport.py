@@ -176,10 +176,9 @@ def _near_duplicates_across_classes(model_dir: Path, top: int = 8) -> str:
     decode_size = int(json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))["preprocessing"]["decode_size"])
     train = training_features(model_dir, decode_size)
     oof = train.table
-    labels = oof["true_label"].to_numpy()
-    pairs = [p for p in near_duplicates(train.directions) if labels[p.first] != labels[p.second]]
+    pairs = near_duplicates(train.directions, oof["true_label"].to_numpy(), top=top)
     figures = []
-    for pair in pairs[:top]:
+    for pair in pairs.closest:
         a, b = oof.iloc[pair.first], oof.iloc[pair.second]
         figures.append(
             "".join(
@@ -190,8 +189,8 @@ def _near_duplicates_across_classes(model_dir: Path, top: int = 8) -> str:
             + f"<p>similarity {pair.similarity:.3f}</p>"
         )
     return (
-        f"<p>{len(pairs)} pairs of images labelled differently are copies of each other, resized or re-encoded "
-        f"(centred thumbnails at least {SIMILARITY} similar); the {min(top, len(pairs))} closest:</p>"
+        f"<p>{pairs.count} pairs of images labelled differently are copies of each other, resized or re-encoded "
+        f"(centred thumbnails at least {SIMILARITY} similar); the {len(pairs.closest)} closest:</p>"
         f'<div class="grid">{"".join(figures)}</div>'
     )
 

@@ -41,12 +41,13 @@ logger = logging.getLogger(__name__)
 
 SIMILARITY = 0.99  # cosine of centred thumbnails at or above which two images are near-duplicates
 THUMBNAIL = 16
+BLOCK_ELEMENTS = 2**24  # similarities computed at once: 64 MB of float32
 
 
 @dataclass(frozen=True)
 class NearDuplicate:
-    first: int  # row of the first set
-    second: int  # row of the second set (of the same set, with first < second, when there is one set)
+    first: int
+    second: int  # first < second
     similarity: float
 
 
@@ -64,23 +65,59 @@ def directions(features: np.ndarray, centre: np.ndarray) -> np.ndarray:
     return shifted / np.maximum(np.linalg.norm(shifted, axis=1, keepdims=True), 1e-12)
 
 
+@dataclass(frozen=True)
+class Pairs:
+    """How many pairs passed the threshold, and the ``top`` most similar of them."""
+
+    count: int
+    closest: list[NearDuplicate]
+
+
 def near_duplicates(
-    first: np.ndarray, second: np.ndarray | None = None, threshold: float = SIMILARITY, block: int = 1024
-) -> list[NearDuplicate]:
-    """Pairs of rows (unit vectors) with cosine similarity at least ``threshold``, most similar first:
-    within ``first`` (each pair once) when ``second`` is None, else between the two. Blocked, so
-    memory stays ``block x len(second)`` for any size."""
-    other = first if second is None else second
-    found = []
-    for start in range(0, len(first), block):
-        sims = first[start : start + block].astype(np.float32) @ other.T.astype(np.float32)
-        rows, cols = np.nonzero(sims >= threshold)
-        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
-            i = start + r
-            if second is None and c <= i:
-                continue
-            found.append(NearDuplicate(i, c, float(sims[r, c])))
-    return sorted(found, key=lambda d: -d.similarity)
+    features: np.ndarray,
+    labels: np.ndarray | None = None,
+    threshold: float = SIMILARITY,
+    top: int = 20,
+    block_elements: int = BLOCK_ELEMENTS,
+) -> Pairs:
+    """Pairs of rows of ``features`` (unit vectors) with cosine similarity at least ``threshold``,
+    each pair once; with ``labels``, only pairs labelled differently. Memory stays bounded for any
+    number of images (blocks of ``block_elements`` similarities; only ``top`` pairs are kept), even
+    when thousands of images are copies of one another."""
+    count, closest = 0, []
+    rows = max(1, block_elements // max(len(features), 1))
+    for start in range(0, len(features), rows):
+        sims = features[start : start + rows] @ features.T
+        mask = sims >= threshold
+        mask &= np.arange(len(features))[None, :] > np.arange(start, start + len(sims))[:, None]
+        if labels is not None:
+            mask &= labels[start : start + len(sims), None] != labels[None, :]
+        r, c = np.nonzero(mask)
+        count += len(r)
+        if len(r) > top:
+            best = np.argpartition(-sims[r, c], top)[:top]
+            r, c = r[best], c[best]
+        closest += [NearDuplicate(start + i, j, float(sims[i, j])) for i, j in zip(r.tolist(), c.tolist(), strict=True)]
+        closest = sorted(closest, key=lambda d: -d.similarity)[:top]
+    return Pairs(count, closest)
+
+
+def nearest(queries: np.ndarray, references: np.ndarray, block_elements: int = BLOCK_ELEMENTS) -> NearestMatches:
+    """For each query row, the most similar reference row and its cosine similarity (unit vectors)."""
+    index = np.zeros(len(queries), dtype=np.int64)
+    similarity = np.full(len(queries), -1.0, dtype=np.float32)
+    rows = max(1, block_elements // max(len(references), 1))
+    for start in range(0, len(queries) if len(references) else 0, rows):
+        sims = queries[start : start + rows] @ references.T
+        index[start : start + len(sims)] = sims.argmax(axis=1)
+        similarity[start : start + len(sims)] = sims.max(axis=1)
+    return NearestMatches(index, similarity)
+
+
+@dataclass(frozen=True)
+class NearestMatches:
+    index: np.ndarray  # of the most similar reference row, per query
+    similarity: np.ndarray  # its cosine similarity
 
 
 @dataclass
@@ -104,6 +141,8 @@ def training_features(model_dir: Path, decode_size: int) -> TrainingFeatures:
     digest.update("\n".join(table["path"]).encode("utf-8", "surrogateescape"))
     cache = model_dir / f"features-{digest.hexdigest()[:16]}.npz"
     features = _read_cache(cache, len(table))
+    if features is None and not len(table):
+        features = np.zeros((0, 3 * THUMBNAIL * THUMBNAIL), np.float32), np.zeros(0, bool)
     if features is None:
         images, kept, _ = decode_images([Path(p) for p in table["path"]], decode_size)
         computed = describe(images)
@@ -128,6 +167,8 @@ def training_table(model_dir: Path) -> pd.DataFrame:
     folder's out-of-fold table (all of them, unless the search trained fewer than all folds)."""
     data = training_data(json.loads((model_dir / MANIFEST).read_text(encoding="utf-8")))
     if data is None:
+        if not (model_dir / OOF_FILE).is_file():  # nothing says what the model was trained on
+            return pd.DataFrame({"path": pd.Series(dtype=str), "true_label": pd.Series(dtype=str)})
         oof = pd.read_csv(model_dir / OOF_FILE, dtype={"true_label": str}, encoding_errors="surrogateescape")
         return oof[["path", "true_label"]]
     names = [data.class_names[label] for label in data.labels]

@@ -110,11 +110,8 @@ def main() -> None:
         train = training_features(model, ensemble.decode_size)
         paths = [str(Path(p).resolve()) for p in train.table["path"]]
         labels_now = train.table["true_label"].to_numpy()
-        pairs = {
-            frozenset((paths[p.first], paths[p.second]))
-            for p in near_duplicates(train.directions)
-            if labels_now[p.first] != labels_now[p.second]
-        }
+        found_pairs = near_duplicates(train.directions, labels_now, top=10_000)
+        pairs = {frozenset((paths[p.first], paths[p.second])) for p in found_pairs.closest}
         wanted = {frozenset((c, o)) for c, o in planted.items() if c in paths and o in paths}
         print(
             f"near-duplicates across classes (similarity >= {SIMILARITY}): {len(pairs & wanted)} of {len(wanted)} "
