@@ -76,6 +76,18 @@ def test_the_api_leaves_the_callers_process_as_it_found_it(image_folder: Path, t
     cleared: a later search in the same process runs (it used to stop at once)."""
     import signal
 
+    # a process started in the background by a shell (`cmd &`) begins with SIGINT ignored, and
+    # autocls leaves an ignored SIGINT alone: the test is about the default, interactive case
+    caller = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _check_process_state_is_restored(image_folder, tiny_space, tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, caller)
+
+
+def _check_process_state_is_restored(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:
+    import signal
+
     from autocls.runtime import STOP_REQUESTED, stop_on_ctrl_c
 
     with stop_on_ctrl_c():
