@@ -136,7 +136,7 @@ class Ensemble:
             member.models = [model_to_device(m, self.device).eval() for m in member.models]
         self.members = members
         self.manifest = manifest
-        self.directory: Path | None = None  # the folder it was loaded from, if any
+        self.directory: Path | None = None  # the folder it was loaded from or saved to, if any
         self.class_names: list[str] = list(manifest["class_names"])
         self.decode_size = int(manifest["preprocessing"]["decode_size"])
         self.tta: tuple[str, ...] = tuple(manifest.get("tta", ()))
@@ -193,6 +193,7 @@ class Ensemble:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        self.directory = directory
         return directory
 
     @classmethod

@@ -202,6 +202,8 @@ def test_evaluate_and_the_report_find_resized_copies(
     result = evaluate(model_dir, evaluated)
     assert result.training_duplicates == 0 and result.near_duplicates == 1
     assert "near-duplicates of training images" in caplog.text and "enlarged.bmp" in caplog.text
+    refitted = autocls.refit(study, workdir=tmp_path / "runs")  # the object refit returns knows its folder too
+    assert evaluate(refitted, evaluated).near_duplicates == 1
     caches = sorted(model_dir.glob("features-*.npz"))
     assert len(caches) == 1  # the training images' features, computed once for this model
     stamp = caches[0].stat().st_mtime_ns
