@@ -6,7 +6,8 @@
     table = ensemble.predict(["new/cat.jpg", "new/dog.jpg"])
 
 ``data`` may be a class-folder tree, a CSV of file,label rows, or a pandas DataFrame whose first two
-columns are the image path and the label.
+columns are the image path and the label. Multi-label data: a DataFrame whose label column holds
+lists (or sets) of labels, or whose columns after the path are one 0/1 column per label.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from autocls.data import DataSpec
 from autocls.ensemble import Ensemble
 from autocls.errors import AutoclsError
+from autocls.multilabel import DELIMITER
 from autocls.progress import Reporter, optuna_logs_quiet
 from autocls.refitter import refit as _refit
 from autocls.runtime import resolve_device, stop_on_ctrl_c
@@ -37,18 +39,28 @@ from autocls.trialstore import TrialStore
 DataLike = str | Path | pd.DataFrame
 
 
-def _data_spec(data: DataLike, workdir: Path, study_name: str | None) -> DataSpec:
+def _data_spec(data: DataLike, workdir: Path, study_name: str | None, label_delimiter: str | None = None) -> DataSpec:
     if not isinstance(data, pd.DataFrame):
-        return DataSpec.of(data)
+        return DataSpec.of(data, label_delimiter=label_delimiter)
     if data.shape[1] < 2:
         raise AutoclsError(f"a DataFrame of (path, label) needs two columns, got {list(data.columns)}.")
-    frame = pd.DataFrame(
-        {"file": [str(Path(p).expanduser().resolve()) for p in data.iloc[:, 0]], "label": data.iloc[:, 1].astype(str)}
-    )
+    files = [str(Path(p).expanduser().resolve()) for p in data.iloc[:, 0]]
     folder = workdir / (study_name or "dataframe")
     folder.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(folder / "labels.csv", index=False)  # kept with the study, so refit finds the images again
-    return DataSpec.of(folder / "labels.csv", file_column="file", label_column="label")
+    csv = folder / "labels.csv"  # kept with the study, so refit finds the images again
+    indicators = data.iloc[:, 1:]
+    if data.shape[1] > 2 and all(indicators[c].isin([0, 1, True, False]).all() for c in indicators.columns):
+        frame = pd.DataFrame({"file": files, **{str(c): indicators[c].astype(int) for c in indicators.columns}})
+        frame.to_csv(csv, index=False)
+        return DataSpec.of(csv, file_column="file")  # one 0/1 column per label
+    labels = data.iloc[:, 1]
+    if labels.map(lambda v: isinstance(v, list | tuple | set | frozenset)).any():
+        delimiter = label_delimiter or DELIMITER
+        cells = labels.map(lambda v: delimiter.join(sorted(map(str, v))) if not isinstance(v, str) else v)
+        pd.DataFrame({"file": files, "label": cells}).to_csv(csv, index=False)
+        return DataSpec.of(csv, file_column="file", label_column="label", label_delimiter=delimiter)
+    pd.DataFrame({"file": files, "label": labels.astype(str)}).to_csv(csv, index=False)
+    return DataSpec.of(csv, file_column="file", label_column="label", label_delimiter=label_delimiter)
 
 
 def search(
@@ -62,6 +74,7 @@ def search(
     timeout: float | None = None,
     metric: str | None = None,
     seed: int | None = None,
+    label_delimiter: str | None = None,
     workdir: str | Path = DEFAULT_WORKDIR,
     device: str = "auto",
     weights: str | None = None,
@@ -81,7 +94,7 @@ def search(
     """
     workdir = Path(workdir)
     request = SearchRequest(
-        data=_data_spec(data, workdir, study_name),
+        data=_data_spec(data, workdir, study_name, label_delimiter),
         workdir=workdir,
         storage=storage,
         study_name=study_name,
@@ -168,6 +181,11 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
 
     def fit(self, X: Any, y: Any) -> ImageClassifier:
+        if any(isinstance(v, list | tuple | set | frozenset | np.ndarray) for v in y):
+            raise AutoclsError(
+                "ImageClassifier takes one label per image (y of one dimension); for multi-label images use "
+                "autocls.search with a DataFrame of (path, list of labels)."
+            )
         paths = [str(Path(p).resolve()) for p in X]
         labels = [str(label) for label in y]
         if len(paths) != len(labels):

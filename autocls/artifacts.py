@@ -63,9 +63,10 @@ def publish_trial(
     from optuna_dashboard import save_note
 
     figures = learning_curves(history, cv.metric)
-    figures["confusion_matrix.svg"] = plots.confusion_matrix(
-        oof_confusion(cv, class_names), class_names, "out-of-fold confusion matrix"
-    )
+    if cv.labels.ndim == 1:  # a multi-label trial has no confusion matrix (evaluate and report have per-label tables)
+        figures["confusion_matrix.svg"] = plots.confusion_matrix(
+            oof_confusion(cv, class_names), class_names, "out-of-fold confusion matrix"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         for name, svg in figures.items():
             path = Path(tmp) / name

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+from autocls.multilabel import multilabel_holdout
+
 if TYPE_CHECKING:  # the trainer imports these callbacks
     from autocls.trainer import EpochRecord, FoldResult
 from torch import nn
@@ -74,6 +76,11 @@ def monitor_split(train_idx: np.ndarray, labels: np.ndarray, seed: int) -> tuple
     has two images to split. Too few images to hold any out: all train and all are monitored.
     """
     train_idx = np.asarray(train_idx)
+    if labels.ndim == 2:  # multi-label: iterative stratification keeps each label's share
+        size = round(MONITOR_SHARE * len(train_idx))
+        if size < 2 or len(train_idx) - size < 2:
+            return train_idx, train_idx
+        return multilabel_holdout(train_idx, labels, size, seed)
     present = np.unique(labels[train_idx], return_counts=True)[1]
     size = max(len(present), round(MONITOR_SHARE * len(train_idx)))
     if len(train_idx) - size < max(2, len(present)):

@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--file-column", help="CSV column of image paths (default: detected)")
     search.add_argument("--label-column", help="CSV column of labels (default: detected)")
     search.add_argument(
+        "--label-delimiter",
+        help="separator of an image's labels in a multi-label CSV (default ';', detected where a cell holds it)",
+    )
+    search.add_argument(
         "--space", help="search space name (default, fast) or .toml file; default: default on a GPU, fast on a CPU"
     )
     search.add_argument("--trials", type=_positive_int, default=20, help="target number of finished trials")
@@ -176,7 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", type=Path, help="model folder written by autocls refit")
     evaluate.add_argument("data", help="folder of class sub-folders, or a CSV of file,label rows")
     evaluate.add_argument("--labels", help="CSV of file,label rows for the images under DATA")
-    evaluate.add_argument("--out-dir", type=Path, help="also write metrics.json, per_class.csv, confusion_matrix.csv")
+    evaluate.add_argument(
+        "--label-delimiter", help="separator of an image's labels, for a multi-label model (default: the model's)"
+    )
+    evaluate.add_argument(
+        "--out-dir",
+        type=Path,
+        help="also write metrics.json, predictions.csv, per_class.csv, confusion_matrix.csv "
+        "(multi-label: per_label.csv, label_confusions.csv)",
+    )
     evaluate.add_argument("--overwrite", action="store_true", help="replace those files in --out-dir if they exist")
     common(evaluate, study=False)
 

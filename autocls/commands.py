@@ -35,7 +35,14 @@ def check_output(
         raise AutoclsError(f"--out {out} exists; add --overwrite to replace it, or give another file name.")
 
 
-EVALUATION_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.csv", "predictions.csv")
+EVALUATION_FILES = (
+    "metrics.json",
+    "per_class.csv",
+    "confusion_matrix.csv",
+    "predictions.csv",
+    "per_label.csv",  # a multi-label model's
+    "label_confusions.csv",
+)
 
 
 def check_output_folder(folder: Path, names: Sequence[str], models: Sequence[Path], overwrite: bool) -> None:
@@ -56,7 +63,13 @@ def _search_request(args: argparse.Namespace):
     from autocls.studysetup import SearchRequest
 
     return SearchRequest(
-        data=DataSpec.of(args.data, args.labels, file_column=args.file_column, label_column=args.label_column),
+        data=DataSpec.of(
+            args.data,
+            args.labels,
+            file_column=args.file_column,
+            label_column=args.label_column,
+            label_delimiter=args.label_delimiter,
+        ),
         workdir=args.workdir,
         storage=args.storage,
         study_name=args.study,
@@ -202,17 +215,18 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from autocls.evaluate import evaluate, print_evaluation, write_evaluation
+    from autocls.evaluate import MultilabelEvaluation, evaluate, print_evaluation, write_evaluation
     from autocls.threads import configure_threads
 
     configure_threads()
-    result = evaluate(args.model, args.data, args.labels, args.device)
+    result = evaluate(args.model, args.data, args.labels, args.device, args.label_delimiter)
     print_evaluation(result, Console())
     if args.out_dir:
         check_output_folder(args.out_dir, EVALUATION_FILES, [args.model], args.overwrite)
         write_evaluation(result, args.out_dir)
         if not args.quiet:
-            print(f"wrote metrics.json, per_class.csv and confusion_matrix.csv to {args.out_dir}")
+            tables = "per_label.csv" if isinstance(result, MultilabelEvaluation) else "per_class.csv"
+            print(f"wrote metrics.json, {tables}, predictions.csv and more to {args.out_dir}")
     return 0
 
 

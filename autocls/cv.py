@@ -1,4 +1,8 @@
-"""k folds -> one cross-validation result: stratified splits, one model per split, out-of-fold predictions."""
+"""k folds -> one cross-validation result: stratified splits, one model per split, out-of-fold predictions.
+
+Single-label data is split by scikit-learn's ``StratifiedKFold``; multi-label data by iterative
+stratification (:func:`autocls.multilabel.multilabel_folds`), which keeps every label's proportion.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from autocls.callbacks import TrainingObserver
 from autocls.config import TrainConfig
 from autocls.images import ImageStore
 from autocls.metrics import get_metric
+from autocls.multilabel import is_multilabel, multilabel_folds
 from autocls.trainer import FoldResult, Trainer
 
 MIN_BATCH = 8  # an out-of-memory retry halves the batch down to this (BatchNorm wants a few images)
@@ -53,6 +58,8 @@ class CVResult:
 
 def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Seeded stratified k-fold splits as (train indices, validation indices)."""
+    if is_multilabel(labels):
+        return multilabel_folds(labels, folds, seed)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(len(labels)), labels))
 
@@ -80,7 +87,7 @@ def cross_validate(
 ) -> CVResult:
     """Train one model per split with the same :class:`Trainer`; models are kept only if asked."""
     observer = observer or TrainingObserver()
-    trainer = Trainer(config, num_classes, device, weights_dir, seed, metric)
+    trainer = Trainer(config, num_classes, device, weights_dir, seed, metric, multilabel=is_multilabel(labels))
     label_t = torch.as_tensor(labels)
     results = []
     for fold, (train_idx, val_idx) in enumerate(splits):

@@ -6,7 +6,12 @@ Two layouts are understood:
   recursively inside each class folder, extensions matched in any case;
 * a CSV with a file column and a label column, paths relative to the data folder or to the CSV.
 
-The result is a :class:`LabelledImages`: image paths, integer labels and the sorted class names.
+A CSV may also label an image several times (multi-label data, :mod:`autocls.multilabel`): its
+label cells list the labels separated by ``;`` (or another ``label_delimiter``), or it has one 0/1
+column per label.
+
+The result is a :class:`LabelledImages`: image paths, integer labels (or, for multi-label data,
+an images x labels 0/1 matrix) and the sorted class names.
 Everything that can be checked without decoding pixels is checked here, with messages that name
 the file or class and say what to do.
 """
@@ -25,6 +30,7 @@ import pandas as pd
 from PIL import Image
 
 from autocls.errors import AutoclsError
+from autocls.multilabel import DELIMITER, label_sets, split_labels
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +56,10 @@ IMAGE_ERRORS = (
 
 @dataclass(frozen=True)
 class LabelledImages:
-    """Image files with integer labels; ``class_names[label]`` is the label's name (sorted)."""
+    """Image files with integer labels; ``class_names[label]`` is the label's name (sorted).
+
+    Multi-label data has a 0/1 matrix of images x labels instead (``labels[i, j]``: image ``i`` has
+    label ``class_names[j]``)."""
 
     paths: tuple[Path, ...]
     labels: np.ndarray
@@ -59,9 +68,23 @@ class LabelledImages:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.ndim == 2
+
     def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.labels, minlength=len(self.class_names))
+        """Images per class (per label, for multi-label data)."""
+        if self.multilabel:
+            counts = self.labels.sum(axis=0)
+        else:
+            counts = np.bincount(self.labels, minlength=len(self.class_names))
         return {name: int(c) for name, c in zip(self.class_names, counts)}
+
+    def label_names(self) -> list[str]:
+        """Each image's class name (its labels joined by ``;`` for multi-label data)."""
+        if self.multilabel:
+            return label_sets(self.labels, self.class_names)
+        return [self.class_names[label] for label in self.labels]
 
     def subset(self, keep: np.ndarray | list[int]) -> LabelledImages:
         """The images at positions ``keep``; class names stay the same."""
@@ -71,7 +94,8 @@ class LabelledImages:
     def fingerprint(self) -> str:
         """A hash of file names, sizes, modification times and labels: changes when the data does."""
         digest = hashlib.sha256()
-        for path, label in zip(self.paths, self.labels):
+        labels = self.labels if not self.multilabel else ["".join(map(str, row)) for row in self.labels]
+        for path, label in zip(self.paths, labels):
             stat = path.stat()
             # file names are bytes to the OS: one that is not valid UTF-8 (a Latin-1 name from an old
             # camera) is hashed as the bytes it is; valid names hash exactly as before
@@ -84,9 +108,9 @@ def file_index(data: LabelledImages) -> dict[str, list]:
     """``{path: [size, mtime_ns, class name]}``: what :meth:`LabelledImages.fingerprint` hashes, kept
     so that a change can be described, not only detected."""
     index = {}
-    for path, label in zip(data.paths, data.labels):
+    for path, name in zip(data.paths, data.label_names()):
         stat = path.stat()
-        index[str(path)] = [stat.st_size, stat.st_mtime_ns, data.class_names[label]]
+        index[str(path)] = [stat.st_size, stat.st_mtime_ns, name]
     return index
 
 
@@ -106,6 +130,7 @@ class DataSpec:
     labels_csv: str | None = None
     file_column: str | None = None
     label_column: str | None = None
+    label_delimiter: str | None = None  # between an image's labels; None: ';' where a cell has several
 
     @classmethod
     def of(cls, source: str | Path, labels_csv: str | Path | None = None, **columns: str | None) -> DataSpec:
@@ -113,7 +138,7 @@ class DataSpec:
         return cls(resolve(source), resolve(labels_csv) if labels_csv else None, **columns)
 
     def discover(self) -> LabelledImages:
-        return discover(self.source, self.labels_csv, self.file_column, self.label_column)
+        return discover(self.source, self.labels_csv, self.file_column, self.label_column, self.label_delimiter)
 
     @property
     def name(self) -> str:
@@ -145,22 +170,30 @@ def discover(
     labels_csv: str | Path | None = None,
     file_column: str | None = None,
     label_column: str | None = None,
+    label_delimiter: str | None = None,
     min_classes: int = 2,
 ) -> LabelledImages:
     """Find the labelled images of ``source`` (a class-folder tree or a CSV file).
 
     ``labels_csv`` names a CSV of file,label rows for the images under the folder ``source``.
     Training needs ``min_classes=2``; scoring a model may use images of one class.
+    A CSV is multi-label when a label cell holds ``label_delimiter`` (``;`` by default; giving a
+    delimiter makes the CSV multi-label even where no cell holds it), or when it has no label
+    column but one 0/1 column per label.
     """
+    if label_delimiter is not None and (not label_delimiter or label_delimiter.isalnum()):
+        raise AutoclsError(
+            f"The 'label_delimiter' setting must be a non-empty separator such as ';' or '|'. Got {label_delimiter!r}."
+        )
     source = Path(source).expanduser()
     if not source.exists():
         raise AutoclsError(f"{source}: no such file or folder; give a folder of class sub-folders or a CSV.")
     if labels_csv is not None:
-        return _from_csv(Path(labels_csv).expanduser(), source, file_column, label_column, min_classes)
+        return _from_csv(Path(labels_csv).expanduser(), source, file_column, label_column, min_classes, label_delimiter)
     if source.is_file():
         if source.suffix.lower() != ".csv":
             raise AutoclsError(f"{source}: expected a folder of class sub-folders or a .csv of file,label rows.")
-        return _from_csv(source, source.parent, file_column, label_column, min_classes)
+        return _from_csv(source, source.parent, file_column, label_column, min_classes, label_delimiter)
     return _from_folders(source, min_classes)
 
 
@@ -198,14 +231,30 @@ def _pick_column(columns: list[str], given: str | None, candidates: tuple[str, .
 
 
 def _from_csv(
-    csv: Path, data_dir: Path, file_column: str | None, label_column: str | None, min_classes: int = 2
+    csv: Path,
+    data_dir: Path,
+    file_column: str | None,
+    label_column: str | None,
+    min_classes: int = 2,
+    label_delimiter: str | None = None,
 ) -> LabelledImages:
     table = _read_labels_table(csv)
     columns = list(table.columns)
     if len(columns) == 2 and file_column is None and label_column is None:
         file_column, label_column = columns  # the common two-column file,label layout, whatever the header says
     file_col = _pick_column(columns, file_column, FILE_COLUMN_NAMES, "image files", csv)
-    label_col = _pick_column(columns, label_column, LABEL_COLUMN_NAMES, "labels", csv)
+    indicators = None if label_column is not None else _indicator_columns(table, file_col, csv)
+    if indicators is not None:
+        label_col = indicators[0]
+        cells = [[name for name in indicators if row[name].strip() == "1"] for _, row in table.iterrows()]
+        multilabel = any(len(c) != 1 for c in cells)  # one 1 per row: one-hot columns of single-label data
+    else:
+        label_col = _pick_column(columns, label_column, LABEL_COLUMN_NAMES, "labels", csv)
+        multilabel = label_delimiter is not None or any(DELIMITER in c for c in table[label_col])
+        delimiter = label_delimiter or DELIMITER
+        _check_delimiter(csv, list(table[label_col]), delimiter, multilabel, label_delimiter is not None)
+        split = (lambda c: split_labels(c, delimiter)) if multilabel else (lambda c: [c.strip()] if c.strip() else [])
+        cells = [split(c) for c in table[label_col]]
 
     bases = [data_dir] if data_dir == csv.parent else [data_dir, csv.parent]
     if any(is_image_file(base / file_col) for base in bases):
@@ -214,17 +263,20 @@ def _from_csv(
             "header row and that image would be lost; add a first line such as: file,label"
         )
     paths: list[Path] = []
-    names: list[str] = []
+    names: list[list[str]] = []
     missing: list[str] = []
     empty: list[int] = []
     escaping: list[str] = []
-    first_row: dict[Path, tuple[int, str, str]] = {}  # each image, by its resolved path
+    first_row: dict[Path, tuple[int, str, int]] = {}  # each image, by its resolved path: row, name, position
     conflicts: list[str] = []
     repeats = 0
-    for row, (file_name, label) in enumerate(zip(table[file_col], table[label_col]), start=2):
-        if not label.strip():
+    unlabelled: list[int] = []  # multi-label rows with none of the labels: negatives for every label
+    for row, (file_name, labels) in enumerate(zip(table[file_col], cells), start=2):
+        if not labels and not multilabel:
             empty.append(row)
             continue
+        if not labels:
+            unlabelled.append(row)
         # absolute paths are taken as given; relative ones must stay inside the folder they are relative to
         if not Path(file_name).is_absolute() and not any(_inside(base, base / file_name) for base in bases):
             escaping.append(file_name)
@@ -235,24 +287,85 @@ def _from_csv(
             continue
         key = found.resolve()  # imgs/x.png, ./imgs/x.png and an absolute path are one image
         if key in first_row:
-            earlier_row, earlier_name, earlier_label = first_row[key]
-            if earlier_label == label.strip():
+            earlier_row, earlier_name, position = first_row[key]
+            if multilabel:  # one row per (image, label) pair is a common multi-label layout: the labels add up
+                names[position] = list(dict.fromkeys(names[position] + labels))
+                repeats += 1
+            elif names[position] == labels:
                 repeats += 1
             else:
                 conflicts.append(
-                    f"{earlier_name} is {earlier_label!r} in row {earlier_row} but {file_name} is {label.strip()!r} "
-                    f"in row {row}"
+                    f"{earlier_name} is {names[position][0]!r} in row {earlier_row} but {file_name} is "
+                    f"{labels[0]!r} in row {row}"
                 )
             continue
-        first_row[key] = (row, file_name, label.strip())
+        first_row[key] = (row, file_name, len(paths))
         paths.append(found)
-        names.append(label.strip())
+        names.append(labels)
     _refuse_bad_rows(csv, bases, empty, conflicts, escaping, missing)
+    if unlabelled:
+        logger.warning(
+            "%s: %d rows have none of the labels (rows %s); those images train as negatives for every label",
+            csv,
+            len(unlabelled),
+            _first(unlabelled),
+        )
     if repeats:
         logger.warning(
-            "%s: %d rows repeat an image already listed with the same label; each image counted once", csv, repeats
+            "%s: %d rows repeat an image already listed; each image counted once%s",
+            csv,
+            repeats,
+            " with the labels of all its rows" if multilabel else "",
         )
-    return _labelled(paths, names, str(csv), min_classes)
+    if multilabel:
+        return _labelled_sets(paths, names, str(csv), min_classes)
+    return _labelled(paths, [n[0] for n in names], str(csv), min_classes)
+
+
+def _indicator_columns(table: pd.DataFrame, file_col: str, csv: Path) -> list[str] | None:
+    """The label columns of a CSV with one 0/1 column per label (and no column named like a label
+    column); ``None`` for any other layout. A few cells other than 0/1 are named as an error."""
+    lowered = {c.strip().lower() for c in table.columns}
+    others = [c for c in table.columns if c != file_col]
+    if len(others) < 2 or any(name in lowered for name in LABEL_COLUMN_NAMES) or table.empty:
+        return None
+    cells = table[others].apply(lambda column: column.str.strip())
+    binary = cells.isin(["0", "1"])
+    if binary.to_numpy().mean() < 0.9:
+        return None  # not a 0/1 table: the label column is asked for by name
+    if not binary.to_numpy().all():
+        rows, cols = np.nonzero(~binary.to_numpy())
+        bad = [f"row {r + 2} column {others[c]!r} is {cells.iat[r, c]!r}" for r, c in zip(rows, cols)]
+        raise AutoclsError(
+            f"{csv}: one 0/1 column per label expected, but {len(bad)} cells are neither 0 nor 1 ({_first(bad, 2)}); "
+            "write 1 where the image has the label and 0 where it has not."
+        )
+    return others
+
+
+def _check_delimiter(csv: Path, cells: list[str], delimiter: str, multilabel: bool, given: bool) -> None:
+    """Labels that look separated by another character than the delimiter: an error when the
+    delimiter was given (it would split nothing), else a warning (a class name may hold a comma)."""
+    if multilabel and any(delimiter in c for c in cells):
+        return
+    for other in (",", "|"):
+        rows = [i + 2 for i, c in enumerate(cells) if other in c]
+        if not rows or other == delimiter:
+            continue
+        if given:
+            raise AutoclsError(
+                f"{csv}: no label cell holds the label delimiter {delimiter!r}, but {len(rows)} hold {other!r} "
+                f"(rows {_first(rows)}); pass --label-delimiter '{other}'."
+            )
+        logger.warning(
+            "%s: %d label cells hold %r (rows %s); each is taken as one class name. If they list several labels, "
+            "pass --label-delimiter '%s'",
+            csv,
+            len(rows),
+            other,
+            _first(rows),
+            other,
+        )
 
 
 def _read_labels_table(csv: Path) -> pd.DataFrame:
@@ -276,7 +389,12 @@ def _read_labels_table(csv: Path) -> pd.DataFrame:
 
 
 def _refuse_bad_rows(
-    csv: Path, bases: list[Path], empty: list[int], conflicts: list[str], escaping: list[str], missing: list[str]
+    csv: Path,
+    bases: list[Path],
+    empty: list[int],
+    conflicts: list[str],
+    escaping: list[str],
+    missing: list[str],
 ) -> None:
     """One error for the first kind of bad row found, naming the rows or files and the fix."""
     if empty:
@@ -284,7 +402,8 @@ def _refuse_bad_rows(
     if conflicts:
         raise AutoclsError(
             f"{csv}: {len(conflicts)} images are listed with two different labels ({_first(conflicts, 2)}); "
-            "keep one row each with the right label."
+            f"keep one row each with the right label (for images with several labels, list them in one cell "
+            f"separated by '{DELIMITER}')."
         )
     if escaping:
         raise AutoclsError(
@@ -320,6 +439,20 @@ def _labelled(paths: list[Path], names: list[str], origin: str, min_classes: int
     return LabelledImages(tuple(paths), labels, class_names)
 
 
+def _labelled_sets(paths: list[Path], sets: list[list[str]], origin: str, min_classes: int = 2) -> LabelledImages:
+    """Multi-label images: the 0/1 matrix of each image's labels over the sorted label names."""
+    class_names = tuple(sorted({name for names in sets for name in names}))
+    if not class_names:
+        raise AutoclsError(f"{origin}: no labelled images found.")
+    if len(class_names) < min_classes:
+        raise AutoclsError(f"{origin}: multi-label data needs at least 2 labels; found only {class_names[0]!r}.")
+    index = {name: j for j, name in enumerate(class_names)}
+    labels = np.zeros((len(paths), len(class_names)), dtype=np.uint8)
+    for i, names in enumerate(sets):
+        labels[i, [index[n] for n in names]] = 1
+    return LabelledImages(tuple(paths), labels, class_names)
+
+
 def check_folds(data: LabelledImages, folds: int) -> None:
     """Stratified k-fold needs every class in every fold; sklearn only warns, so fail clearly here."""
     if folds < 2:
@@ -333,4 +466,5 @@ def check_folds(data: LabelledImages, folds: int) -> None:
             if fewest >= 2
             else "cross-validation needs at least 2 images of each class: add images or remove those classes"
         )
-        raise AutoclsError(f"{len(small)} classes have fewer images than the {folds} folds ({listed}); {fix}.")
+        what = "labels" if data.multilabel else "classes"
+        raise AutoclsError(f"{len(small)} {what} have fewer images than the {folds} folds ({listed}); {fix}.")

@@ -87,6 +87,8 @@ def distill(
     check_model_destination(out, overwrite, "--overwrite")  # before any training, not after it
     device = resolve_device(device) if isinstance(device, str) else device
     teacher = Ensemble.load(teacher_dir, device)
+    if teacher.multilabel:
+        raise AutoclsError(f"{teacher_dir} is a multi-label model; distill takes single-label models only, so far.")
     config = student_config(teacher.config, backbone, epochs)
     if not timm.is_model(config.backbone.split(".")[0]):
         raise AutoclsError(f"{config.backbone!r} is not a timm model name; see timm.list_models().")

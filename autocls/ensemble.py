@@ -35,6 +35,7 @@ from autocls.config import TrainConfig
 from autocls.data import IMAGE_ERRORS
 from autocls.errors import AutoclsError
 from autocls.images import fit_square, load_square, resize_batch
+from autocls.multilabel import decide, label_sets, probabilities
 from autocls.preprocess import Preprocess, autocast, model_to_device, norm_tensors
 from autocls.runtime import resolve_device
 
@@ -128,6 +129,10 @@ class Ensemble:
     (:mod:`autocls.selection`) carry their weights; each has its own resolution and normalisation.
     ``tta`` lists the test-time views averaged with the image itself (``"hflip"``), chosen on
     out-of-fold predictions at refit.
+
+    A multi-label model (manifest ``"multilabel": true``) outputs one sigmoid probability per label
+    and predicts each label whose probability reaches its threshold (manifest ``"thresholds"``,
+    chosen on out-of-fold probabilities at refit).
     """
 
     def __init__(self, members: list[Member], manifest: dict[str, Any], device: torch.device | None = None) -> None:
@@ -145,6 +150,15 @@ class Ensemble:
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise AutoclsError(
                 f"the manifest's calibration temperature must be a positive number; got {self.temperature}."
+            )
+        self.multilabel = bool(manifest.get("multilabel", False))
+        self.thresholds = np.asarray(manifest.get("thresholds", [0.5] * len(self.class_names)), dtype=np.float64)
+        if self.thresholds.shape != (len(self.class_names),) or not np.all(
+            (self.thresholds >= 0) & (self.thresholds <= 1)
+        ):
+            raise AutoclsError(
+                f"the manifest's thresholds must be {len(self.class_names)} numbers in [0, 1], one per label; "
+                f"got {manifest.get('thresholds')}."
             )
         unknown = set(self.tta) - set(TTA_VIEWS)
         if unknown:
@@ -237,7 +251,8 @@ class Ensemble:
     @torch.inference_mode()
     def predict_images(self, images: torch.Tensor, calibrated: bool = True) -> np.ndarray:
         """Class probabilities for an ``(N, 3, H, W)`` uint8 batch decoded at ``decode_size``,
-        temperature-scaled as refit calibrated them unless ``calibrated`` is false."""
+        temperature-scaled as refit calibrated them unless ``calibrated`` is false (label
+        probabilities, each in [0, 1], for a multi-label model)."""
         total = np.zeros((len(images), len(self.class_names)), np.float32)
         for member in self.members:
             resized = resize_batch(images, member.config.resolution)
@@ -246,7 +261,9 @@ class Ensemble:
                 x = preprocess(resized[start : start + PREDICT_BATCH])
                 views = [x] + [TTA_VIEWS[name](x) for name in self.tta]
                 with autocast(self.device):
-                    probs = torch.stack([m(v).float().softmax(dim=1) for v in views for m in member.models]).mean(0)
+                    probs = torch.stack(
+                        [probabilities(m(v), self.multilabel) for v in views for m in member.models]
+                    ).mean(0)
                 self._check_finite(probs)
                 total[start : start + len(probs)] += member.weight * probs.cpu().numpy()
         return scale(total, self.temperature) if calibrated else total
@@ -257,11 +274,18 @@ class Ensemble:
         return self.predict_images(self._decode(inputs))
 
     def predict(self, inputs: Sequence[ImageInput]) -> pd.DataFrame:
-        """A table with ``path``, ``label``, ``confidence`` and one ``prob_<class>`` column per class."""
+        """A table with ``path``, ``label``, ``confidence`` and one ``prob_<class>`` column per class;
+        for a multi-label model ``label`` is the predicted label set (``"a;b"``) and there is no
+        ``confidence``."""
         probs = self.predict_proba(inputs)
         return self.to_frame([str(i) if isinstance(i, str | Path) else "" for i in inputs], probs)
 
     def to_frame(self, paths: list[str], probs: np.ndarray) -> pd.DataFrame:
+        if self.multilabel:
+            frame = pd.DataFrame({"path": paths, "label": label_sets(decide(probs, self.thresholds), self.class_names)})
+            for i, name in enumerate(self.class_names):
+                frame[f"prob_{name}"] = probs[:, i]
+            return frame
         best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
         frame = pd.DataFrame(
             {

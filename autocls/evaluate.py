@@ -1,4 +1,5 @@
-"""Evaluation of a saved ensemble on labelled images: metrics, per-class report, confusion matrix."""
+"""Evaluation of a saved ensemble on labelled images: metrics, per-class report, confusion matrix
+(for a multi-label model: mAP, F1 and a per-label table at its thresholds, and label confusions)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from rich.console import Console
 from rich.table import Table
 
 from autocls.calibration import expected_calibration_error, scale
-from autocls.data import discover
+from autocls.data import LabelledImages, discover
 from autocls.ensemble import Ensemble
 from autocls.errors import AutoclsError
 from autocls.images import decode_images, require_some_readable, warn_unreadable
 from autocls.leakage import duplicates_of_training
+from autocls.multilabel import DELIMITER, label_sets
 from autocls.neardup import SIMILARITY, nearest, training_features
-from autocls.reports import evaluation_tables
+from autocls.reports import evaluation_tables, multilabel_tables
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +42,39 @@ class Evaluation:
     near_duplicates: int = 0  # evaluated images that are resized or re-encoded copies of a training image
 
 
-def evaluate(model: str | Path | Ensemble, data: str | Path, labels_csv: str | None = None, device: str = "auto"):
-    """Predict every labelled image under ``data`` and compare with its label.
+@dataclass
+class MultilabelEvaluation:
+    """A multi-label model's scores (:func:`autocls.reports.multilabel_tables`) on labelled images."""
+
+    scores: dict[str, float]  # mAP, macro_f1, micro_f1, hamming, exact_match
+    per_label: pd.DataFrame
+    confusions: pd.DataFrame
+    predictions: pd.DataFrame
+    training_duplicates: int
+    near_duplicates: int = 0
+
+
+def evaluate(
+    model: str | Path | Ensemble,
+    data: str | Path,
+    labels_csv: str | None = None,
+    device: str = "auto",
+    label_delimiter: str | None = None,
+) -> Evaluation | MultilabelEvaluation:
+    """Predict every labelled image under ``data`` and compare with its label (its labels, for a
+    multi-label model: the CSV's cells are split at ``label_delimiter``, ``;`` by default).
 
     Class names are matched by name; a label the model does not know is an error.
     """
     ensemble = model if isinstance(model, Ensemble) else Ensemble.load(model, device)
-    labelled = discover(data, labels_csv, min_classes=1)  # a test set of one class is fine to score
+    if ensemble.multilabel:
+        label_delimiter = label_delimiter or ensemble.manifest.get("label_delimiter", DELIMITER)
+    labelled = discover(data, labels_csv, label_delimiter=label_delimiter, min_classes=1)  # one class is fine
     unknown = sorted(set(labelled.class_names) - set(ensemble.class_names))
     if unknown:
         raise AutoclsError(f"{data}: classes {unknown} are not among the model's {ensemble.class_names}.")
+    if labelled.multilabel and not ensemble.multilabel:
+        raise AutoclsError(f"{data}: images have several labels, but the model predicts one class per image.")
     duplicates = duplicates_of_training(ensemble.manifest, labelled.paths)
     if duplicates:
         evaluated, trained = duplicates[0]
@@ -64,9 +89,11 @@ def evaluate(model: str | Path | Ensemble, data: str | Path, labels_csv: str | N
     images, kept, failed = decode_images(labelled.paths, ensemble.decode_size)
     require_some_readable(len(labelled.paths), failed)
     warn_unreadable(failed)
+    near = _near_duplicates_of_training(ensemble, images, [labelled.paths[i] for i in kept])
+    if ensemble.multilabel:
+        return _evaluate_multilabel(ensemble, labelled, kept, images, len(duplicates), near)
     index = {name: i for i, name in enumerate(ensemble.class_names)}
     truth = np.array([index[labelled.class_names[labelled.labels[i]]] for i in kept])
-    near = _near_duplicates_of_training(ensemble, images, [labelled.paths[i] for i in kept])
     raw = ensemble.predict_images(images, calibrated=False)
     probs = scale(raw, ensemble.temperature)
     predictions = ensemble.to_frame([str(labelled.paths[i]) for i in kept], probs)
@@ -82,6 +109,31 @@ def evaluate(model: str | Path | Ensemble, data: str | Path, labels_csv: str | N
         training_duplicates=len(duplicates),
         near_duplicates=near,
         **tables,
+    )
+
+
+def _evaluate_multilabel(
+    ensemble: Ensemble, labelled: LabelledImages, kept: list[int], images: torch.Tensor, duplicates: int, near: int
+) -> MultilabelEvaluation:
+    """Score a multi-label model; single-label test data counts as one label per image."""
+    columns = [ensemble.class_names.index(name) for name in labelled.class_names]
+    truth = np.zeros((len(kept), len(ensemble.class_names)), dtype=np.uint8)
+    rows = labelled.labels[kept]
+    if labelled.multilabel:
+        truth[:, columns] = rows
+    else:
+        truth[np.arange(len(kept)), np.asarray(columns)[rows]] = 1
+    probs = ensemble.predict_images(images)
+    predictions = ensemble.to_frame([str(labelled.paths[i]) for i in kept], probs)
+    predictions.insert(1, "true_label", label_sets(truth, ensemble.class_names))
+    tables = multilabel_tables(truth, probs, ensemble.thresholds, ensemble.class_names)
+    return MultilabelEvaluation(
+        scores={k: v for k, v in tables.items() if isinstance(v, float)},
+        per_label=tables["per_label"],
+        confusions=tables["confusions"],
+        predictions=predictions,
+        training_duplicates=duplicates,
+        near_duplicates=near,
     )
 
 
@@ -109,7 +161,10 @@ def _near_duplicates_of_training(ensemble: Ensemble, images: torch.Tensor, paths
     return len(flagged)
 
 
-def print_evaluation(result: Evaluation, console: Console) -> None:
+def print_evaluation(result: Evaluation | MultilabelEvaluation, console: Console) -> None:
+    if isinstance(result, MultilabelEvaluation):
+        _print_multilabel(result, console)
+        return
     console.print(
         f"accuracy {result.accuracy:.4f} · balanced accuracy {result.balanced_accuracy:.4f} · "
         f"{len(result.predictions)} images"
@@ -133,8 +188,46 @@ def print_evaluation(result: Evaluation, console: Console) -> None:
     console.print(matrix)
 
 
-def write_evaluation(result: Evaluation, out_dir: Path) -> None:
+def _print_multilabel(result: MultilabelEvaluation, console: Console) -> None:
+    s = result.scores
+    console.print(
+        f"mAP {s['mAP']:.4f} · macro F1 {s['macro_f1']:.4f} · micro F1 {s['micro_f1']:.4f} · Hamming loss "
+        f"{s['hamming']:.4f} · exact label sets {s['exact_match']:.4f} · {len(result.predictions)} images"
+    )
+    report = Table(title="per-label report (at the model's thresholds)")
+    for column in ("label", "precision", "recall", "f1", "AP", "threshold", "support"):
+        report.add_column(column, justify="left" if column == "label" else "right")
+    for name, row in result.per_label.iterrows():
+        report.add_row(
+            str(name),
+            *(f"{row[c]:.3f}" for c in ("precision", "recall", "f1", "AP", "threshold")),
+            f"{int(row.support)}",
+        )
+    console.print(report)
+    if not result.confusions.empty:
+        confused = Table(title="most frequent label confusions")
+        for column in result.confusions.columns:
+            confused.add_column(column)
+        for row in result.confusions.head(10).itertuples(index=False):
+            confused.add_row(*(str(v) for v in row))
+        console.print(confused)
+
+
+def write_evaluation(result: Evaluation | MultilabelEvaluation, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(result, MultilabelEvaluation):
+        summary = {
+            **result.scores,
+            "images": len(result.predictions),
+            "training_duplicates": result.training_duplicates,
+            "near_duplicates_of_training": result.near_duplicates,
+            "per_label": result.per_label.to_dict(orient="index"),
+        }
+        (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        result.per_label.to_csv(out_dir / "per_label.csv", index_label="label")
+        result.confusions.to_csv(out_dir / "label_confusions.csv", index=False)
+        result.predictions.to_csv(out_dir / "predictions.csv", index=False, errors="surrogateescape")
+        return
     summary = {
         "accuracy": result.accuracy,
         "balanced_accuracy": result.balanced_accuracy,

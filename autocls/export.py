@@ -7,6 +7,9 @@ temperature-scaled as refit calibrated them.
 An ensemble whose members differ in resolution takes one batch per resolution, ascending (ONNX
 inputs ``images_<R>``). Resizing stays outside the graph because antialiased resizing has no
 exact ONNX equivalent. Test-time views the manifest chose (a horizontal flip) are in the graph.
+
+A multi-label model's graph returns two outputs: the ``(N, labels)`` averaged sigmoid
+probabilities and the ``(N, labels)`` uint8 decisions at the per-label thresholds refit chose.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import nn
 from autocls.calibration import scale_tensor
 from autocls.ensemble import Ensemble, Member
 from autocls.errors import AutoclsError
+from autocls.multilabel import probabilities
 from autocls.preprocess import norm_tensors, normalise
 
 FORMATS = ("torchscript", "onnx")
@@ -29,8 +33,9 @@ FORMATS = ("torchscript", "onnx")
 class MemberGraph(nn.Module):
     """One member: normalise, run its fold models (and test-time views), average, weigh."""
 
-    def __init__(self, member: Member, tta: tuple[str, ...]) -> None:
+    def __init__(self, member: Member, tta: tuple[str, ...], multilabel: bool = False) -> None:
         super().__init__()
+        self.multilabel = multilabel
         self.models = nn.ModuleList([m.cpu().eval() for m in member.models])
         mean, std = norm_tensors(member.mean, member.std, torch.device("cpu"))
         self.register_buffer("mean", mean)
@@ -41,7 +46,7 @@ class MemberGraph(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = normalise(images, self.mean, self.std)
         views = [x, torch.flip(x, dims=[3])] if self.hflip else [x]
-        probs = [model(v).softmax(dim=1) for v in views for model in self.models]
+        probs = [probabilities(model(v), self.multilabel) for v in views for model in self.models]
         return torch.stack(probs).mean(dim=0) * self.weight
 
 
@@ -50,15 +55,19 @@ class EnsembleGraph(nn.Module):
 
     def __init__(self, ensemble: Ensemble) -> None:
         super().__init__()
-        self.members = nn.ModuleList([MemberGraph(m, ensemble.tta) for m in ensemble.members])
+        self.members = nn.ModuleList([MemberGraph(m, ensemble.tta, ensemble.multilabel) for m in ensemble.members])
         resolutions = ensemble.resolutions
         self.inputs = [resolutions.index(m.config.resolution) for m in ensemble.members]
         self.temperature = ensemble.temperature
+        self.multilabel = ensemble.multilabel
+        self.register_buffer("thresholds", torch.as_tensor(ensemble.thresholds, dtype=torch.float32))
 
-    def forward(self, *images: torch.Tensor) -> torch.Tensor:
+    def forward(self, *images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         total = self.members[0](images[self.inputs[0]])
         for member, index in zip(self.members[1:], self.inputs[1:], strict=True):
             total = total + member(images[index])
+        if self.multilabel:
+            return total, (total >= self.thresholds).to(torch.uint8)
         return scale_tensor(total, self.temperature)
 
 
@@ -82,13 +91,14 @@ def export(model_dir: str | Path, out: str | Path, fmt: str = "torchscript") -> 
         import onnx  # noqa: F401
     except ImportError:
         raise AutoclsError("ONNX export needs the onnx extra: pip install 'autocls[onnx]'.") from None
+    outputs = ["probabilities", "labels"] if ensemble.multilabel else ["probabilities"]
     torch.onnx.export(
         graph,
         examples,
         str(out),
         input_names=names,
-        output_names=["probabilities"],
-        dynamic_axes={**{name: {0: "batch"} for name in names}, "probabilities": {0: "batch"}},
+        output_names=outputs,
+        dynamic_axes={**{name: {0: "batch"} for name in names}, **{name: {0: "batch"} for name in outputs}},
         dynamo=False,
     )
     return out

@@ -28,8 +28,9 @@ from autocls.config import TrainConfig
 from autocls.ensemble import MANIFEST, OOF_FILE
 from autocls.errors import AutoclsError
 from autocls.images import load_square
+from autocls.multilabel import parse_label_sets
 from autocls.neardup import SIMILARITY, near_duplicates, training_features
-from autocls.reports import evaluation_tables, label_issues, learning_curves
+from autocls.reports import evaluation_tables, label_issues, learning_curves, multilabel_tables
 
 THUMB = 72
 STYLE = """
@@ -98,13 +99,17 @@ def _confused_pairs(oof: pd.DataFrame, top: int = 6, per_pair: int = 4) -> str:
     return "".join(blocks)
 
 
-def _likely_mislabelled(oof: pd.DataFrame, names: list[str], top: int = 12) -> str:
-    labels = oof["true_label"].map({n: i for i, n in enumerate(names)}).to_numpy()
+def _likely_mislabelled(oof: pd.DataFrame, names: list[str], top: int = 12, multilabel: bool = False) -> str:
+    if multilabel:
+        labels = parse_label_sets(list(oof["true_label"]), names)
+    else:
+        labels = oof["true_label"].map({n: i for i, n in enumerate(names)}).to_numpy()
     probs = oof[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float64)
     found = label_issues(labels, probs)
+    confidence = (lambda row: "") if multilabel else (lambda row: f" ({row['confidence']:.2f})")
     figures = [
         f"<figure>{thumbnail(row['path'])}<figcaption>labelled {escape(str(row['true_label']))}<br>"
-        f"predicted {escape(str(row['label']))} ({row['confidence']:.2f})<br>{escape(Path(row['path']).name)}"
+        f"predicted {escape(str(row['label']))}{confidence(row)}<br>{escape(Path(row['path']).name)}"
         "</figcaption></figure>"
         for _, row in oof.iloc[found[:top]].iterrows()
     ]
@@ -233,46 +238,96 @@ def _calibration(oof: pd.DataFrame, names: list[str], manifest: dict) -> str:
     )
 
 
+def _multilabel_sections(oof: pd.DataFrame, names: list[str], manifest: dict) -> list[str]:
+    """A multi-label model's out-of-fold scores at its thresholds: the per-label table, how often
+    labels occur together, and which labels are predicted on images that do not have them."""
+    labels = parse_label_sets(list(oof["true_label"]), names)
+    probs = oof[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float64)
+    tables = multilabel_tables(labels, probs, np.asarray(manifest["thresholds"]), names)
+    confusions = tables["confusions"].head(10)
+    blocks = []
+    for row in confusions.head(4).itertuples(index=False):
+        true, extra = names.index(row[0]), names.index(row[1])
+        hit = oof[(labels[:, true] == 1) & (labels[:, extra] == 0) & (probs[:, extra] >= manifest["thresholds"][extra])]
+        thumbs = "".join(f"<figure>{thumbnail(p)}</figure>" for p in hit.nlargest(4, f"prob_{row[1]}")["path"])
+        blocks.append(f"<h3>{escape(row[1])} predicted on {escape(row[0])} images: {row[2]}</h3>")
+        blocks.append(f'<div class="grid">{thumbs}</div>')
+    return [
+        "<h2>Per-label precision, recall, F1, average precision</h2>",
+        f"<p>out-of-fold mAP <b>{tables['mAP']:.4f}</b>, macro F1 {tables['macro_f1']:.4f}, micro F1 "
+        f"{tables['micro_f1']:.4f}, Hamming loss {tables['hamming']:.4f}, exact label sets {tables['exact_match']:.4f} "
+        "at the thresholds chosen on these predictions (so slightly optimistic; evaluate scores held-out images).</p>",
+        _table(tables["per_label"]),
+        "<h2>Label co-occurrence</h2>",
+        plots.confusion_matrix(tables["co_occurrence"].to_numpy(), names, "images with both labels"),
+        "<h2>Most confused labels</h2>",
+        _table(confusions.set_index("true label")) if not confusions.empty else "<p>No label predicted wrongly.</p>",
+        "".join(blocks),
+    ]
+
+
 def build_report(model_dir: str | Path, study: optuna.Study | None = None) -> str:
     """The report's HTML for the ensemble in ``model_dir`` (and its study, if given)."""
     model_dir = Path(model_dir)
     if not (model_dir / MANIFEST).is_file() or not (model_dir / OOF_FILE).is_file():
         raise AutoclsError(f"{model_dir}: not a model folder written by autocls refit (no {MANIFEST}/{OOF_FILE}).")
     manifest = json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))
-    oof = pd.read_csv(model_dir / OOF_FILE, dtype={"label": str, "true_label": str}, encoding_errors="surrogateescape")
+    oof = pd.read_csv(
+        model_dir / OOF_FILE,
+        dtype={"label": str, "true_label": str},
+        keep_default_na=False,  # a multi-label image with no label has an empty cell, not a missing one
+        encoding_errors="surrogateescape",
+    )
     config = TrainConfig.from_dict(manifest["config"])
     names = [str(n) for n in manifest["class_names"]]
-    index = {n: i for i, n in enumerate(names)}
-    tables = evaluation_tables(oof["true_label"].map(index).to_numpy(), oof["label"].map(index).to_numpy(), names)
-    counts = oof["true_label"].value_counts().reindex(names, fill_value=0)
+    multilabel = bool(manifest.get("multilabel"))
     curves = learning_curves(manifest.get("history", []), manifest.get("metric", "score"))
     title = f"autocls report: {config.backbone} ensemble of {len(manifest['folds'])} folds"
     if "distilled_from" in manifest:
         title = f"autocls report: {config.backbone} student distilled from an ensemble"
+    if multilabel:
+        counts = pd.Series(parse_label_sets(list(oof["true_label"]), names).sum(axis=0), index=names)
+        score = (
+            f"out-of-fold {escape(str(manifest.get('metric')))} <b>{manifest.get('oof_score', float('nan')):.4f}</b>"
+        )
+        evaluation = _multilabel_sections(oof, names, manifest)
+    else:
+        index = {n: i for i, n in enumerate(names)}
+        tables = evaluation_tables(oof["true_label"].map(index).to_numpy(), oof["label"].map(index).to_numpy(), names)
+        counts = oof["true_label"].value_counts().reindex(names, fill_value=0)
+        score = (
+            f"out-of-fold accuracy <b>{tables['accuracy']:.4f}</b>, balanced accuracy {tables['balanced_accuracy']:.4f}"
+        )
+        evaluation = [
+            "<h2>Out-of-fold confusion matrix</h2>",
+            plots.confusion_matrix(tables["confusion_matrix"].to_numpy(), names, "out-of-fold confusion matrix"),
+            _calibration(oof, names, manifest),
+            "<h2>Per-class precision, recall, F1</h2>",
+            _table(tables["per_class"].rename_axis("class")),
+            "<h2>Most confused class pairs</h2>",
+            _confused_pairs(oof),
+        ]
     body = [
         f"<h1>{escape(title)}</h1>",
         _distilled(manifest),
-        f"<p>study {escape(str(manifest.get('study')))}, trial {manifest.get('trial')}; "
-        f"out-of-fold accuracy <b>{tables['accuracy']:.4f}</b>, balanced accuracy "
-        f"{tables['balanced_accuracy']:.4f}, {len(oof)} images; fold models {manifest.get('fold_models', '')}.</p>",
+        f"<p>study {escape(str(manifest.get('study')))}, trial {manifest.get('trial')}; {score}, {len(oof)} images; "
+        f"fold models {manifest.get('fold_models', '')}.</p>",
         _members(manifest),
-        "<h2>Class distribution</h2>",
-        plots.bar_chart({n: float(c) for n, c in counts.items()}, "images per class", value_format="{:.0f}"),
+        "<h2>Label distribution</h2>" if multilabel else "<h2>Class distribution</h2>",
+        plots.bar_chart(
+            {n: float(c) for n, c in counts.items()},
+            "images per label" if multilabel else "images per class",
+            value_format="{:.0f}",
+        ),
         "<h2>Augmented training samples</h2>",
         f"<p>augmentation {escape(config.augmentation)}, random erasing {config.random_erasing} "
         "(MixUp/CutMix mix whole batches and are not shown)</p>",
         _augmented_grid(oof, config, int(manifest["preprocessing"]["decode_size"])),
         "<h2>Learning curves</h2>",
         f'<div class="figs">{"".join(curves.values())}</div>',
-        "<h2>Out-of-fold confusion matrix</h2>",
-        plots.confusion_matrix(tables["confusion_matrix"].to_numpy(), names, "out-of-fold confusion matrix"),
-        _calibration(oof, names, manifest),
-        "<h2>Per-class precision, recall, F1</h2>",
-        _table(tables["per_class"].rename_axis("class")),
-        "<h2>Most confused class pairs</h2>",
-        _confused_pairs(oof),
+        *evaluation,
         "<h2>Images most likely mislabelled (confident learning)</h2>",
-        _likely_mislabelled(oof, names),
+        _likely_mislabelled(oof, names, multilabel=multilabel),
         "<h2>Near-duplicate images in different classes</h2>",
         _near_duplicates_across_classes(model_dir),
     ]

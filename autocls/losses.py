@@ -1,4 +1,5 @@
-"""The loss and the update rule: cross-entropy on soft targets, Sharpness-Aware Minimisation."""
+"""The loss and the update rule: cross-entropy on soft targets (binary for multi-label data),
+Sharpness-Aware Minimisation."""
 
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ def soft_cross_entropy(
         return per_image.mean()
     weights = targets @ class_weights
     return (per_image * weights).sum() / weights.sum()
+
+
+def binary_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Multi-label loss: binary cross-entropy of each label's logit against its (soft) target,
+    averaged over images and labels; ``pos_weight`` weighs each label's positive term."""
+    return nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=pos_weight)
 
 
 def sam_ascent_step(

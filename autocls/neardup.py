@@ -169,10 +169,11 @@ def training_table(model_dir: Path) -> pd.DataFrame:
     if data is None:
         if not (model_dir / OOF_FILE).is_file():  # nothing says what the model was trained on
             return pd.DataFrame({"path": pd.Series(dtype=str), "true_label": pd.Series(dtype=str)})
-        oof = pd.read_csv(model_dir / OOF_FILE, dtype={"true_label": str}, encoding_errors="surrogateescape")
+        oof = pd.read_csv(
+            model_dir / OOF_FILE, dtype={"true_label": str}, keep_default_na=False, encoding_errors="surrogateescape"
+        )
         return oof[["path", "true_label"]]
-    names = [data.class_names[label] for label in data.labels]
-    return pd.DataFrame({"path": [str(p) for p in data.paths], "true_label": names})
+    return pd.DataFrame({"path": [str(p) for p in data.paths], "true_label": data.label_names()})
 
 
 def _read_cache(cache: Path, rows: int) -> tuple[np.ndarray, np.ndarray] | None:

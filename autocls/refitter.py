@@ -25,6 +25,7 @@ from autocls.ensemble import FORMAT_VERSION, OOF_FILE, TTA_VIEWS, Ensemble, Memb
 from autocls.errors import AutoclsError
 from autocls.limits import ModelCost, fold_models_cost
 from autocls.metrics import get_metric
+from autocls.multilabel import choose_thresholds, decide, probabilities
 from autocls.prepare import PreparedData
 from autocls.preprocess import Preprocess, autocast, model_norm, model_to_device
 from autocls.progress import Reporter
@@ -146,15 +147,31 @@ def refit(
         reporter.print(
             f"no test-time flip: it would double the time an image takes, over the limit ({setup.limits.describe()})"
         )
-    calibration = calibrate(oof, labels)  # on the blend as it will predict: members, weights and views
-    oof = scale(oof, calibration.temperature)
-    reporter.print(
-        f"calibration: temperature {calibration.temperature:.3f}, out-of-fold expected calibration error "
-        f"{calibration.ece_before:.4f} -> {calibration.ece_after:.4f}"
-    )
+    if data.images.multilabel:
+        calibration, labelling = None, _thresholds(labels, oof, data.images.class_names, reporter)
+    else:
+        calibration, labelling = calibrate(oof, labels), {}  # on the blend as it will predict: members, views
+        oof = scale(oof, calibration.temperature)
+        reporter.print(
+            f"calibration: temperature {calibration.temperature:.3f}, out-of-fold expected calibration error "
+            f"{calibration.ece_before:.4f} -> {calibration.ece_after:.4f}"
+        )
     considered = [c.trial.number for c in candidates]
     ensemble = _ensemble(
-        members, tta, study, setup, data, device, selection, sign, oof, labels, tta_scores, considered, calibration
+        members,
+        tta,
+        study,
+        setup,
+        data,
+        device,
+        selection,
+        sign,
+        oof,
+        labels,
+        tta_scores,
+        considered,
+        calibration,
+        labelling,
     )
     if setup.limits:  # what the saved model costs, beside the limits it keeps
         cost = CostModel(device, cache_dir / "speeds.json" if cache_dir else None)
@@ -168,12 +185,38 @@ def refit(
             "device": device.type,
         }
     frame = ensemble.to_frame([str(p) for p, kept in zip(data.images.paths, covered, strict=True) if kept], oof)
-    frame.insert(1, "true_label", [data.images.class_names[i] for i in labels])
-    picked = oof[np.arange(len(labels)), labels]
-    frame.insert(4, "loss", -np.log(np.clip(picked, 1e-7, 1.0)))
+    frame.insert(1, "true_label", data.images.subset(np.flatnonzero(covered)).label_names())
+    frame.insert(3 if data.images.multilabel else 4, "loss", _losses(oof, labels))
     directory = ensemble.save(out, extra={OOF_FILE: frame.to_csv(index=False)}, overwrite=overwrite)
     heaviest = max(members, key=lambda m: m[1])[0]
     return RefitResult(ensemble, heaviest.cv, directory, metric(labels, oof))
+
+
+def _losses(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each image's loss: cross-entropy of its class, or the mean binary cross-entropy of its labels."""
+    clipped = np.clip(probs, 1e-7, 1 - 1e-7)
+    if labels.ndim == 2:
+        return -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)).mean(axis=1)
+    return -np.log(clipped[np.arange(len(labels)), labels])
+
+
+def _thresholds(labels: np.ndarray, oof: np.ndarray, names: tuple[str, ...], reporter: Reporter) -> dict:
+    """A multi-label model's manifest entries: per-label thresholds of best F1 on the out-of-fold
+    probabilities, and the F1 they give there (a multi-label model is not temperature-scaled)."""
+    from sklearn.metrics import f1_score
+
+    thresholds = choose_thresholds(labels, oof)
+    predicted = decide(oof, thresholds)
+    macro = float(f1_score(labels, predicted, average="macro", zero_division=0))
+    micro = float(f1_score(labels, predicted, average="micro", zero_division=0))
+    shown = ", ".join(f"{name} {t:.2f}" for name, t in zip(names, thresholds))
+    reporter.print(f"label thresholds chosen on out-of-fold F1: {shown}; out-of-fold macro F1 {macro:.4f}")
+    return {
+        "multilabel": True,
+        "label_delimiter": ";",
+        "thresholds": [round(float(t), 6) for t in thresholds],
+        "oof_f1_at_thresholds": {"macro": macro, "micro": micro},
+    }
 
 
 def _within_limits(
@@ -283,7 +326,7 @@ def _flipped_oof(candidate: Candidate, data: PreparedData, device: torch.device)
         for start in range(0, len(indices), EVAL_BATCH):
             x = TTA_VIEWS["hflip"](preprocess(images[indices[start : start + EVAL_BATCH]]))
             with autocast(device):
-                probs.append(model(x).float().softmax(dim=1).cpu())
+                probs.append(probabilities(model(x), data.images.multilabel).cpu())
         oof[fold.val_indices] = torch.cat(probs).numpy()
     return oof
 
@@ -301,7 +344,8 @@ def _ensemble(
     labels: np.ndarray,
     tta_scores: dict[str, float],
     considered: list[int],
-    calibration: Calibration,
+    calibration: Calibration | None,
+    labelling: dict,
 ) -> Ensemble:
     """The members' fold models and the manifest that describes them (long: the manifest is one
     literal, so that what a model folder records can be read in one place)."""
@@ -348,7 +392,7 @@ def _ensemble(
             "oof_score_best_trial": sign * selection.best_single_score,
             "oof_score_tta": {view: sign * value for view, value in tta_scores.items()},
         },
-        "calibration": calibration.to_dict(),
+        "calibration": calibration.to_dict() if calibration else {},
         "folds": fold_summaries(heaviest.cv.folds),
         "metric": setup.metric,
         "cv_score": heaviest.cv.mean_score,
@@ -361,6 +405,7 @@ def _ensemble(
         "data": {**asdict(setup.data), "images": len(data.images), "fingerprint": data.images.fingerprint()},
         "history": [[asdict(record) for record in fold.history] for fold in heaviest.cv.folds],
         "versions": library_versions(),
+        **labelling,
     }
     return Ensemble(built, manifest, device)
 

@@ -304,10 +304,10 @@ def create_or_continue(
             return study, setup
     data = request.data.discover()
     check_folds(data, request.folds or DEFAULT_FOLDS)  # before the study and its settings are stored
-    metric = request.metric or default_metric(data.class_counts())
-    if request.metric is None and metric != "accuracy":
+    metric = request.metric or default_metric(data.class_counts(), data.multilabel)
+    if request.metric is None and metric == "balanced_accuracy":
         logger.warning("classes are imbalanced 5:1 or more: optimising balanced_accuracy (--metric to change)")
-    get_metric(metric)
+    get_metric(metric, data.multilabel)
     weights = request.weights
     space = (
         request.space

@@ -28,8 +28,9 @@ from autocls.config import TrainConfig
 from autocls.errors import NonFiniteLossError
 from autocls.features import cached_inputs, features_to_device
 from autocls.images import ImageStore
-from autocls.losses import sam_ascent_step, soft_cross_entropy
+from autocls.losses import binary_cross_entropy, sam_ascent_step, soft_cross_entropy
 from autocls.metrics import get_metric
+from autocls.multilabel import probabilities
 from autocls.optim import anneals
 from autocls.preprocess import autocast
 from autocls.runtime import check_stop, derive_seed, seed_everything
@@ -98,6 +99,10 @@ class Trainer:
     torchvision augmentation policies, RandomErasing, timm's MixUp/CutMix, label smoothing,
     class-weighted loss or a class-balanced sampler, and early stopping where the schedule does not
     anneal.
+
+    With ``multilabel`` the labels are an images x labels 0/1 matrix: one sigmoid per label, binary
+    cross-entropy (positive weights per label as the class-weight option), MixUp/CutMix mixing the
+    label vectors and label smoothing towards 0.5 (timm's multi-label forms).
     """
 
     def __init__(
@@ -109,8 +114,10 @@ class Trainer:
         seed: int = 0,
         metric: str = "accuracy",
         feature_cache: bool = True,
+        multilabel: bool = False,
     ) -> None:
         self.feature_cache = feature_cache
+        self.multilabel = multilabel
         self.config = config
         self.num_classes = num_classes
         self.device = device
@@ -126,6 +133,7 @@ class Trainer:
                 cutmix_alpha=config.cutmix,
                 label_smoothing=config.label_smoothing,
                 num_classes=num_classes,
+                multi_label=multilabel,
             )
             if config.mixup > 0 or config.cutmix > 0
             else None
@@ -218,7 +226,14 @@ class Trainer:
     def with_config(self, config: TrainConfig) -> Trainer:
         """The same trainer (classes, device, weights, seed, metric) for another configuration."""
         return Trainer(
-            config, self.num_classes, self.device, self.weights_dir, self.seed, self.metric.name, self.feature_cache
+            config,
+            self.num_classes,
+            self.device,
+            self.weights_dir,
+            self.seed,
+            self.metric.name,
+            self.feature_cache,
+            self.multilabel,
         )
 
     def _inputs(self, parts: FoldParts, store: ImageStore) -> FoldInputs:
@@ -254,14 +269,27 @@ class Trainer:
     def _balancing(self, train_labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Class weights for the loss, or per-image weights for the sampler, as ``imbalance`` asks.
 
-        Both are inverse class frequencies ("balanced" in scikit-learn's sense).
+        Both are inverse class frequencies ("balanced" in scikit-learn's sense). Multi-label: the
+        loss weighs each label's positives by its negatives/positives ratio (``pos_weight``), and
+        the sampler draws an image with the inverse frequency of its rarest label.
         """
+        if self.multilabel:
+            return self._multilabel_balancing(train_labels.float())
         counts = torch.bincount(train_labels, minlength=self.num_classes).float().clamp_min(1)
         inverse = counts.sum() / (self.num_classes * counts)
         if self.config.imbalance == "class_weight":
             return inverse.to(self.device), None
         if self.config.imbalance == "sampler":
             return None, inverse[train_labels]
+        return None, None
+
+    def _multilabel_balancing(self, train_labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        positives = train_labels.sum(dim=0).clamp_min(1)
+        if self.config.imbalance == "class_weight":
+            return ((len(train_labels) - positives).clamp_min(1) / positives).to(self.device), None
+        if self.config.imbalance == "sampler":
+            inverse = len(train_labels) / (self.num_classes * positives)
+            return None, (train_labels * inverse).amax(dim=1).clamp_min(float(inverse.min()))
         return None, None
 
     def _train_step(
@@ -279,12 +307,15 @@ class Trainer:
         elif self.mixup is not None:
             x, targets = self.mixup(x, y)
         else:
-            targets = mixup_target(y, self.num_classes, smoothing=self.config.label_smoothing)
+            targets = mixup_target(
+                y, self.num_classes, smoothing=self.config.label_smoothing, multi_label=self.multilabel
+            )
+        loss_of = binary_cross_entropy if self.multilabel else soft_cross_entropy
 
         def compute_loss() -> torch.Tensor:
             with autocast(self.device):
                 logits = model(x)
-            return soft_cross_entropy(logits, targets, class_weights)
+            return loss_of(logits, targets, class_weights)
 
         optimizer.zero_grad(set_to_none=True)
         loss = compute_loss()
@@ -300,14 +331,18 @@ class Trainer:
     def evaluate(
         self, model: nn.Module, inputs: torch.Tensor, prepare: Prepare, labels: torch.Tensor | None = None
     ) -> tuple[float, np.ndarray]:
-        """Mean cross-entropy on ``labels`` (nan without them) and softmax probabilities."""
+        """Mean cross-entropy on ``labels`` (nan without them) and softmax probabilities (binary
+        cross-entropy and one sigmoid per label for multi-label data)."""
         model.eval()
         probs = []
         for start in range(0, len(inputs), EVAL_BATCH):
             x = prepare(inputs[start : start + EVAL_BATCH])
             with autocast(self.device):
                 logits = model(x)
-            probs.append(logits.float().softmax(dim=1).cpu())
+            probs.append(probabilities(logits, self.multilabel).cpu())
         p = torch.cat(probs)
-        loss = nn.functional.nll_loss(p.clamp_min(1e-7).log(), labels).item() if labels is not None else math.nan
-        return loss, p.numpy()
+        if labels is None:
+            return math.nan, p.numpy()
+        if self.multilabel:
+            return nn.functional.binary_cross_entropy(p.clamp(1e-7, 1 - 1e-7), labels.float()).item(), p.numpy()
+        return nn.functional.nll_loss(p.clamp_min(1e-7).log(), labels).item(), p.numpy()
