@@ -160,6 +160,9 @@ def run_refit(args: argparse.Namespace) -> int:
         print(f"saved {len(result.cv.folds)}-fold ensemble of trial {manifest['trial']}{tta} to {result.directory}")
         print(f"fold {metric}: {folds}; mean {result.cv.mean_score:.4f}")
     accuracy = f"; out-of-fold accuracy: {manifest['oof_accuracy']:.4f}" if metric != "accuracy" else ""
+    if manifest.get("multilabel"):
+        f1 = manifest["oof_f1_at_thresholds"]
+        accuracy = f"; at the label thresholds, out-of-fold macro F1 {f1['macro']:.4f}, micro F1 {f1['micro']:.4f}"
     print(f"out-of-fold {metric}: {result.oof_score:.4f}{accuracy}")
     return 0
 

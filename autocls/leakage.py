@@ -42,11 +42,16 @@ def training_data(manifest: dict[str, Any]) -> LabelledImages | None:
     """The training data a model's ``manifest`` names, as it is now; ``None`` when it cannot be
     listed here (moved, or another machine)."""
     fields = {k: v for k, v in manifest.get("data", {}).items() if k in DataSpec.__dataclass_fields__}
+    data_log = logging.getLogger("autocls.data")
+    level = data_log.level
+    data_log.setLevel(logging.ERROR)  # the search warned about this data already; listing it again is quiet
     try:
         return DataSpec(**fields).discover()
     except (AutoclsError, TypeError, OSError) as err:
         logger.debug("training data not found: %s", err)
         return None
+    finally:
+        data_log.setLevel(level)
 
 
 def duplicates_of_training(manifest: dict[str, Any], paths: Sequence[Path]) -> list[tuple[Path, Path]]:

@@ -35,7 +35,8 @@ class PreparedData:
     ) -> PreparedData:
         data = discovered or setup.data.discover()
         check_folds(data, setup.folds)
-        logger.info("found %d images in %d classes under %s", len(data), len(data.class_names), setup.data.source)
+        what = "labels" if data.multilabel else "classes"
+        logger.info("found %d images in %d %s under %s", len(data), len(data.class_names), what, setup.data.source)
         data, store = build_store(data, size, cache_dir)
         check_folds(data, setup.folds)  # again: skipped unreadable files may leave a class short
         return cls(data, store, stratified_folds(data.labels, setup.folds, setup.seed))

@@ -117,9 +117,10 @@ def label_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     if labels.ndim == 2:
         if len(labels) == 0 or labels.sum(axis=0).min() < 2 or (1 - labels).sum(axis=0).min() < 2:
             return np.zeros(0, dtype=int)
+        from cleanlab.multilabel_classification.filter import find_label_issues as find_multilabel_issues
+
         lists = [np.flatnonzero(row).tolist() for row in labels]
-        found = find_label_issues(lists, probs, multi_label=True, return_indices_ranked_by="self_confidence")
-        return np.asarray(found, dtype=int)
+        return np.asarray(find_multilabel_issues(lists, probs, return_indices_ranked_by="self_confidence"), dtype=int)
     if len(labels) == 0 or np.bincount(labels, minlength=probs.shape[1]).min() < 2:
         return np.zeros(0, dtype=int)
     return np.asarray(find_label_issues(labels, probs, return_indices_ranked_by="self_confidence"), dtype=int)
