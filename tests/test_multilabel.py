@@ -234,6 +234,24 @@ def test_a_manifest_with_wrong_thresholds_is_refused(tmp_path: Path) -> None:
     assert frame["label"].tolist() == ["a", "a;b"] and list(frame.columns) == ["path", "label", "prob_a", "prob_b"]
 
 
+def test_the_estimator_says_it_takes_one_label_per_image(tmp_path: Path) -> None:
+    from autocls.api import ImageClassifier
+
+    with pytest.raises(AutoclsError, match="takes one label per image"):
+        ImageClassifier(workdir=str(tmp_path)).fit(["a.png", "b.png"], [["cat", "dog"], ["dog"]])
+
+
+def test_a_single_label_model_refuses_multilabel_test_data(tmp_path: Path, monkeypatch) -> None:
+    from autocls import evaluate as evaluation
+
+    names = write_images(tmp_path, 2)
+    (tmp_path / "labels.csv").write_text(f"file,labels\n{names[0]},a;b\n{names[1]},b\n")
+    single = Ensemble([], {"class_names": ["a", "b"], "preprocessing": {"decode_size": 16}})
+    monkeypatch.setattr(evaluation, "duplicates_of_training", lambda *args: [])
+    with pytest.raises(AutoclsError, match="images have several labels, but the model predicts one class per image"):
+        evaluation.evaluate(single, tmp_path / "labels.csv")
+
+
 # -- end to end ---------------------------------------------------------------------------------
 MACRO_F1_FLOOR = 0.6  # the tiny untrained test network, 4 epochs, 90 images: measured 0.79-0.87
 
@@ -281,6 +299,11 @@ def test_multilabel_search_refit_predict_evaluate_report_export(tmp_path: Path, 
     for section in ("Per-label precision", "Label co-occurrence", "Most confused labels", "Label distribution"):
         assert section in html
     assert "confusion matrix" not in html.lower().replace("co-occurrence", "")
+
+    # what does not take multi-label models yet says so in one line and writes nothing
+    assert main(["distill", str(model), "--out", str(tmp_path / "student")]) == 2
+    assert "is a multi-label model; distill takes single-label models only" in capsys.readouterr().err
+    assert not (tmp_path / "student").exists()
 
     graph_file = tmp_path / "model.pt"
     assert main(["export", str(model), "--out", str(graph_file)]) == 0
