@@ -305,7 +305,7 @@ def _from_csv(
     _refuse_bad_rows(csv, bases, empty, conflicts, escaping, missing)
     if unlabelled:
         logger.warning(
-            "%s: %d rows have none of the labels (rows %s); those images train as negatives for every label",
+            "%s: %d rows have none of the labels (rows %s); those images count as negatives for every label",
             csv,
             len(unlabelled),
             _first(unlabelled),
@@ -348,9 +348,9 @@ def _check_delimiter(csv: Path, cells: list[str], delimiter: str, multilabel: bo
     delimiter was given (it would split nothing), else a warning (a class name may hold a comma)."""
     if multilabel and any(delimiter in c for c in cells):
         return
-    for other in (",", "|"):
+    for other in (DELIMITER, ",", "|"):
         rows = [i + 2 for i, c in enumerate(cells) if other in c]
-        if not rows or other == delimiter:
+        if not rows or other == delimiter or (other == DELIMITER and not given):
             continue
         if given:
             raise AutoclsError(

@@ -99,6 +99,9 @@ def test_labels_separated_by_another_character(tmp_path: Path, caplog) -> None:
     with pytest.raises(AutoclsError, match=r"no label cell holds the label delimiter ';', but 1 hold '\|'"):
         discover(csv, label_delimiter=";")
     assert discover(csv, label_delimiter="|").labels.tolist() == [[1, 1], [0, 1], [1, 0]]
+    csv.write_text(f"file,labels\n{names[0]},cat;dog\n{names[1]},dog\n")
+    with pytest.raises(AutoclsError, match=r"no label cell holds the label delimiter '\|', but 1 hold ';'"):
+        discover(csv, label_delimiter="|")
     with pytest.raises(AutoclsError, match="'label_delimiter' setting must be a non-empty separator"):
         discover(csv, label_delimiter="x")
 
