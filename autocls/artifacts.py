@@ -1,7 +1,8 @@
 """A trial's figures and notes, uploaded to the study's artifact store, where optuna-dashboard shows them.
 
 Each completed trial uploads its learning curves (per fold: train and validation loss, validation
-score by epoch) and its out-of-fold confusion matrix as SVG artifacts to a
+score by epoch) and its out-of-fold confusion matrix (each label's average precision, for a
+multi-label study) as SVG artifacts to a
 ``FileSystemArtifactStore`` in the workdir, and gets a Markdown note summarising its
 configuration and fold scores. ``autocls dashboard`` serves the study with that store.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from sklearn.metrics import average_precision_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from autocls import plots
@@ -33,6 +35,16 @@ def artifact_store(workdir: Path) -> FileSystemArtifactStore:
 def oof_confusion(cv: CVResult, class_names: list[str]) -> np.ndarray:
     covered = ~np.isnan(cv.oof_probs[:, 0])
     return sk_confusion_matrix(cv.labels[covered], cv.oof_probs[covered].argmax(1), labels=np.arange(len(class_names)))
+
+
+def oof_label_ap(cv: CVResult, class_names: list[str]) -> dict[str, float]:
+    """Each label's average precision over a multi-label trial's out-of-fold probabilities."""
+    covered = ~np.isnan(cv.oof_probs[:, 0])
+    labels, probs = cv.labels[covered], cv.oof_probs[covered]
+    return {
+        name: float(average_precision_score(labels[:, j], probs[:, j])) if labels[:, j].any() else 0.0
+        for j, name in enumerate(class_names)
+    }
 
 
 def trial_note(trial_number: int, config: TrainConfig, cv: CVResult, frozen_stages: int) -> str:
@@ -63,10 +75,12 @@ def publish_trial(
     from optuna_dashboard import save_note
 
     figures = learning_curves(history, cv.metric)
-    if cv.labels.ndim == 1:  # a multi-label trial has no confusion matrix (evaluate and report have per-label tables)
+    if cv.labels.ndim == 1:
         figures["confusion_matrix.svg"] = plots.confusion_matrix(
             oof_confusion(cv, class_names), class_names, "out-of-fold confusion matrix"
         )
+    else:  # multi-label: no confusion matrix; each label's out-of-fold average precision instead
+        figures["label_ap.svg"] = plots.bar_chart(oof_label_ap(cv, class_names), "out-of-fold average precision")
     with tempfile.TemporaryDirectory() as tmp:
         for name, svg in figures.items():
             path = Path(tmp) / name

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import torch
@@ -268,6 +269,9 @@ def test_multilabel_search_refit_predict_evaluate_report_export(tmp_path: Path, 
     train_csv = tmp_path / "shapes" / "train.csv"
     common = ["--workdir", str(workdir), "--quiet"]
     assert main(["search", str(train_csv), "--space", str(space), "--folds", "3", "--trials", "2", *common]) == 0
+    study = optuna.load_study(study_name="train", storage=f"sqlite:///{workdir / 'autocls.db'}")
+    metas = optuna.artifacts.get_all_artifact_meta(study.best_trial, storage=study._storage)
+    assert sorted(m.filename for m in metas) == ["label_ap.svg", "loss_curves.svg", "score_curves.svg"]
     assert main(["refit", *common]) == 0
     assert "at the label thresholds, out-of-fold macro F1" in capsys.readouterr().out
     model = workdir / "train" / "model"
