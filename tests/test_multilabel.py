@@ -28,7 +28,7 @@ from autocls.trainer import Trainer
 from tests.helpers import TINY_SPACE, class_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-from prepare_multilabel import write_shapes
+from prepare_multilabel import write_digit_mosaics, write_shapes
 
 
 def write_images(folder: Path, count: int) -> list[str]:
@@ -124,6 +124,18 @@ def test_a_dataframe_of_label_lists_or_01_columns(tmp_path: Path) -> None:
     frame = pd.DataFrame({"path": paths, "cat": [1, 0, 0], "dog": [True, True, False]})
     data = _data_spec(frame, tmp_path / "w2", "s").discover()
     assert data.multilabel and data.labels.tolist() == [[1, 1], [0, 1], [0, 0]]
+
+
+def test_the_example_sets_are_multilabel_csvs(tmp_path: Path) -> None:
+    counts = write_digit_mosaics(tmp_path / "mosaics", count=40)
+    train = discover(tmp_path / "mosaics" / "train.csv")
+    assert counts == {"train": 30, "test": 10} and train.multilabel and len(train) == 30
+    assert set(train.class_names) <= {str(d) for d in range(10)}
+    assert train.labels.sum(axis=1).min() >= 1 and train.labels.sum(axis=1).max() <= 4
+    write_shapes(tmp_path / "shapes", count=40, size=24)
+    shapes = discover(tmp_path / "shapes" / "test.csv", label_delimiter=";")
+    assert shapes.multilabel and set(shapes.class_names) <= {"circle", "cross", "square", "triangle"}
+    assert shapes.labels.sum(axis=1).max() <= 3
 
 
 # -- folds, metrics, thresholds -----------------------------------------------------------------
