@@ -60,7 +60,8 @@ class EnsembleGraph(nn.Module):
         self.inputs = [resolutions.index(m.config.resolution) for m in ensemble.members]
         self.temperature = ensemble.temperature
         self.multilabel = ensemble.multilabel
-        self.register_buffer("thresholds", torch.as_tensor(ensemble.thresholds, dtype=torch.float32))
+        if self.multilabel:  # a single-label graph stays exactly what it was
+            self.register_buffer("thresholds", torch.as_tensor(ensemble.thresholds, dtype=torch.float32))
 
     def forward(self, *images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         total = self.members[0](images[self.inputs[0]])
