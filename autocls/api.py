@@ -158,6 +158,10 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
 
     ``X`` is a sequence of image paths, ``y`` their labels. Parameters mirror ``autocls search``;
     the study lives in ``workdir`` (a temporary folder when not given, removed with the estimator).
+
+    Multi-label: ``y`` a sequence of label lists (or sets); ``classes_`` are then the labels,
+    ``predict`` returns the 0/1 indicator matrix at the model's thresholds (scikit-learn's
+    multi-label convention) and ``predict_proba`` each label's probability.
     """
 
     def __init__(
@@ -181,13 +185,12 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
 
     def fit(self, X: Any, y: Any) -> ImageClassifier:
-        if any(isinstance(v, list | tuple | set | frozenset | np.ndarray) for v in y):
-            raise AutoclsError(
-                "ImageClassifier takes one label per image (y of one dimension); for multi-label images use "
-                "autocls.search with a DataFrame of (path, list of labels)."
-            )
+        multilabel = any(isinstance(v, list | tuple | set | frozenset | np.ndarray) for v in y)
         paths = [str(Path(p).resolve()) for p in X]
-        labels = [str(label) for label in y]
+        if multilabel:
+            labels = [[v] if isinstance(v, str) else sorted(map(str, v)) for v in y]
+        else:
+            labels = [str(label) for label in y]
         if len(paths) != len(labels):
             raise AutoclsError(f"X has {len(paths)} images but y has {len(labels)} labels.")
         if self.workdir is None:
@@ -195,13 +198,13 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             workdir = Path(self._tmp.name)
         else:
             workdir = Path(self.workdir)
-        frame = pd.DataFrame({"file": paths, "label": labels})
+        frame = pd.DataFrame({"file": paths, "label": labels})  # lists of labels: multi-label
         self.study_ = search(
             frame,
             trials=self.trials,
             folds=self.folds,
             space=self.space,
-            study_name=_estimator_study_name(paths, labels),
+            study_name=_estimator_study_name(paths, [str(label) for label in labels]),
             storage=default_url(workdir),
             timeout=self.timeout,
             metric=self.metric,
@@ -218,4 +221,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         return self.ensemble_.predict_proba(list(X))
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        probs = self.predict_proba(X)
+        if self.ensemble_.multilabel:
+            return self.ensemble_.decisions(probs)
+        return self.classes_[probs.argmax(axis=1)]

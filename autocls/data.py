@@ -439,6 +439,21 @@ def _labelled(paths: list[Path], names: list[str], origin: str, min_classes: int
     return LabelledImages(tuple(paths), labels, class_names)
 
 
+def labels_in_order(data: LabelledImages, class_names: list[str] | tuple[str, ...], multilabel: bool) -> np.ndarray:
+    """``data``'s labels over a model's ``class_names`` (a superset of ``data``'s, matched by name):
+    class indices, or for a multi-label model an images x labels 0/1 matrix (single-label data then
+    has one label per image)."""
+    columns = np.array([list(class_names).index(name) for name in data.class_names], dtype=np.int64)
+    if not multilabel:
+        return columns[data.labels]
+    matrix = np.zeros((len(data), len(class_names)), dtype=np.uint8)
+    if data.multilabel:
+        matrix[:, columns] = data.labels
+    else:
+        matrix[np.arange(len(data)), columns[data.labels]] = 1
+    return matrix
+
+
 def _labelled_sets(paths: list[Path], sets: list[list[str]], origin: str, min_classes: int = 2) -> LabelledImages:
     """Multi-label images: the 0/1 matrix of each image's labels over the sorted label names."""
     class_names = tuple(sorted({name for names in sets for name in names}))

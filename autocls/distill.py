@@ -6,7 +6,8 @@ alone (Hinton et al., 2015, "Distilling the knowledge in a neural network"): the
 classes an image resembles. The student is trained on all the training images by the same
 :class:`~autocls.trainer.Trainer` as every search trial, with the teacher's probabilities (mixed
 with the one-hot labels by ``label_weight``) in place of the labels, and saved in the same format,
-so predict, evaluate, export and report take it like any model.
+so predict, evaluate, export and report take it like any model. A multi-label teacher's label
+probabilities are binary cross-entropy targets for its student, which keeps the teacher's thresholds.
 
 The teacher's targets are computed once, on the un-augmented images; the student's augmentation
 then sees a flipped or jittered image with the target of the original, as for a label. MixUp and
@@ -28,11 +29,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from autocls.backbones import check_weights, create_classifier
 from autocls.config import TrainConfig
 from autocls.cv import fit_fold
-from autocls.data import DataSpec, LabelledImages
+from autocls.data import DataSpec, LabelledImages, labels_in_order
 from autocls.ensemble import FORMAT_VERSION, OOF_FILE, Ensemble, Member, check_model_destination
 from autocls.errors import AutoclsError
 from autocls.images import build_store
-from autocls.metrics import get_metric
 from autocls.progress import Reporter
 from autocls.records import fold_summaries
 from autocls.runtime import resolve_device
@@ -48,7 +48,8 @@ MONITOR_IMAGES = 512  # training images the student is scored on after each epoc
 class DistillResult:
     student: Ensemble
     directory: Path
-    agreement: float  # share of the training images where the student's class is the teacher's
+    agreement: float  # share of the training images where the student's class is the teacher's (multi-label:
+    # share of the images' label decisions)
     teacher_accuracy: float  # on the training images (which the teacher was trained on)
     student_accuracy: float  # likewise: both are in-sample; evaluate on held-out images to compare
     teacher_ms_per_image: float  # batched prediction of the training images on this device
@@ -87,8 +88,6 @@ def distill(
     check_model_destination(out, overwrite, "--overwrite")  # before any training, not after it
     device = resolve_device(device) if isinstance(device, str) else device
     teacher = Ensemble.load(teacher_dir, device)
-    if teacher.multilabel:
-        raise AutoclsError(f"{teacher_dir} is a multi-label model; distill takes single-label models only, so far.")
     config = student_config(teacher.config, backbone, epochs)
     if not timm.is_model(config.backbone.split(".")[0]):
         raise AutoclsError(f"{config.backbone!r} is not a timm model name; see timm.list_models().")
@@ -98,14 +97,15 @@ def distill(
 
     images = _training_images(teacher, data, labels_csv)
     images, store = build_store(images, teacher.decode_size)
-    index = {name: i for i, name in enumerate(teacher.class_names)}
-    labels = np.array([index[images.class_names[i]] for i in images.labels])
+    labels = labels_in_order(images, teacher.class_names, teacher.multilabel)
     reporter.print(f"teacher {teacher_dir}: predicting {len(labels)} training images")
     teacher_probs, teacher_ms = _timed_predict(teacher, store.images)
     targets = soft_targets(teacher_probs, labels, label_weight)
 
     metric = str(teacher.manifest.get("metric", "accuracy"))
-    trainer = Trainer(config, len(teacher.class_names), device, weights_dir, seed, metric)
+    trainer = Trainer(
+        config, len(teacher.class_names), device, weights_dir, seed, metric, multilabel=teacher.multilabel
+    )
     rng = np.random.default_rng(seed)
     monitor = np.sort(rng.choice(len(labels), min(MONITOR_IMAGES, len(labels)), replace=False))
     with reporter.live(f"distilling into {config.backbone}"):
@@ -115,8 +115,14 @@ def distill(
     config = trainer.config  # with a smaller batch if the device ran out of memory
     student = _student(config, fold.state_dict, teacher, device)
     student_probs, student_ms = _timed_predict(student, store.images)
-    agreement = float((student_probs.argmax(1) == teacher_probs.argmax(1)).mean())
-    accuracy = get_metric("accuracy")
+    # single-label: images where the student's class is the teacher's; multi-label: (image, label)
+    # decisions the student shares with the teacher (a whole set of labels rarely matches early on)
+    teacher_decisions, student_decisions = teacher.decisions(teacher_probs), teacher.decisions(student_probs)
+    agreement = float((teacher_decisions == student_decisions).mean()) if len(teacher_decisions) else 0.0
+
+    def accuracy(labels: np.ndarray, probs: np.ndarray) -> float:  # the exact label set, for a multi-label model
+        return _same_share(teacher.decisions(probs), labels)
+
     student.manifest.update(
         {
             "folds": fold_summaries([fold]),
@@ -170,10 +176,19 @@ def student_config(teacher: TrainConfig, backbone: str | None, epochs: int | Non
 
 
 def soft_targets(teacher_probs: np.ndarray, labels: np.ndarray, label_weight: float) -> np.ndarray:
-    """Rows that sum to 1: the teacher's probabilities mixed with the one-hot labels."""
+    """Rows that sum to 1: the teacher's probabilities mixed with the one-hot labels. Multi-label
+    ``labels`` (a 0/1 matrix): each label's probability mixed with its 0/1 label, no sum to 1."""
+    if labels.ndim == 2:
+        return ((1.0 - label_weight) * teacher_probs + label_weight * labels).astype(np.float32)
     one_hot = np.eye(teacher_probs.shape[1], dtype=np.float32)[labels]
     probs = teacher_probs / teacher_probs.sum(axis=1, keepdims=True)
     return ((1.0 - label_weight) * probs + label_weight * one_hot).astype(np.float32)
+
+
+def _same_share(a: np.ndarray, b: np.ndarray) -> float:
+    """The share of images with the same class (or the same whole label set: rows of a 0/1 matrix)."""
+    same = a == b
+    return float((same if same.ndim == 1 else same.all(axis=1)).mean()) if len(same) else 0.0
 
 
 def _timed_predict(model: Ensemble, images: torch.Tensor) -> tuple[np.ndarray, float]:
@@ -238,4 +253,6 @@ def _student(
         "fold_models": "distilled",
         "versions": library_versions(),
     }
+    if teacher.multilabel:  # the student learnt the teacher's probabilities: it keeps its thresholds
+        manifest |= {k: teacher.manifest[k] for k in ("multilabel", "thresholds", "label_delimiter")}
     return Ensemble([Member(config, [model], 1.0, mean, std, None)], manifest, device)

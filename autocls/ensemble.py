@@ -280,6 +280,10 @@ class Ensemble:
         probs = self.predict_proba(inputs)
         return self.to_frame([str(i) if isinstance(i, str | Path) else "" for i in inputs], probs)
 
+    def decisions(self, probs: np.ndarray) -> np.ndarray:
+        """What the model predicts from ``probs``: class indices, or the 0/1 label matrix at its thresholds."""
+        return decide(probs, self.thresholds) if self.multilabel else probs.argmax(axis=1)
+
     def to_frame(self, paths: list[str], probs: np.ndarray) -> pd.DataFrame:
         if self.multilabel:
             frame = pd.DataFrame({"path": paths, "label": label_sets(decide(probs, self.thresholds), self.class_names)})

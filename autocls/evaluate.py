@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autocls.calibration import expected_calibration_error, scale
-from autocls.data import LabelledImages, discover
+from autocls.data import LabelledImages, discover, labels_in_order
 from autocls.ensemble import Ensemble
 from autocls.errors import AutoclsError
 from autocls.images import decode_images, require_some_readable, warn_unreadable
@@ -92,8 +92,7 @@ def evaluate(
     near = _near_duplicates_of_training(ensemble, images, [labelled.paths[i] for i in kept])
     if ensemble.multilabel:
         return _evaluate_multilabel(ensemble, labelled, kept, images, len(duplicates), near)
-    index = {name: i for i, name in enumerate(ensemble.class_names)}
-    truth = np.array([index[labelled.class_names[labelled.labels[i]]] for i in kept])
+    truth = labels_in_order(labelled.subset(kept), ensemble.class_names, multilabel=False)
     raw = ensemble.predict_images(images, calibrated=False)
     probs = scale(raw, ensemble.temperature)
     predictions = ensemble.to_frame([str(labelled.paths[i]) for i in kept], probs)
@@ -116,13 +115,7 @@ def _evaluate_multilabel(
     ensemble: Ensemble, labelled: LabelledImages, kept: list[int], images: torch.Tensor, duplicates: int, near: int
 ) -> MultilabelEvaluation:
     """Score a multi-label model; single-label test data counts as one label per image."""
-    columns = [ensemble.class_names.index(name) for name in labelled.class_names]
-    truth = np.zeros((len(kept), len(ensemble.class_names)), dtype=np.uint8)
-    rows = labelled.labels[kept]
-    if labelled.multilabel:
-        truth[:, columns] = rows
-    else:
-        truth[np.arange(len(kept)), np.asarray(columns)[rows]] = 1
+    truth = labels_in_order(labelled.subset(kept), ensemble.class_names, multilabel=True)
     probs = ensemble.predict_images(images)
     predictions = ensemble.to_frame([str(labelled.paths[i]) for i in kept], probs)
     predictions.insert(1, "true_label", label_sets(truth, ensemble.class_names))

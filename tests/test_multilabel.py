@@ -239,6 +239,15 @@ def test_multilabel_class_weights_and_sampler_weights() -> None:
     assert weights.tolist() == pytest.approx([4 / 6, 4 / 6, 2.0, 4 / 6])
 
 
+def test_multilabel_soft_targets_mix_each_label_without_summing_to_one() -> None:
+    from autocls.distill import soft_targets
+
+    teacher = np.array([[0.9, 0.8], [0.2, 0.1]], dtype=np.float32)
+    labels = np.array([[1, 0], [0, 0]], dtype=np.uint8)
+    np.testing.assert_allclose(soft_targets(teacher, labels, 0.0), teacher)
+    np.testing.assert_allclose(soft_targets(teacher, labels, 0.5), [[0.95, 0.4], [0.1, 0.05]], rtol=1e-6)
+
+
 def test_a_manifest_with_wrong_thresholds_is_refused(tmp_path: Path) -> None:
     manifest = {"class_names": ["a", "b"], "preprocessing": {"decode_size": 16}, "multilabel": True}
     with pytest.raises(AutoclsError, match="thresholds must be 2 numbers in \\[0, 1\\]"):
@@ -250,11 +259,27 @@ def test_a_manifest_with_wrong_thresholds_is_refused(tmp_path: Path) -> None:
     assert frame["label"].tolist() == ["a", "a;b"] and list(frame.columns) == ["path", "label", "prob_a", "prob_b"]
 
 
-def test_the_estimator_says_it_takes_one_label_per_image(tmp_path: Path) -> None:
-    from autocls.api import ImageClassifier
+def test_the_estimator_takes_label_lists_and_predicts_an_indicator_matrix(tmp_path: Path, monkeypatch) -> None:
+    from autocls import api
 
-    with pytest.raises(AutoclsError, match="takes one label per image"):
-        ImageClassifier(workdir=str(tmp_path)).fit(["a.png", "b.png"], [["cat", "dog"], ["dog"]])
+    names = write_images(tmp_path / "img", 3)
+    paths = [tmp_path / "img" / n for n in names]
+    searched = {}
+
+    def fake_search(frame: pd.DataFrame, **kwargs) -> object:
+        searched["data"] = _data_spec(frame, tmp_path / "w", kwargs["study_name"]).discover()
+        return object()
+
+    manifest = {"class_names": ["cat", "dog"], "preprocessing": {"decode_size": 16}, "multilabel": True}
+    model = Ensemble([], {**manifest, "thresholds": [0.5, 0.3]})
+    monkeypatch.setattr(api, "search", fake_search)
+    monkeypatch.setattr(api, "refit", lambda *args, **kwargs: model)
+    monkeypatch.setattr(api.StudySetup, "from_study", lambda study: None)
+    monkeypatch.setattr(model, "predict_proba", lambda inputs: np.array([[0.9, 0.1], [0.2, 0.4]]))
+    clf = api.ImageClassifier(workdir=str(tmp_path / "w")).fit(paths, [["dog", "cat"], "dog", set()])
+    assert searched["data"].multilabel and searched["data"].labels.tolist() == [[1, 1], [0, 1], [0, 0]]
+    assert clf.classes_.tolist() == ["cat", "dog"]
+    assert clf.predict(paths[:2]).tolist() == [[1, 0], [0, 1]]
 
 
 def test_a_single_label_model_refuses_multilabel_test_data(tmp_path: Path, monkeypatch) -> None:
@@ -319,10 +344,19 @@ def test_multilabel_search_refit_predict_evaluate_report_export(tmp_path: Path, 
         assert section in html
     assert "confusion matrix" not in html.lower().replace("co-occurrence", "")
 
-    # what does not take multi-label models yet says so in one line and writes nothing
-    assert main(["distill", str(model), "--out", str(tmp_path / "student")]) == 2
-    assert "is a multi-label model; distill takes single-label models only" in capsys.readouterr().err
-    assert not (tmp_path / "student").exists()
+    # a student learns the teacher's label probabilities and keeps its thresholds
+    student_dir = tmp_path / "student"
+    assert main(["distill", str(model), "--out", str(student_dir), "--epochs", "3", "--quiet"]) == 0
+    student = Ensemble.load(student_dir, "cpu")
+    assert student.multilabel and student.thresholds.tolist() == manifest["thresholds"]
+    source = student.manifest["distilled_from"]
+    teacher = Ensemble.load(model, "cpu")
+    train = discover(train_csv)
+    negatives = 1 - teacher.decisions(teacher.predict_proba(list(train.paths))).mean()
+    # above what a student that learnt nothing (every label off) would share with the teacher
+    assert negatives < source["agreement_on_training_images"] <= 1.0, (negatives, source)
+    assert main(["evaluate", str(student_dir), str(test_csv), "--quiet"]) == 0
+    assert "per-label report" in capsys.readouterr().out
 
     graph_file = tmp_path / "model.pt"
     assert main(["export", str(model), "--out", str(graph_file)]) == 0
