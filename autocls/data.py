@@ -247,6 +247,9 @@ def _from_csv(
     if indicators is not None:
         label_col = indicators[0]
         cells = [[name for name in indicators if row[name].strip() == "1"] for _, row in table.iterrows()]
+        unused = [name for name in indicators if not any(name in c for c in cells)]
+        if unused:
+            logger.warning("%s: no image has the label columns %s (all 0); they are left out", csv, unused)
         multilabel = any(len(c) != 1 for c in cells)  # one 1 per row: one-hot columns of single-label data
     else:
         label_col = _pick_column(columns, label_column, LABEL_COLUMN_NAMES, "labels", csv)
@@ -458,7 +461,7 @@ def _labelled_sets(paths: list[Path], sets: list[list[str]], origin: str, min_cl
     """Multi-label images: the 0/1 matrix of each image's labels over the sorted label names."""
     class_names = tuple(sorted({name for names in sets for name in names}))
     if not class_names:
-        raise AutoclsError(f"{origin}: no labelled images found.")
+        raise AutoclsError(f"{origin}: no image has a label; give each image its labels (or 1 in its label columns).")
     if len(class_names) < min_classes:
         raise AutoclsError(f"{origin}: multi-label data needs at least 2 labels; found only {class_names[0]!r}.")
     index = {name: j for j, name in enumerate(class_names)}

@@ -81,6 +81,18 @@ def test_one_01_column_per_label(tmp_path: Path) -> None:
     assert not single.multilabel and single.labels.tolist() == [0, 1]
 
 
+def test_a_label_column_no_image_has_is_named_and_left_out(tmp_path: Path, caplog) -> None:
+    names = write_images(tmp_path, 3)
+    csv = tmp_path / "tags.csv"
+    csv.write_text(f"image,beach,people,sunset\n{names[0]},1,1,0\n{names[1]},0,1,0\n{names[2]},1,0,0\n")
+    with caplog.at_level(logging.WARNING):
+        data = discover(csv)
+    assert data.class_names == ("beach", "people") and "no image has the label columns ['sunset']" in caplog.text
+    csv.write_text(f"image,beach,people\n{names[0]},0,0\n{names[1]},0,0\n")
+    with pytest.raises(AutoclsError, match="no image has a label"):
+        discover(csv)
+
+
 def test_a_cell_that_is_not_0_or_1_is_named(tmp_path: Path) -> None:
     names = write_images(tmp_path, 12)
     rows = "".join(f"{n},1,0,1\n" for n in names[:-1]) + f"{names[-1]},1,yes,0\n"
