@@ -259,7 +259,9 @@ def _multilabel_sections(oof: pd.DataFrame, names: list[str], manifest: dict) ->
         "at the thresholds chosen on these predictions (so slightly optimistic; evaluate scores held-out images).</p>",
         _table(tables["per_label"]),
         "<h2>Label co-occurrence</h2>",
-        plots.confusion_matrix(tables["co_occurrence"].to_numpy(), names, "images with both labels"),
+        plots.confusion_matrix(
+            tables["co_occurrence"].to_numpy(), names, "images with both labels", axes="labels (rows: labels)"
+        ),
         "<h2>Most confused labels</h2>",
         _table(confusions.set_index("true label")) if not confusions.empty else "<p>No label predicted wrongly.</p>",
         "".join(blocks),

@@ -76,8 +76,14 @@ def bar_chart(values: dict[str, float], title: str, value_format: str = "{:.3f}"
     return "".join(parts) + "</svg>"
 
 
-def confusion_matrix(matrix: np.ndarray, class_names: list[str], title: str = "confusion matrix") -> str:
-    """Rows are true classes, columns predicted; cells shaded by the row-normalised rate."""
+def confusion_matrix(
+    matrix: np.ndarray,
+    class_names: list[str],
+    title: str = "confusion matrix",
+    axes: str = "predicted (rows: true class)",
+) -> str:
+    """Rows are true classes, columns predicted; cells shaded by the row-normalised rate. ``axes``
+    names them (a label co-occurrence matrix has the labels on both)."""
     k = len(class_names)
     cell = max(18, min(48, 480 // max(1, k)))
     label_w = 8 + 7 * max((len(n) for n in class_names), default=4)
@@ -100,7 +106,7 @@ def confusion_matrix(matrix: np.ndarray, class_names: list[str], title: str = "c
                 parts.append(
                     f'<text x="{px + cell / 2}" y="{py + cell / 2 + 4}" text-anchor="middle">{int(matrix[i, j])}</text>'
                 )
-    parts.append(f'<text x="{width / 2}" y="{height - 6}" text-anchor="middle">predicted (rows: true class)</text>')
+    parts.append(f'<text x="{width / 2}" y="{height - 6}" text-anchor="middle">{escape(axes)}</text>')
     return "".join(parts) + "</svg>"
 
 
