@@ -243,22 +243,7 @@ def _from_csv(
     if len(columns) == 2 and file_column is None and label_column is None:
         file_column, label_column = columns  # the common two-column file,label layout, whatever the header says
     file_col = _pick_column(columns, file_column, FILE_COLUMN_NAMES, "image files", csv)
-    indicators = None if label_column is not None else _indicator_columns(table, file_col, csv)
-    if indicators is not None:
-        label_col = indicators[0]
-        cells = [[name for name in indicators if row[name].strip() == "1"] for _, row in table.iterrows()]
-        unused = [name for name in indicators if not any(name in c for c in cells)]
-        if unused:
-            logger.warning("%s: no image has the label columns %s (all 0); they are left out", csv, unused)
-        multilabel = any(len(c) != 1 for c in cells)  # one 1 per row: one-hot columns of single-label data
-    else:
-        label_col = _pick_column(columns, label_column, LABEL_COLUMN_NAMES, "labels", csv)
-        multilabel = label_delimiter is not None or any(DELIMITER in c for c in table[label_col])
-        delimiter = label_delimiter or DELIMITER
-        _check_delimiter(csv, list(table[label_col]), delimiter, multilabel, label_delimiter is not None)
-        split = (lambda c: split_labels(c, delimiter)) if multilabel else (lambda c: [c.strip()] if c.strip() else [])
-        cells = [split(c) for c in table[label_col]]
-
+    label_col, cells, multilabel = _label_cells(table, file_col, label_column, label_delimiter, csv)
     bases = [data_dir] if data_dir == csv.parent else [data_dir, csv.parent]
     if any(is_image_file(base / file_col) for base in bases):
         raise AutoclsError(
@@ -273,13 +258,10 @@ def _from_csv(
     first_row: dict[Path, tuple[int, str, int]] = {}  # each image, by its resolved path: row, name, position
     conflicts: list[str] = []
     repeats = 0
-    unlabelled: list[int] = []  # multi-label rows with none of the labels: negatives for every label
     for row, (file_name, labels) in enumerate(zip(table[file_col], cells), start=2):
         if not labels and not multilabel:
             empty.append(row)
             continue
-        if not labels:
-            unlabelled.append(row)
         # absolute paths are taken as given; relative ones must stay inside the folder they are relative to
         if not Path(file_name).is_absolute() and not any(_inside(base, base / file_name) for base in bases):
             escaping.append(file_name)
@@ -306,6 +288,8 @@ def _from_csv(
         paths.append(found)
         names.append(labels)
     _refuse_bad_rows(csv, bases, empty, conflicts, escaping, missing)
+    # multi-label images with none of the labels (after all their rows): negatives for every label
+    unlabelled = sorted(row for row, _, position in first_row.values() if not names[position])
     if unlabelled:
         logger.warning(
             "%s: %d rows have none of the labels (rows %s); those images count as negatives for every label",
@@ -323,6 +307,27 @@ def _from_csv(
     if multilabel:
         return _labelled_sets(paths, names, str(csv), min_classes)
     return _labelled(paths, [n[0] for n in names], str(csv), min_classes)
+
+
+def _label_cells(
+    table: pd.DataFrame, file_col: str, label_column: str | None, label_delimiter: str | None, csv: Path
+) -> tuple[str, list[list[str]], bool]:
+    """(the label column's name, each row's labels, whether the data is multi-label) for a CSV of
+    one label column (one label, or several separated by the delimiter) or one 0/1 column per label."""
+    indicators = None if label_column is not None else _indicator_columns(table, file_col, csv)
+    if indicators is not None:
+        cells = [[name for name in indicators if row[name].strip() == "1"] for _, row in table.iterrows()]
+        unused = [name for name in indicators if not any(name in c for c in cells)]
+        if unused:
+            logger.warning("%s: no image has the label columns %s (all 0); they are left out", csv, unused)
+        return indicators[0], cells, any(len(c) != 1 for c in cells)  # one 1 a row: one-hot single-label columns
+    label_col = _pick_column(list(table.columns), label_column, LABEL_COLUMN_NAMES, "labels", csv)
+    multilabel = label_delimiter is not None or any(DELIMITER in c for c in table[label_col])
+    delimiter = label_delimiter or DELIMITER
+    _check_delimiter(csv, list(table[label_col]), delimiter, multilabel, label_delimiter is not None)
+    if multilabel:
+        return label_col, [split_labels(c, delimiter) for c in table[label_col]], True
+    return label_col, [[c.strip()] if c.strip() else [] for c in table[label_col]], False
 
 
 def _indicator_columns(table: pd.DataFrame, file_col: str, csv: Path) -> list[str] | None:
