@@ -65,14 +65,19 @@ def multilabel_holdout(indices: np.ndarray, labels: np.ndarray, size: int, seed:
     return np.sort(indices[keep]), np.sort(indices[held])
 
 
-def choose_thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Per label, the decision threshold of highest F1 on ``probs`` (out-of-fold probabilities).
+def choose_thresholds(labels: np.ndarray, probs: np.ndarray, average: str = "macro") -> np.ndarray:
+    """Per label, a decision threshold chosen on ``probs`` (out-of-fold probabilities) for the best
+    F1: each label's own F1 (which maximises the macro F1, their mean), or with ``average="micro"``
+    the F1 of all decisions pooled, by coordinate ascent from the per-label thresholds (a label's
+    best threshold for the pooled F1 depends on the counts of the others).
 
     A label is predicted when its probability reaches its threshold. The threshold is placed
-    halfway between the lowest probability predicted positive at the best F1 and the next lower
-    one, so that it does not sit on a training image's exact score. A label with no positive (or
-    no negative) image keeps :data:`DEFAULT_THRESHOLD`.
+    halfway between the lowest probability predicted positive and the next lower one, so that it
+    does not sit on a training image's exact score. A label with no positive (or no negative)
+    image keeps :data:`DEFAULT_THRESHOLD`.
     """
+    if average not in ("macro", "micro"):
+        raise ValueError(f"average must be 'macro' or 'micro'; got {average!r}")
     thresholds = np.full(labels.shape[1], DEFAULT_THRESHOLD)
     for j in range(labels.shape[1]):
         y, p = labels[:, j], probs[:, j]
@@ -80,10 +85,38 @@ def choose_thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
             continue
         precision, recall, cuts = precision_recall_curve(y, p)
         f1 = 2 * precision[:-1] * recall[:-1] / np.clip(precision[:-1] + recall[:-1], 1e-12, None)
-        best = cuts[int(np.argmax(f1))]
-        below = p[p < best]
-        thresholds[j] = float((best + below.max()) / 2) if len(below) else float(best)
+        thresholds[j] = _between(p, cuts[int(np.argmax(f1))])
+    if average == "micro":
+        for _ in range(2):  # two sweeps: enough for the pooled counts to settle
+            for j in range(labels.shape[1]):
+                thresholds[j] = _best_for_pooled_f1(labels, probs, thresholds, j)
     return thresholds
+
+
+def _between(p: np.ndarray, cut: float) -> float:
+    """Halfway from ``cut`` (the lowest probability predicted positive) to the next lower probability."""
+    below = p[p < cut]
+    return float((cut + below.max()) / 2) if len(below) else float(cut)
+
+
+def _best_for_pooled_f1(labels: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, j: int) -> float:
+    """Label ``j``'s threshold of best pooled (micro) F1, the other labels' thresholds fixed."""
+    y, p = labels[:, j], probs[:, j]
+    if y.min() == y.max():
+        return thresholds[j]
+    others = np.delete(np.arange(labels.shape[1]), j)
+    predicted = decide(probs[:, others], thresholds[others])
+    tp_other = int((predicted & labels[:, others]).sum())
+    fp_other = int(predicted.sum()) - tp_other
+    positives = int(labels.sum())
+    order = np.argsort(-p, kind="stable")
+    tp = np.cumsum(y[order])  # predicting the first k+1 images by probability
+    fp = np.arange(1, len(p) + 1) - tp
+    total_tp = tp_other + tp
+    f1 = 2 * total_tp / np.clip(2 * total_tp + fp_other + fp + (positives - total_tp), 1, None)
+    ranked = p[order]
+    f1[:-1][ranked[:-1] == ranked[1:]] = -1.0  # a cut inside a run of equal probabilities cannot be made
+    return _between(p, ranked[int(np.argmax(f1))])
 
 
 def decide(probs: np.ndarray, thresholds: np.ndarray | list[float]) -> np.ndarray:

@@ -148,7 +148,8 @@ def refit(
             f"no test-time flip: it would double the time an image takes, over the limit ({setup.limits.describe()})"
         )
     if data.images.multilabel:
-        calibration, labelling = None, _thresholds(labels, oof, data.images.class_names, reporter)
+        average = "micro" if setup.metric == "micro_f1" else "macro"
+        calibration, labelling = None, _thresholds(labels, oof, data.images.class_names, average, reporter)
     else:
         calibration, labelling = calibrate(oof, labels), {}  # on the blend as it will predict: members, views
         oof = scale(oof, calibration.temperature)
@@ -200,21 +201,23 @@ def _losses(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return -np.log(clipped[np.arange(len(labels)), labels])
 
 
-def _thresholds(labels: np.ndarray, oof: np.ndarray, names: tuple[str, ...], reporter: Reporter) -> dict:
-    """A multi-label model's manifest entries: per-label thresholds of best F1 on the out-of-fold
-    probabilities, and the F1 they give there (a multi-label model is not temperature-scaled)."""
+def _thresholds(labels: np.ndarray, oof: np.ndarray, names: tuple[str, ...], average: str, reporter: Reporter) -> dict:
+    """A multi-label model's manifest entries: per-label thresholds of best F1 (``average``: macro,
+    or micro when the study optimises it) on the out-of-fold probabilities, and the F1 they give
+    there (a multi-label model is not temperature-scaled)."""
     from sklearn.metrics import f1_score
 
-    thresholds = choose_thresholds(labels, oof)
+    thresholds = choose_thresholds(labels, oof, average)
     predicted = decide(oof, thresholds)
     macro = float(f1_score(labels, predicted, average="macro", zero_division=0))
     micro = float(f1_score(labels, predicted, average="micro", zero_division=0))
     shown = ", ".join(f"{name} {t:.2f}" for name, t in zip(names, thresholds))
-    reporter.print(f"label thresholds chosen on out-of-fold F1: {shown}; out-of-fold macro F1 {macro:.4f}")
+    reporter.print(f"label thresholds chosen on out-of-fold {average} F1: {shown}; out-of-fold macro F1 {macro:.4f}")
     return {
         "multilabel": True,
         "label_delimiter": ";",
         "thresholds": [round(float(t), 6) for t in thresholds],
+        "thresholds_maximise": f"{average} F1",
         "oof_f1_at_thresholds": {"macro": macro, "micro": micro},
     }
 

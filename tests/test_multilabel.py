@@ -197,6 +197,17 @@ def test_chosen_thresholds_never_lower_f1_below_one_half(seed: int) -> None:
     assert np.all(tuned >= fixed - 1e-12)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_micro_thresholds_never_lower_pooled_f1_below_the_per_label_ones(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y = (rng.random((300, 5)) < np.array([0.5, 0.3, 0.1, 0.05, 0.4])).astype(np.uint8)
+    p = np.clip(y * rng.uniform(0.05, 0.5, size=5) + rng.random((300, 5)) * 0.6, 0, 1).round(2)  # ties
+    per_label = f1_score(y, decide(p, choose_thresholds(y, p)), average="micro")
+    pooled = choose_thresholds(y, p, average="micro")
+    assert f1_score(y, decide(p, pooled), average="micro") >= per_label - 1e-12
+    assert f1_score(y, decide(p, pooled), average="micro") >= f1_score(y, p >= 0.5, average="micro") - 1e-12
+
+
 def test_label_sets_round_trip() -> None:
     matrix = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]])
     cells = label_sets(matrix, ["a", "b", "c"])
