@@ -392,3 +392,12 @@ def test_multilabel_search_refit_predict_evaluate_report_export(tmp_path: Path, 
         graph_probs, graph_labels = graph(resize_batch(batch, ensemble.resolutions[0]))
     assert graph_probs.numpy() == pytest.approx(ensemble.predict_images(batch), abs=1e-5)
     assert graph_labels.numpy().tolist() == decide(graph_probs.numpy(), ensemble.thresholds).tolist()
+    import onnxruntime
+
+    onnx_file = tmp_path / "model.onnx"
+    assert main(["export", str(model), "--out", str(onnx_file), "--format", "onnx"]) == 0
+    session = onnxruntime.InferenceSession(str(onnx_file))
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "labels"]
+    onnx_probs, onnx_labels = session.run(None, {"images": resize_batch(batch, ensemble.resolutions[0]).numpy()})
+    assert onnx_probs == pytest.approx(graph_probs.numpy(), abs=1e-5)
+    assert onnx_labels.tolist() == graph_labels.numpy().tolist()
