@@ -195,10 +195,10 @@ def refit(
 
 def _losses(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Each image's loss: cross-entropy of its class, or the mean binary cross-entropy of its labels."""
-    clipped = np.clip(probs, 1e-7, 1 - 1e-7)
     if labels.ndim == 2:
+        clipped = np.clip(probs, 1e-7, 1 - 1e-7)
         return -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)).mean(axis=1)
-    return -np.log(clipped[np.arange(len(labels)), labels])
+    return -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0))
 
 
 def _thresholds(labels: np.ndarray, oof: np.ndarray, names: tuple[str, ...], average: str, reporter: Reporter) -> dict:
