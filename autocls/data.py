@@ -356,9 +356,9 @@ def _check_delimiter(csv: Path, cells: list[str], delimiter: str, multilabel: bo
     delimiter was given (it would split nothing), else a warning (a class name may hold a comma)."""
     if multilabel and any(delimiter in c for c in cells):
         return
-    for other in (DELIMITER, ",", "|"):
+    for other in (DELIMITER, ",", "|"):  # ';' can only be "another" character when a delimiter was given
         rows = [i + 2 for i, c in enumerate(cells) if other in c]
-        if not rows or other == delimiter or (other == DELIMITER and not given):
+        if not rows or other == delimiter:
             continue
         if given:
             raise AutoclsError(

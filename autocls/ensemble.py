@@ -286,7 +286,7 @@ class Ensemble:
 
     def to_frame(self, paths: list[str], probs: np.ndarray) -> pd.DataFrame:
         if self.multilabel:
-            frame = pd.DataFrame({"path": paths, "label": label_sets(decide(probs, self.thresholds), self.class_names)})
+            frame = pd.DataFrame({"path": paths, "label": label_sets(self.decisions(probs), self.class_names)})
             for i, name in enumerate(self.class_names):
                 frame[f"prob_{name}"] = probs[:, i]
             return frame

@@ -99,11 +99,10 @@ def _confused_pairs(oof: pd.DataFrame, top: int = 6, per_pair: int = 4) -> str:
     return "".join(blocks)
 
 
-def _likely_mislabelled(oof: pd.DataFrame, names: list[str], top: int = 12, multilabel: bool = False) -> str:
-    if multilabel:
-        labels = parse_label_sets(list(oof["true_label"]), names)
-    else:
-        labels = oof["true_label"].map({n: i for i, n in enumerate(names)}).to_numpy()
+def _likely_mislabelled(oof: pd.DataFrame, names: list[str], top: int = 12, truth: np.ndarray | None = None) -> str:
+    """``truth``: a multi-label model's label matrix (single-label classes are read from ``oof``)."""
+    multilabel = truth is not None
+    labels = truth if multilabel else oof["true_label"].map({n: i for i, n in enumerate(names)}).to_numpy()
     probs = oof[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float64)
     found = label_issues(labels, probs)
     confidence = (lambda row: "") if multilabel else (lambda row: f" ({row['confidence']:.2f})")
@@ -238,10 +237,9 @@ def _calibration(oof: pd.DataFrame, names: list[str], manifest: dict) -> str:
     )
 
 
-def _multilabel_sections(oof: pd.DataFrame, names: list[str], manifest: dict) -> list[str]:
+def _multilabel_sections(oof: pd.DataFrame, names: list[str], manifest: dict, labels: np.ndarray) -> list[str]:
     """A multi-label model's out-of-fold scores at its thresholds: the per-label table, how often
     labels occur together, and which labels are predicted on images that do not have them."""
-    labels = parse_label_sets(list(oof["true_label"]), names)
     probs = oof[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float64)
     tables = multilabel_tables(labels, probs, np.asarray(manifest["thresholds"]), names)
     confusions = tables["confusions"].head(10)
@@ -288,12 +286,14 @@ def build_report(model_dir: str | Path, study: optuna.Study | None = None) -> st
     if "distilled_from" in manifest:
         title = f"autocls report: {config.backbone} student distilled from an ensemble"
     if multilabel:
-        counts = pd.Series(parse_label_sets(list(oof["true_label"]), names).sum(axis=0), index=names)
+        truth = parse_label_sets(list(oof["true_label"]), names)
+        counts = pd.Series(truth.sum(axis=0), index=names)
         score = (
             f"out-of-fold {escape(str(manifest.get('metric')))} <b>{manifest.get('oof_score', float('nan')):.4f}</b>"
         )
-        evaluation = _multilabel_sections(oof, names, manifest)
+        evaluation = _multilabel_sections(oof, names, manifest, truth)
     else:
+        truth = None
         index = {n: i for i, n in enumerate(names)}
         tables = evaluation_tables(oof["true_label"].map(index).to_numpy(), oof["label"].map(index).to_numpy(), names)
         counts = oof["true_label"].value_counts().reindex(names, fill_value=0)
@@ -329,7 +329,7 @@ def build_report(model_dir: str | Path, study: optuna.Study | None = None) -> st
         f'<div class="figs">{"".join(curves.values())}</div>',
         *evaluation,
         "<h2>Images most likely mislabelled (confident learning)</h2>",
-        _likely_mislabelled(oof, names, multilabel=multilabel),
+        _likely_mislabelled(oof, names, truth=truth),
         "<h2>Near-duplicate images in different classes</h2>",
         _near_duplicates_across_classes(model_dir),
     ]

@@ -76,7 +76,7 @@ def write_shapes(
 
 def write_digit_mosaics(out: Path, count: int = 1200, holdout: float = 0.25, seed: int = 0) -> dict[str, int]:
     """Write ``count`` 2x2 mosaics (32x32 px) of the bundled digits, 1-4 digits each; train and test
-    mosaics are built from disjoint halves of the digit images."""
+    mosaics are built from disjoint shares of the digit images (``1 - holdout`` and ``holdout``)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -84,12 +84,13 @@ def write_digit_mosaics(out: Path, count: int = 1200, holdout: float = 0.25, see
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(images))
     cut = int(len(order) * (1 - holdout))
-    pools = {"train": order[:cut], "test": order[cut:]}
+    trained = int(count * (1 - holdout))
+    pools = {"train": (order[:cut], trained), "test": (order[cut:], count - trained)}
     (out / "images").mkdir(parents=True, exist_ok=True)
     counts = {}
-    for split, pool in pools.items():
+    for split, (pool, mosaics) in pools.items():
         rows = []
-        for i in range(int(count * (1 - holdout)) if split == "train" else count - int(count * (1 - holdout))):
+        for i in range(mosaics):
             mosaic = np.zeros((16, 16), dtype=np.uint8)
             cells = rng.choice(4, size=int(rng.integers(1, 5)), replace=False)
             labels = set()
