@@ -7,6 +7,9 @@ forward pass runs under bf16 autocast; on CPU both measured slower here, so both
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
@@ -26,6 +29,64 @@ def place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda" and images_fit_on_device(images.nbytes, torch.cuda.mem_get_info(device)[0]):
         return images.to(device)
     return images
+
+
+class BatchFeeder:
+    """Batches of ``images`` (rows chosen by index) on ``device``, each loaded one batch ahead.
+
+    Where the images already are on ``device`` (a CPU run, or a store that fits in the GPU's
+    memory: :func:`place_images`) a batch is a gather there. Where they stay in host memory while
+    the model trains elsewhere (*staged*), batch k+1 is gathered into one of two reused host
+    buffers and its copy to the device is queued before batch k is handed out, so it travels while
+    batch k trains. On a GPU those buffers are page-locked and the copy runs on a side stream: only
+    page-locked memory can be copied asynchronously, and only a second stream overlaps the copy
+    with the kernels of the current step. Pinning and streams exist only with CUDA, so they are the
+    GPU-only switches here; the loading order, the buffer reuse and the copies are the same code on
+    any device (``staged=True`` runs them on CPU, as the tests do).
+    """
+
+    def __init__(self, images: torch.Tensor, device: torch.device, batch: int, staged: bool | None = None) -> None:
+        self.images, self.device, self.batch = images, device, batch
+        self.staged = images.device != device if staged is None else staged
+        gpu = self.staged and device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if gpu else None
+        rows = (batch, *images.shape[1:])
+        count = 2 if self.staged else 0  # one being copied while the other is filled
+        self.buffers = [torch.empty(rows, dtype=images.dtype, pin_memory=gpu) for _ in range(count)]
+        self.copied: list[torch.cuda.Event | None] = [None] * count
+
+    def __call__(self, indices: torch.Tensor) -> Iterator[torch.Tensor]:
+        """The rows of ``indices`` in order, ``batch`` at a time (the last batch may be smaller)."""
+        chunks = indices.split(self.batch)
+        ahead = self._load(chunks[0], 0) if chunks else None
+        for i in range(len(chunks)):
+            current = ahead
+            if i + 1 < len(chunks):
+                ahead = self._load(chunks[i + 1], (i + 1) % 2)
+            yield self._ready(current)
+
+    def _load(self, rows: torch.Tensor, slot: int) -> torch.Tensor:
+        if not self.staged:
+            return self.images[rows.to(self.images.device)]
+        event = self.copied[slot]
+        if event is not None:
+            event.synchronize()  # the buffer's previous copy has left it
+        buffer = self.buffers[slot][: len(rows)]
+        torch.index_select(self.images, 0, rows, out=buffer)
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            batch = buffer.to(self.device, non_blocking=True, copy=True)
+            if self.stream is not None:
+                self.copied[slot] = self.stream.record_event()
+        return batch
+
+    def _ready(self, batch: torch.Tensor) -> torch.Tensor:
+        """``batch``, safe to use on the current stream: its copy on the side stream is waited for, and
+        its memory is not reused by the side stream's allocator while the current stream needs it."""
+        if self.stream is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self.stream)
+            batch.record_stream(current)
+        return batch
 
 
 def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from autocls.losses import binary_cross_entropy, sam_ascent_step, soft_cross_ent
 from autocls.metrics import get_metric
 from autocls.multilabel import probabilities
 from autocls.optim import anneals
-from autocls.preprocess import autocast
+from autocls.preprocess import BatchFeeder, autocast
 from autocls.runtime import check_stop, derive_seed, seed_everything
 from autocls.threads import adjust_threads
 
@@ -176,6 +176,7 @@ class Trainer:
         batch, steps = batch_plan(cfg.batch_size, len(train_idx))
         parts = build_fold(cfg, self.num_classes, self.weights_dir, self.device, steps)
         inputs = self._inputs(parts, store)
+        feed = BatchFeeder(inputs.images, self.device, batch)  # the next batch loads while this one trains
         train_t = torch.as_tensor(train_idx)
         class_weights, sample_weights = self._balancing(labels[train_t])
         val_t = torch.as_tensor(val_idx)
@@ -191,10 +192,10 @@ class Trainer:
                 order = train_t[torch.randperm(len(train_t), generator=generator)]
             inputs.net.train()
             total = 0.0
-            for step in range(steps):
+            order = order[: steps * batch]
+            for step, (idx, images) in enumerate(zip(order.split(batch), feed(order), strict=True)):
                 check_stop()
-                idx = order[step * batch : (step + 1) * batch]
-                x = inputs.prepare_train(inputs.images[idx])
+                x = inputs.prepare_train(images)
                 targets = soft_targets[idx] if soft_targets is not None else labels[idx]
                 loss = self._train_step(inputs.net, parts.optimizer, x, targets, class_weights)
                 if not math.isfinite(loss):
@@ -335,8 +336,8 @@ class Trainer:
         cross-entropy and one sigmoid per label for multi-label data)."""
         model.eval()
         probs = []
-        for start in range(0, len(inputs), EVAL_BATCH):
-            x = prepare(inputs[start : start + EVAL_BATCH])
+        for batch in BatchFeeder(inputs, self.device, EVAL_BATCH)(torch.arange(len(inputs))):
+            x = prepare(batch)
             with autocast(self.device):
                 logits = model(x)
             probs.append(probabilities(logits, self.multilabel).cpu())

@@ -374,3 +374,44 @@ def test_the_image_store_goes_to_a_gpu_only_within_its_share_of_free_memory() ->
     assert images_fit_on_device(int(DEVICE_STORE_SHARE * gib), gib)
     images = ImageStore(torch.zeros((4, 3, 8, 8), dtype=torch.uint8))
     assert images.on(8, CPU) is images.at(8)  # on CPU the store is used where it is, never copied
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_batch_feeder_hands_out_the_rows_in_order_one_batch_ahead(staged: bool, monkeypatch) -> None:
+    from autocls.preprocess import BatchFeeder
+
+    images = torch.arange(11 * 3 * 2 * 2, dtype=torch.float32).view(11, 3, 2, 2)
+    order = torch.tensor([4, 0, 9, 10, 2, 7, 1])
+    feeder = BatchFeeder(images, CPU, batch=3, staged=staged)
+    events: list[str] = []
+    load = feeder._load
+    monkeypatch.setattr(feeder, "_load", lambda rows, slot: events.append(f"load {rows.tolist()}") or load(rows, slot))
+    held = []
+    for batch in feeder(order):
+        events.append(f"use {len(batch)}")
+        held.append(batch)
+    assert [b.shape[0] for b in held] == [3, 3, 1]
+    for batch, rows in zip(held, order.split(3), strict=True):  # held batches survive the buffers' reuse
+        torch.testing.assert_close(batch, images[rows])
+    # batch k+1 is loaded (and on a GPU its copy queued) before batch k is handed out
+    assert events == ["load [4, 0, 9]", "load [10, 2, 7]", "use 3", "load [1]", "use 3", "use 1"]
+    assert (len(feeder.buffers), feeder.stream) == ((2, None) if staged else (0, None))  # no CUDA: nothing pinned
+
+
+def test_a_staged_image_store_trains_the_same_model(prepared, monkeypatch) -> None:
+    """A store left in host memory (a GPU whose memory it does not fit) goes through the feeder's
+    buffers and copies; on CPU that path runs too and must train exactly the same model."""
+    import functools
+
+    import autocls.trainer as trainer_module
+    from autocls.preprocess import BatchFeeder
+
+    data, store = prepared
+    train_idx, val_idx = stratified_folds(data.labels, 2, seed=0)[0]
+    config = TrainConfig(**{**BASE.to_dict(), "augmentation": "light", "epochs": 2})
+    labels = torch.as_tensor(data.labels)
+    direct = Trainer(config, 3, CPU).fit(store, labels, train_idx, val_idx)
+    monkeypatch.setattr(trainer_module, "BatchFeeder", functools.partial(BatchFeeder, staged=True))
+    staged = Trainer(config, 3, CPU).fit(store, labels, train_idx, val_idx)
+    np.testing.assert_array_equal(direct.val_probs, staged.val_probs)
+    assert [r.train_loss for r in direct.history] == [r.train_loss for r in staged.history]
