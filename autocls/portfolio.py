@@ -15,6 +15,7 @@ them when the first recipe's k-fold CV fits its share, else fewer, down to a hol
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import product
@@ -134,6 +135,39 @@ def folds_to_train(
     return max(1, min(folds, fits))
 
 
+# Probe when all probes together are estimated to take at most this share of the time budget: on
+# 2 CPU cores the two Lite recipes' probes (48 px, 4 epochs, one fold of 2,000 images) take about
+# 150 s, so a 30-minute search probes and a 10-minute one (where they would take a quarter) does not.
+PROBE_SHARE = 0.1
+
+
+def should_probe(
+    recipes: list[dict[str, Any]], probe_seconds: Callable[[dict[str, Any]], float], budget: float
+) -> bool:
+    """Probe when there is a choice (two recipes or more) and the probes fit :data:`PROBE_SHARE` of ``budget``."""
+    return len(recipes) >= 2 and sum(probe_seconds(r) for r in recipes) <= PROBE_SHARE * budget
+
+
+def survivors(scores: list[float], maximise: bool, images: int) -> list[int]:
+    """Indices of the recipes that go on, best first: the better half (rounded up) of those whose probe
+    gave a score, and any other within one standard error of the best score.
+
+    The standard error is the binomial one of a share (accuracy and the like, on the 0-1 scale)
+    measured on ``images`` validation images, ``sqrt(p (1 - p) / images)`` at the best score ``p``:
+    one fold at low fidelity cannot tell apart recipes closer than that, so both go on. A failed
+    probe (nan) never does, unless every probe failed: then all go on, in their first order.
+    """
+    scored = [i for i, s in enumerate(scores) if math.isfinite(s)]
+    if not scored:
+        return list(range(len(scores)))
+    order = sorted(scored, key=lambda i: -scores[i] if maximise else scores[i])
+    best = scores[order[0]]
+    p = min(max(best, 0.0), 1.0)
+    noise = math.sqrt(p * (1 - p) / max(images, 1))
+    half = math.ceil(len(scores) / 2)
+    return [i for rank, i in enumerate(order) if rank < half or abs(scores[i] - best) <= noise]
+
+
 # A resolution whose fold costs at most this much more than the lowest's counts as no dearer.
 NEARLY_FREE = 1.25
 
@@ -171,30 +205,57 @@ def portfolio(
     ``trial_seconds`` estimates a parameter set's trial time; with it and a ``budget`` in seconds
     each recipe is sized to its share of the budget (see :data:`BUDGET_SHARES`).
     """
+    found = recipes(space, stats)
+    if trial_seconds is None or not budget:
+        return found
+    return size_to_shares(space, found, trial_seconds, budget)
+
+
+def recipes(space: SearchSpace, stats: DataStats) -> list[dict[str, Any]]:
+    """Each family's recipe on its cheapest backbone in the space, fitted to the space, not yet sized."""
     backbones = [str(b) for b in space.values_of("backbone")]
-    recipes = []
+    families = []
     for prefixes, recipe in FAMILIES.values():
         members = [b for b in backbones if b.startswith(prefixes)]
         if members:
-            recipes.append((recipe, members))
-    if len(recipes) == 1 and len(recipes[0][1]) > 1:
+            families.append((recipe, members))
+    if len(families) == 1 and len(families[0][1]) > 1:
         # one family only (offline on a CPU: the EfficientNet-Lite checkpoints): its second backbone
         # too, so that ensemble selection has two strong members that differ in more than the seed
-        recipe, members = recipes[0]
-        recipes.append((recipe, members[1:]))
+        recipe, members = families[0]
+        families.append((recipe, members[1:]))
     configs = []
-    for recipe, members in recipes:
+    for recipe, members in families:
         params = {**recipe, "backbone": members[0]}  # spaces list each family's cheapest first
         params["resolution"] = stats.image_side  # snapped to the space's nearest resolution below
         per_class = stats.images / max(1, stats.classes)
         params["freeze"] = 0.5 if per_class < 30 else 0.0
         params["augmentation"] = params["augmentation"] if per_class >= 30 else "light"
-        fitted = _fit_to_space(space, params)
-        if fitted and trial_seconds is not None and budget:
-            share = budget * (first_share(budget) if not configs else BUDGET_SHARES[min(len(configs), 2)])
-            fitted = _size_to_budget(space, fitted, trial_seconds, share)
-        configs.append(fitted)
+        configs.append(_fit_to_space(space, params))
     return [c for c in configs if c]
+
+
+def size_to_shares(
+    space: SearchSpace,
+    ordered: list[dict[str, Any]],
+    trial_seconds: Callable[[dict[str, Any]], float],
+    budget: float,
+    available: float | None = None,
+) -> list[dict[str, Any]]:
+    """``ordered`` recipes sized, in order, to :func:`first_share` of ``budget`` and then
+    :data:`BUDGET_SHARES` (of ``available`` seconds when given: the time left after probes)."""
+    available = budget if available is None else available
+    shares = [first_share(budget), *BUDGET_SHARES[1:]]
+    return [
+        _size_to_budget(space, params, trial_seconds, available * shares[min(i, len(shares) - 1)])
+        for i, params in enumerate(ordered)
+    ]
+
+
+def probe_params(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` at the lowest fidelity the space offers: its lowest resolution and fewest epochs."""
+    searched = {dim.name: dim for dim in space.dimensions if dim.choices is not None}
+    return {**params, **{name: min(searched[name].choices) for name in ("resolution", "epochs") if name in searched}}
 
 
 def _size_to_budget(

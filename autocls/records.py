@@ -34,6 +34,8 @@ WORKER = "worker"  # {"host", "pid", "started"}: a later run on this host recove
 RETRY_OF = "retry_of"  # on a re-enqueued trial: the number of the trial it repeats
 SHRUNK_FROM = "shrunk_from"  # on a smaller version of a configuration that did not fit the time left
 PORTFOLIO = "portfolio"  # on a warm-start recipe enqueued when the study was created
+PORTFOLIO_PLAN = "portfolio_plan"  # on the study: the recipes (not yet sized) and the budget, until probed
+PORTFOLIO_PROBES = "portfolio_probes"  # on the study: what the portfolio's probes measured, which recipes went on
 STOPPED_BY_TIMEOUT = "timeout"
 
 

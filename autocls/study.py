@@ -36,6 +36,7 @@ import torch
 from autocls.artifacts import artifact_store
 from autocls.budget import Budget
 from autocls.cost import CostModel
+from autocls.halving import halve_portfolio
 from autocls.objective import FINISHED, Objective
 from autocls.prepare import DATA_INDEX_FILE, PreparedData, check_same_data, record_data
 from autocls.progress import Reporter
@@ -125,6 +126,8 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
     store = TrialStore(request.workdir / study.study_name / "trials", keep=request.keep_trials)
     objective = Objective(setup, data, device, reporter, budget, store, artifact_store(request.workdir), cost)
     with reporter.live(f"study {study.study_name}"):
+        if worker == 0:  # one process probes the portfolio; other --workers start on the sampler's trials
+            halve_portfolio(study, setup, data, device, budget, cost, reporter)
         study.optimize(
             objective,
             n_trials=None,  # the stop rules below end it: trials, the one deadline, skips, failures

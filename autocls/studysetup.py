@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import platform
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ from autocls.data import DataSpec, check_folds, typical_side
 from autocls.errors import AutoclsError
 from autocls.limits import Limits, fold_models_cost
 from autocls.metrics import default_metric, get_metric
-from autocls.portfolio import DataStats, folds_to_train, portfolio
-from autocls.records import PORTFOLIO
+from autocls.portfolio import DataStats, folds_to_train, probe_params, recipes, should_probe, size_to_shares
+from autocls.records import PORTFOLIO, PORTFOLIO_PLAN
 from autocls.samplers import make_pruner, make_sampler
 from autocls.space import SearchSpace, load_space, space_from_dict
 from autocls.storage import open_storage, redact
@@ -349,12 +350,28 @@ def create_or_continue(
     study.set_user_attr(STUDY_ATTR, setup.to_attr())
     study.set_metric_names([metric])
     if not study.trials and request.warm_start:
-        seconds = None
-        if fold_seconds is not None:
-
-            def seconds(params: dict[str, Any]) -> float:
-                return fold_seconds(params) * trained
-
-        for params in portfolio(space, stats, seconds, request.timeout):
-            study.enqueue_trial(params, user_attrs={PORTFOLIO: True}, skip_if_exists=True)
+        _warm_start(study, space, stats, fold_seconds, trained, request.timeout)
     return study, setup
+
+
+def _warm_start(
+    study: optuna.Study,
+    space: SearchSpace,
+    stats: DataStats,
+    fold_seconds: Callable[[dict[str, Any]], float] | None,
+    trained: int,
+    timeout: float | None,
+) -> None:
+    """Enqueue the portfolio's recipes sized to the budget; or, when the budget is long enough to
+    probe them first (:func:`autocls.portfolio.should_probe`), leave them as the study's plan for
+    :func:`autocls.halving.halve_portfolio`, which enqueues the survivors."""
+    found = recipes(space, stats)
+    if fold_seconds is None or not timeout:
+        for params in found:
+            study.enqueue_trial(params, user_attrs={PORTFOLIO: True}, skip_if_exists=True)
+        return
+    if should_probe(found, lambda params: fold_seconds(probe_params(space, params)), timeout):
+        study.set_user_attr(PORTFOLIO_PLAN, {"recipes": found, "budget": timeout})
+        return
+    for params in size_to_shares(space, found, lambda params: fold_seconds(params) * trained, timeout):
+        study.enqueue_trial(params, user_attrs={PORTFOLIO: True}, skip_if_exists=True)

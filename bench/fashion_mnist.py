@@ -109,6 +109,8 @@ def run_arm(name: str, data: Path, test: Path, workdir: Path, best: bool = False
     seconds = time.perf_counter() - start
     result = evaluate(ensemble, test)
     print(f"{name}: held-out accuracy {result.accuracy:.4f} after {seconds:.0f}s", flush=True)
+    if "portfolio_probes" in study.user_attrs:  # which recipe the first rung put first (autocls.halving)
+        print(f"{name}: portfolio probes {study.user_attrs['portfolio_probes']}", flush=True)
     winner = winning_trial_epochs(study.best_trial)
     print(f"{name}: best trial {winner}", flush=True)
     manifest = ensemble.manifest

@@ -399,3 +399,89 @@ def test_fold_rule_prunes_below_the_best_quarter_at_the_same_fold(running_mean: 
     # inside the first fold, Optuna's median rule on the same epoch
     assert pruner.prune(study, _trial_with({0: 0.5, 1: 0.4})) is True
     assert pruner.prune(study, _trial_with({0: 0.5, 1: 0.7})) is False
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_portfolio_halving_keeps_the_better_half_and_recipes_within_noise(direction: str) -> None:
+    from autocls.portfolio import survivors
+
+    maximise = direction == "maximize"
+
+    def as_scores(shares: list[float]) -> list[float]:  # a loss falls where an accuracy rises
+        return shares if maximise else [1 - s for s in shares]
+
+    # best first; 0.80 is 6.7 standard errors (0.015 on 400 images) below the best: dropped
+    assert survivors(as_scores([0.80, 0.90, 0.60, 0.85]), maximise, images=400) == [1, 3]
+    # one recipe of two is the better half, but 0.89 is within one standard error of 0.90: both go on
+    assert survivors(as_scores([0.89, 0.90]), maximise, images=400) == [1, 0]
+    assert survivors(as_scores([0.89, 0.90]), maximise, images=40_000) == [1]  # 0.0015: told apart
+    nan = float("nan")
+    assert survivors([nan, *as_scores([0.6, 0.7])], maximise, images=400) == [2, 1]  # a failed probe never goes on
+    assert survivors([nan, nan], maximise, images=400) == [0, 1]  # nothing measured: all, in their order
+
+
+def test_portfolio_is_probed_only_when_the_probes_are_a_small_part_of_the_budget() -> None:
+    from autocls.portfolio import PROBE_SHARE, should_probe
+
+    two = [{"backbone": "a"}, {"backbone": "b"}]
+    assert should_probe(two, lambda params: 75.0, budget=1800)  # 150 s of 30 minutes
+    assert not should_probe(two, lambda params: 75.0, budget=600)  # a quarter of 10 minutes
+    assert should_probe(two, lambda params: 50.0, budget=100 / PROBE_SHARE)
+    assert not should_probe(two[:1], lambda params: 1.0, budget=1800)  # one recipe: nothing to choose
+
+
+def test_the_recipe_that_probes_best_gets_the_first_share_of_the_budget() -> None:
+    from autocls.portfolio import recipes, size_to_shares
+
+    fast = load_space("fast")
+    lite, resnet = recipes(fast, DataStats(images=2000, classes=10, image_side=28))[:2]
+
+    def seconds(params: dict) -> float:
+        return params["resolution"] * params["epochs"]
+
+    # 40% of 2400 s holds 96 px x 8 epochs; 25% holds 96 px x 6: whichever recipe comes first gets the former
+    for ordered in ([lite, resnet], [resnet, lite]):
+        first, second = size_to_shares(fast, ordered, seconds, budget=2400)
+        assert first["backbone"] == ordered[0]["backbone"] and (first["resolution"], first["epochs"]) == (96, 8)
+        assert second["backbone"] == ordered[1]["backbone"] and (second["epochs"]) == 6
+
+
+def test_a_long_budget_probes_every_recipe_on_the_first_fold_before_enqueuing_the_survivors(
+    image_folder: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from autocls.records import PORTFOLIO, PORTFOLIO_PLAN, PORTFOLIO_PROBES
+
+    monkeypatch.setattr(CostModel, "images_per_second", lambda self, config: 1e6)  # probes take no time
+    space = tmp_path / "two.toml"
+    space.write_text(
+        "[fixed]\npretrained = false\nbatch_size = 8\npatience = 2\n"
+        '[params.backbone]\nchoices = ["mobilenetv3_small_050", "resnet18"]\n'
+        "[params.resolution]\nchoices = [16, 24]\n[params.epochs]\nchoices = [1, 2]\n"
+    )
+    from autocls.cv import cross_validate as validate
+
+    folds_seen: list[int] = []
+
+    def counting(config, store, labels, splits, *args, **kwargs):
+        folds_seen.append(len(splits))
+        return validate(config, store, labels, splits, *args, **kwargs)
+
+    monkeypatch.setattr("autocls.halving.cross_validate", counting)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    request = SearchRequest(
+        DataSpec.of(image_folder), tmp_path / "runs", storage, space=str(space), trials=2, folds=2, timeout=600
+    )
+    study, _ = create_or_continue(storage, "data", request, CostModel(CPU, tmp_path / "speeds.json"))
+    assert not study.trials and len(study.user_attrs[PORTFOLIO_PLAN]["recipes"]) == 2  # nothing enqueued yet
+    run_search(request, CPU)
+    study = optuna.load_study(study_name="data", storage=storage)
+    probed = study.user_attrs[PORTFOLIO_PROBES]
+    assert folds_seen == [1, 1]  # each probe trained the first fold only
+    assert probed["fidelity"] == {"resolution": 16, "epochs": 1, "folds": 1}
+    scores = {p["backbone"]: p["score"] for p in probed["probes"]}
+    assert all(0 <= s <= 1 for s in scores.values())
+    assert probed["kept"] == sorted(probed["kept"], key=lambda b: -scores[b])  # the best-probed recipe first
+    trials = study.trials  # probes are not trials: the first trials are the surviving recipes, in that order
+    assert [t.params["backbone"] for t in trials[: len(probed["kept"])]] == probed["kept"]
+    assert all(t.user_attrs.get(PORTFOLIO) for t in trials[: len(probed["kept"])])
+    assert not [t for t in trials if t.user_attrs.get(PORTFOLIO) and t.params["backbone"] in probed["dropped"]]

@@ -1,0 +1,156 @@
+"""Successive halving across the warm-start portfolio: which recipe gets the budget's large share.
+
+Without it the first recipe of :func:`autocls.portfolio.portfolio` takes 40% (and more in short
+budgets) of the time blind: it is the family most often best, not the one measured best on these
+images. With a time budget long enough that probing costs little (:data:`autocls.portfolio.PROBE_SHARE`), the search
+first trains every recipe on the first fold at the lowest fidelity the space offers (its lowest
+resolution and fewest epochs): the first rung of successive halving (Jamieson and Talwalkar, 2016;
+Li et al., 2018, "Hyperband"). Then the better half of the recipes, and any other whose probe
+scored within one standard error of the best's, go on: they are enqueued best first, the best
+sized to the first (large) share of the time left, the next to the following shares
+(:func:`autocls.portfolio.size_to_shares`); the rest are dropped and their time returns to the sampler.
+
+Probes are not Optuna trials: a short low-fidelity run would enter TPE's history as a poor result
+for the recipe's region and count toward ``--trials``. What they measured and decided is stored
+on the study (:data:`PORTFOLIO_PROBES`) and printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import optuna
+import torch
+
+from autocls.budget import Budget, BudgetExhausted
+from autocls.callbacks import TrainingObserver
+from autocls.config import TrainConfig
+from autocls.cost import CostModel
+from autocls.cv import cross_validate
+from autocls.metrics import get_metric
+from autocls.portfolio import probe_params, size_to_shares, survivors
+from autocls.prepare import PreparedData
+from autocls.progress import Reporter
+from autocls.records import PORTFOLIO, PORTFOLIO_PLAN, PORTFOLIO_PROBES
+from autocls.runtime import derive_seed
+from autocls.studysetup import StudySetup
+from autocls.trainer import EpochRecord
+
+logger = logging.getLogger(__name__)
+
+PROBE_SEED = 1_000_003  # probes' seeds derive from (study seed, this + recipe index): no trial's collides
+
+
+@dataclass
+class Probe:
+    """One recipe's first rung: its score on the first fold at low fidelity (nan when it failed)."""
+
+    backbone: str
+    score: float
+    seconds: float
+
+
+class _ProbeObserver(TrainingObserver):
+    """Shows a probe's progress and keeps the budget's deadline, as a trial's observer does."""
+
+    def __init__(self, reporter: Reporter, budget: Budget) -> None:
+        self.reporter, self.budget = reporter, budget
+
+    def on_fold_start(self, fold: int, folds: int, epochs: int) -> None:
+        self.reporter.on_fold_start(fold, folds, epochs)
+
+    def on_epoch_end(self, fold: int, record: EpochRecord) -> None:
+        self.reporter.on_epoch_end(fold, record)
+        self.budget.check(0.0, "the next epoch")
+
+
+def halve_portfolio(
+    study: optuna.Study,
+    setup: StudySetup,
+    data: PreparedData,
+    device: torch.device,
+    budget: Budget,
+    cost: CostModel,
+    reporter: Reporter,
+) -> None:
+    """Probe the recipes of the study's :data:`PORTFOLIO_PLAN` and enqueue the survivors, sized; once
+    per study (a run that died before it enqueued them probes again)."""
+    plan = study.user_attrs.get(PORTFOLIO_PLAN)
+    if not plan or PORTFOLIO_PROBES in study.user_attrs:
+        return
+    space = setup.search_space
+    recipes = plan["recipes"]
+    probes = []
+    for i, params in enumerate(recipes):
+        reporter.set_title(f"portfolio probe {i + 1}/{len(recipes)}")
+        probes.append(_probe(setup, data, device, budget, reporter, params, i))
+    maximise = get_metric(setup.metric).direction == "maximize"
+    validation_images = len(data.splits[0][1])
+    kept = survivors([p.score for p in probes], maximise, validation_images)
+
+    def seconds(params: dict[str, Any]) -> float:
+        config = TrainConfig.from_dict({**space.fixed, **params})
+        return cost.trial_seconds(config, len(data.images), setup.folds, setup.trained_folds)
+
+    sized = size_to_shares(space, [recipes[i] for i in kept], seconds, plan["budget"], max(budget.left(), 0.0))
+    for params in sized:
+        study.enqueue_trial(params, user_attrs={PORTFOLIO: True}, skip_if_exists=True)
+    fidelity = {k: v for k, v in probe_params(space, recipes[0]).items() if k in ("resolution", "epochs")}
+    study.set_user_attr(
+        PORTFOLIO_PROBES,
+        {
+            "fidelity": {**fidelity, "folds": 1},
+            "probes": [asdict(p) for p in probes],
+            "kept": [probes[i].backbone for i in kept],
+            "dropped": [p.backbone for i, p in enumerate(probes) if i not in kept],
+        },
+    )
+    reporter.print(_summary(probes, kept, fidelity, setup.metric))
+
+
+def _probe(
+    setup: StudySetup,
+    data: PreparedData,
+    device: torch.device,
+    budget: Budget,
+    reporter: Reporter,
+    params: dict[str, Any],
+    index: int,
+) -> Probe:
+    space = setup.search_space
+    config = TrainConfig.from_dict({**space.fixed, **probe_params(space, params)})
+    start = time.perf_counter()
+    try:
+        result = cross_validate(
+            config,
+            data.store,
+            data.images.labels,
+            data.splits[:1],
+            len(data.images.class_names),
+            device,
+            setup.weights_dir,
+            derive_seed(setup.seed, PROBE_SEED + index),
+            _ProbeObserver(reporter, budget),
+            metric=setup.metric,
+        )
+        score = result.mean_score
+    except BudgetExhausted:
+        score = math.nan  # the search ends at its deadline anyway; the recipe is not judged
+    except Exception as err:  # a recipe that cannot train here (no weights, diverged) is dropped, not fatal
+        logger.warning("portfolio probe of %s failed: %s: %s", config.backbone, err.__class__.__name__, err)
+        score = math.nan
+    return Probe(config.backbone, score, time.perf_counter() - start)
+
+
+def _summary(probes: list[Probe], kept: list[int], fidelity: dict[str, int], metric: str) -> str:
+    at = f"fold 1, {fidelity.get('resolution', '')} px, {fidelity.get('epochs', '')} epochs"
+    scores = ", ".join(f"{p.backbone} {p.score:.4f} ({p.seconds:.0f}s)" for p in probes)
+    order = " > ".join(probes[i].backbone for i in kept)
+    dropped = [p.backbone for i, p in enumerate(probes) if i not in kept]
+    return f"portfolio probes ({metric}, {at}): {scores}; recipes go on in this order: {order}" + (
+        f"; dropped: {', '.join(dropped)}" if dropped else ""
+    )
