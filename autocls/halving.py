@@ -2,17 +2,18 @@
 
 Without it the first recipe of :func:`autocls.portfolio.portfolio` takes 40% (and more in short
 budgets) of the time blind: it is the family most often best, not the one measured best on these
-images. With a time budget long enough that probing costs little (:data:`autocls.portfolio.PROBE_SHARE`), the search
-first trains every recipe on the first fold at the lowest fidelity the space offers (its lowest
-resolution and fewest epochs): the first rung of successive halving (Jamieson and Talwalkar, 2016;
-Li et al., 2018, "Hyperband"). Then the better half of the recipes, and any other whose probe
-scored within one standard error of the best's, go on: they are enqueued best first, the best
-sized to the first (large) share of the time left, the next to the following shares
-(:func:`autocls.portfolio.size_to_shares`); the rest are dropped and their time returns to the sampler.
+images. With a time budget long enough that probing costs little
+(:data:`autocls.portfolio.PROBE_SHARE`), the search first trains every recipe on the first fold at
+the lowest fidelity the space offers (its lowest resolution and fewest epochs): the first rung of
+successive halving (Jamieson and Talwalkar, 2016; Li et al., 2018, "Hyperband"). Then the better
+half of the recipes, and any other whose probe scored within one standard error of the best's, go
+on: they are enqueued best first, the best sized to the first (large) share of the time left, the
+next to the following shares (:func:`autocls.portfolio.size_to_shares`); the rest are dropped and
+their time returns to the sampler.
 
 Probes are not Optuna trials: a short low-fidelity run would enter TPE's history as a poor result
 for the recipe's region and count toward ``--trials``. What they measured and decided is stored
-on the study (:data:`PORTFOLIO_PROBES`) and printed.
+on the study (:data:`autocls.records.PORTFOLIO_PROBES`), printed, and shown in the report.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def halve_portfolio(
     for i, params in enumerate(recipes):
         reporter.set_title(f"portfolio probe {i + 1}/{len(recipes)}")
         probes.append(_probe(setup, data, device, budget, reporter, params, i))
-    maximise = get_metric(setup.metric).direction == "maximize"
+    maximise = get_metric(setup.metric).greater_is_better
     validation_images = len(data.splits[0][1])
     kept = survivors([p.score for p in probes], maximise, validation_images)
 
@@ -96,7 +97,8 @@ def halve_portfolio(
         config = TrainConfig.from_dict({**space.fixed, **params})
         return cost.trial_seconds(config, len(data.images), setup.folds, setup.trained_folds)
 
-    sized = size_to_shares(space, [recipes[i] for i in kept], seconds, plan["budget"], max(budget.left(), 0.0))
+    left = max(budget.left(), 0.0) if budget.deadline else plan["budget"]  # continued without --timeout
+    sized = size_to_shares(space, [recipes[i] for i in kept], seconds, plan["budget"], left)
     for params in sized:
         study.enqueue_trial(params, user_attrs={PORTFOLIO: True}, skip_if_exists=True)
     fidelity = {k: v for k, v in probe_params(space, recipes[0]).items() if k in ("resolution", "epochs")}

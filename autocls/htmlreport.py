@@ -30,6 +30,7 @@ from autocls.errors import AutoclsError
 from autocls.images import load_square
 from autocls.multilabel import parse_label_sets
 from autocls.neardup import SIMILARITY, near_duplicates, training_features
+from autocls.records import PORTFOLIO_PROBES
 from autocls.reports import evaluation_tables, label_issues, learning_curves, multilabel_tables
 
 THUMB = 72
@@ -142,7 +143,26 @@ def _study_sections(study: optuna.Study) -> str:
             section += "<h2>Parameter importances</h2>" + plots.bar_chart(
                 importances, "parameter importance (Optuna default evaluator)"
             )
-    return section
+    return section + _portfolio_probes(study)
+
+
+def _portfolio_probes(study: optuna.Study) -> str:
+    """The warm-start recipes' first rung (:mod:`autocls.halving`): scores, time, which went on."""
+    probed = study.user_attrs.get(PORTFOLIO_PROBES)
+    if not probed:
+        return ""
+    rows = {
+        p["backbone"]: {"score": p["score"], "seconds": round(p["seconds"]), "went on": p["backbone"] in probed["kept"]}
+        for p in probed["probes"]
+    }
+    frame = pd.DataFrame.from_dict(rows, orient="index").rename_axis("recipe on")
+    fidelity = probed["fidelity"]
+    order = " &gt; ".join(escape(b) for b in probed["kept"])
+    return (
+        f"<h2>Warm-start probes</h2><p>Each recipe trained the first fold at {fidelity.get('resolution', '-')} px "
+        f"for {fidelity.get('epochs', '-')} epochs before the search; the recipes that went on, best first: "
+        f"{order}.</p>" + _table(frame, "{:.4f}")
+    )
 
 
 def _members(manifest: dict) -> str:

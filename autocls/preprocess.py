@@ -63,7 +63,7 @@ class BatchFeeder:
             current = ahead
             if i + 1 < len(chunks):
                 ahead = self._load(chunks[i + 1], (i + 1) % 2)
-            yield self._ready(current)
+            yield self._ready(current, i % 2)
 
     def _load(self, rows: torch.Tensor, slot: int) -> torch.Tensor:
         if not self.staged:
@@ -79,12 +79,15 @@ class BatchFeeder:
                 self.copied[slot] = self.stream.record_event()
         return batch
 
-    def _ready(self, batch: torch.Tensor) -> torch.Tensor:
-        """``batch``, safe to use on the current stream: its copy on the side stream is waited for, and
-        its memory is not reused by the side stream's allocator while the current stream needs it."""
-        if self.stream is not None:
+    def _ready(self, batch: torch.Tensor, slot: int) -> torch.Tensor:
+        """``batch``, safe to use on the current stream: the current stream waits for its copy only
+        (the event of its slot; waiting for the whole side stream would wait for the next batch's
+        copy too, and nothing would overlap), and the side stream's allocator does not reuse its
+        memory while the current stream needs it."""
+        event = self.copied[slot] if self.stream is not None else None
+        if event is not None:
             current = torch.cuda.current_stream(self.device)
-            current.wait_stream(self.stream)
+            current.wait_event(event)
             batch.record_stream(current)
         return batch
 

@@ -446,20 +446,30 @@ def test_the_recipe_that_probes_best_gets_the_first_share_of_the_budget() -> Non
         assert second["backbone"] == ordered[1]["backbone"] and (second["epochs"]) == 6
 
 
-def test_a_long_budget_probes_every_recipe_on_the_first_fold_before_enqueuing_the_survivors(
-    image_folder: Path, tmp_path: Path, monkeypatch
-) -> None:
-    from autocls.records import PORTFOLIO, PORTFOLIO_PLAN, PORTFOLIO_PROBES
-
-    monkeypatch.setattr(CostModel, "images_per_second", lambda self, config: 1e6)  # probes take no time
+def _two_recipe_request(image_folder: Path, tmp_path: Path, monkeypatch) -> SearchRequest:
+    """A 10-minute search of two recipes (MobileNet and ResNet families) whose probes are estimated
+    to take no time, so the portfolio is probed first."""
+    monkeypatch.setattr(CostModel, "images_per_second", lambda self, config: 1e6)
     space = tmp_path / "two.toml"
     space.write_text(
         "[fixed]\npretrained = false\nbatch_size = 8\npatience = 2\n"
         '[params.backbone]\nchoices = ["mobilenetv3_small_050", "resnet18"]\n'
         "[params.resolution]\nchoices = [16, 24]\n[params.epochs]\nchoices = [1, 2]\n"
     )
-    from autocls.cv import cross_validate as validate
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    return SearchRequest(
+        DataSpec.of(image_folder), tmp_path / "runs", storage, space=str(space), trials=2, folds=2, timeout=600
+    )
 
+
+def test_a_long_budget_probes_every_recipe_on_the_first_fold_before_enqueuing_the_survivors(
+    image_folder: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from autocls.cv import cross_validate as validate
+    from autocls.htmlreport import _study_sections
+    from autocls.records import PORTFOLIO, PORTFOLIO_PLAN, PORTFOLIO_PROBES
+
+    request = _two_recipe_request(image_folder, tmp_path, monkeypatch)
     folds_seen: list[int] = []
 
     def counting(config, store, labels, splits, *args, **kwargs):
@@ -467,10 +477,7 @@ def test_a_long_budget_probes_every_recipe_on_the_first_fold_before_enqueuing_th
         return validate(config, store, labels, splits, *args, **kwargs)
 
     monkeypatch.setattr("autocls.halving.cross_validate", counting)
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    request = SearchRequest(
-        DataSpec.of(image_folder), tmp_path / "runs", storage, space=str(space), trials=2, folds=2, timeout=600
-    )
+    storage = request.storage
     study, _ = create_or_continue(storage, "data", request, CostModel(CPU, tmp_path / "speeds.json"))
     assert not study.trials and len(study.user_attrs[PORTFOLIO_PLAN]["recipes"]) == 2  # nothing enqueued yet
     run_search(request, CPU)
@@ -485,3 +492,26 @@ def test_a_long_budget_probes_every_recipe_on_the_first_fold_before_enqueuing_th
     assert [t.params["backbone"] for t in trials[: len(probed["kept"])]] == probed["kept"]
     assert all(t.user_attrs.get(PORTFOLIO) for t in trials[: len(probed["kept"])])
     assert not [t for t in trials if t.user_attrs.get(PORTFOLIO) and t.params["backbone"] in probed["dropped"]]
+    page = _study_sections(study)  # the report shows what the probes measured and decided
+    assert "Warm-start probes" in page and all(f"<td>{b}</td>" in page for b in scores)
+
+
+def test_a_recipe_whose_probe_fails_is_dropped_with_a_warning(image_folder: Path, tmp_path: Path, monkeypatch, caplog):
+    from autocls.cv import cross_validate as validate
+    from autocls.records import PORTFOLIO, PORTFOLIO_PROBES
+
+    request = _two_recipe_request(image_folder, tmp_path, monkeypatch)
+
+    def resnet_fails(config, *args, **kwargs):
+        if config.backbone == "resnet18":
+            raise RuntimeError("no weights here")
+        return validate(config, *args, **kwargs)
+
+    monkeypatch.setattr("autocls.halving.cross_validate", resnet_fails)
+    run_search(request, CPU)
+    study = optuna.load_study(study_name="data", storage=request.storage)
+    probed = study.user_attrs[PORTFOLIO_PROBES]
+    assert (probed["kept"], probed["dropped"]) == (["mobilenetv3_small_050"], ["resnet18"])
+    assert "portfolio probe of resnet18 failed: RuntimeError: no weights here" in caplog.text
+    recipes = [t.params["backbone"] for t in study.trials if t.user_attrs.get(PORTFOLIO)]
+    assert recipes == ["mobilenetv3_small_050"]  # the search went on; only the survivor was enqueued
