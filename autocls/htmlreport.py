@@ -185,10 +185,18 @@ def _members(manifest: dict) -> str:
     ).set_index("trial")
     selection = manifest.get("selection", {})
     tta = manifest.get("tta") or ["none"]
+    criterion = selection.get("criterion")
+    on = (
+        f" (members and weights chosen on out-of-fold {escape(criterion)}: "
+        f"{selection.get('oof_criterion_selected', float('nan')):.4f} against "
+        f"{selection.get('oof_criterion_best_trial', float('nan')):.4f})"
+        if criterion and criterion != manifest.get("metric")
+        else ""
+    )
     note = (
         f"<p>chosen on out-of-fold predictions among trials {selection.get('candidates')}: selected ensemble "
         f"{selection.get('oof_score_selected', float('nan')):.4f}, best trial alone "
-        f"{selection.get('oof_score_best_trial', float('nan')):.4f}; test-time views: {escape(', '.join(tta))} "
+        f"{selection.get('oof_score_best_trial', float('nan')):.4f}{on}; test-time views: {escape(', '.join(tta))} "
         f"(scores {escape(str(selection.get('oof_score_tta', {})))}).</p>"
     )
     return "<h2>Members</h2>" + _table(rows) + note

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -31,7 +32,7 @@ from autocls.preprocess import Preprocess, autocast, model_norm, model_to_device
 from autocls.progress import Reporter
 from autocls.records import TrialRecord, fold_summaries
 from autocls.runtime import resolve_device
-from autocls.selection import Selection, blend, select_ensemble
+from autocls.selection import Score, blend, select_ensemble
 from autocls.studysetup import StudySetup, library_versions
 from autocls.trialstore import TrialStore
 
@@ -128,13 +129,23 @@ def refit(
     covered = np.logical_and.reduce([~np.isnan(c.cv.oof_probs[:, 0]) for c in candidates])
     labels = data.images.labels[covered]
     within = _within_limits(candidates, setup, device, cache_dir)
-    selection = select_ensemble([c.cv.oof_probs[covered] for c in candidates], labels, score, allowed=within)
+    oofs = [c.cv.oof_probs[covered] for c in candidates]
+    criterion, maximised = selection_criterion(setup.metric, data.images.multilabel, labels, score)
+    selection = select_ensemble(oofs, labels, maximised, allowed=within)
+    natural = -1.0 if criterion == "log_loss" else sign  # the criterion in its own units (a loss is positive)
+    record = {
+        "criterion": criterion,
+        "oof_criterion_selected": natural * selection.score,
+        "oof_criterion_best_trial": natural * selection.best_single_score,
+        "oof_score_selected": metric(labels, blend(oofs, selection.weights)),
+        "oof_score_best_trial": metric(labels, oofs[selection.best_single]),
+    }
     if len(candidates) > 1:
         chosen = "ensemble" if len(selection.weights) > 1 else "best trial"
         reporter.print(
-            f"ensemble selection over {len(candidates)} kept trials: out-of-fold {setup.metric} "
-            f"{sign * selection.score:.4f} with {len(selection.weights)} members, best trial alone "
-            f"{sign * selection.best_single_score:.4f}: the {chosen} is saved"
+            f"ensemble selection over {len(candidates)} kept trials on out-of-fold {criterion}: {setup.metric} "
+            f"{record['oof_score_selected']:.4f} with {len(selection.weights)} members, best trial alone "
+            f"{record['oof_score_best_trial']:.4f}: the {chosen} is saved"
         )
     if len(selection.weights) == 1:  # no blend beats one trial: the best trial, as --best gives
         selection = replace(selection, weights={0 if within(frozenset({0})) else selection.best_single: 1.0})
@@ -165,7 +176,7 @@ def refit(
         setup,
         data,
         device,
-        selection,
+        record,
         sign,
         oof,
         labels,
@@ -334,6 +345,30 @@ def _flipped_oof(candidate: Candidate, data: PreparedData, device: torch.device)
     return oof
 
 
+def selection_criterion(metric: str, multilabel: bool, labels: np.ndarray, score: Score) -> tuple[str, Score]:
+    """What ensemble selection maximises: ``score`` (the study's metric, higher is better) for
+    multi-label data and a log-loss study; otherwise the negative out-of-fold log loss, weighted
+    by inverse class frequency where the metric weighs classes equally.
+
+    Log loss scores the same probabilities smoothly, where accuracy moves in steps of one image and
+    greedy steps on it fit the noise of a few thousand out-of-fold images. Measured on the kept
+    trials of four 30-minute Fashion-MNIST studies (2,000 images each, held-out 2,000; no TTA or
+    calibration on either side): selection on accuracy gave weak trials (CV 0.68-0.85) weights of
+    0.18-0.38 and held-out accuracy 0.8873 on average, below the best trial alone (0.8881); on log
+    loss 0.8895, higher than on accuracy in each of the four (+0.10 to +0.35 points).
+    """
+    if multilabel or metric == "log_loss":
+        return metric, score
+    weights = None
+    if metric in ("balanced_accuracy", "macro_f1"):  # every class counts alike, as in the metric
+        weights = 1.0 / np.bincount(labels)[labels]
+
+    def negative_log_loss(y: np.ndarray, p: np.ndarray) -> float:  # each image's log-probability of its class
+        return float(np.average(np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1.0)), weights=weights))
+
+    return "log_loss", negative_log_loss
+
+
 def _ensemble(
     members: list[tuple[Candidate, float]],
     tta: list[str],
@@ -341,7 +376,7 @@ def _ensemble(
     setup: StudySetup,
     data: PreparedData,
     device: torch.device,
-    selection: Selection,
+    selected: dict[str, Any],
     sign: float,
     oof: np.ndarray,
     labels: np.ndarray,
@@ -391,8 +426,7 @@ def _ensemble(
         "tta": tta,
         "selection": {
             "candidates": considered,
-            "oof_score_selected": sign * selection.score,
-            "oof_score_best_trial": sign * selection.best_single_score,
+            **selected,
             "oof_score_tta": {view: sign * value for view, value in tta_scores.items()},
         },
         "calibration": calibration.to_dict() if calibration else {},

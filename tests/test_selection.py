@@ -123,7 +123,9 @@ def test_refit_recommends_a_selected_ensemble_that_predicts_and_exports(image_fo
     assert len(complete) >= 2 and sorted(manifest["selection"]["candidates"]) == complete  # all kept (keep 5)
     weights = [m["weight"] for m in manifest["members"]]
     assert sum(weights) == pytest.approx(1.0) and len(weights) == len(ensemble.members)
-    assert manifest["oof_score"] >= manifest["selection"]["oof_score_best_trial"]
+    selection = manifest["selection"]  # never worse than the best trial alone on what it was chosen on
+    assert selection["criterion"] == "log_loss"
+    assert selection["oof_criterion_selected"] <= selection["oof_criterion_best_trial"]
     assert manifest["tta"] in ([], ["hflip"])
 
     images, _, _ = decode_images(sorted(image_folder.rglob("*.*")), ensemble.decode_size)
@@ -198,3 +200,22 @@ def test_a_two_member_ensemble_is_the_weighted_mean_of_its_members(tmp_path) -> 
         "member1_fold0.safetensors",
         "member1_fold1.safetensors",
     ]
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "balanced_accuracy"])
+def test_selection_criterion_is_the_log_loss_of_the_probabilities(metric: str) -> None:
+    """A member that flips no decision but makes the blend surer of the right class is worth adding on
+    log loss, where accuracy cannot see it; balanced metrics weigh each class's images alike."""
+    from sklearn.metrics import log_loss
+
+    from autocls.refitter import selection_criterion
+
+    labels = np.array([0, 0, 0, 1])
+    probs = np.array([[0.6, 0.4], [0.7, 0.3], [0.4, 0.6], [0.2, 0.8]])
+    name, criterion = selection_criterion(metric, False, labels, lambda y, p: 0.0)
+    weights = np.array([1 / 3, 1 / 3, 1 / 3, 1.0]) if metric == "balanced_accuracy" else None
+    assert name == "log_loss"
+    assert criterion(labels, probs) == pytest.approx(-log_loss(labels, probs, sample_weight=weights))
+    surer = np.array([[0.9, 0.1], [0.9, 0.1], [0.45, 0.55], [0.1, 0.9]])  # the same decisions
+    assert criterion(labels, surer) > criterion(labels, probs)
+    assert selection_criterion("mAP", True, labels, len)[0] == "mAP"  # multi-label keeps its metric
