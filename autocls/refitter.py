@@ -132,25 +132,26 @@ def refit(
     oofs = [c.cv.oof_probs[covered] for c in candidates]
     criterion, maximised = selection_criterion(setup.metric, data.images.multilabel, labels, score)
     selection = select_ensemble(oofs, labels, maximised, allowed=within)
+    chosen = "ensemble" if len(selection.weights) > 1 else "best trial"
+    if len(selection.weights) == 1:  # no blend beats one trial: the best trial, as --best gives
+        selection = replace(selection, weights={0 if within(frozenset({0})) else selection.best_single: 1.0})
     natural = -1.0 if criterion == "log_loss" else sign  # the criterion in its own units (a loss is positive)
-    record = {
+    delivered = blend(oofs, selection.weights)
+    record = {  # beside the best trial alone (candidate 0): what --best would deliver
         "criterion": criterion,
-        "oof_criterion_selected": natural * selection.score,
-        "oof_criterion_best_trial": natural * selection.best_single_score,
-        "oof_score_selected": metric(labels, blend(oofs, selection.weights)),
-        "oof_score_best_trial": metric(labels, oofs[selection.best_single]),
+        "oof_criterion_selected": natural * maximised(labels, delivered),
+        "oof_criterion_best_trial": natural * maximised(labels, oofs[0]),
+        "oof_score_selected": metric(labels, delivered),
+        "oof_score_best_trial": metric(labels, oofs[0]),
     }
     if len(candidates) > 1:
-        chosen = "ensemble" if len(selection.weights) > 1 else "best trial"
         reporter.print(
             f"ensemble selection over {len(candidates)} kept trials on out-of-fold {criterion}: {setup.metric} "
             f"{record['oof_score_selected']:.4f} with {len(selection.weights)} members, best trial alone "
             f"{record['oof_score_best_trial']:.4f}: the {chosen} is saved"
         )
-    if len(selection.weights) == 1:  # no blend beats one trial: the best trial, as --best gives
-        selection = replace(selection, weights={0 if within(frozenset({0})) else selection.best_single: 1.0})
     members = [(candidates[i], weight) for i, weight in selection.weights.items()]
-    oof = blend([c.cv.oof_probs[covered] for c in candidates], selection.weights)
+    oof = delivered
     if within(frozenset(selection.weights), views=2):
         tta, oof, tta_scores = _choose_tta(members, data, device, score, oof, covered)
     else:
