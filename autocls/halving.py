@@ -79,7 +79,7 @@ def halve_portfolio(
     reporter: Reporter,
 ) -> None:
     """Probe the recipes of the study's :data:`PORTFOLIO_PLAN` and enqueue the survivors, sized; once
-    per study (a run that died before it enqueued them probes again)."""
+    per study (a run that died, or reached its deadline, before it enqueued them probes again)."""
     plan = study.user_attrs.get(PORTFOLIO_PLAN)
     if not plan or PORTFOLIO_PROBES in study.user_attrs:
         return
@@ -87,8 +87,12 @@ def halve_portfolio(
     recipes = plan["recipes"]
     probes = []
     for i, params in enumerate(recipes):
+        if budget.left() <= 0:  # the deadline came during the probes: the next run probes again
+            return
         reporter.set_title(f"portfolio probe {i + 1}/{len(recipes)}")
         probes.append(_probe(setup, data, device, budget, reporter, params, i))
+    if budget.left() <= 0:
+        return
     maximise = get_metric(setup.metric).greater_is_better
     validation_images = len(data.splits[0][1])
     kept = survivors([p.score for p in probes], maximise, validation_images)
@@ -141,7 +145,7 @@ def _probe(
         )
         score = result.mean_score
     except BudgetExhausted:
-        score = math.nan  # the search ends at its deadline anyway; the recipe is not judged
+        score = math.nan  # the deadline came: halve_portfolio leaves the probes to the next run
     except Exception as err:  # a recipe that cannot train here (no weights, diverged) is dropped, not fatal
         logger.warning("portfolio probe of %s failed: %s: %s", config.backbone, err.__class__.__name__, err)
         score = math.nan

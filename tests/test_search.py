@@ -515,3 +515,25 @@ def test_a_recipe_whose_probe_fails_is_dropped_with_a_warning(image_folder: Path
     assert "portfolio probe of resnet18 failed: RuntimeError: no weights here" in caplog.text
     recipes = [t.params["backbone"] for t in study.trials if t.user_attrs.get(PORTFOLIO)]
     assert recipes == ["mobilenetv3_small_050"]  # the search went on; only the survivor was enqueued
+
+
+def test_a_deadline_during_the_probes_leaves_them_to_the_next_run(image_folder: Path, tmp_path: Path, monkeypatch):
+    from autocls.budget import Budget
+    from autocls.cv import cross_validate as validate
+    from autocls.records import PORTFOLIO, PORTFOLIO_PLAN, PORTFOLIO_PROBES
+
+    request = _two_recipe_request(image_folder, tmp_path, monkeypatch)
+    probed: list[str] = []
+
+    def first_probe_reaches_the_deadline(config, *args, **kwargs):
+        probed.append(config.backbone)
+        result = validate(config, *args, **kwargs)
+        monkeypatch.setattr(Budget, "left", lambda self: -1.0)
+        return result
+
+    monkeypatch.setattr("autocls.halving.cross_validate", first_probe_reaches_the_deadline)
+    run_search(request, CPU)
+    study = optuna.load_study(study_name="data", storage=request.storage)
+    assert probed == ["mobilenetv3_small_050"]  # the second recipe is not trained past the deadline
+    assert PORTFOLIO_PROBES not in study.user_attrs and PORTFOLIO_PLAN in study.user_attrs
+    assert not [t for t in study.trials if t.user_attrs.get(PORTFOLIO)]  # nothing sized on no time
