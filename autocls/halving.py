@@ -7,9 +7,9 @@ images. With a time budget long enough that probing costs little
 the lowest fidelity the space offers (its lowest resolution and fewest epochs): the first rung of
 successive halving (Jamieson and Talwalkar, 2016; Li et al., 2018, "Hyperband"). Then the better
 half of the recipes, and any other whose probe scored within one standard error of the best's, go
-on: they are enqueued best first, the best sized to the first (large) share of the time left, the
-next to the following shares (:func:`autocls.portfolio.size_to_shares`); the rest are dropped and
-their time returns to the sampler.
+on: they are enqueued best first, the best, and any the probes could not tell from it, each sized
+to the first (large) share of the time left, the next to the following shares
+(:func:`autocls.portfolio.size_to_shares`); the rest are dropped and their time returns to the sampler.
 
 Probes are not Optuna trials: a short low-fidelity run would enter TPE's history as a poor result
 for the recipe's region and count toward ``--trials``. What they measured and decided is stored
@@ -33,7 +33,7 @@ from autocls.config import TrainConfig
 from autocls.cost import CostModel
 from autocls.cv import cross_validate
 from autocls.metrics import get_metric
-from autocls.portfolio import probe_params, size_to_shares, survivors
+from autocls.portfolio import probe_params, size_to_shares, survivors, ties
 from autocls.prepare import PreparedData
 from autocls.progress import Reporter
 from autocls.records import PORTFOLIO, PORTFOLIO_PLAN, PORTFOLIO_PROBES
@@ -95,14 +95,16 @@ def halve_portfolio(
         return
     maximise = get_metric(setup.metric).greater_is_better
     validation_images = len(data.splits[0][1])
-    kept = survivors([p.score for p in probes], maximise, validation_images)
+    scores = [p.score for p in probes]
+    kept = survivors(scores, maximise, validation_images)
 
     def seconds(params: dict[str, Any]) -> float:
         config = TrainConfig.from_dict({**space.fixed, **params})
         return cost.trial_seconds(config, len(data.images), setup.folds, setup.trained_folds)
 
     left = max(budget.left(), 0.0) if budget.deadline else plan["budget"]  # continued without --timeout
-    sized = size_to_shares(space, [recipes[i] for i in kept], seconds, plan["budget"], left)
+    tied = len(ties(scores, maximise, validation_images))
+    sized = size_to_shares(space, [recipes[i] for i in kept], seconds, plan["budget"], left, tied)
     for params in sized:
         study.enqueue_trial(params, user_attrs={PORTFOLIO: True}, skip_if_exists=True)
     fidelity = {k: v for k, v in probe_params(space, recipes[0]).items() if k in ("resolution", "epochs")}

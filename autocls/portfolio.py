@@ -150,22 +150,35 @@ def should_probe(
 
 def survivors(scores: list[float], maximise: bool, images: int) -> list[int]:
     """Indices of the recipes that go on, best first: the better half (rounded up) of those whose probe
-    gave a score, and any other within one standard error of the best score.
+    gave a score, and any other within noise of the best (:func:`ties`).
 
-    The standard error is the binomial one of a share (accuracy and the like, on the 0-1 scale)
-    measured on ``images`` validation images, ``sqrt(p (1 - p) / images)`` at the best score ``p``:
-    one fold at low fidelity cannot tell apart recipes closer than that, so both go on. A failed
-    probe (nan) never does, unless every probe failed: then all go on, in their first order.
+    A failed probe (nan) never goes on, unless every probe failed: then all go on, in their first order.
     """
     scored = [i for i, s in enumerate(scores) if math.isfinite(s)]
     if not scored:
         return list(range(len(scores)))
     order = sorted(scored, key=lambda i: -scores[i] if maximise else scores[i])
+    tied = ties(scores, maximise, images)
+    half = math.ceil(len(scores) / 2)
+    return [i for rank, i in enumerate(order) if rank < half or i in tied]
+
+
+def ties(scores: list[float], maximise: bool, images: int) -> list[int]:
+    """Indices of the probes within one standard error of the best score, best first (the best
+    included; none when no probe gave a score).
+
+    The standard error is the binomial one of a share (accuracy and the like, on the 0-1 scale)
+    measured on ``images`` validation images, ``sqrt(p (1 - p) / images)`` at the best score ``p``:
+    one fold at low fidelity cannot tell apart recipes closer than that.
+    """
+    scored = [i for i, s in enumerate(scores) if math.isfinite(s)]
+    if not scored:
+        return []
+    order = sorted(scored, key=lambda i: -scores[i] if maximise else scores[i])
     best = scores[order[0]]
     p = min(max(best, 0.0), 1.0)
     noise = math.sqrt(p * (1 - p) / max(images, 1))
-    half = math.ceil(len(scores) / 2)
-    return [i for rank, i in enumerate(order) if rank < half or abs(scores[i] - best) <= noise]
+    return [i for i in order if abs(scores[i] - best) <= noise]
 
 
 # A resolution whose fold costs at most this much more than the lowest's counts as no dearer.
@@ -235,17 +248,33 @@ def recipes(space: SearchSpace, stats: DataStats) -> list[dict[str, Any]]:
     return [c for c in configs if c]
 
 
+# Recipes the probes could not tell from the best (the best included) share this part of the time
+# equally; the sampler keeps the rest.
+MAX_TIED_SHARE = 0.85
+
+
 def size_to_shares(
     space: SearchSpace,
     ordered: list[dict[str, Any]],
     trial_seconds: Callable[[dict[str, Any]], float],
     budget: float,
     available: float | None = None,
+    tied: int = 1,
 ) -> list[dict[str, Any]]:
     """``ordered`` recipes sized, in order, to :func:`first_share` of ``budget`` and then
-    :data:`BUDGET_SHARES` (of ``available`` seconds when given: the time left after probes)."""
+    :data:`BUDGET_SHARES` (of ``available`` seconds when given: the time left after probes).
+
+    The first ``tied`` recipes (the best probe and those the probes could not tell from it) each get
+    an equal part of :data:`MAX_TIED_SHARE` of the time: equally promising recipes
+    are worth equal time, and two members of equal strength make a better ensemble than a strong
+    one and a weak one. On 2,000 Fashion-MNIST images in 30 minutes (2 CPU cores), the tied second
+    recipe sized to 25% trained 4 epochs for CV 0.8345 / 0.8545 against the first's 0.8670 / 0.8855
+    at 6-8 epochs, and ensemble selection on log loss gave it weights of 0.15-0.23.
+    """
     available = budget if available is None else available
-    shares = [first_share(budget), *BUDGET_SHARES[1:]]
+    tied = max(1, min(tied, len(ordered)))
+    best = MAX_TIED_SHARE / tied if tied > 1 else first_share(budget)
+    shares = [best] * tied + list(BUDGET_SHARES[1:])
     return [
         _size_to_budget(space, params, trial_seconds, available * shares[min(i, len(shares) - 1)])
         for i, params in enumerate(ordered)

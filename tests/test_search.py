@@ -444,6 +444,13 @@ def test_the_recipe_that_probes_best_gets_the_first_share_of_the_budget() -> Non
         first, second = size_to_shares(fast, ordered, seconds, budget=2400)
         assert first["backbone"] == ordered[0]["backbone"] and (first["resolution"], first["epochs"]) == (96, 8)
         assert second["backbone"] == ordered[1]["backbone"] and (second["epochs"]) == 6
+    # a second recipe the probes could not tell from the first gets the first share too
+    first, second = size_to_shares(fast, [lite, resnet], seconds, budget=2400, tied=2)
+    assert (first["resolution"], first["epochs"]) == (second["resolution"], second["epochs"]) == (96, 8)
+    # three tied share MAX_TIED_SHARE (85%) of the time: 680 s each, 96 px x 6
+    third = {**lite, "backbone": "tf_efficientnet_lite1"}
+    sized = size_to_shares(fast, [lite, resnet, third], seconds, budget=2400, tied=3)
+    assert [(p["resolution"], p["epochs"]) for p in sized] == [(96, 6)] * 3
 
 
 def _two_recipe_request(image_folder: Path, tmp_path: Path, monkeypatch) -> SearchRequest:
@@ -494,6 +501,34 @@ def test_a_long_budget_probes_every_recipe_on_the_first_fold_before_enqueuing_th
     assert not [t for t in trials if t.user_attrs.get(PORTFOLIO) and t.params["backbone"] in probed["dropped"]]
     page = _study_sections(study)  # the report shows what the probes measured and decided
     assert "Warm-start probes" in page and all(f"<td>{b}</td>" in page for b in scores)
+
+
+@pytest.mark.parametrize(("scores", "tied"), [((0.80, 0.81), 2), ((0.30, 0.95), 1)])
+def test_recipes_the_probes_cannot_tell_apart_are_sized_alike(
+    image_folder: Path, tmp_path: Path, monkeypatch, scores: tuple[float, float], tied: int
+) -> None:
+    from types import SimpleNamespace
+
+    from autocls import halving
+
+    request = _two_recipe_request(image_folder, tmp_path, monkeypatch)
+    score_of = dict(zip(["mobilenetv3_small_050", "resnet18"], scores, strict=True))
+    monkeypatch.setattr(
+        halving, "cross_validate", lambda config, *a, **k: SimpleNamespace(mean_score=score_of[config.backbone])
+    )
+    passed: list[int] = []
+    size_to_shares = halving.size_to_shares
+
+    def sizing(*args, **kwargs):
+        passed.append(args[5])
+        return size_to_shares(*args, **kwargs)
+
+    monkeypatch.setattr(halving, "size_to_shares", sizing)
+    run_search(request, CPU)
+    # one standard error on the first fold's validation images (half of the folder) is over 0.05
+    assert passed == [tied]
+    study = optuna.load_study(study_name="data", storage=request.storage)
+    assert len(study.user_attrs["portfolio_probes"]["kept"]) == tied
 
 
 def test_a_recipe_whose_probe_fails_is_dropped_with_a_warning(image_folder: Path, tmp_path: Path, monkeypatch, caplog):
