@@ -7,9 +7,10 @@ images. With a time budget long enough that probing costs little
 the lowest fidelity the space offers (its lowest resolution and fewest epochs): the first rung of
 successive halving (Jamieson and Talwalkar, 2016; Li et al., 2018, "Hyperband"). Then the better
 half of the recipes, and any other whose probe scored within one standard error of the best's, go
-on: they are enqueued best first, the best, and any the probes could not tell from it, each sized
-to the first (large) share of the time left, the next to the following shares
-(:func:`autocls.portfolio.size_to_shares`); the rest are dropped and their time returns to the sampler.
+on: they are enqueued best first, the best sized to the first (large) share of the time left, the
+next to the following shares, except that recipes the probes could not tell apart split 85% of the
+time equally (:func:`autocls.portfolio.size_to_shares`); the rest are dropped and their time
+returns to the sampler.
 
 Probes are not Optuna trials: a short low-fidelity run would enter TPE's history as a poor result
 for the recipe's region and count toward ``--trials``. What they measured and decided is stored
