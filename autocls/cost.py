@@ -57,6 +57,9 @@ class CostModel:
     cache_file: Path | None = None
     speeds: dict[str, float] = field(default_factory=dict)
     correction: float = PRIOR_CORRECTION  # real over estimated time; learnt from finished trials
+    # per backbone: real over estimated time of a run of its own (a portfolio probe), relative to
+    # the correction then in force; see calibrate
+    backbone_factors: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.cache_file is not None and self.cache_file.is_file():
@@ -75,9 +78,25 @@ class CostModel:
         return self.speeds[key]
 
     def epoch_seconds(self, config: TrainConfig, train_images: int, val_images: int) -> float:
-        """Uncorrected seconds of one epoch: training plus validation passes."""
+        """Seconds of one epoch, training plus validation passes, before the study's correction (with
+        the backbone's own factor, when :meth:`calibrate` has measured one)."""
         speed = self.images_per_second(config)
-        return train_images / speed + val_images / (speed * EVAL_SPEED_UP)
+        factor = self.backbone_factors.get(config.backbone, 1.0)
+        return (train_images / speed + val_images / (speed * EVAL_SPEED_UP)) * factor
+
+    def calibrate(self, config: TrainConfig, train_images: int, val_images: int, seconds: float) -> None:
+        """Scale ``config.backbone``'s estimates so that one fold of ``config`` (``train_images`` and
+        ``val_images``, all its epochs) is estimated at ``seconds``, the time it really took.
+
+        The speed probes time a few steps on random tensors; their noise is per model. On 2 CPU
+        cores one process measured EfficientNet-Lite1 at 72 images/s at 64 px where another had
+        measured 99, and sized Lite1's recipe to 4 epochs instead of 6, while its folds then ran at
+        the faster speed. A real fold of the same backbone (a portfolio probe) is the better measure.
+        """
+        self.backbone_factors.pop(config.backbone, None)
+        estimate = self.epoch_seconds(config, train_images, val_images) * config.epochs * self.correction
+        if estimate > 0 and seconds > 0:
+            self.backbone_factors[config.backbone] = seconds / estimate
 
     def trial_seconds(self, config: TrainConfig, images: int, folds: int, trained: int | None = None) -> float:
         """Estimated seconds to cross-validate ``config`` on ``images`` images split into ``folds``

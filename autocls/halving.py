@@ -10,7 +10,9 @@ half of the recipes, and any other whose probe scored within one standard error 
 on: they are enqueued best first, the best sized to the first (large) share of the time left, the
 next to the following shares, except that recipes the probes could not tell apart split 85% of the
 time equally (:func:`autocls.portfolio.size_to_shares`); the rest are dropped and their time
-returns to the sampler.
+returns to the sampler. Each probe's real time also calibrates its backbone's cost estimate
+(:meth:`autocls.cost.CostModel.calibrate`), so the survivors are sized by what a fold of theirs
+really takes on these images, not by a few timed steps on random tensors.
 
 Probes are not Optuna trials: a short low-fidelity run would enter TPE's history as a poor result
 for the recipe's region and count toward ``--trials``. What they measured and decided is stored
@@ -82,6 +84,8 @@ def halve_portfolio(
     """Probe the recipes of the study's :data:`PORTFOLIO_PLAN` and enqueue the survivors, sized; once
     per study (a run that died, or reached its deadline, before it enqueued them probes again)."""
     plan = study.user_attrs.get(PORTFOLIO_PLAN)
+    if PORTFOLIO_PROBES in study.user_attrs:  # probed by an earlier run: its speed measures still hold
+        cost.backbone_factors.update(study.user_attrs[PORTFOLIO_PROBES].get("speed_factors", {}))
     if not plan or PORTFOLIO_PROBES in study.user_attrs:
         return
     space = setup.search_space
@@ -94,17 +98,22 @@ def halve_portfolio(
         probes.append(_probe(setup, data, device, budget, reporter, params, i))
     if budget.left() <= 0:
         return
+    train_images, val_images = (len(part) for part in data.splits[0])
+    for params, probe in zip(recipes, probes, strict=True):
+        # each recipe's real time on these images, not the speed probe's, sizes it (CostModel.calibrate)
+        if math.isfinite(probe.score):
+            config = TrainConfig.from_dict({**space.fixed, **probe_params(space, params)})
+            cost.calibrate(config, train_images, val_images, probe.seconds)
     maximise = get_metric(setup.metric).greater_is_better
-    validation_images = len(data.splits[0][1])
     scores = [p.score for p in probes]
-    kept = survivors(scores, maximise, validation_images)
+    kept = survivors(scores, maximise, val_images)
 
     def seconds(params: dict[str, Any]) -> float:
         config = TrainConfig.from_dict({**space.fixed, **params})
         return cost.trial_seconds(config, len(data.images), setup.folds, setup.trained_folds)
 
     left = max(budget.left(), 0.0) if budget.deadline else plan["budget"]  # continued without --timeout
-    tied = len(ties(scores, maximise, validation_images))
+    tied = len(ties(scores, maximise, val_images))
     sized = size_to_shares(space, [recipes[i] for i in kept], seconds, plan["budget"], left, tied)
     for params in sized:
         study.enqueue_trial(params, user_attrs={PORTFOLIO: True}, skip_if_exists=True)
@@ -116,6 +125,7 @@ def halve_portfolio(
             "probes": [asdict(p) for p in probes],
             "kept": [probes[i].backbone for i in kept],
             "dropped": [p.backbone for i, p in enumerate(probes) if i not in kept],
+            "speed_factors": dict(cost.backbone_factors),
         },
     )
     reporter.print(_summary(probes, kept, fidelity, setup.metric))

@@ -228,6 +228,24 @@ def test_cost_model_measures_a_configuration_once_and_learns_from_real_trials(tm
     assert again.trial_seconds(config, 100, 5) == pytest.approx(2 * per_epoch * config.epochs * 5)
 
 
+def test_a_real_run_of_a_backbone_calibrates_its_estimates_at_every_size(monkeypatch) -> None:
+    speeds = {24: 100.0, 32: 50.0}
+    monkeypatch.setattr(CostModel, "images_per_second", lambda self, config: speeds[config.resolution])
+    cost = CostModel(CPU)
+    small = TrainConfig.from_dict({**TINY, "resolution": 24, "epochs": 2})
+    large = TrainConfig.from_dict({**TINY, "resolution": 32, "epochs": 4})
+    other = TrainConfig.from_dict({**TINY, "backbone": "resnet18", "resolution": 32, "epochs": 4})
+    before_large, before_other = cost.trial_seconds(large, 100, 5), cost.trial_seconds(other, 100, 5)
+    # one fold (80 training and 20 validation images) of ``small`` estimated at 1.2 x 2 x 0.867 s = 2.08 s took 1.04 s
+    estimate = cost.trial_seconds(small, 100, 5, trained=1)
+    cost.calibrate(small, 80, 20, estimate / 2)
+    assert cost.trial_seconds(small, 100, 5, trained=1) == pytest.approx(estimate / 2)
+    assert cost.trial_seconds(large, 100, 5) == pytest.approx(before_large / 2)  # the backbone's factor, any size
+    assert cost.trial_seconds(other, 100, 5) == pytest.approx(before_other)  # other backbones keep theirs
+    cost.calibrate(small, 80, 20, estimate * 3)  # measured again: replaces the factor, not compounds it
+    assert cost.trial_seconds(small, 100, 5, trained=1) == pytest.approx(estimate * 3)
+
+
 def test_portfolio_is_sized_to_the_time_budget() -> None:
     fast = load_space("fast")
 
@@ -473,6 +491,7 @@ def test_a_long_budget_probes_every_recipe_on_the_first_fold_before_enqueuing_th
     image_folder: Path, tmp_path: Path, monkeypatch
 ) -> None:
     from autocls.cv import cross_validate as validate
+    from autocls.halving import halve_portfolio
     from autocls.htmlreport import _study_sections
     from autocls.records import PORTFOLIO, PORTFOLIO_PLAN, PORTFOLIO_PROBES
 
@@ -499,6 +518,12 @@ def test_a_long_budget_probes_every_recipe_on_the_first_fold_before_enqueuing_th
     assert [t.params["backbone"] for t in trials[: len(probed["kept"])]] == probed["kept"]
     assert all(t.user_attrs.get(PORTFOLIO) for t in trials[: len(probed["kept"])])
     assert not [t for t in trials if t.user_attrs.get(PORTFOLIO) and t.params["backbone"] in probed["dropped"]]
+    # each probe's real time calibrated its backbone's estimates, and the study keeps the factors
+    factors = probed["speed_factors"]
+    assert set(factors) == set(scores) and all(f > 0 for f in factors.values())
+    restored = CostModel(CPU)
+    halve_portfolio(study, None, None, CPU, None, restored, None)  # a continued run: no probes, factors back
+    assert restored.backbone_factors == factors
     page = _study_sections(study)  # the report shows what the probes measured and decided
     assert "Warm-start probes" in page and all(f"<td>{b}</td>" in page for b in scores)
 
