@@ -93,7 +93,7 @@ class CostModel:
         measured 99, and sized Lite1's recipe to 4 epochs instead of 6, while its folds then ran at
         the faster speed. A real fold of the same backbone (a portfolio probe) is the better measure.
         It is taken at the probe's low fidelity, and does not carry over to other resolutions exactly
-        (Lite0 and Lite1 at 64 px took 1.2-1.9x per image what their 48-px probes took): the study's
+        (Lite0 and Lite1 at 64 px took 1.2-1.8x per epoch what their 48-px probes took): the study's
         correction, learnt from each finished trial (:meth:`learn_from`), takes up the rest.
         """
         self.backbone_factors.pop(config.backbone, None)
