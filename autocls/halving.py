@@ -95,15 +95,10 @@ def halve_portfolio(
         if budget.left() <= 0:  # the deadline came during the probes: the next run probes again
             return
         reporter.set_title(f"portfolio probe {i + 1}/{len(recipes)}")
-        probes.append(_probe(setup, data, device, budget, reporter, params, i))
+        probes.append(_probe(setup, data, device, budget, cost, reporter, params, i))
     if budget.left() <= 0:
         return
-    train_images, val_images = (len(part) for part in data.splits[0])
-    for params, probe in zip(recipes, probes, strict=True):
-        # each recipe's real time on these images, not the speed probe's, sizes it (CostModel.calibrate)
-        if math.isfinite(probe.score):
-            config = TrainConfig.from_dict({**space.fixed, **probe_params(space, params)})
-            cost.calibrate(config, train_images, val_images, probe.seconds)
+    val_images = len(data.splits[0][1])
     maximise = get_metric(setup.metric).greater_is_better
     scores = [p.score for p in probes]
     kept = survivors(scores, maximise, val_images)
@@ -136,10 +131,13 @@ def _probe(
     data: PreparedData,
     device: torch.device,
     budget: Budget,
+    cost: CostModel,
     reporter: Reporter,
     params: dict[str, Any],
     index: int,
 ) -> Probe:
+    """Train ``params`` on the first fold at the lowest fidelity; its real time calibrates the
+    backbone's cost estimate (:meth:`autocls.cost.CostModel.calibrate`), which then sizes the recipe."""
     space = setup.search_space
     config = TrainConfig.from_dict({**space.fixed, **probe_params(space, params)})
     start = time.perf_counter()
@@ -157,6 +155,8 @@ def _probe(
             metric=setup.metric,
         )
         score = result.mean_score
+        train_images, val_images = (len(part) for part in data.splits[0])
+        cost.calibrate(config, train_images, val_images, time.perf_counter() - start)
     except BudgetExhausted:
         score = math.nan  # the deadline came: halve_portfolio leaves the probes to the next run
     except Exception as err:  # a recipe that cannot train here (no weights, diverged) is dropped, not fatal

@@ -364,6 +364,8 @@ def selection_criterion(metric: str, multilabel: bool, labels: np.ndarray, score
     if metric in ("balanced_accuracy", "macro_f1"):  # every class counts alike, as in the metric
         weights = 1.0 / np.bincount(labels)[labels]
 
+    # not sklearn's log_loss (the test checks they agree): greedy selection calls this hundreds of
+    # times, and log_loss validates and one-hot encodes the labels on every call
     def negative_log_loss(y: np.ndarray, p: np.ndarray) -> float:  # each image's log-probability of its class
         return float(np.average(np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1.0)), weights=weights))
 
