@@ -91,7 +91,10 @@ def cross_validate(
     label_t = torch.as_tensor(labels)
     results = []
     for fold, (train_idx, val_idx) in enumerate(splits):
-        observer.on_fold_start(fold, len(splits), config.epochs)
+        epochs = observer.fold_epochs(fold, config.epochs)
+        if epochs != trainer.config.epochs:  # shortened (or back to the configuration's after a shortened fold)
+            trainer = trainer.with_config(replace(trainer.config, epochs=epochs))
+        observer.on_fold_start(fold, len(splits), epochs)
         result, trainer = fit_fold(trainer, store, label_t, train_idx, val_idx, fold, observer, len(splits))
         if not keep_models:
             result.state_dict = None

@@ -30,6 +30,9 @@ from autocls.workers import queue_again, this_worker
 
 logger = logging.getLogger(__name__)
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+# A fold shortened to end by the deadline trains at least this many epochs; a one-epoch schedule is
+# mostly warm-up (one-cycle's rising phase), its model no member worth its time.
+MIN_SHORTENED_EPOCHS = 2
 
 
 class TrialObserver(TrainingObserver):
@@ -42,10 +45,35 @@ class TrialObserver(TrainingObserver):
         self.budget = budget
         self.folds: list[FoldResult] = []
         self.history: list[list[dict[str, float]]] = []
+        self.shortened: dict[int, str] = {}  # fold -> why it trains fewer epochs than configured
+        self._folds = self._epochs = 0  # of the running fold
+
+    def fold_epochs(self, fold: int, epochs: int) -> int:
+        """``epochs`` when the fold fits the time left at the pace of the folds done so far; else the
+        most epochs that fit, down to :data:`MIN_SHORTENED_EPOCHS` (below that the budget is exhausted).
+
+        A trial that trained most of its folds is worth finishing short: its out-of-fold predictions
+        then cover every image and it can join the ensemble, where a trial stopped before its last
+        fold is lost. On 2 CPU cores the second recipe of a 30-minute study once ran 1.7x slower than
+        measured and was stopped with 78 s left and its last fold needing 234 s: the search delivered
+        the first recipe alone (held-out 0.8860, against 0.8900 for both in a run at normal speed).
+        """
+        if not self.folds:  # the first fold: the trial was admitted on the cost model's estimate
+            return epochs
+        per_epoch = sum(f.seconds for f in self.folds) / max(1, sum(len(f.history) for f in self.folds))
+        self.budget.check(per_epoch * min(epochs, MIN_SHORTENED_EPOCHS), f"fold {fold + 1}")
+        left = self.budget.left()
+        if per_epoch * epochs <= left:  # also without a deadline (left is infinite)
+            return epochs
+        fits = int(left // per_epoch)
+        note = f"{fits} of {epochs} epochs to end by the deadline ({left:.0f}s left, {per_epoch:.0f}s an epoch)"
+        self.shortened[fold] = note
+        self.recorder.shortened({str(f + 1): why for f, why in self.shortened.items()})
+        self.reporter.print(f"trial {self.trial.number}: fold {fold + 1} trains {note}")
+        return fits
 
     def on_fold_start(self, fold: int, folds: int, epochs: int) -> None:
-        if self.folds:
-            self.budget.check(float(np.mean([f.seconds for f in self.folds])), f"fold {fold + 1}")
+        self._folds, self._epochs = folds, epochs
         self.history.append([])
         self.reporter.on_fold_start(fold, folds, epochs)
 
@@ -55,7 +83,8 @@ class TrialObserver(TrainingObserver):
         self.reporter.on_epoch_end(fold, record)
         if fold == 0:
             self._report(record.val_score, record.epoch)
-        self.budget.check(0.0, "the next epoch")
+        if record.epoch + 1 < self._epochs:  # a fold's last epoch is kept: the next fold's start checks the time
+            self.budget.check(0.0, "the next epoch")
 
     def on_fold_restart(self, fold: int, reason: str) -> None:
         self.history.pop()  # the fold's epochs so far: on_fold_start begins its history again
@@ -65,11 +94,14 @@ class TrialObserver(TrainingObserver):
         self.folds.append(result)
         self.recorder.folds_done(self.folds)
         self.reporter.on_fold_end(result)
-        self._report(float(np.mean([f.best.val_score for f in self.folds])), FOLD_STEP + result.fold)
+        # a trial that trained all its folds has nothing left to save by pruning: it completes, and
+        # ensemble selection may still use it as a member
+        last = result.fold + 1 >= self._folds
+        self._report(float(np.mean([f.best.val_score for f in self.folds])), FOLD_STEP + result.fold, prune=not last)
 
-    def _report(self, value: float, step: int) -> None:
+    def _report(self, value: float, step: int, prune: bool = True) -> None:
         self.trial.report(value, step)
-        if self.trial.should_prune():
+        if prune and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} with {value:.4f}")
 
 

@@ -167,6 +167,10 @@ class TrialRecorder:
     def cut_short(self, note: str) -> None:
         self._set(cut_short=note)
 
+    def shortened(self, folds: dict[str, str]) -> None:
+        """Folds (numbered from 1) that trained fewer epochs than configured, and why."""
+        self._set(shortened_folds=folds)
+
     def skipped(self, reason: str) -> None:
         self._set(**{SKIPPED: reason})
 

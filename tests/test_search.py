@@ -5,23 +5,28 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import torch
 
 from autocls import records
+from autocls.budget import Budget, BudgetExhausted
+from autocls.callbacks import TrainingObserver
 from autocls.config import TrainConfig
 from autocls.cost import PRIOR_CORRECTION, CostModel
-from autocls.cv import stratified_folds
+from autocls.cv import cross_validate, stratified_folds
 from autocls.data import DataSpec, discover
 from autocls.images import build_store
 from autocls.metrics import default_metric
+from autocls.objective import TrialObserver
 from autocls.portfolio import DataStats, first_share, folds_to_train, portfolio
+from autocls.progress import Reporter
 from autocls.pruning import FOLD_STEP, FoldAwarePruner
 from autocls.space import load_space, space_from_dict
 from autocls.study import MAX_CONSECUTIVE_SKIPS, run_search
 from autocls.studysetup import SearchRequest, create_or_continue
-from autocls.trainer import Trainer
+from autocls.trainer import EpochRecord, FoldResult, Trainer
 from autocls.trialstore import TrialStore
 from tests.helpers import edit_space, write_class_folders
 
@@ -170,6 +175,81 @@ def test_a_budget_that_ends_between_the_first_trials_folds_still_delivers_a_mode
     model = autocls.refit(study, workdir=workdir)
     assert [len(m.models) for m in model.members] == [1]
     assert model.manifest["oof_images"] == 12  # the one trained fold's validation half of 24 images
+
+
+class _FixedBudget(Budget):
+    """A budget with a deadline and always ``seconds`` left."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(3600)
+        self.seconds = seconds
+
+    def left(self) -> float:
+        return self.seconds
+
+
+def _fold(fold: int, epochs: int, seconds_per_epoch: float = 30.0) -> FoldResult:
+    history = [EpochRecord(e, 1.0, 1.0, 0.5, 1e-3, seconds_per_epoch) for e in range(epochs)]
+    return FoldResult(fold, history, epochs - 1, np.arange(2), np.full((2, 2), 0.5, np.float32), 0)
+
+
+class _PruneBetweenFolds(optuna.pruners.BasePruner):
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return (trial.last_step or 0) >= FOLD_STEP
+
+
+@pytest.mark.parametrize(("left", "expected"), [(1000.0, 8), (240.0, 8), (100.0, 3), (60.0, 2), (50.0, None)])
+def test_a_fold_that_does_not_fit_the_time_left_trains_the_epochs_that_do(left: float, expected: int | None) -> None:
+    """At the pace of the folds done (30 s an epoch), fold 2 of 8 epochs trains what fits the time
+    left, at least 2 epochs; when not even those fit, the budget is exhausted (the trial is queued again)."""
+    trial = optuna.create_study().ask()
+    observer = TrialObserver(trial, Reporter(quiet=True), _FixedBudget(left))
+    assert observer.fold_epochs(0, 8) == 8  # the first fold: admitted on the cost model's estimate
+    observer.folds.append(_fold(0, 8))
+    if expected is None:
+        with pytest.raises(BudgetExhausted, match="fold 2 needs about 60s"):
+            observer.fold_epochs(1, 8)
+        return
+    assert observer.fold_epochs(1, 8) == expected
+    shortened = trial.user_attrs.get("shortened_folds", {})
+    if expected < 8:
+        assert list(shortened) == ["2"] and shortened["2"].startswith(f"{expected} of 8 epochs to end by the deadline")
+    else:
+        assert not shortened
+
+
+def test_cross_validation_trains_each_fold_the_epochs_its_observer_allows(tiny_store) -> None:
+    data, store = tiny_store
+
+    class ShortenSecond(TrainingObserver):
+        def fold_epochs(self, fold: int, epochs: int) -> int:
+            return 1 if fold == 1 else epochs
+
+    config = TrainConfig.from_dict({**TINY, "epochs": 2})
+    splits = stratified_folds(data.labels, 3, seed=0)
+    result = cross_validate(config, store, data.labels, splits, 3, CPU, observer=ShortenSecond())
+    assert [len(f.history) for f in result.folds] == [2, 1, 2]  # the third fold is back at the configuration's
+    assert not np.isnan(result.oof_probs).any()  # every image predicted: the trial can join an ensemble
+
+
+def test_a_trial_that_trained_all_its_folds_is_not_pruned() -> None:
+    trial = optuna.create_study(pruner=_PruneBetweenFolds()).ask()
+    observer = TrialObserver(trial, Reporter(quiet=True), Budget(None))
+    observer.on_fold_start(0, 2, 8)
+    with pytest.raises(optuna.TrialPruned):  # a fold is left: pruning saves its time
+        observer.on_fold_end(_fold(0, 8))
+    observer.on_fold_start(1, 2, 8)
+    observer.on_fold_end(_fold(1, 8))  # the last: nothing is left to save, the trained trial is kept
+    assert trial.storage.get_trial(trial._trial_id).intermediate_values[FOLD_STEP + 1] == 0.5
+
+
+def test_the_deadline_passing_in_a_folds_last_epoch_keeps_the_fold() -> None:
+    trial = optuna.create_study().ask()
+    observer = TrialObserver(trial, Reporter(quiet=True), _FixedBudget(-5.0))
+    observer.on_fold_start(0, 2, 2)
+    with pytest.raises(BudgetExhausted):  # an epoch of the fold is left: it cannot end in time
+        observer.on_epoch_end(0, _fold(0, 1).history[0])
+    observer.on_epoch_end(0, _fold(0, 2).history[1])  # the fold's last epoch: finished, kept
 
 
 def test_a_trial_that_runs_out_of_memory_finishes_at_a_smaller_batch(
