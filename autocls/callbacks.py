@@ -32,8 +32,8 @@ MONITOR_SHARE = 0.1
 class TrainingObserver:
     """Hooks called by the trainer; raising from one (e.g. ``optuna.TrialPruned``) stops training."""
 
-    def fold_epochs(self, fold: int, epochs: int) -> int:
-        """How many epochs fold ``fold`` trains, asked before it starts: ``epochs`` (the
+    def fold_epochs(self, fold: int, folds: int, epochs: int) -> int:
+        """How many epochs fold ``fold`` (of ``folds``) trains, asked before it starts: ``epochs`` (the
         configuration's), unless the observer shortens the fold, e.g. to end by a deadline."""
         return epochs
 

@@ -151,7 +151,7 @@ def run_refit(args: argparse.Namespace) -> int:
     manifest = result.ensemble.manifest
     metric = result.cv.metric
     members = manifest.get("members", [{"trial": manifest["trial"], "weight": 1.0}])
-    tta = " with horizontal-flip TTA" if manifest.get("tta") else ""
+    tta = f" with test-time views {', '.join(manifest['tta'])}" if manifest.get("tta") else ""
     if len(members) > 1:
         parts = ", ".join(f"trial {m['trial']} x{m['weight']:.2f}" for m in members)
         print(f"saved an ensemble of {len(members)} trials ({parts}){tta} to {result.directory}")

@@ -91,7 +91,7 @@ def cross_validate(
     label_t = torch.as_tensor(labels)
     results = []
     for fold, (train_idx, val_idx) in enumerate(splits):
-        epochs = observer.fold_epochs(fold, config.epochs)
+        epochs = observer.fold_epochs(fold, len(splits), config.epochs)
         if epochs != trainer.config.epochs:  # shortened (or back to the configuration's after a shortened fold)
             trainer = trainer.with_config(replace(trainer.config, epochs=epochs))
         observer.on_fold_start(fold, len(splits), epochs)

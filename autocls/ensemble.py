@@ -38,6 +38,7 @@ from autocls.images import fit_square, load_square, resize_batch
 from autocls.multilabel import decide, label_sets, probabilities
 from autocls.preprocess import Preprocess, autocast, model_to_device, norm_tensors
 from autocls.runtime import resolve_device
+from autocls.views import TTA_VIEWS, with_views
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ MANIFEST = "manifest.json"
 OOF_FILE = "oof_predictions.csv"  # each training image predicted by the fold model that held it out
 FORMAT_VERSION = 2  # 2: members (several trials) and test-time views; 1 (one trial) still loads
 PREDICT_BATCH = 128
-# test-time views of a normalised batch, averaged with the batch itself when the manifest asks
-TTA_VIEWS: dict[str, Any] = {"hflip": lambda x: torch.flip(x, dims=[3])}
 
 
 def check_model_destination(directory: Path, overwrite: bool, overwrite_option: str = "overwrite=True") -> None:
@@ -127,8 +126,8 @@ class Ensemble:
 
     A single trial's k-fold ensemble is one member of weight 1. Members chosen by ensemble selection
     (:mod:`autocls.selection`) carry their weights; each has its own resolution and normalisation.
-    ``tta`` lists the test-time views averaged with the image itself (``"hflip"``), chosen on
-    out-of-fold predictions at refit.
+    ``tta`` lists the test-time views averaged with the image itself (:data:`autocls.views.TTA_VIEWS`:
+    ``"hflip"``, ``"rotate_left"``, ...), chosen on out-of-fold predictions at refit.
 
     A multi-label model (manifest ``"multilabel": true``) outputs one sigmoid probability per label
     and predicts each label whose probability reaches its threshold (manifest ``"thresholds"``,
@@ -259,7 +258,7 @@ class Ensemble:
             preprocess = Preprocess(*norm_tensors(member.mean, member.std, self.device), self.device)
             for start in range(0, len(resized), PREDICT_BATCH):
                 x = preprocess(resized[start : start + PREDICT_BATCH])
-                views = [x] + [TTA_VIEWS[name](x) for name in self.tta]
+                views = with_views(x, self.tta)
                 with autocast(self.device):
                     probs = torch.stack(
                         [probabilities(m(v), self.multilabel) for v in views for m in member.models]

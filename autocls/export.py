@@ -6,7 +6,8 @@ antialiased bilinear to ``R``), and returns the ``(N, classes)`` averaged softma
 temperature-scaled as refit calibrated them.
 An ensemble whose members differ in resolution takes one batch per resolution, ascending (ONNX
 inputs ``images_<R>``). Resizing stays outside the graph because antialiased resizing has no
-exact ONNX equivalent. Test-time views the manifest chose (a horizontal flip) are in the graph.
+exact ONNX equivalent. Test-time views the manifest chose (a horizontal flip, small rotations and
+zooms: :mod:`autocls.views`) are in the graph.
 
 A multi-label model's graph returns two outputs: the ``(N, labels)`` averaged sigmoid
 probabilities and the ``(N, labels)`` uint8 decisions at the per-label thresholds refit chose.
@@ -26,8 +27,10 @@ from autocls.ensemble import Ensemble, Member
 from autocls.errors import AutoclsError
 from autocls.multilabel import probabilities
 from autocls.preprocess import norm_tensors, normalise
+from autocls.views import with_views
 
 FORMATS = ("torchscript", "onnx")
+ONNX_OPSET = 20  # the rotation and zoom views' affine grids convert to ONNX from opset 20 on
 
 
 class MemberGraph(nn.Module):
@@ -41,11 +44,11 @@ class MemberGraph(nn.Module):
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
         self.weight = member.weight
-        self.hflip = "hflip" in tta
+        self.tta = tuple(tta)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = normalise(images, self.mean, self.std)
-        views = [x, torch.flip(x, dims=[3])] if self.hflip else [x]
+        views = with_views(x, self.tta)
         probs = [probabilities(model(v), self.multilabel) for v in views for model in self.models]
         return torch.stack(probs).mean(dim=0) * self.weight
 
@@ -85,6 +88,7 @@ def export(model_dir: str | Path, out: str | Path, fmt: str = "torchscript") -> 
     if fmt == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, and still loads everywhere
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # a view's affine map is a constant, as meant
             traced = torch.jit.trace(graph, examples)
             torch.jit.save(traced, str(out), _extra_files={"manifest.json": json.dumps(ensemble.manifest)})
         return out
@@ -93,13 +97,16 @@ def export(model_dir: str | Path, out: str | Path, fmt: str = "torchscript") -> 
     except ImportError:
         raise AutoclsError("ONNX export needs the onnx extra: pip install 'autocls[onnx]'.") from None
     outputs = ["probabilities", "labels"] if ensemble.multilabel else ["probabilities"]
-    torch.onnx.export(
-        graph,
-        examples,
-        str(out),
-        input_names=names,
-        output_names=outputs,
-        dynamic_axes={**{name: {0: "batch"} for name in names}, **{name: {0: "batch"} for name in outputs}},
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            graph,
+            examples,
+            str(out),
+            input_names=names,
+            output_names=outputs,
+            dynamic_axes={**{name: {0: "batch"} for name in names}, **{name: {0: "batch"} for name in outputs}},
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+        )
     return out

@@ -32,6 +32,7 @@ from autocls.multilabel import parse_label_sets
 from autocls.neardup import SIMILARITY, near_duplicates, training_features
 from autocls.records import PORTFOLIO_PROBES
 from autocls.reports import evaluation_tables, label_issues, learning_curves, multilabel_tables
+from autocls.views import describe_steps
 
 THUMB = 72
 STYLE = """
@@ -197,7 +198,8 @@ def _members(manifest: dict) -> str:
         f"<p>chosen on out-of-fold predictions among trials {selection.get('candidates')}: selected ensemble "
         f"{selection.get('oof_score_selected', float('nan')):.4f}, best trial alone "
         f"{selection.get('oof_score_best_trial', float('nan')):.4f}{on}; test-time views: {escape(', '.join(tta))} "
-        f"(scores {escape(str(selection.get('oof_score_tta', {})))}).</p>"
+        f"(out-of-fold {escape(str(manifest.get('metric', 'score')))} after each: "
+        f"{escape(describe_steps(selection.get('oof_score_tta', {})))}).</p>"
     )
     return "<h2>Members</h2>" + _table(rows) + note
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from itertools import product
 
 import numpy as np
@@ -30,8 +31,9 @@ from autocls.workers import queue_again, this_worker
 
 logger = logging.getLogger(__name__)
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-# A fold shortened to end by the deadline trains at least this many epochs; a one-epoch schedule is
-# mostly warm-up (one-cycle's rising phase), its model no member worth its time.
+# A fold shortened to end by the deadline trains at least this many epochs: a one-epoch schedule is
+# mostly warm-up (one-cycle's rising phase; the spaces' one warm-up epoch for cosine and step), its
+# model no member worth its time.
 MIN_SHORTENED_EPOCHS = 2
 
 
@@ -46,34 +48,46 @@ class TrialObserver(TrainingObserver):
         self.folds: list[FoldResult] = []
         self.history: list[list[dict[str, float]]] = []
         self.shortened: dict[int, str] = {}  # fold -> why it trains fewer epochs than configured
+        self._setup_seconds: list[float] = []  # per finished fold: its time outside its epochs (model, weights)
         self._folds = self._epochs = 0  # of the running fold
+        self._started = 0.0
+        self._grace = 0.0  # how far past the deadline the running fold may end (one epoch, if shortened)
 
-    def fold_epochs(self, fold: int, epochs: int) -> int:
-        """``epochs`` when the fold fits the time left at the pace of the folds done so far; else the
-        most epochs that fit, down to :data:`MIN_SHORTENED_EPOCHS` (below that the budget is exhausted).
+    def fold_epochs(self, fold: int, folds: int, epochs: int) -> int:
+        """``epochs`` when the folds left (``fold`` and the ones after it, of ``folds``) fit the time
+        left at the pace of the folds done so far; else the time left split evenly among them, at
+        least :data:`MIN_SHORTENED_EPOCHS` each (below that the budget is exhausted).
 
         A trial that trained most of its folds is worth finishing short: its out-of-fold predictions
         then cover every image and it can join the ensemble, where a trial stopped before its last
         fold is lost. On 2 CPU cores the second recipe of a 30-minute study once ran 1.7x slower than
         measured and was stopped with 78 s left and its last fold needing 234 s: the search delivered
         the first recipe alone (held-out 0.8860, against 0.8900 for both in a run at normal speed).
+        The shortfall is spread over the folds left, as a few epochs less cost each fold model less
+        accuracy than many epochs less cost one.
         """
+        self._grace = 0.0
         if not self.folds:  # the first fold: the trial was admitted on the cost model's estimate
             return epochs
         per_epoch = sum(f.seconds for f in self.folds) / max(1, sum(len(f.history) for f in self.folds))
-        self.budget.check(per_epoch * min(epochs, MIN_SHORTENED_EPOCHS), f"fold {fold + 1}")
+        setup = float(np.mean(self._setup_seconds)) if self._setup_seconds else 0.0
+        remaining = folds - fold
+        what = f"fold {fold + 1}" + (f" with the {remaining - 1} after it" if remaining > 1 else "")
+        self.budget.check(remaining * (setup + per_epoch * min(epochs, MIN_SHORTENED_EPOCHS)), what)
         left = self.budget.left()
-        if per_epoch * epochs <= left:  # also without a deadline (left is infinite)
+        if remaining * (setup + per_epoch * epochs) <= left:  # also without a deadline (left is infinite)
             return epochs
-        fits = int(left // per_epoch)
+        # the check above holds the minimum (the clock moved on since by microseconds only)
+        fits = max(MIN_SHORTENED_EPOCHS, int((left / remaining - setup) // per_epoch))
         note = f"{fits} of {epochs} epochs to end by the deadline ({left:.0f}s left, {per_epoch:.0f}s an epoch)"
         self.shortened[fold] = note
         self.recorder.shortened({str(f + 1): why for f, why in self.shortened.items()})
         self.reporter.print(f"trial {self.trial.number}: fold {fold + 1} trains {note}")
+        self._grace = per_epoch  # sized to end at the deadline: an epoch slower than the last folds' still ends it
         return fits
 
     def on_fold_start(self, fold: int, folds: int, epochs: int) -> None:
-        self._folds, self._epochs = folds, epochs
+        self._folds, self._epochs, self._started = folds, epochs, time.monotonic()
         self.history.append([])
         self.reporter.on_fold_start(fold, folds, epochs)
 
@@ -81,16 +95,18 @@ class TrialObserver(TrainingObserver):
         self.history[fold].append(epoch_summary(record))
         self.recorder.progress(self.history)
         self.reporter.on_epoch_end(fold, record)
-        if fold == 0:
-            self._report(record.val_score, record.epoch)
-        if record.epoch + 1 < self._epochs:  # a fold's last epoch is kept: the next fold's start checks the time
-            self.budget.check(0.0, "the next epoch")
+        last_epoch = record.epoch + 1 >= self._epochs
+        if fold == 0:  # the last epoch of a hold-out split (one fold) is a finished trial: not pruned
+            self._report(record.val_score, record.epoch, prune=not (last_epoch and self._folds == 1))
+        if not last_epoch and self.budget.left() < -self._grace:  # a fold's last epoch is kept
+            raise BudgetExhausted(f"time budget: {self.budget.left():.0f}s left, the next epoch of fold {fold + 1}")
 
     def on_fold_restart(self, fold: int, reason: str) -> None:
         self.history.pop()  # the fold's epochs so far: on_fold_start begins its history again
         self.reporter.on_fold_restart(fold, reason)
 
     def on_fold_end(self, result: FoldResult) -> None:
+        self._setup_seconds.append(max(0.0, time.monotonic() - self._started - result.seconds))
         self.folds.append(result)
         self.recorder.folds_done(self.folds)
         self.reporter.on_fold_end(result)

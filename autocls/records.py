@@ -32,6 +32,7 @@ LIMIT_SKIP = "limit: "  # starts the skipped reason of a configuration over the 
 FAIL_REASON, STOPPED_BY = "fail_reason", "stopped_by"
 WORKER = "worker"  # {"host", "pid", "started"}: a later run on this host recovers the trial if it died
 RETRY_OF = "retry_of"  # on a re-enqueued trial: the number of the trial it repeats
+SHORTENED_FOLDS = "shortened_folds"  # {fold from 1: why}: folds that trained fewer epochs, to end by the deadline
 SHRUNK_FROM = "shrunk_from"  # on a smaller version of a configuration that did not fit the time left
 PORTFOLIO = "portfolio"  # on a warm-start recipe enqueued when the study was created
 PORTFOLIO_PLAN = "portfolio_plan"  # on the study: the recipes (not yet sized) and the budget, until probed
@@ -169,7 +170,7 @@ class TrialRecorder:
 
     def shortened(self, folds: dict[str, str]) -> None:
         """Folds (numbered from 1) that trained fewer epochs than configured, and why."""
-        self._set(shortened_folds=folds)
+        self._set(**{SHORTENED_FOLDS: folds})
 
     def skipped(self, reason: str) -> None:
         self._set(**{SKIPPED: reason})

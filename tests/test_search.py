@@ -198,19 +198,20 @@ class _PruneBetweenFolds(optuna.pruners.BasePruner):
         return (trial.last_step or 0) >= FOLD_STEP
 
 
-@pytest.mark.parametrize(("left", "expected"), [(1000.0, 8), (240.0, 8), (100.0, 3), (60.0, 2), (50.0, None)])
-def test_a_fold_that_does_not_fit_the_time_left_trains_the_epochs_that_do(left: float, expected: int | None) -> None:
-    """At the pace of the folds done (30 s an epoch), fold 2 of 8 epochs trains what fits the time
-    left, at least 2 epochs; when not even those fit, the budget is exhausted (the trial is queued again)."""
+@pytest.mark.parametrize(("left", "expected"), [(1000.0, 8), (960.0, 8), (500.0, 4), (240.0, 2), (200.0, None)])
+def test_folds_that_do_not_fit_the_time_left_share_it(left: float, expected: int | None) -> None:
+    """At the pace of the fold done (30 s an epoch), the 4 folds left of 8 epochs split the time left
+    evenly, at least 2 epochs each; when not even those fit, the budget is exhausted (the trial is
+    queued again)."""
     trial = optuna.create_study().ask()
     observer = TrialObserver(trial, Reporter(quiet=True), _FixedBudget(left))
-    assert observer.fold_epochs(0, 8) == 8  # the first fold: admitted on the cost model's estimate
+    assert observer.fold_epochs(0, 5, 8) == 8  # the first fold: admitted on the cost model's estimate
     observer.folds.append(_fold(0, 8))
     if expected is None:
-        with pytest.raises(BudgetExhausted, match="fold 2 needs about 60s"):
-            observer.fold_epochs(1, 8)
+        with pytest.raises(BudgetExhausted, match="fold 2 with the 3 after it needs about 240s"):
+            observer.fold_epochs(1, 5, 8)
         return
-    assert observer.fold_epochs(1, 8) == expected
+    assert observer.fold_epochs(1, 5, 8) == expected
     shortened = trial.user_attrs.get("shortened_folds", {})
     if expected < 8:
         assert list(shortened) == ["2"] and shortened["2"].startswith(f"{expected} of 8 epochs to end by the deadline")
@@ -222,7 +223,7 @@ def test_cross_validation_trains_each_fold_the_epochs_its_observer_allows(tiny_s
     data, store = tiny_store
 
     class ShortenSecond(TrainingObserver):
-        def fold_epochs(self, fold: int, epochs: int) -> int:
+        def fold_epochs(self, fold: int, folds: int, epochs: int) -> int:
             return 1 if fold == 1 else epochs
 
     config = TrainConfig.from_dict({**TINY, "epochs": 2})
@@ -243,6 +244,20 @@ def test_a_trial_that_trained_all_its_folds_is_not_pruned() -> None:
     assert trial.storage.get_trial(trial._trial_id).intermediate_values[FOLD_STEP + 1] == 0.5
 
 
+def test_a_hold_out_trial_is_not_pruned_after_its_last_epoch() -> None:
+    class PruneAlways(optuna.pruners.BasePruner):
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+            return True
+
+    trial = optuna.create_study(pruner=PruneAlways()).ask()
+    observer = TrialObserver(trial, Reporter(quiet=True), Budget(None))
+    observer.on_fold_start(0, 1, 2)  # one fold: a hold-out split
+    with pytest.raises(optuna.TrialPruned):
+        observer.on_epoch_end(0, _fold(0, 2).history[0])
+    observer.on_epoch_end(0, _fold(0, 2).history[1])  # its last epoch: the trial is trained
+    observer.on_fold_end(_fold(0, 2))
+
+
 def test_the_deadline_passing_in_a_folds_last_epoch_keeps_the_fold() -> None:
     trial = optuna.create_study().ask()
     observer = TrialObserver(trial, Reporter(quiet=True), _FixedBudget(-5.0))
@@ -250,6 +265,22 @@ def test_the_deadline_passing_in_a_folds_last_epoch_keeps_the_fold() -> None:
     with pytest.raises(BudgetExhausted):  # an epoch of the fold is left: it cannot end in time
         observer.on_epoch_end(0, _fold(0, 1).history[0])
     observer.on_epoch_end(0, _fold(0, 2).history[1])  # the fold's last epoch: finished, kept
+
+
+def test_a_fold_shortened_to_the_deadline_may_end_an_epoch_past_it() -> None:
+    """Its length was chosen to end at the deadline, at the pace of earlier folds: an epoch slower
+    than theirs still ends it; more than one epoch past the deadline stops it."""
+    budget = _FixedBudget(100.0)
+    observer = TrialObserver(optuna.create_study().ask(), Reporter(quiet=True), budget)
+    observer.on_fold_start(0, 2, 8)
+    observer.on_fold_end(_fold(0, 8))
+    assert observer.fold_epochs(1, 2, 8) == 3  # 100 s left at 30 s an epoch
+    observer.on_fold_start(1, 2, 3)
+    budget.seconds = -20.0
+    observer.on_epoch_end(1, _fold(1, 3).history[0])  # 20 s past the deadline: within an epoch
+    budget.seconds = -40.0
+    with pytest.raises(BudgetExhausted):
+        observer.on_epoch_end(1, _fold(1, 3).history[1])
 
 
 def test_a_trial_that_runs_out_of_memory_finishes_at_a_smaller_batch(
