@@ -27,6 +27,7 @@ from autocls.ensemble import Ensemble
 from autocls.errors import AutoclsError
 from autocls.multilabel import DELIMITER
 from autocls.progress import Reporter, optuna_logs_quiet
+from autocls.refitter import MAX_VIEWS
 from autocls.refitter import refit as _refit
 from autocls.runtime import resolve_device, stop_on_ctrl_c
 from autocls.space import SearchSpace
@@ -126,10 +127,11 @@ def refit(
     quiet: bool = True,
     overwrite: bool = False,
     best: bool = False,
+    views: int = MAX_VIEWS,
 ) -> Ensemble:
     """Save the model ``autocls refit`` saves and return it: the recommended one by default (an
     ensemble selected across the kept trials when it beats the best trial), the best trial's fold
-    ensemble with ``best``, or that of ``trial``."""
+    ensemble with ``best``, or that of ``trial``; with at most ``views`` test-time views (0: none)."""
     workdir = Path(workdir)
     overwrite = overwrite or out is None  # the default folder is autocls's own: refit replaces it
     out = Path(out) if out else workdir / study.study_name / "model"
@@ -137,7 +139,17 @@ def refit(
     reporter = Reporter(quiet=quiet)
     with autocls_threads(), optuna_experimental_allowed():
         result = _refit(
-            study, out, trial, resolve_device(device), reporter, store, retrain, workdir / CACHE_DIR, overwrite, best
+            study,
+            out,
+            trial,
+            resolve_device(device),
+            reporter,
+            store,
+            retrain,
+            workdir / CACHE_DIR,
+            overwrite,
+            best,
+            views,
         )
     return result.ensemble
 

@@ -147,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument(
         "--overwrite", action="store_true", help="replace the autocls model in --out (the default folder: always)"
     )
+    refit.add_argument(
+        "--views",
+        type=int,
+        default=4,  # autocls.refitter.MAX_VIEWS (not imported here: --help stays fast)
+        metavar="N",
+        help="keep at most N test-time views (flip, rotations, zooms) where they improve the out-of-fold "
+        "score; each costs a forward pass per fold model when predicting; 0: none (default 4)",
+    )
     common(refit)
 
     distill = commands.add_parser(

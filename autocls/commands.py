@@ -146,7 +146,17 @@ def run_refit(args: argparse.Namespace) -> int:
     cache = args.workdir / CACHE_DIR
     check_model_destination(Path(out), overwrite, "--overwrite")  # in the CLI's words, before any work
     result = refit(
-        study, out, args.trial, resolve_device(args.device), reporter, store, args.retrain, cache, overwrite, args.best
+        study,
+        out,
+        args.trial,
+        resolve_device(args.device),
+        reporter,
+        store,
+        args.retrain,
+        cache,
+        overwrite,
+        args.best,
+        args.views,
     )
     manifest = result.ensemble.manifest
     metric = result.cv.metric

@@ -38,6 +38,9 @@ from autocls.trialstore import TrialStore
 from autocls.views import TTA_VIEWS, describe_steps
 
 logger = logging.getLogger(__name__)
+# Test-time views kept at most by default: each is one more forward pass of every fold model at
+# prediction time.
+MAX_VIEWS = 4
 EVAL_BATCH = 256
 
 
@@ -97,6 +100,7 @@ def refit(
     cache_dir: Path | None = None,
     overwrite: bool = False,
     best: bool = False,
+    max_views: int = MAX_VIEWS,
 ) -> RefitResult:
     """Save the model the search recommends to ``out`` (replacing a model there only with ``overwrite``).
 
@@ -109,8 +113,13 @@ def refit(
     recorded data fingerprint and folds hash): then every fold model is trained again with the
     trial's configuration, folds and seed, on the data as it is now. Test-time views (a horizontal
     flip, small rotations and zooms) are kept only where they improve the out-of-fold selection
-    criterion (:func:`_choose_tta`).
+    criterion (:func:`_choose_tta`), at most ``max_views`` of them (0: none).
     """
+    if isinstance(max_views, bool) or not isinstance(max_views, int) or not 0 <= max_views <= len(TTA_VIEWS):
+        raise AutoclsError(
+            f"The 'views' setting must be an integer from 0 to {len(TTA_VIEWS)} (test-time views at most). "
+            f"Got {max_views!r} instead."
+        )
     reporter = reporter or Reporter(quiet=True)
     check_model_destination(Path(out), overwrite)  # before any training, not after it
     device = device or resolve_device("auto")
@@ -159,9 +168,18 @@ def refit(
     # already undoes over-confidence; before it, averaging views lowers log loss by softening alone
     judged = maximised if data.images.multilabel else lambda y, p: maximised(y, scale(p, fit_temperature(p, y)))
     tta, oof, tta_scores = _choose_tta(
-        members, data, device, judged, score, oof, covered, lambda views: within(chosen_members, views=views)
+        members,
+        data,
+        device,
+        judged,
+        score,
+        oof,
+        covered,
+        lambda views: views <= 1 + max_views and within(chosen_members, views=views),
     )
-    if not within(chosen_members, views=2):
+    if max_views == 0:
+        reporter.print("no test-time views: --views 0")
+    elif not within(chosen_members, views=2):
         reporter.print(
             f"no test-time views: one would double the time an image takes, over the limit ({setup.limits.describe()})"
         )
@@ -329,18 +347,18 @@ def _choose_tta(
     score: Score,
     plain: np.ndarray,
     covered: np.ndarray,
-    allowed: Callable[[int], bool] = lambda views: True,
+    allowed: Callable[[int], bool] = lambda views: views <= 1 + MAX_VIEWS,
 ) -> tuple[list[str], np.ndarray, dict[str, float]]:
     """Test-time views that raise the out-of-fold ``criterion`` (higher is better), chosen greedily.
 
     Each fold model also predicts its own validation images in every view of
     :data:`autocls.views.TTA_VIEWS`; the view whose average with the image and the views kept so far
-    raises the criterion most is kept (a tie goes to the view listed first), until none raises it,
-    :data:`MAX_VIEWS` are kept, or ``allowed`` (the deployment limits, given the number of views
-    with the image itself) says no. ``plain`` is the ``covered`` images' out-of-fold probabilities
-    without views. Returns the views, the out-of-fold probabilities with them, and ``score`` (the
-    study's metric, higher is better) of each step: ``"none"``, then the views kept so far joined
-    by ``+``.
+    raises the criterion most is kept (a tie goes to the view listed first), until none raises it
+    or ``allowed`` (given the number of views with the image itself: the deployment limits and the
+    most views asked for, :data:`MAX_VIEWS` by default) says no. ``plain`` is the ``covered``
+    images' out-of-fold probabilities without views. Returns the views, the out-of-fold
+    probabilities with them, and ``score`` (the study's metric, higher is better) of each step:
+    ``"none"``, then the views kept so far joined by ``+``.
 
     Refit passes ensemble selection's criterion (log loss for a single-label accuracy study: see
     :func:`selection_criterion`) after temperature scaling, whose steps are not single images: on
@@ -356,7 +374,7 @@ def _choose_tta(
     }
     kept: list[str] = []
     total, best = plain.astype(np.float64), criterion(labels, plain)
-    while len(kept) < MAX_VIEWS and allowed(len(kept) + 2):
+    while allowed(len(kept) + 2):
         averages = {name: (total + oof) / (len(kept) + 2) for name, oof in seen.items() if name not in kept}
         if not averages:
             break

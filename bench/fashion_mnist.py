@@ -116,7 +116,7 @@ def run_arm(name: str, data: Path, test: Path, workdir: Path, best: bool = False
     manifest = ensemble.manifest
     members = manifest.get("members", [{"trial": manifest["trial"], "weight": 1.0}])
     described = " + ".join(f"#{m['trial']} x{m['weight']:.2f}" for m in members)
-    described += " +flip" if manifest.get("tta") else ""
+    described += "".join(f" +{view}" for view in manifest.get("tta", []))
     oof = float(manifest.get("oof_accuracy", float("nan")))
     print(f"{name}: delivered {described}, out-of-fold accuracy {oof:.4f}", flush=True)
     return ArmResult(name, result.accuracy, study.best_value, seconds, trial_counts(study), winner, oof, described)

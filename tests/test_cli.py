@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from autocls.cli import main
+from autocls.cli import build_parser, main
 from autocls.ensemble import Ensemble
 from autocls.predict import predict
 from autocls.pruning import FOLD_STEP
+from autocls.refitter import MAX_VIEWS
 from tests.helpers import class_image, edit_space, write_class_folders
 
 pytestmark = pytest.mark.slow  # end-to-end: the CLI, subprocesses, a browser (-m 'not slow' skips them)
@@ -336,6 +337,13 @@ def test_refit_never_writes_over_what_it_did_not_write(image_folder: Path, tiny_
     assert main([*refit, str(model), "--overwrite"]) == 0
     assert main(["refit", "--workdir", str(workdir), "--quiet"]) == 0  # the default folder is autocls's own
     assert main(["refit", "--workdir", str(workdir), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["refit", "--workdir", str(workdir), "--quiet", "--views", "9"]) == 2  # checked before any work
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "The 'views' setting must be an integer from 0 to 5" in err[0] and "Got 9" in err[0]
+    assert main(["refit", "--workdir", str(workdir), "--quiet", "--views", "0"]) == 0
+    assert json.loads((workdir / "data" / "model" / "manifest.json").read_text())["tta"] == []
+    assert build_parser().parse_args(["refit"]).views == MAX_VIEWS
 
 
 def test_damaged_models_and_unreadable_inputs_are_one_line_errors(
