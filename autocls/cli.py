@@ -150,10 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument(
         "--views",
         type=int,
-        default=4,  # autocls.refitter.MAX_VIEWS (not imported here: --help stays fast)
+        default=1,  # autocls.refitter.MAX_VIEWS (not imported here: --help stays fast)
         metavar="N",
-        help="keep at most N test-time views (flip, rotations, zooms) where they improve the out-of-fold "
-        "score; each costs a forward pass per fold model when predicting; 0: none (default 4)",
+        help="keep at most N test-time views (the horizontal flip) where they raise the out-of-fold score; "
+        "each costs a forward pass per fold model when predicting; 0: none (default 1)",
     )
     common(refit)
 

@@ -6,8 +6,7 @@ antialiased bilinear to ``R``), and returns the ``(N, classes)`` averaged softma
 temperature-scaled as refit calibrated them.
 An ensemble whose members differ in resolution takes one batch per resolution, ascending (ONNX
 inputs ``images_<R>``). Resizing stays outside the graph because antialiased resizing has no
-exact ONNX equivalent. Test-time views the manifest chose (a horizontal flip, small rotations and
-zooms: :mod:`autocls.views`) are in the graph.
+exact ONNX equivalent. Test-time views the manifest chose (a horizontal flip) are in the graph.
 
 A multi-label model's graph returns two outputs: the ``(N, labels)`` averaged sigmoid
 probabilities and the ``(N, labels)`` uint8 decisions at the per-label thresholds refit chose.
@@ -30,7 +29,6 @@ from autocls.preprocess import norm_tensors, normalise
 from autocls.views import with_views
 
 FORMATS = ("torchscript", "onnx")
-ONNX_OPSET = 20  # the rotation and zoom views' affine grids convert to ONNX from opset 20 on
 
 
 class MemberGraph(nn.Module):
@@ -88,7 +86,6 @@ def export(model_dir: str | Path, out: str | Path, fmt: str = "torchscript") -> 
     if fmt == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, and still loads everywhere
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # a view's affine map is a constant, as meant
             traced = torch.jit.trace(graph, examples)
             torch.jit.save(traced, str(out), _extra_files={"manifest.json": json.dumps(ensemble.manifest)})
         return out
@@ -97,16 +94,13 @@ def export(model_dir: str | Path, out: str | Path, fmt: str = "torchscript") -> 
     except ImportError:
         raise AutoclsError("ONNX export needs the onnx extra: pip install 'autocls[onnx]'.") from None
     outputs = ["probabilities", "labels"] if ensemble.multilabel else ["probabilities"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(
-            graph,
-            examples,
-            str(out),
-            input_names=names,
-            output_names=outputs,
-            dynamic_axes={**{name: {0: "batch"} for name in names}, **{name: {0: "batch"} for name in outputs}},
-            dynamo=False,
-            opset_version=ONNX_OPSET,
-        )
+    torch.onnx.export(
+        graph,
+        examples,
+        str(out),
+        input_names=names,
+        output_names=outputs,
+        dynamic_axes={**{name: {0: "batch"} for name in names}, **{name: {0: "batch"} for name in outputs}},
+        dynamo=False,
+    )
     return out

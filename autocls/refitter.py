@@ -38,9 +38,9 @@ from autocls.trialstore import TrialStore
 from autocls.views import TTA_VIEWS, describe_steps
 
 logger = logging.getLogger(__name__)
-# Test-time views kept at most by default: each is one more forward pass of every fold model at
-# prediction time.
-MAX_VIEWS = 4
+# Test-time views kept at most by default: all those of the catalogue (each is one more forward
+# pass of every fold model at prediction time; `refit --views` lowers it).
+MAX_VIEWS = len(TTA_VIEWS)
 EVAL_BATCH = 256
 
 
@@ -336,10 +336,6 @@ def _kept_candidates(
         cv = store.load(trial, data.images.labels, len(data.images.class_names), setup.metric)
         found.append(Candidate(trial, record.train_config, cv, True))
     return found
-
-
-# Each kept view is one more forward pass of every fold model when the model predicts.
-MAX_VIEWS = 4
 
 
 def _choose_tta(
