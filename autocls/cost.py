@@ -27,6 +27,7 @@ from autocls.atomic import exclusive, write_atomically
 from autocls.backbones import create_classifier
 from autocls.config import TrainConfig
 from autocls.optim import create_optimizer
+from autocls.preprocess import model_to_device, to_device_layout
 from autocls.records import TrialRecord
 
 logger = logging.getLogger(__name__)
@@ -139,8 +140,8 @@ class CostModel:
     @torch.inference_mode()
     def _measure_latency(self, config: TrainConfig) -> float:
         probe = TrainConfig.from_dict({**config.to_dict(), "pretrained": False})
-        model = create_classifier(probe, PROBE_CLASSES).to(self.device).eval()
-        x = torch.randn(1, 3, config.resolution, config.resolution, device=self.device)
+        model = model_to_device(create_classifier(probe, PROBE_CLASSES), self.device).eval()
+        x = to_device_layout(torch.randn(1, 3, config.resolution, config.resolution, device=self.device), self.device)
 
         def once() -> float:
             start = time.perf_counter()
@@ -159,9 +160,11 @@ class CostModel:
     def _measure(self, config: TrainConfig) -> float:
         batch = self._probe_batch(config)
         probe = TrainConfig.from_dict({**config.to_dict(), "pretrained": False})
-        model = create_classifier(probe, PROBE_CLASSES).to(self.device)
+        model = model_to_device(create_classifier(probe, PROBE_CLASSES), self.device)  # as the trainer lays it out
         optimizer = create_optimizer(model, probe)
-        x = torch.randn(batch, 3, config.resolution, config.resolution, device=self.device)
+        x = to_device_layout(
+            torch.randn(batch, 3, config.resolution, config.resolution, device=self.device), self.device
+        )
         y = torch.randint(0, PROBE_CLASSES, (batch,), device=self.device)
         model.train()
 

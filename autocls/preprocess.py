@@ -108,7 +108,7 @@ def model_norm(model: nn.Module, device: torch.device) -> tuple[torch.Tensor, to
 
 
 class Preprocess:
-    """uint8 batch -> normalised float batch on ``device`` (channels-last on a GPU)."""
+    """uint8 batch -> normalised float batch on ``device``, channels-last."""
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, device: torch.device) -> None:
         self.mean, self.std, self.device = mean.to(device), std.to(device), device
@@ -122,17 +122,21 @@ class Preprocess:
         return to_device_layout((x - self.mean) / self.std, self.device)
 
 
+# Channels-last (NHWC) for 4-d batches and models on every device: on a GPU for tensor-core
+# convolutions; on a CPU because oneDNN's convolutions run faster on it. `python
+# bench/memory_format.py` on this 2-core machine (fp32, batch 64, 64 px), training images/s
+# default -> channels-last: EfficientNet-Lite0 117 -> 222 (x1.90), Lite1 99 -> 186, Lite2 86 -> 162,
+# MobileNetV3 189 -> 252, ResNet-18 154 -> 165; inference x1.08-1.62.
 def to_device_layout(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Channels-last for 4-d batches on a GPU (faster convolutions with tensor cores), as is elsewhere."""
-    if device.type == "cuda" and x.ndim == 4:
+    """Channels-last for 4-d batches (see above), as is elsewhere."""
+    if x.ndim == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
 
 def model_to_device(model: nn.Module, device: torch.device) -> nn.Module:
-    if device.type == "cuda":
-        return model.to(device, memory_format=torch.channels_last)
-    return model.to(device)
+    """``model`` on ``device`` in the channels-last memory format (see above)."""
+    return model.to(device, memory_format=torch.channels_last)
 
 
 def autocast(device: torch.device) -> torch.autocast:

@@ -43,7 +43,7 @@ from autocls.config import TrainConfig
 from autocls.data import discover
 from autocls.images import ImageStore, build_store
 from autocls.optim import create_optimizer
-from autocls.preprocess import BatchFeeder, model_norm, normalise
+from autocls.preprocess import BatchFeeder, model_norm, model_to_device, normalise, to_device_layout
 from autocls.threads import configure_threads
 from autocls.trainer import Trainer
 
@@ -98,10 +98,11 @@ def raw_speed(config: TrainConfig, images: torch.Tensor, batch: int, steps: int 
     images: a randomly initialised model on random tensors measured 10-20% slower per step than
     the trainer's (denormal floats in its gradients), which made the trainer look faster than its
     own model."""
-    model = create_classifier(config, 4)
+    cpu = torch.device("cpu")
+    model = model_to_device(create_classifier(config, 4), cpu)  # the trainer's memory format (channels-last)
     optimizer = create_optimizer(model, config)
-    mean, std = model_norm(model, torch.device("cpu"))
-    x = normalise(images[:batch], mean, std)
+    mean, std = model_norm(model, cpu)
+    x = to_device_layout(normalise(images[:batch], mean, std), cpu)
     y = torch.randint(0, 4, (batch,))
     model.train()
 
