@@ -127,7 +127,7 @@ class Ensemble:
     A single trial's k-fold ensemble is one member of weight 1. Members chosen by ensemble selection
     (:mod:`autocls.selection`) carry their weights; each has its own resolution and normalisation.
     ``tta`` lists the test-time views averaged with the image itself (:data:`autocls.views.TTA_VIEWS`:
-    ``"hflip"``, ``"rotate_left"``, ...), chosen on out-of-fold predictions at refit.
+    ``"hflip"``), chosen on out-of-fold predictions at refit.
 
     A multi-label model (manifest ``"multilabel": true``) outputs one sigmoid probability per label
     and predicts each label whose probability reaches its threshold (manifest ``"thresholds"``,

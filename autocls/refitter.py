@@ -111,8 +111,8 @@ def refit(
     The fold models the search kept (in ``store``) are reused as they are, unless ``retrain`` is
     set, none were kept, or the data or folds are no longer those the trial was computed on (its
     recorded data fingerprint and folds hash): then every fold model is trained again with the
-    trial's configuration, folds and seed, on the data as it is now. Test-time views (a horizontal
-    flip, small rotations and zooms) are kept only where they raise the out-of-fold score
+    trial's configuration, folds and seed, on the data as it is now. Test-time views (the
+    horizontal flip: :mod:`autocls.views`) are kept only where they raise the out-of-fold score
     (:func:`_choose_tta`), at most ``max_views`` of them (0: none).
     """
     if isinstance(max_views, bool) or not isinstance(max_views, int) or not 0 <= max_views <= len(TTA_VIEWS):
@@ -164,11 +164,12 @@ def refit(
     members = [(candidates[i], weight) for i, weight in selection.weights.items()]
     oof = delivered
     chosen_members = frozenset(selection.weights)
-    # Views are judged on the study's metric, not on selection's log loss: on log loss (even after
-    # temperature scaling) refit kept all four views of two 30-minute Fashion-MNIST studies while
-    # their out-of-fold accuracy fell after the flip (0.8760 -> 0.8740, 0.8895 -> 0.8880), and
-    # held-out accuracy was 0.20 points below the flip alone on both. Scored as the model will
-    # predict: after temperature scaling (single-label), which moves a loss-like metric, not accuracy.
+    # Views are judged on the study's metric, not on selection's log loss: when rotations and zooms
+    # were offered too, on log loss (even after temperature scaling) refit kept all four of them on
+    # two 30-minute Fashion-MNIST studies while their out-of-fold accuracy fell after the flip
+    # (0.8760 -> 0.8740, 0.8895 -> 0.8880), and held-out accuracy was 0.20 points below the flip
+    # alone on both. Scored as the model will predict: after temperature scaling (single-label),
+    # which moves a loss-like metric, not accuracy.
     judged = score if data.images.multilabel else lambda y, p: score(y, scale(p, fit_temperature(p, y)))
     tta, oof, tta_scores = _choose_tta(
         members,
