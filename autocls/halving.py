@@ -6,7 +6,7 @@ images. With a time budget long enough that probing costs little
 (:data:`autocls.portfolio.PROBE_SHARE`), the search first trains every recipe on the first fold at
 the lowest fidelity the space offers (its lowest resolution and fewest epochs): the first rung of
 successive halving (Jamieson and Talwalkar, 2016; Li et al., 2018, "Hyperband"). Then the better
-half of the recipes, and any other whose probe scored within one standard error of the best's, go
+half of the recipes, and any other whose probe a test at 5% cannot tell from the best's, go
 on: they are enqueued best first, the best sized to the first (large) share of the time left, the
 next to the following shares, except that recipes the probes could not tell apart split 85% of the
 time equally (:func:`autocls.portfolio.size_to_shares`); the rest are dropped and their time

@@ -39,7 +39,12 @@ def main() -> None:
     args = parser.parse_args()
     by_budget: dict[float, dict[str, float]] = {}
     for path in args.results:
-        budget, arms = read_results(path)
+        try:
+            budget, arms = read_results(path)
+        except OSError as err:
+            parser.error(f"cannot read {path}: {err.strerror}; pass the results.md files bench/fashion_mnist.py wrote")
+        except (AttributeError, IndexError, ValueError):
+            parser.error(f"{path} is not a results table of bench/fashion_mnist.py (a title with the budget, a table)")
         by_budget.setdefault(budget, {}).update(arms)
     budgets = sorted(by_budget)
     arms = sorted({arm for results in by_budget.values() for arm in results})
