@@ -141,7 +141,7 @@ class CostModel:
     def _measure_latency(self, config: TrainConfig) -> float:
         probe = TrainConfig.from_dict({**config.to_dict(), "pretrained": False})
         model = model_to_device(create_classifier(probe, PROBE_CLASSES), self.device).eval()
-        x = to_device_layout(torch.randn(1, 3, config.resolution, config.resolution, device=self.device), self.device)
+        x = to_device_layout(torch.randn(1, 3, config.resolution, config.resolution, device=self.device))
 
         def once() -> float:
             start = time.perf_counter()
@@ -162,9 +162,7 @@ class CostModel:
         probe = TrainConfig.from_dict({**config.to_dict(), "pretrained": False})
         model = model_to_device(create_classifier(probe, PROBE_CLASSES), self.device)  # as the trainer lays it out
         optimizer = create_optimizer(model, probe)
-        x = to_device_layout(
-            torch.randn(batch, 3, config.resolution, config.resolution, device=self.device), self.device
-        )
+        x = to_device_layout(torch.randn(batch, 3, config.resolution, config.resolution, device=self.device))
         y = torch.randint(0, PROBE_CLASSES, (batch,), device=self.device)
         model.train()
 

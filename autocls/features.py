@@ -107,4 +107,4 @@ def cached_inputs(
 
 
 def features_to_device(features: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return to_device_layout(features.to(device, non_blocking=True), device)
+    return to_device_layout(features.to(device, non_blocking=True))

@@ -115,11 +115,11 @@ class Preprocess:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = normalise(images.to(self.device, non_blocking=True), self.mean, self.std)
-        return to_device_layout(x, self.device)
+        return to_device_layout(x)
 
     def unit(self, x: torch.Tensor) -> torch.Tensor:
         """An augmented float batch in [0, 1], already on the device, normalised."""
-        return to_device_layout((x - self.mean) / self.std, self.device)
+        return to_device_layout((x - self.mean) / self.std)
 
 
 # Channels-last (NHWC) for 4-d batches and models on every device: on a GPU for tensor-core
@@ -127,7 +127,7 @@ class Preprocess:
 # bench/memory_format.py` on this 2-core machine (fp32, batch 64, 64 px), training images/s
 # default -> channels-last: EfficientNet-Lite0 117 -> 222 (x1.90), Lite1 99 -> 186, Lite2 86 -> 162,
 # MobileNetV3 189 -> 252, ResNet-18 154 -> 165; inference x1.08-1.62.
-def to_device_layout(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device_layout(x: torch.Tensor) -> torch.Tensor:
     """Channels-last for 4-d batches (see above), as is elsewhere."""
     if x.ndim == 4:
         return x.contiguous(memory_format=torch.channels_last)

@@ -102,7 +102,7 @@ def raw_speed(config: TrainConfig, images: torch.Tensor, batch: int, steps: int 
     model = model_to_device(create_classifier(config, 4), cpu)  # the trainer's memory format (channels-last)
     optimizer = create_optimizer(model, config)
     mean, std = model_norm(model, cpu)
-    x = to_device_layout(normalise(images[:batch], mean, std), cpu)
+    x = to_device_layout(normalise(images[:batch], mean, std))
     y = torch.randint(0, 4, (batch,))
     model.train()
 
