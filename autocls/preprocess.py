@@ -1,8 +1,8 @@
 """From decoded uint8 pixels to what a model takes: one definition for training, prediction and export.
 
 Images are kept as uint8 ``(N, 3, H, W)`` batches (4x less memory than floats) and turned into
-normalised floats on the device, batch by batch. On a GPU the batch goes channels-last and the
-forward pass runs under bf16 autocast; on CPU both measured slower here, so both stay off.
+normalised floats on the device, batch by batch, channels-last on every device. On a GPU the
+forward pass runs under bf16 autocast; on CPU that measured slower here, so it stays off.
 """
 
 from __future__ import annotations
@@ -22,6 +22,18 @@ DEVICE_STORE_SHARE = 0.5
 
 def images_fit_on_device(nbytes: int, device_free: int) -> bool:
     return nbytes <= DEVICE_STORE_SHARE * device_free
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether ``a`` and ``b`` name one device. ``torch.device("cuda")`` (what ``--device cuda``
+    and ``auto`` give) has no index while a tensor's device always has one, so ``cuda:0 != cuda``
+    even where GPU 0 is the current one: compare the indices as CUDA resolves them."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda" or a.index == b.index:
+        return True
+    current = torch.cuda.current_device()
+    return (current if a.index is None else a.index) == (current if b.index is None else b.index)
 
 
 def place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -47,7 +59,7 @@ class BatchFeeder:
 
     def __init__(self, images: torch.Tensor, device: torch.device, batch: int, staged: bool | None = None) -> None:
         self.images, self.device, self.batch = images, device, batch
-        self.staged = images.device != device if staged is None else staged
+        self.staged = not same_device(images.device, device) if staged is None else staged
         gpu = self.staged and device.type == "cuda"
         self.stream = torch.cuda.Stream(device) if gpu else None
         rows = (batch, *images.shape[1:])

@@ -42,6 +42,7 @@ from rich.console import Console
 from rich.table import Table
 
 import autocls
+from autocls.errors import AutoclsError
 from autocls.evaluate import evaluate
 from autocls.space import space_from_dict
 
@@ -192,7 +193,14 @@ def main() -> None:
             **search_budget,
         ),
     }
-    results = [arms[key]() for key in args.arms]
+    results = []
+    for key in args.arms:
+        try:
+            results.append(arms[key]())
+        except AutoclsError as error:  # e.g. a budget too short for any trial: the other arms still run
+            print(f"arm {key}: no model: {error}", flush=True)
+    if not results:
+        sys.exit("fashion_mnist: no arm delivered a model")
 
     title = (
         f"Fashion-MNIST subset {args.seed}, {args.train} training / {args.test} held-out images, "

@@ -1,7 +1,7 @@
 """Trainer throughput against the model's own limit, on camera-sized JPEGs; augmentation throughput.
 
     python bench/throughput.py [--images 320] [--model tf_efficientnet_lite0] [--resolution 64] [--batch 64]
-                               [--augment-only]
+                               [--augment-only] [--device cuda]
 
 0. augmentation: each policy at 224 px, batch 64, as the per-image loop of torchvision transforms
    autocls used before and as its batched kornia path, same threads, images/s;
@@ -43,7 +43,8 @@ from autocls.config import TrainConfig
 from autocls.data import discover
 from autocls.images import ImageStore, build_store
 from autocls.optim import create_optimizer
-from autocls.preprocess import BatchFeeder, model_norm, model_to_device, normalise, to_device_layout
+from autocls.preprocess import BatchFeeder, autocast, model_norm, model_to_device, normalise, to_device_layout
+from autocls.runtime import resolve_device
 from autocls.threads import configure_threads
 from autocls.trainer import Trainer
 
@@ -91,38 +92,48 @@ def _images_per_second(run, batch: int, batches: int) -> float:
     return batch * batches / (time.perf_counter() - start)
 
 
-def raw_speed(config: TrainConfig, images: torch.Tensor, batch: int, steps: int = 8, repeats: int = 3) -> float:
+def raw_speed(
+    config: TrainConfig, images: torch.Tensor, batch: int, device: torch.device, steps: int = 8, repeats: int = 3
+) -> float:
     """The median of ``repeats`` timings of ``steps`` training steps, after warm-up: the model's limit.
 
     The model is built as the trainer builds it (same weights) and steps on a batch of the same
     images: a randomly initialised model on random tensors measured 10-20% slower per step than
     the trainer's (denormal floats in its gradients), which made the trainer look faster than its
-    own model."""
-    cpu = torch.device("cpu")
-    model = model_to_device(create_classifier(config, 4), cpu)  # the trainer's memory format (channels-last)
+    own model. On a GPU the steps run under the trainer's bf16 autocast and the clock is read
+    after a synchronisation, so that queued kernels are counted."""
+    model = model_to_device(create_classifier(config, 4), device)  # the trainer's memory format (channels-last)
     optimizer = create_optimizer(model, config)
-    mean, std = model_norm(model, cpu)
-    x = to_device_layout(normalise(images[:batch], mean, std))
-    y = torch.randint(0, 4, (batch,))
+    mean, std = model_norm(model, device)
+    x = to_device_layout(normalise(images[:batch].to(device), mean, std))
+    y = torch.randint(0, 4, (batch,), device=device)
     model.train()
 
     def step() -> None:
         optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        with autocast(device):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
         optimizer.step()
 
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for _ in range(4):
-        step()  # warm-up: oneDNN picks its kernels on the first steps
+        step()  # warm-up: oneDNN (cuDNN) picks its kernels on the first steps
     speeds = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         for _ in range(steps):
             step()
+        synchronize()
         speeds.append(batch * steps / (time.perf_counter() - start))
     return float(np.median(speeds))
 
 
-def imagefolder_speed(root: Path, config: TrainConfig, batch: int, workers: int) -> float:
+def imagefolder_speed(root: Path, config: TrainConfig, batch: int, workers: int, device: torch.device) -> float:
     """Images/s of the second epoch of the usual notebook loop, decoding every file every epoch."""
     from torchvision import datasets, transforms
 
@@ -139,16 +150,20 @@ def imagefolder_speed(root: Path, config: TrainConfig, batch: int, workers: int)
     loader = torch.utils.data.DataLoader(
         datasets.ImageFolder(root, transform), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True
     )
-    model = create_classifier(config, 4)
+    model = create_classifier(config, 4).to(device)
     optimizer = create_optimizer(model, config)
     model.train()
     for _ in range(2):
         start, seen = time.perf_counter(), 0
         for x, y in loader:
             optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
+            with autocast(device):
+                loss = torch.nn.functional.cross_entropy(model(x.to(device)), y.to(device))
+            loss.backward()
             optimizer.step()
             seen += len(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the last queued steps count too
     return seen / (time.perf_counter() - start)
 
 
@@ -167,16 +182,21 @@ class TimedTrainer(Trainer):
 
 
 def trainer_speed(
-    config: TrainConfig, store_images: torch.Tensor, labels: torch.Tensor, cache: bool = True, staged: bool = False
+    config: TrainConfig,
+    store_images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    cache: bool = True,
+    staged: bool = False,
 ) -> float:
     """Images/s of the Trainer's training steps from the second epoch on (its evaluations timed apart).
 
     ``staged`` sends every batch through the feeder's host buffers and copies, the path a GPU takes
-    for a store too large for its memory (here without page-locking or a side stream: no CUDA)."""
+    for a store too large for its memory (page-locked, with a side stream, on a GPU)."""
     val = np.arange(0, len(labels), 20)  # a small validation set: the benchmark is about training
     train = np.setdiff1d(np.arange(len(labels)), val)
     store = ImageStore(store_images)  # a new store: no features cached by an earlier measurement
-    trainer = TimedTrainer(config, 4, torch.device("cpu"), feature_cache=cache)
+    trainer = TimedTrainer(config, 4, device, feature_cache=cache)
     feeder = autocls.trainer.BatchFeeder
     autocls.trainer.BatchFeeder = partial(BatchFeeder, staged=True) if staged else BatchFeeder
     try:
@@ -190,14 +210,17 @@ def trainer_speed(
     return batch * steps * len(steady) / (sum(r.seconds for r in steady) - evaluating)
 
 
-def frozen_speeds(config: TrainConfig, images: int = 1024) -> dict[float, tuple[float, float]]:
+def frozen_speeds(config: TrainConfig, device: torch.device, images: int = 1024) -> dict[float, tuple[float, float]]:
     """Trainer speed (epochs 2+) with the frozen-feature cache off and on, per freeze fraction."""
     pixels = torch.randint(0, 256, (images, 3, config.resolution, config.resolution), dtype=torch.uint8)
     labels = torch.arange(images) % 4
     speeds = {}
     for freeze in (0.25, 0.5, 0.75, 1.0):
         probe = replace(config, augmentation="none", freeze=freeze, pretrained=True)
-        speeds[freeze] = (trainer_speed(probe, pixels, labels, cache=False), trainer_speed(probe, pixels, labels))
+        speeds[freeze] = (
+            trainer_speed(probe, pixels, labels, device, cache=False),
+            trainer_speed(probe, pixels, labels, device),
+        )
     return speeds
 
 
@@ -211,7 +234,9 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, help="keep the generated JPEGs here and reuse them next time")
     parser.add_argument("--augment-only", action="store_true", help="only the augmentation table")
     parser.add_argument("--no-frozen", action="store_true", help="leave out the frozen-feature cache rows")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     args = parser.parse_args()
+    device = resolve_device(args.device)
     configure_threads()
     augmentation = Table(title=f"augmentation at 224 px, batch 64, {torch.get_num_threads()} threads, images/s")
     for column in ("policy", "per-image loop (torchvision)", "batched (kornia)", "speed-up"):
@@ -244,13 +269,15 @@ def main() -> None:
         decode = time.perf_counter() - start
         labels = torch.as_tensor(data.labels)
         images = store.at(args.resolution)
-        trainer = trainer_speed(config, images, labels)
-        staged = trainer_speed(config, images, labels, staged=True)
+        trainer = trainer_speed(config, images, labels, device)
+        staged = trainer_speed(config, images, labels, device, staged=True)
         batch, steps = batch_plan(args.batch, len(labels) - len(labels[::20]))
-        raw = raw_speed(config, images, batch, steps=steps * (args.epochs - 1))  # as many steps as the trainer's
-        notebook = imagefolder_speed(root, config, args.batch, workers=torch.get_num_threads())
-    frozen = {} if args.no_frozen else frozen_speeds(config)
-    table = Table(title=f"{args.model}, {args.resolution} px, batch {args.batch}, {torch.get_num_threads()} threads")
+        # as many steps as the trainer's
+        raw = raw_speed(config, images, batch, device, steps=steps * (args.epochs - 1))
+        notebook = imagefolder_speed(root, config, args.batch, torch.get_num_threads(), device)
+    frozen = {} if args.no_frozen else frozen_speeds(config, device)
+    title = f"{args.model}, {args.resolution} px, batch {args.batch}, {torch.get_num_threads()} threads, {device}"
+    table = Table(title=title)
     for column in ("what", "images/s", "note"):
         table.add_column(column)
     table.add_row("raw forward+backward", f"{raw:.1f}", "the trainer's model and images, no augmentation")

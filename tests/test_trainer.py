@@ -398,6 +398,24 @@ def test_batch_feeder_hands_out_the_rows_in_order_one_batch_ahead(staged: bool, 
     assert (len(feeder.buffers), feeder.stream) == ((2, None) if staged else (0, None))  # no CUDA: nothing pinned
 
 
+def test_a_store_on_the_gpu_is_not_staged_when_the_device_is_named_without_an_index(monkeypatch) -> None:
+    """A store placed on the GPU reports ``cuda:0`` while ``--device cuda`` gives ``cuda``; the
+    feeder took them for two devices and staged every batch through host buffers, which failed
+    (index_select of a GPU tensor into a host buffer) in every GPU trial."""
+    import types
+
+    from autocls.preprocess import BatchFeeder, same_device
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    cuda, cuda0, cuda1 = torch.device("cuda"), torch.device("cuda", 0), torch.device("cuda", 1)
+    assert same_device(cuda0, cuda) and same_device(cuda, cuda0) and same_device(cuda1, cuda1)
+    assert not same_device(cuda1, cuda) and not same_device(CPU, cuda) and same_device(CPU, CPU)
+    on_gpu = types.SimpleNamespace(device=cuda0, shape=(6, 3, 8, 8), dtype=torch.uint8)  # no CUDA here
+    feeder = BatchFeeder(on_gpu, cuda, batch=3)
+    assert (feeder.staged, feeder.buffers, feeder.stream) == (False, [], None)
+    assert BatchFeeder(torch.zeros(6, 3, 8, 8, dtype=torch.uint8), CPU, batch=3).staged is False
+
+
 def test_a_staged_image_store_trains_the_same_model(prepared, monkeypatch) -> None:
     """A store left in host memory (a GPU whose memory it does not fit) goes through the feeder's
     buffers and copies; on CPU that path runs too and must train exactly the same model."""
@@ -431,3 +449,19 @@ def test_batches_and_models_are_channels_last_on_cpu_too() -> None:
     x = Preprocess(*model_norm(model, cpu), cpu)(torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
     assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     assert model(x).shape == (2, 3)
+
+
+def test_the_declared_timm_floor_has_the_mixup_keyword_the_trainer_passes() -> None:
+    """On a GPU machine with timm 1.0.29 every trial failed (``Mixup`` has no ``multi_label``
+    before 1.0.31) while pyproject allowed ``timm>=1.0.9``: the floor is the release that added it."""
+    import inspect
+    import tomllib
+
+    import timm.data
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    timm_requirement = next(r for r in map(Requirement, pyproject["project"]["dependencies"]) if r.name == "timm")
+    assert not timm_requirement.specifier.contains("1.0.30"), timm_requirement
+    assert "multi_label" in inspect.signature(timm.data.Mixup).parameters
+    assert "multi_label" in inspect.signature(timm.data.mixup.mixup_target).parameters
