@@ -34,6 +34,7 @@ WORKER = "worker"  # {"host", "pid", "started"}: a later run on this host recove
 RETRY_OF = "retry_of"  # on a re-enqueued trial: the number of the trial it repeats
 SHORTENED_FOLDS = "shortened_folds"  # {fold from 1: why}: folds that trained fewer epochs, to end by the deadline
 SHRUNK_FROM = "shrunk_from"  # on a smaller version of a configuration that did not fit the time left
+MEMBER_OF = "member_of"  # on the best trial's configuration queued again, smaller, for the budget's last minutes
 PORTFOLIO = "portfolio"  # on a warm-start recipe enqueued when the study was created
 PORTFOLIO_PLAN = "portfolio_plan"  # on the study: the recipes (not yet sized) and the budget, until probed
 PORTFOLIO_PROBES = "portfolio_probes"  # on the study: what the portfolio's probes measured, which recipes went on
@@ -185,6 +186,11 @@ def shrunk_attrs(trial: optuna.trial.FrozenTrial | optuna.Trial) -> dict[str, An
     """User attributes of a smaller version of ``trial`` enqueued because ``trial`` did not fit."""
     keep = {k: v for k, v in trial.user_attrs.items() if k == PORTFOLIO}
     return {**keep, SHRUNK_FROM: trial.number}
+
+
+def member_attrs(best: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """User attributes of the ``best`` trial's configuration queued again as an ensemble member."""
+    return {MEMBER_OF: best.number}
 
 
 def retry_attrs(trial: optuna.trial.FrozenTrial | optuna.Trial) -> dict[str, Any]:

@@ -136,6 +136,7 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
                 optuna.study.MaxTrialsCallback(request.trials, states=FINISHED),
                 _StopConditions(budget, reporter),
                 lambda study, _trial: store.retain_best(study),
+                lambda study, _trial: objective.queue_last_member(study),
             ],
         )
     reporter.best_trials_table(study, setup.metric)

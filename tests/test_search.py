@@ -711,3 +711,75 @@ def test_a_deadline_during_the_probes_leaves_them_to_the_next_run(image_folder: 
     assert probed == ["mobilenetv3_small_050"]  # the second recipe is not trained past the deadline
     assert PORTFOLIO_PROBES not in study.user_attrs and PORTFOLIO_PLAN in study.user_attrs
     assert not [t for t in study.trials if t.user_attrs.get(PORTFOLIO)]  # nothing sized on no time
+
+
+def _completed(study: optuna.Study, value: float, resolution: int, epochs: int) -> None:
+    """A finished trial of the fast space with ``resolution`` and ``epochs`` (no training)."""
+    space = load_space("fast")
+    params = {"backbone": "tf_efficientnet_lite0", "resolution": resolution, "epochs": epochs}
+    distributions = {name: optuna.distributions.CategoricalDistribution(space.values_of(name)) for name in params}
+    config = TrainConfig.from_dict({**params, "pretrained": True})
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=params,
+            distributions=distributions,
+            value=value,
+            user_attrs={records.CONFIG: config.to_dict()},
+        )
+    )
+
+
+def _pixel_epochs(config: TrainConfig) -> float:
+    return config.resolution**2 * config.epochs / 1000.0  # seconds: 96 px x 8 epochs = 73.7 s
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_the_last_minutes_train_the_best_configuration_again_smaller(direction: str) -> None:
+    """When the best trial no longer fits the time left, its configuration is queued once more at
+    the largest size whose estimate fits 90% of it (a new trial: a new seed, the same folds)."""
+    from autocls.objective import last_member
+
+    study = optuna.create_study(direction=direction)
+    better, worse = (0.9, 0.8) if direction == "maximize" else (0.2, 0.4)
+    _completed(study, better, 96, 8)
+    _completed(study, worse, 64, 8)
+    space = load_space("fast")
+    assert last_member(study, space, _pixel_epochs, left=80.0) is None  # 73.7 s: the best still fits
+    best, size = last_member(study, space, _pixel_epochs, left=40.0)
+    # fits 36 s: 64 px x 8 (32.8 s) is the most expensive; 96 px x 4 (36.9 s) is over
+    assert (best.number, size) == (0, {"resolution": 64, "epochs": 8})
+    queued = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(queued) == 1 and queued[0].user_attrs == {records.MEMBER_OF: 0}
+    fixed = queued[0].system_attrs["fixed_params"]  # what the queued trial will sample
+    assert fixed == {"backbone": "tf_efficientnet_lite0", "resolution": 64, "epochs": 8}
+    assert last_member(study, space, _pixel_epochs, left=40.0) is None  # one waits in the queue already
+
+
+def test_no_member_is_queued_when_nothing_fits_or_nothing_completed() -> None:
+    from autocls.objective import last_member
+
+    space = load_space("fast")
+    study = optuna.create_study(direction="maximize")
+    assert last_member(study, space, _pixel_epochs, left=5.0) is None  # no completed trial
+    _completed(study, 0.9, 96, 8)
+    assert last_member(study, space, _pixel_epochs, left=5.0) is None  # 48 px x 4 takes 9.2 s
+    assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+
+
+def test_a_member_for_the_last_minutes_is_never_pruned() -> None:
+    class PruneAlways(optuna.pruners.BasePruner):
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+            return True
+
+    study = optuna.create_study(pruner=PruneAlways())
+    study.enqueue_trial({}, user_attrs={records.MEMBER_OF: 0})
+    member, other = study.ask(), study.ask()
+    for trial, pruned in ((other, True), (member, False)):
+        observer = TrialObserver(trial, Reporter(quiet=True), Budget(None))
+        observer.on_fold_start(0, 2, 8)
+        if pruned:
+            with pytest.raises(optuna.TrialPruned):
+                observer.on_epoch_end(0, _fold(0, 8).history[1])
+        else:
+            observer.on_epoch_end(0, _fold(0, 8).history[1])
+            observer.on_fold_end(_fold(0, 8))
