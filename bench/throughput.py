@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 from torchvision.transforms import v2
 
+import autocls.images
 import autocls.trainer
 from autocls.backbones import create_classifier
 from autocls.build import batch_plan
@@ -197,12 +198,15 @@ def trainer_speed(
     train = np.setdiff1d(np.arange(len(labels)), val)
     store = ImageStore(store_images)  # a new store: no features cached by an earlier measurement
     trainer = TimedTrainer(config, 4, device, feature_cache=cache)
-    feeder = autocls.trainer.BatchFeeder
-    autocls.trainer.BatchFeeder = partial(BatchFeeder, staged=True) if staged else BatchFeeder
+    feeder, place = autocls.trainer.BatchFeeder, autocls.images.place_images
+    if staged:
+        autocls.trainer.BatchFeeder = partial(BatchFeeder, staged=True)
+        # the store stays in host memory, as one over its share of the GPU's memory does
+        autocls.images.place_images = lambda images, device: images
     try:
         result = trainer.fit(store, labels, train, val)
     finally:
-        autocls.trainer.BatchFeeder = feeder
+        autocls.trainer.BatchFeeder, autocls.images.place_images = feeder, place
     per_epoch = len(trainer.evaluations) // len(result.history)  # validation, and early stopping's monitor
     steady = result.history[1:]
     evaluating = sum(trainer.evaluations[per_epoch:])
