@@ -783,3 +783,58 @@ def test_a_member_for_the_last_minutes_is_never_pruned() -> None:
         else:
             observer.on_epoch_end(0, _fold(0, 8).history[1])
             observer.on_fold_end(_fold(0, 8))
+
+
+def test_the_search_trains_the_best_configuration_again_for_its_last_minutes(
+    image_folder: Path, tiny_space: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """End to end: each trial moves a fake clock by 300 s of a 540 s budget, so after the first
+    (24 px x 2, estimated 500 s) the best no longer fits; the search queues it again at the size
+    that fits 90% of the 240 s left (16 px x 1, 111 s), which trains and completes."""
+    import types
+
+    from autocls import budget as budget_module
+    from autocls import objective as objective_module
+
+    edit_space(
+        tiny_space,
+        {
+            "resolution = 24\n": "",
+            "epochs = 2\n": "",
+            "[params.optimizer]": "[params.resolution]\nchoices = [16, 24]\n\n"
+            "[params.epochs]\nchoices = [1, 2]\n\n[params.optimizer]",
+        },
+    )
+    clock = [0.0]
+    monkeypatch.setattr(budget_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(
+        CostModel, "trial_seconds", lambda self, config, *args: config.resolution**2 * config.epochs * 500 / 1152
+    )
+    real_cross_validate = objective_module.cross_validate
+
+    def cross_validate_then_advance(*args, **kwargs):
+        result = real_cross_validate(*args, **kwargs)
+        clock[0] += 300.0
+        return result
+
+    monkeypatch.setattr(objective_module, "cross_validate", cross_validate_then_advance)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="data", storage=storage, direction="maximize").enqueue_trial(
+        {"resolution": 24, "epochs": 2}
+    )
+    request = SearchRequest(
+        DataSpec.of(image_folder),
+        tmp_path / "runs",
+        storage,
+        space=str(tiny_space),
+        trials=5,
+        folds=2,
+        timeout=540,
+        warm_start=False,
+    )
+    run_search(request, CPU)
+    trials = optuna.load_study(study_name="data", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert trials[1].user_attrs[records.MEMBER_OF] == 0
+    assert trials[1].params == {**trials[0].params, "resolution": 16, "epochs": 1}
+    assert trials[1].user_attrs[records.SEED] != trials[0].user_attrs[records.SEED]
