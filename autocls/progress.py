@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from autocls.callbacks import TrainingObserver
-from autocls.records import TrialRecord
+from autocls.records import LIMIT_SKIP, WEIGHTS_SKIP, TrialRecord
 from autocls.trainer import EpochRecord, FoldResult
 
 SHOWN_PARAMS = ("backbone", "resolution", "freeze", "optimizer", "lr", "scheduler", "augmentation", "batch_size")
@@ -154,7 +154,7 @@ class Reporter(TrainingObserver):
         table = Table(
             title=f"study {study.study_name}: best of {counts['COMPLETE']} complete, "
             f"{counts['PRUNED']} pruned, {counts['FAIL'] - len(skipped)} failed trials"
-            + (f"; {len(skipped)} configurations skipped (too long for the time left)" if skipped else "")
+            + (f"; {len(skipped)} configurations skipped ({_skip_reasons(skipped)})" if skipped else "")
         )
         limited = any(r.model_cost for r in records.values())  # a study with deployment limits
         columns = ("trial", f"cv {metric}", "folds", "time") + (("ms/image", "parameters") if limited else ())
@@ -174,3 +174,14 @@ class Reporter(TrainingObserver):
                 summarise_params(record.config or trial.params),
             )
         self.print(table)
+
+
+def _skip_reasons(skipped: list[TrialRecord]) -> str:
+    """Why configurations were skipped, counted: ``3 too long for the time left, 1 without weights``."""
+    kinds = {LIMIT_SKIP: "over a limit", WEIGHTS_SKIP: "without pretrained weights"}
+    counts: dict[str, int] = {}
+    for record in skipped:
+        kind = next((k for prefix, k in kinds.items() if (record.skipped or "").startswith(prefix)), None)
+        kind = kind or "too long for the time left"
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{count} {kind}" for kind, count in counts.items())

@@ -29,6 +29,7 @@ ESTIMATE = "estimated_epoch_seconds"  # the cost model's per-epoch estimate when
 MODEL_COST = "model_cost"  # {"latency_ms", "parameters"} of the trial's fold models together, under limits
 SKIPPED = "skipped"  # why a configuration was not trained (too long for the time left, or over a limit)
 LIMIT_SKIP = "limit: "  # starts the skipped reason of a configuration over the deployment limits
+WEIGHTS_SKIP = "no weights: "  # starts the skipped reason of a pretrained configuration whose weights are missing
 FAIL_REASON, STOPPED_BY = "fail_reason", "stopped_by"
 WORKER = "worker"  # {"host", "pid", "started"}: a later run on this host recovers the trial if it died
 RETRY_OF = "retry_of"  # on a re-enqueued trial: the number of the trial it repeats

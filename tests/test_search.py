@@ -838,3 +838,51 @@ def test_the_search_trains_the_best_configuration_again_for_its_last_minutes(
     assert trials[1].user_attrs[records.MEMBER_OF] == 0
     assert trials[1].params == {**trials[0].params, "resolution": 16, "epochs": 1}
     assert trials[1].user_attrs[records.SEED] != trials[0].user_attrs[records.SEED]
+
+
+def test_a_pretrained_draw_without_weights_is_skipped_and_the_search_goes_on(
+    image_folder: Path, tiny_space: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Where the space searches ``pretrained``, a pretrained draw of a backbone without weights is
+    a skip with its reason, not a failure: 11 in a row no longer stop the search (10 failures do)."""
+    from autocls import backbones
+
+    monkeypatch.setattr(backbones, "hub_reachable", lambda: False)  # offline, as here and in CI
+    edit_space(
+        tiny_space,
+        {
+            "pretrained = false\n": "",
+            "[params.optimizer]": "[params.pretrained]\nchoices = [true, false]\n\n[params.optimizer]",
+        },
+    )
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="data", storage=storage, direction="maximize")
+    for _ in range(11):
+        study.enqueue_trial({"pretrained": True})
+    study.enqueue_trial({"pretrained": False})
+    request = SearchRequest(
+        DataSpec.of(image_folder),
+        tmp_path / "runs",
+        storage,
+        space=str(tiny_space),
+        trials=1,
+        folds=2,
+        warm_start=False,
+    )
+    run_search(request, CPU)
+    trials = optuna.load_study(study_name="data", storage=storage).trials
+    assert len(trials) == 12
+    for trial in trials[:11]:
+        assert trial.user_attrs["skipped"].startswith(records.WEIGHTS_SKIP + "no pretrained weights for")
+    assert trials[11].state.name == "COMPLETE" and trials[11].params["pretrained"] is False
+
+
+def test_the_summary_counts_skipped_configurations_by_reason() -> None:
+    from autocls.progress import _skip_reasons
+
+    def skipped(reason: str) -> records.TrialRecord:
+        return records.TrialRecord(0, optuna.trial.TrialState.FAIL, None, {}, skipped=reason)
+
+    found = [skipped("needs about 300s, 40s left"), skipped(records.WEIGHTS_SKIP + "no pretrained weights for 'x'")]
+    found += [skipped("needs about 90s, 20s left"), skipped(records.LIMIT_SKIP + "its 5 fold models take 80 ms")]
+    assert _skip_reasons(found) == "2 too long for the time left, 1 without pretrained weights, 1 over a limit"
