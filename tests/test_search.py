@@ -459,11 +459,8 @@ def test_a_search_on_fewer_folds_is_refit_on_the_folds_it_trained(
     assert len(oof) == 1 + 6
 
 
-def test_a_configuration_too_long_for_the_time_left_is_queued_smaller(
-    image_folder: Path, tiny_space: Path, tmp_path: Path, monkeypatch
-) -> None:
-    """24 px would take days, 16 px is instant: each 24 px configuration is skipped and its 16 px
-    version (same other parameters, the most epochs that fit) trains in its place."""
+def search_sizes(tiny_space: Path) -> None:
+    """Make the tiny space search resolution (16 or 24 px) and epochs (1 or 2)."""
     edit_space(
         tiny_space,
         {
@@ -473,6 +470,14 @@ def test_a_configuration_too_long_for_the_time_left_is_queued_smaller(
             "[params.epochs]\nchoices = [1, 2]\n\n[params.optimizer]",
         },
     )
+
+
+def test_a_configuration_too_long_for_the_time_left_is_queued_smaller(
+    image_folder: Path, tiny_space: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """24 px would take days, 16 px is instant: each 24 px configuration is skipped and its 16 px
+    version (same other parameters, the most epochs that fit) trains in its place."""
+    search_sizes(tiny_space)
     monkeypatch.setattr(CostModel, "images_per_second", lambda self, config: 1e-3 if config.resolution == 24 else 1e6)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     data = DataSpec.of(image_folder)
@@ -796,15 +801,7 @@ def test_the_search_trains_the_best_configuration_again_for_its_last_minutes(
     from autocls import budget as budget_module
     from autocls import objective as objective_module
 
-    edit_space(
-        tiny_space,
-        {
-            "resolution = 24\n": "",
-            "epochs = 2\n": "",
-            "[params.optimizer]": "[params.resolution]\nchoices = [16, 24]\n\n"
-            "[params.epochs]\nchoices = [1, 2]\n\n[params.optimizer]",
-        },
-    )
+    search_sizes(tiny_space)
     clock = [0.0]
     monkeypatch.setattr(budget_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     monkeypatch.setattr(
