@@ -183,9 +183,14 @@ class TrialRecorder:
             self._set(**{STOPPED_BY: STOPPED_BY_TIMEOUT})
 
 
+# what a trial queued again (smaller, or to repeat it) still is: a warm-start recipe stays one, and a
+# member for the last minutes stays unpruned
+KEPT_WHEN_QUEUED_AGAIN = (PORTFOLIO, MEMBER_OF)
+
+
 def shrunk_attrs(trial: optuna.trial.FrozenTrial | optuna.Trial) -> dict[str, Any]:
     """User attributes of a smaller version of ``trial`` enqueued because ``trial`` did not fit."""
-    keep = {k: v for k, v in trial.user_attrs.items() if k == PORTFOLIO}
+    keep = {k: v for k, v in trial.user_attrs.items() if k in KEPT_WHEN_QUEUED_AGAIN}
     return {**keep, SHRUNK_FROM: trial.number}
 
 
@@ -195,6 +200,6 @@ def member_attrs(best: optuna.trial.FrozenTrial) -> dict[str, Any]:
 
 
 def retry_attrs(trial: optuna.trial.FrozenTrial | optuna.Trial) -> dict[str, Any]:
-    """User attributes of a trial enqueued again to repeat ``trial`` (a warm-start recipe stays one)."""
-    keep = {k: v for k, v in trial.user_attrs.items() if k == PORTFOLIO}
+    """User attributes of a trial enqueued again to repeat ``trial`` (what it was stays: see above)."""
+    keep = {k: v for k, v in trial.user_attrs.items() if k in KEPT_WHEN_QUEUED_AGAIN}
     return {**keep, RETRY_OF: trial.number}

@@ -883,3 +883,13 @@ def test_the_summary_counts_skipped_configurations_by_reason() -> None:
     found = [skipped("needs about 300s, 40s left"), skipped(records.WEIGHTS_SKIP + "no pretrained weights for 'x'")]
     found += [skipped("needs about 90s, 20s left"), skipped(records.LIMIT_SKIP + "its 5 fold models take 80 ms")]
     assert _skip_reasons(found) == "2 too long for the time left, 1 without pretrained weights, 1 over a limit"
+
+
+@pytest.mark.parametrize("queue_again", [records.retry_attrs, records.shrunk_attrs])
+def test_a_member_queued_again_stays_a_member(queue_again) -> None:
+    """A member stopped at the deadline (or skipped as too long) and queued again stays unpruned."""
+    study = optuna.create_study()
+    study.enqueue_trial({}, user_attrs={records.MEMBER_OF: 3, records.PORTFOLIO: True})
+    attrs = queue_again(study.ask())
+    assert attrs[records.MEMBER_OF] == 3 and attrs[records.PORTFOLIO] is True
+    assert attrs[records.RETRY_OF if queue_again is records.retry_attrs else records.SHRUNK_FROM] == 0
