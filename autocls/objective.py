@@ -350,11 +350,10 @@ def last_member(
     """
     if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
         return None
-    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not completed:
+    try:
+        best = study.best_trial
+    except ValueError:  # no completed trial yet
         return None
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    best = (max if maximize else min)(completed, key=lambda t: t.value)
     recorded = TrialRecord.read(best).config
     if recorded is None:
         return None

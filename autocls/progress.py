@@ -7,6 +7,7 @@ warnings and errors, for scripts.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -177,11 +178,11 @@ class Reporter(TrainingObserver):
 
 
 def _skip_reasons(skipped: list[TrialRecord]) -> str:
-    """Why configurations were skipped, counted: ``3 too long for the time left, 1 without weights``."""
+    """Why configurations were skipped, counted: ``3 too long for the time left, 1 over a limit``."""
     kinds = {LIMIT_SKIP: "over a limit", WEIGHTS_SKIP: "without pretrained weights"}
-    counts: dict[str, int] = {}
-    for record in skipped:
-        kind = next((k for prefix, k in kinds.items() if (record.skipped or "").startswith(prefix)), None)
-        kind = kind or "too long for the time left"
-        counts[kind] = counts.get(kind, 0) + 1
-    return ", ".join(f"{count} {kind}" for kind, count in counts.items())
+
+    def kind(reason: str) -> str:
+        return next((k for prefix, k in kinds.items() if reason.startswith(prefix)), "too long for the time left")
+
+    counts = Counter(kind(record.skipped or "") for record in skipped)
+    return ", ".join(f"{count} {name}" for name, count in counts.items())

@@ -790,6 +790,21 @@ def test_a_member_for_the_last_minutes_is_never_pruned() -> None:
             observer.on_fold_end(_fold(0, 8))
 
 
+def _search_queued_trials(image_folder: Path, tiny_space: Path, tmp_path: Path, **budget: int) -> None:
+    """Search the study ``data`` in ``tmp_path/study.db`` (its trials queued by the test, no warm start)."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    request = SearchRequest(
+        DataSpec.of(image_folder),
+        tmp_path / "runs",
+        storage,
+        space=str(tiny_space),
+        folds=2,
+        warm_start=False,
+        **budget,
+    )
+    run_search(request, CPU)
+
+
 def test_the_search_trains_the_best_configuration_again_for_its_last_minutes(
     image_folder: Path, tiny_space: Path, tmp_path: Path, monkeypatch
 ) -> None:
@@ -819,17 +834,7 @@ def test_the_search_trains_the_best_configuration_again_for_its_last_minutes(
     optuna.create_study(study_name="data", storage=storage, direction="maximize").enqueue_trial(
         {"resolution": 24, "epochs": 2}
     )
-    request = SearchRequest(
-        DataSpec.of(image_folder),
-        tmp_path / "runs",
-        storage,
-        space=str(tiny_space),
-        trials=5,
-        folds=2,
-        timeout=540,
-        warm_start=False,
-    )
-    run_search(request, CPU)
+    _search_queued_trials(image_folder, tiny_space, tmp_path, trials=5, timeout=540)
     trials = optuna.load_study(study_name="data", storage=storage).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     assert trials[1].user_attrs[records.MEMBER_OF] == 0
@@ -857,16 +862,7 @@ def test_a_pretrained_draw_without_weights_is_skipped_and_the_search_goes_on(
     for _ in range(11):
         study.enqueue_trial({"pretrained": True})
     study.enqueue_trial({"pretrained": False})
-    request = SearchRequest(
-        DataSpec.of(image_folder),
-        tmp_path / "runs",
-        storage,
-        space=str(tiny_space),
-        trials=1,
-        folds=2,
-        warm_start=False,
-    )
-    run_search(request, CPU)
+    _search_queued_trials(image_folder, tiny_space, tmp_path, trials=1)
     trials = optuna.load_study(study_name="data", storage=storage).trials
     assert len(trials) == 12
     for trial in trials[:11]:
