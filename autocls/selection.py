@@ -11,8 +11,8 @@ and the best round is kept), and it is cheap: a few matrix averages per round.
 Out-of-fold gains overstate a blend's gain on new images: out of fold each image is predicted by
 one fold model, while a saved member averages all its fold models, which already removes most of
 the variance a second trial would. On three 30-minute Fashion-MNIST studies (README, "accuracy by
-budget"; ``bench/blend_weights.py``) the chosen blends raised OOF accuracy by 0.9-1.25 points and changed
-held-out accuracy by -0.30 to +0.35 points.
+budget"; ``bench/blend_weights.py``) the chosen blends raised OOF accuracy by 0.9-1.25 points
+and changed held-out accuracy by -0.30 to +0.35 points.
 """
 
 from __future__ import annotations
