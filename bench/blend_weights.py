@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from autocls.data import discover, labels_in_order
 from autocls.ensemble import Ensemble
+from autocls.errors import AutoclsError
 from autocls.images import decode_images
 
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)
@@ -63,10 +64,19 @@ def main() -> None:
     for name in ("model", "trials", "train", "test"):
         parser.add_argument(name, type=Path)
     args = parser.parse_args()
-    ensemble = Ensemble.load(args.model, "cpu")
+    for path in (args.model, args.trials, args.train, args.test):
+        if not path.is_dir():
+            raise SystemExit(f"{path}: no such folder; give MODEL TRIALS TRAIN TEST (see --help).")
+    try:
+        ensemble = Ensemble.load(args.model, "cpu")
+    except AutoclsError as err:
+        raise SystemExit(f"{args.model}: {err}") from None
     if len(ensemble.members) != 2:
         raise SystemExit(f"{args.model}: {len(ensemble.members)} members; this bench compares two.")
     trials = [int(member.trial) for member in ensemble.members]
+    missing = [n for n in trials if not (args.trials / str(n) / "folds.safetensors").is_file()]
+    if missing:
+        raise SystemExit(f"{args.trials}: no kept fold models of trials {missing}; give the study's trials folder.")
     training = discover(args.train)
     train_truth = labels_in_order(training, ensemble.class_names, multilabel=False)
     oof = [oof_probs(args.trials / str(n), len(training), len(ensemble.class_names)) for n in trials]
