@@ -70,7 +70,7 @@ def main() -> None:
     try:
         ensemble = Ensemble.load(args.model, "cpu")
     except AutoclsError as err:
-        raise SystemExit(f"{args.model}: {err}") from None
+        raise SystemExit(str(err)) from None
     if len(ensemble.members) != 2:
         raise SystemExit(f"{args.model}: {len(ensemble.members)} members; this bench compares two.")
     trials = [int(member.trial) for member in ensemble.members]
