@@ -2,11 +2,12 @@
 
     python bench/blend_weights.py MODEL TRIALS TRAIN TEST
 
-``MODEL`` is a model ``autocls refit`` saved with two members (an ensemble selected across trials),
-``TRIALS`` the search's kept fold models (``WORKDIR/STUDY/trials``), ``TRAIN`` the images the
-search used and ``TEST`` labelled held-out images. For each weight of the first member (0 to 1),
-prints the out-of-fold accuracy and log loss (one fold model per image, as ensemble selection sees
-them) and the held-out ones (every fold model of each member averaged, with the model's test-time views).
+``MODEL`` is a model ``autocls refit`` saved with two members (an ensemble selected across
+trials), ``TRIALS`` the search's kept fold models (``WORKDIR/STUDY/trials``), ``TRAIN`` the images
+the search used (all readable: out-of-fold rows follow their order) and ``TEST`` labelled held-out
+images. For each weight of the first member (0 to 1), prints the out-of-fold accuracy and log loss
+(one fold model per image, as ensemble selection sees them) and the held-out ones (every fold
+model of each member averaged, with the model's test-time views).
 
 It answers whether a better selection rule could have made a blend beat its best member on
 held-out images: if no weight does, the members are not diverse enough, whatever the rule.
@@ -71,8 +72,8 @@ def main() -> None:
         ensemble = Ensemble.load(args.model, "cpu")
     except AutoclsError as err:
         raise SystemExit(str(err)) from None
-    if len(ensemble.members) != 2:
-        raise SystemExit(f"{args.model}: {len(ensemble.members)} members; this bench compares two.")
+    if len(ensemble.members) != 2 or ensemble.multilabel or any(m.trial is None for m in ensemble.members):
+        raise SystemExit(f"{args.model}: this bench compares the two trials of a single-label model's blend.")
     trials = [int(member.trial) for member in ensemble.members]
     missing = [n for n in trials if not (args.trials / str(n) / "folds.safetensors").is_file()]
     if missing:
