@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from autocls.callbacks import TrainingObserver
-from autocls.records import LIMIT_SKIP, WEIGHTS_SKIP, TrialRecord
+from autocls.records import TrialRecord
 from autocls.trainer import EpochRecord, FoldResult
 
 SHOWN_PARAMS = ("backbone", "resolution", "freeze", "optimizer", "lr", "scheduler", "augmentation", "batch_size")
@@ -179,10 +179,5 @@ class Reporter(TrainingObserver):
 
 def _skip_reasons(skipped: list[TrialRecord]) -> str:
     """Why configurations were skipped, counted: ``3 too long for the time left, 1 over a limit``."""
-    kinds = {LIMIT_SKIP: "over a limit", WEIGHTS_SKIP: "without pretrained weights"}
-
-    def kind(reason: str) -> str:
-        return next((k for prefix, k in kinds.items() if reason.startswith(prefix)), "too long for the time left")
-
-    counts = Counter(kind(record.skipped or "") for record in skipped)
+    counts = Counter(record.skip_kind for record in skipped)
     return ", ".join(f"{count} {name}" for name, count in counts.items())

@@ -30,6 +30,8 @@ MODEL_COST = "model_cost"  # {"latency_ms", "parameters"} of the trial's fold mo
 SKIPPED = "skipped"  # why a configuration was not trained (too long for the time left, or over a limit)
 LIMIT_SKIP = "limit: "  # starts the skipped reason of a configuration over the deployment limits
 WEIGHTS_SKIP = "no weights: "  # starts the skipped reason of a pretrained configuration whose weights are missing
+TIME_SKIP_KIND = "too long for the time left"  # a skipped reason without one of the prefixes below
+SKIP_KINDS = {LIMIT_SKIP: "over a limit", WEIGHTS_SKIP: "without pretrained weights"}
 FAIL_REASON, STOPPED_BY = "fail_reason", "stopped_by"
 WORKER = "worker"  # {"host", "pid", "started"}: a later run on this host recovers the trial if it died
 RETRY_OF = "retry_of"  # on a re-enqueued trial: the number of the trial it repeats
@@ -86,6 +88,14 @@ class TrialRecord:
     worker: dict[str, Any] | None = None
     retry_of: int | None = None
     schema: int = SCHEMA_VERSION
+
+    @property
+    def skip_kind(self) -> str | None:
+        """Why the configuration was skipped, in a few words (:data:`SKIP_KINDS`, else
+        :data:`TIME_SKIP_KIND`); ``None`` if it was not."""
+        if self.skipped is None:
+            return None
+        return next((kind for prefix, kind in SKIP_KINDS.items() if self.skipped.startswith(prefix)), TIME_SKIP_KIND)
 
     @classmethod
     def read(cls, trial: optuna.trial.FrozenTrial) -> TrialRecord:

@@ -40,7 +40,7 @@ from autocls.halving import halve_portfolio
 from autocls.objective import FINISHED, Objective
 from autocls.prepare import DATA_INDEX_FILE, PreparedData, check_same_data, record_data
 from autocls.progress import Reporter
-from autocls.records import LIMIT_SKIP, WEIGHTS_SKIP, TrialRecord
+from autocls.records import TIME_SKIP_KIND, TrialRecord
 from autocls.samplers import make_pruner, make_sampler
 from autocls.storage import default_url, open_storage
 from autocls.studysetup import CACHE_DIR, SearchRequest, StudySetup, create_or_continue
@@ -73,7 +73,7 @@ class _StopConditions:
         skipped = record.skipped is not None
         self.failures = self.failures + 1 if trial.state == optuna.trial.TrialState.FAIL and not skipped else 0
         # over a limit or without weights says nothing of the time left
-        if not (skipped and record.skipped.startswith((LIMIT_SKIP, WEIGHTS_SKIP))):
+        if record.skip_kind in (None, TIME_SKIP_KIND):
             self.skips = self.skips + 1 if skipped else 0
         if record.stopped_by_timeout or self.budget.left() <= 0:
             study.stop()
