@@ -99,15 +99,19 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
     """Run (or continue) a study until it has ``request.trials`` finished trials or time runs out."""
     reporter = reporter or Reporter(quiet=True)
     budget = Budget(request.timeout)
+    # The data first: a source the search cannot use is one line before any file is written (opening
+    # the default SQLite storage creates it, and a storage left without a study misleads refit).
+    discovered = request.data.discover()
     storage = open_storage(request.storage or default_url(request.workdir))
     cost = CostModel(device, request.workdir / CACHE_DIR / "speeds.json")
-    study, setup = create_or_continue(storage, request.study_name or request.data.name, request, cost)
+    study, setup = create_or_continue(storage, request.study_name or request.data.name, request, cost, discovered)
     # Seeded by the study's seed and its trial count: reproducible, and a continued study does not
     # replay the random start-up proposals of its first run.
     worker = int(os.environ.get("AUTOCLS_WORKER", "0"))  # set by --workers for each process
     study.sampler = make_sampler(setup.seed + len(study.trials) + 7919 * worker, request.sampler)
     study.pruner = make_pruner(request.pruning)
-    discovered = setup.data.discover()
+    if setup.data != request.data:  # a continued study reads its data as it was first given
+        discovered = setup.data.discover()
     index_file = request.workdir / study.study_name / DATA_INDEX_FILE
     check_same_data(study, discovered, index_file)
     if "AUTOCLS_WORKER" not in os.environ:  # --workers recovers once, before it starts its workers

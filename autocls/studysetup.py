@@ -20,7 +20,7 @@ from autocls import __version__
 from autocls.backbones import check_weights
 from autocls.config import TrainConfig
 from autocls.cost import CostModel
-from autocls.data import DataSpec, check_folds, typical_side
+from autocls.data import DataSpec, LabelledImages, check_folds, typical_side
 from autocls.errors import AutoclsError
 from autocls.limits import Limits, fold_models_cost
 from autocls.metrics import default_metric, get_metric
@@ -105,6 +105,10 @@ def open_study(url: str, study_name: str | None) -> optuna.Study:
     """Load ``study_name`` from the storage at ``url``, or the only study there when no name is given."""
     storage = open_storage(url)
     names = study_names(storage)
+    if not names:
+        raise AutoclsError(
+            f"no study in {redact(url)} yet; run autocls search first, or point --workdir (or --storage) at the search."
+        )
     if study_name is None:
         if len(names) != 1:
             raise AutoclsError(f"{redact(url)} holds {len(names)} studies {names}; choose one with --study.")
@@ -290,11 +294,16 @@ def _space_name(space: str | SearchSpace | None) -> str | None:
 
 
 def create_or_continue(
-    storage: Storage, study_name: str, request: SearchRequest, cost: CostModel | None = None
+    storage: Storage,
+    study_name: str,
+    request: SearchRequest,
+    cost: CostModel | None = None,
+    discovered: LabelledImages | None = None,
 ) -> tuple[optuna.Study, StudySetup]:
     """Continue ``study_name`` with its stored setup, or create it: metric, space and warm start.
 
     With a ``cost`` model and a ``request.timeout``, the warm-start recipes are sized to the budget.
+    ``discovered`` is ``request.data`` already discovered by the caller (read again when not given).
     """
     if study_name in study_names(storage):
         study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner())
@@ -303,7 +312,7 @@ def create_or_continue(
             _check_continuation(study, setup, request)
             _warn_if_space_changed(setup, request.space)
             return study, setup
-    data = request.data.discover()
+    data = discovered if discovered is not None else request.data.discover()
     check_folds(data, request.folds or DEFAULT_FOLDS)  # before the study and its settings are stored
     metric = request.metric or default_metric(data.class_counts(), data.multilabel)
     if request.metric is None and metric == "balanced_accuracy":

@@ -23,6 +23,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from autocls.cli import main
+from autocls.storage import open_storage
 from tests.helpers import TINY_SPACE, write_class_folders
 
 
@@ -96,6 +97,11 @@ def _other_classes(root: Path) -> None:
         (root / "other" / f"class_{i}").rename(root / "other" / name)
 
 
+def _empty_storage(root: Path) -> None:
+    (root / "empty").mkdir()
+    open_storage(f"sqlite:///{root / 'empty' / 'autocls.db'}")  # an Optuna storage, its tables and no study
+
+
 def _photo(relative: str) -> Callable[[Path], None]:
     return lambda root: shutil.copy2(next((root / "data" / "class_0").iterdir()), root / relative)
 
@@ -112,10 +118,10 @@ SEARCH_CSV = "search {data}/labels.csv --space {space} --folds 2 --trials 1 --wo
 
 CASES = [
     # -- the data -----------------------------------------------------------------------------
-    Case("no such data folder", "search {tmp}/nothing --workdir {work}", 2, "no such file or folder"),
+    Case("no such data folder", "search {tmp}/nothing --workdir {tmp}/fresh", 2, "no such file or folder"),
     Case(
         "data is a text file",
-        "search {tmp}/notes.txt --workdir {work}",
+        "search {tmp}/notes.txt --workdir {tmp}/fresh",
         2,
         "expected a folder",
         _write("notes.txt", "hi"),
@@ -239,6 +245,13 @@ CASES = [
         _remove("data/class_0/img 0.png"),
     ),
     Case("refit where nothing was searched", "refit --workdir {tmp}/nothing", 2, "nothing was searched"),
+    Case(
+        "refit a storage without a study",
+        "refit --workdir {tmp}/empty",
+        2,
+        "run autocls search first",
+        _empty_storage,
+    ),
     Case("refit an unknown study", "refit --workdir {work} --study nope", 2, "no study 'nope'"),
     Case("refit an unknown trial", "refit --workdir {work} --trial 99", 2, "99"),
     Case(
@@ -423,6 +436,10 @@ def test_every_mistake_is_one_clear_line(case: Case, searched: Path, tmp_path: P
         assert errors[0].startswith(("autocls: error:", "autocls ", "usage")), err
     after = _digest(tmp_path)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing there before changed or vanished
+    if case.code != 0 and "{tmp}/fresh" in case.argv:  # a refused search: the refit a user tries next says why not
+        assert _run(["refit", "--workdir", str(tmp_path / "fresh")]) == 2
+        refit_errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert len(refit_errors) == 1 and "--study" not in refit_errors[0], refit_errors  # not "choose a study"
 
 
 def test_the_sweep_covers_at_least_sixty_mistakes() -> None:
