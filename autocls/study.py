@@ -36,6 +36,7 @@ import torch
 from autocls.artifacts import artifact_store
 from autocls.budget import Budget
 from autocls.cost import CostModel
+from autocls.data import check_folds
 from autocls.halving import halve_portfolio
 from autocls.objective import FINISHED, Objective
 from autocls.prepare import DATA_INDEX_FILE, PreparedData, check_same_data, record_data
@@ -43,7 +44,7 @@ from autocls.progress import Reporter
 from autocls.records import TIME_SKIP_KIND, TrialRecord
 from autocls.samplers import make_pruner, make_sampler
 from autocls.storage import default_url, open_storage
-from autocls.studysetup import CACHE_DIR, SearchRequest, StudySetup, create_or_continue
+from autocls.studysetup import CACHE_DIR, DEFAULT_FOLDS, SearchRequest, StudySetup, create_or_continue
 from autocls.trialstore import TrialStore
 from autocls.workers import recover_dead_local_trials
 
@@ -99,9 +100,13 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
     """Run (or continue) a study until it has ``request.trials`` finished trials or time runs out."""
     reporter = reporter or Reporter(quiet=True)
     budget = Budget(request.timeout)
-    # The data first: a source the search cannot use is one line before any file is written (opening
-    # the default SQLite storage creates it, and a storage left without a study misleads refit).
-    discovered = request.data.discover()
+    discovered = None
+    if request.storage is None and not (request.workdir / "autocls.db").exists():
+        # A new study in a new SQLite file: the data first, so that a source the search cannot use is
+        # one line and leaves no file behind (opening the storage creates it, and one left without a
+        # study would make the next refit ask which study to take).
+        discovered = request.data.discover()
+        check_folds(discovered, request.folds or DEFAULT_FOLDS)
     storage = open_storage(request.storage or default_url(request.workdir))
     cost = CostModel(device, request.workdir / CACHE_DIR / "speeds.json")
     study, setup = create_or_continue(storage, request.study_name or request.data.name, request, cost, discovered)
@@ -110,7 +115,7 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
     worker = int(os.environ.get("AUTOCLS_WORKER", "0"))  # set by --workers for each process
     study.sampler = make_sampler(setup.seed + len(study.trials) + 7919 * worker, request.sampler)
     study.pruner = make_pruner(request.pruning)
-    if setup.data != request.data:  # a continued study reads its data as it was first given
+    if discovered is None or setup.data != request.data:
         discovered = setup.data.discover()
     index_file = request.workdir / study.study_name / DATA_INDEX_FILE
     check_same_data(study, discovered, index_file)

@@ -122,14 +122,9 @@ def run_workers(request: SearchRequest, workers: int, quiet: bool = False) -> in
             f"--workers {workers} needs a storage several processes can share, not SQLite: "
             f"--storage journal:{request.workdir / 'autocls.journal'} (this machine) or postgresql://... (any machine)."
         )
-    discovered = request.data.discover()  # before the storage is opened (and a SQLite file created)
     cost = CostModel(resolve_device(request.device), request.workdir / CACHE_DIR / "speeds.json")
-    study, setup = create_or_continue(
-        open_storage(url), request.study_name or request.data.name, request, cost, discovered
-    )
-    if setup.data != request.data:
-        discovered = setup.data.discover()
-    check_same_data(study, discovered, request.workdir / study.study_name / DATA_INDEX_FILE)
+    study, setup = create_or_continue(open_storage(url), request.study_name or request.data.name, request, cost)
+    check_same_data(study, setup.data.discover(), request.workdir / study.study_name / DATA_INDEX_FILE)
     recover_dead_local_trials(study)  # once, here: workers started together would race for the same trials
     child = replace(request, study_name=study.study_name, storage=url)
     base = {**os.environ, REQUEST_ENV: child.to_json()}
