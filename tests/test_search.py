@@ -381,7 +381,8 @@ def test_portfolio_is_sized_to_the_time_budget() -> None:
 
 def test_a_space_of_one_family_gets_a_recipe_on_its_second_backbone() -> None:
     """Offline on a CPU only the EfficientNet-Lite checkpoints are there: the portfolio then trains
-    the family's recipe on Lite0 and on Lite1, two strong members for ensemble selection."""
+    the family's recipe on two of them, two strong members for ensemble selection (without a cost
+    estimate, as here, on Lite0 and the next one listed)."""
     data = load_space("fast").to_dict()
     data["params"]["backbone"]["choices"] = ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
     configs = portfolio(space_from_dict(data, name="lite"), DataStats(images=2000, classes=10, image_side=28))
