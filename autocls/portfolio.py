@@ -233,60 +233,28 @@ def portfolio(
     return size_to_shares(space, found, trial_seconds, budget)
 
 
-def recipes(
-    space: SearchSpace, stats: DataStats, fold_seconds: Callable[[dict[str, Any]], float] | None = None
-) -> list[dict[str, Any]]:
-    """Each family's recipe on its cheapest backbone in the space, fitted to the space, not yet sized.
-
-    A space of one family gets a second recipe on another of its backbones (:func:`_second_backbone`,
-    which compares their costs by ``fold_seconds``, one fold's estimated seconds, where given).
-    """
+def recipes(space: SearchSpace, stats: DataStats) -> list[dict[str, Any]]:
+    """Each family's recipe on its cheapest backbone in the space, fitted to the space, not yet sized."""
     backbones = [str(b) for b in space.values_of("backbone")]
     families = []
     for prefixes, recipe in FAMILIES.values():
         members = [b for b in backbones if b.startswith(prefixes)]
         if members:
             families.append((recipe, members))
-    configs = [_recipe(space, stats, recipe, members[0]) for recipe, members in families]  # cheapest listed first
-    if len(families) == 1 and len(families[0][1]) > 1 and configs[0]:
-        # one family only (offline on a CPU: the EfficientNet-Lite checkpoints): a second backbone
+    if len(families) == 1 and len(families[0][1]) > 1:
+        # one family only (offline on a CPU: the EfficientNet-Lite checkpoints): its second backbone
         # too, so that ensemble selection has two strong members that differ in more than the seed
         recipe, members = families[0]
-        cost = None if fold_seconds is None else lambda backbone: fold_seconds({**configs[0], "backbone": backbone})
-        configs.append(_recipe(space, stats, recipe, _second_backbone(members, cost)))
+        families.append((recipe, members[1:]))
+    configs = []
+    for recipe, members in families:
+        params = {**recipe, "backbone": members[0]}  # spaces list each family's cheapest first
+        params["resolution"] = stats.image_side  # snapped to the space's nearest resolution below
+        per_class = stats.images / max(1, stats.classes)
+        params["freeze"] = 0.5 if per_class < 30 else 0.0
+        params["augmentation"] = params["augmentation"] if per_class >= 30 else "light"
+        configs.append(_fit_to_space(space, params))
     return [c for c in configs if c]
-
-
-def _recipe(space: SearchSpace, stats: DataStats, recipe: dict[str, Any], backbone: str) -> dict[str, Any]:
-    params = {**recipe, "backbone": backbone}
-    params["resolution"] = stats.image_side  # snapped to the space's nearest resolution below
-    per_class = stats.images / max(1, stats.classes)
-    params["freeze"] = 0.5 if per_class < 30 else 0.0
-    params["augmentation"] = params["augmentation"] if per_class >= 30 else "light"
-    return _fit_to_space(space, params)
-
-
-def _second_backbone(members: list[str], cost: Callable[[str], float] | None) -> str:
-    """The one-family portfolio's second backbone: the largest of the first's line (its name without
-    the size: ``tf_efficientnet_lite2`` for ``tf_efficientnet_lite0``) whose fold ``cost`` is at most
-    :data:`NEARLY_FREE` times the line's next; the next backbone listed when the line has no other or
-    no cost is known (a search without a budget keeps to the cheaper one).
-
-    The larger model is the stronger member at the same price: on 2,000 Fashion-MNIST images (2 CPU
-    cores) Lite2's probe took 31 s where Lite1's took 29.5 s, and trial 0's recipe at 96 px x 8 on
-    Lite2 scored CV 0.8740 / 0.8965 and 0.9030 / 0.9060 held-out on two subsets, where the searches'
-    best Lite0 / Lite1 trials scored CV 0.8715 / 0.8885 and 0.8975 / 0.9045 held-out.
-    """
-    line = [m for m in members[1:] if _line(m) == _line(members[0])]
-    if not line or cost is None:
-        return members[1]
-    limit = NEARLY_FREE * cost(line[0])
-    return [m for m in line if cost(m) <= limit][-1]
-
-
-def _line(backbone: str) -> str:
-    """A backbone's name without its size suffix: ``tf_efficientnet_lite2`` -> ``tf_efficientnet_lite``."""
-    return backbone.rstrip("0123456789")
 
 
 # Recipes the probes could not tell from the best (the best included) share this part of the time

@@ -374,7 +374,7 @@ def _warm_start(
     """Enqueue the portfolio's recipes sized to the budget; or, when the budget is long enough to
     probe them first (:func:`autocls.portfolio.should_probe`), leave them as the study's plan for
     :func:`autocls.halving.halve_portfolio`, which enqueues the survivors."""
-    found = recipes(space, stats, fold_seconds)
+    found = recipes(space, stats)
     if fold_seconds is None or not timeout:
         for params in found:
             study.enqueue_trial(params, user_attrs={PORTFOLIO: True}, skip_if_exists=True)
