@@ -126,13 +126,13 @@ def run_refit(args: argparse.Namespace) -> int:
     from autocls.progress import Reporter
     from autocls.refitter import refit
     from autocls.runtime import resolve_device
-    from autocls.storage import default_url
+    from autocls.storage import default_path, default_url
     from autocls.studysetup import CACHE_DIR, open_study
     from autocls.threads import configure_threads
     from autocls.trialstore import TrialStore
 
     configure_threads()
-    if not args.storage and not (args.workdir / "autocls.db").is_file():
+    if not args.storage and not default_path(args.workdir).is_file():
         raise AutoclsError(
             f"nothing was searched in {args.workdir} (no autocls.db there); run autocls search first, "
             "or point --workdir (or --storage) at the search."
@@ -247,14 +247,14 @@ def run_report(args: argparse.Namespace) -> int:
     import json
 
     from autocls.htmlreport import write_report
-    from autocls.storage import default_url, open_storage
+    from autocls.storage import default_path, default_url, open_storage
     from autocls.studysetup import open_study, study_names
 
     check_output(args.out, models=[args.model], overwrite=args.overwrite)
     manifest_path = args.model / "manifest.json"
     name = args.study or (json.loads(manifest_path.read_text())["study"] if manifest_path.is_file() else None)
     study = None
-    if args.storage or (args.workdir / "autocls.db").is_file():  # the study's history, where it can be found
+    if args.storage or default_path(args.workdir).is_file():  # the study's history, where it can be found
         url = args.storage or default_url(args.workdir)
         if name in study_names(open_storage(url)):
             study = open_study(url, name)

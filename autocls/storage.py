@@ -46,9 +46,14 @@ CREATE_ATTEMPTS = 5
 JOURNAL_PREFIX = "journal:"
 
 
+def default_path(workdir: Path) -> Path:
+    """The file of the default storage (SQLite) of searches run in ``workdir``."""
+    return workdir / "autocls.db"
+
+
 def default_url(workdir: Path) -> str:
     workdir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(workdir / 'autocls.db').resolve()}"
+    return f"sqlite:///{default_path(workdir).resolve()}"
 
 
 def is_journal(url: str) -> bool:

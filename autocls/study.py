@@ -43,7 +43,7 @@ from autocls.prepare import DATA_INDEX_FILE, PreparedData, check_same_data, reco
 from autocls.progress import Reporter
 from autocls.records import TIME_SKIP_KIND, TrialRecord
 from autocls.samplers import make_pruner, make_sampler
-from autocls.storage import default_url, open_storage
+from autocls.storage import default_path, default_url, open_storage
 from autocls.studysetup import CACHE_DIR, DEFAULT_FOLDS, SearchRequest, StudySetup, create_or_continue
 from autocls.trialstore import TrialStore
 from autocls.workers import recover_dead_local_trials
@@ -101,7 +101,7 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
     reporter = reporter or Reporter(quiet=True)
     budget = Budget(request.timeout)
     discovered = None
-    if request.storage is None and not (request.workdir / "autocls.db").exists():
+    if request.storage is None and not default_path(request.workdir).exists():
         # A new study in a new SQLite file: the data first, so that a source the search cannot use is
         # one line and leaves no file behind (opening the storage creates it, and one left without a
         # study would make the next refit ask which study to take).

@@ -52,12 +52,11 @@ def held_out_probs(ensemble: Ensemble, test: Path) -> tuple[list[np.ndarray], np
     labelled = discover(test, min_classes=1)
     images, kept, _ = decode_images(labelled.paths, ensemble.decode_size)
     truth = labels_in_order(labelled.subset(kept), ensemble.class_names, multilabel=False)
-    members, probs = ensemble.members, []
-    for member in members:
-        ensemble.members = [dataclasses.replace(member, weight=1.0)]
-        probs.append(ensemble.predict_images(images, calibrated=False))
-    ensemble.members = members
-    return probs, truth
+    alone = [
+        Ensemble([dataclasses.replace(member, weight=1.0)], ensemble.manifest, ensemble.device)
+        for member in ensemble.members
+    ]
+    return [member.predict_images(images, calibrated=False) for member in alone], truth
 
 
 def main() -> None:
