@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from PIL import Image
 
 from autocls.errors import AutoclsError
 from autocls.multilabel import DELIMITER, label_sets, split_labels
+from autocls.pixels import IMAGE_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -39,19 +39,6 @@ IMAGE_EXTENSIONS = frozenset(
 )
 FILE_COLUMN_NAMES = ("file", "filename", "file_name", "path", "filepath", "image", "image_path", "img", "name")
 LABEL_COLUMN_NAMES = ("label", "labels", "class", "class_name", "target", "category", "y")
-# Everything Pillow raises on a file it cannot decode: OSError (UnidentifiedImageError, truncated
-# data), but also ValueError, SyntaxError, EOFError, IndexError, TypeError and struct.error from
-# malformed headers, and DecompressionBombError (an Exception, not an OSError) past the pixel limit.
-IMAGE_ERRORS = (
-    OSError,
-    ValueError,
-    SyntaxError,
-    EOFError,
-    IndexError,
-    TypeError,
-    struct.error,
-    Image.DecompressionBombError,
-)
 
 
 @dataclass(frozen=True)

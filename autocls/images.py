@@ -1,15 +1,15 @@
 """Image decoding and the decoded-image store.
 
 Every image is decoded once, converted to 8-bit RGB, EXIF-transposed and resized (shorter side to
-the store's size, then centre-cropped to a square). Trials, refit and prediction all read from the
-same uint8 array, so no epoch pays for a JPEG decode and prediction sees exactly the pixels that
-training saw.
+the store's size, then centre-cropped to a square) by :mod:`autocls.pixels`. Trials, refit and
+prediction all read from the same uint8 array, so no epoch pays for a JPEG decode and prediction
+sees exactly the pixels that training saw. A study's images are streamed into the on-disk cache
+(:mod:`autocls.imagecache`) and memory-mapped; prediction decodes into one tensor in memory.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -19,76 +19,40 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
 
 from autocls.atomic import write_atomically
-from autocls.data import IMAGE_ERRORS, LabelledImages
+from autocls.data import LabelledImages
 from autocls.errors import AutoclsError
+from autocls.imagecache import (
+    CACHE_VERSION,
+    CacheEntry,
+    CacheIndex,
+    DecodeClock,
+    decode_to_cache,
+    holding,
+    resized_entry,
+)
+from autocls.pixels import BACKGROUND, IMAGE_ERRORS, decode_file, fit_square, load_square, to_rgb
 from autocls.preprocess import place_images
 
+__all__ = ["BACKGROUND", "IMAGE_ERRORS", "ImageStore", "build_store", "decode_images", "fit_square", "load_square"]
+__all__ += ["resize_batch", "to_rgb"]
+
 logger = logging.getLogger(__name__)
-
-BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white, as viewers show them
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB for any PIL mode: grayscale, palette, RGBA/LA, CMYK and 16/32-bit integer images."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16/32-bit: stretch the used range to 0..255; a plain convert('L') clips everything above 255.
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
-        image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA"):
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, BACKGROUND)
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        return canvas
-    return image.convert("RGB")
-
-
-def load_square(path: str | Path, size: int) -> np.ndarray:
-    """Decode ``path`` into a ``size`` x ``size`` x 3 uint8 array (shorter side resized, centre crop)."""
-    with Image.open(path) as image:
-        if image.format == "JPEG":
-            # JPEG can decode at 1/2, 1/4 or 1/8 scale: for camera photos this is most of the cost.
-            image.draft("RGB", (size, size))
-        return fit_square(to_rgb(image), size)
-
-
-def fit_square(image: Image.Image, size: int) -> np.ndarray:
-    """Shorter side to ``size``, centre crop to a square: a ``size`` x ``size`` x 3 uint8 array."""
-    square = ImageOps.fit(to_rgb(image), (size, size), method=Image.Resampling.BILINEAR)
-    return np.array(square, dtype=np.uint8)  # a writable copy: torch.from_numpy wants one
 
 
 def decode_images(
     paths: Sequence[Path], size: int, threads: int | None = None
 ) -> tuple[torch.Tensor, list[int], list[tuple[Path, str]]]:
-    """Decode ``paths`` into an ``(N, 3, size, size)`` uint8 tensor.
+    """Decode ``paths`` into an ``(N, 3, size, size)`` uint8 tensor in memory (prediction, evaluation).
 
     Returns the tensor of the images that decoded, their positions in ``paths``, and
-    ``(path, reason)`` for those that did not. Pillow releases the GIL while decoding, so threads help.
+    ``(path, reason)`` for those that did not. Each image is written into one preallocated tensor as
+    it is decoded, so the decoded size is held once. Pillow releases the GIL while decoding, so
+    threads help; a study's data goes through the on-disk cache instead (:func:`build_store`).
     """
-    threads = threads or min(8, os.cpu_count() or 1)
-
-    def load(path: Path) -> np.ndarray | str:
-        try:
-            return load_square(path, size)
-        except Image.DecompressionBombError:
-            return "image too large (decompression-bomb limit); downscale it"
-        except IMAGE_ERRORS as err:
-            return f"not a readable image ({err.__class__.__name__}: {err})"
-
-    with ThreadPoolExecutor(threads) as pool:
-        results = list(pool.map(load, paths))
-    kept = [i for i, r in enumerate(results) if not isinstance(r, str)]
-    failed = [(paths[i], r) for i, r in enumerate(results) if isinstance(r, str)]
-    array = np.stack([results[i] for i in kept]) if kept else np.zeros((0, size, size, 3), np.uint8)
-    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous(), kept, failed
+    images, kept, failed, _ = _decode_in_memory(paths, size, threads)
+    return images, kept, failed
 
 
 def resize_batch(images: torch.Tensor, size: int, chunk: int = 512) -> torch.Tensor:
@@ -96,19 +60,35 @@ def resize_batch(images: torch.Tensor, size: int, chunk: int = 512) -> torch.Ten
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
     out = torch.empty((images.shape[0], 3, size, size), dtype=torch.uint8)
+    resize_into(images, out, chunk)
+    return out
+
+
+def resize_into(images: torch.Tensor, out: torch.Tensor, chunk: int = 512) -> None:
+    """Write ``images`` resized to ``out``'s size into ``out``, ``chunk`` images at a time: the
+    floats of one chunk are all the extra memory it takes."""
+    size = out.shape[-1]
     for start in range(0, images.shape[0], chunk):
         part = images[start : start + chunk].float()
         resized = F.interpolate(part, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         out[start : start + chunk] = resized.round_().clamp_(0, 255).to(torch.uint8)
-    return out
 
 
 class ImageStore:
     """Decoded images of a dataset at ``base_size``, with memoised copies at each trial resolution
-    and the output of one frozen network part over them (see :meth:`features`)."""
+    and the output of one frozen network part over them (see :meth:`features`).
 
-    def __init__(self, images: torch.Tensor) -> None:
+    ``content`` is each image's content hash (:func:`autocls.pixels.content_hash`), in order. A
+    store read from the decode cache (``entry``) keeps its copies at other resolutions on disk too,
+    memory-mapped, so no resolution needs the data's size in memory.
+    """
+
+    def __init__(
+        self, images: torch.Tensor, content: Sequence[str] | None = None, entry: CacheEntry | None = None
+    ) -> None:
         self.images = images
+        self.content = tuple(content) if content is not None else None
+        self.entry = entry
         self._resized: dict[int, torch.Tensor] = {}
         self._placed: dict[tuple[int, str], torch.Tensor] = {}
         self._features: dict[tuple, torch.Tensor] = {}
@@ -118,9 +98,33 @@ class ImageStore:
         return int(self.images.shape[-1])
 
     def at(self, size: int) -> torch.Tensor:
+        if size == self.base_size:
+            return self.images
         if size not in self._resized:
-            self._resized[size] = resize_batch(self.images, size)
+            self._resized[size] = resize_batch(self.images, size) if self.entry is None else self._on_disk(size)
         return self._resized[size]
+
+    def _on_disk(self, size: int) -> torch.Tensor:
+        """The images at ``size`` from the cache entry beside the base one, written once (streamed,
+        under the entry's lock, like the decode) and memory-mapped."""
+        assert self.entry is not None
+        entry = resized_entry(self.entry, size)
+        shape = (self.images.shape[0], 3, size, size)
+        if (found := entry.read()) is None:
+            with holding(entry.lock, None, lambda: logger.info("waiting for another process resizing to %d px", size)):
+                if (found := entry.read()) is None:
+                    out = np.memmap(entry.partial, dtype=np.uint8, mode="w+", shape=shape) if shape[0] else None
+                    if out is not None:
+                        resize_into(self.images, torch.from_numpy(out))
+                        out.flush()
+                        del out
+                    else:
+                        entry.partial.write_bytes(b"")
+                    os.replace(entry.partial, entry.array)
+                    write_atomically(entry.index, CacheIndex(shape, [], [], []).to_json())
+                    found = entry.read()
+        assert found is not None
+        return torch.from_numpy(found[0])
 
     def on(self, size: int, device: torch.device) -> torch.Tensor:
         """The images at ``size`` where training on ``device`` takes them from fastest (see
@@ -142,42 +146,58 @@ class ImageStore:
         return self._features[key]
 
 
-CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
-
-
-def build_store(data: LabelledImages, size: int, cache_dir: Path | None = None) -> tuple[LabelledImages, ImageStore]:
+def build_store(
+    data: LabelledImages, size: int, cache_dir: Path | None = None, clock: DecodeClock | None = None
+) -> tuple[LabelledImages, ImageStore]:
     """Decode every image of ``data`` once; unreadable files are skipped with one warning.
 
-    With ``cache_dir`` the decoded array is kept on disk, keyed by the data's fingerprint (paths,
-    sizes, modification times, labels) and the size, and memory-mapped on later runs: a search
-    restarted, a refit or a second worker on the same data decodes nothing, and a dataset larger
-    than RAM is paged in as needed. Any change to the files makes a new key.
+    With ``cache_dir`` the images are streamed into the on-disk cache (:mod:`autocls.imagecache`),
+    keyed by the data's local fingerprint (paths, sizes, modification times, labels) and the size,
+    and memory-mapped: memory does not grow with the data, a search restarted, a refit or a second
+    worker on the same data decodes nothing, and a dataset larger than RAM is paged in as needed.
+    ``clock`` bounds that decode by the time budget and hears how long it will take.
     """
     if cache_dir is None:
-        images, kept, failed = decode_images(data.paths, size)
+        images, kept, failed, content = _decode_in_memory(data.paths, size)
+        entry = None
     else:
-        images, kept, failed = _cached_decode(data, size, cache_dir)
+        entry = cache_entry(data, size, cache_dir)
+        array, index = decode_to_cache(data.paths, size, entry, clock)
+        images, kept, content = torch.from_numpy(array), index.kept, index.hashes
+        failed = [(data.paths[i], reason) for i, reason in index.failed]
     require_some_readable(len(data), failed)
     warn_unreadable(failed)
-    return data.subset(kept), ImageStore(images)
+    return data.subset(kept), ImageStore(images, content, entry)
 
 
-def _cached_decode(
-    data: LabelledImages, size: int, cache_dir: Path
-) -> tuple[torch.Tensor, list[int], list[tuple[Path, str]]]:
+def cache_entry(data: LabelledImages, size: int, cache_dir: Path) -> CacheEntry:
+    """The decode cache's entry for ``data`` at ``size``."""
     key = hashlib.sha256(f"{data.fingerprint()}|{size}|{CACHE_VERSION}".encode()).hexdigest()[:20]
-    array_path, index_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
-    if array_path.is_file() and index_path.is_file():
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        failed = [(Path(p), reason) for p, reason in index["failed"]]
-        # copy-on-write map: pages are read from disk when touched, nothing is written back
-        return torch.from_numpy(np.load(array_path, mmap_mode="c")), index["kept"], failed
-    images, kept, failed = decode_images(data.paths, size)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    index = {"kept": kept, "failed": [[str(p), reason] for p, reason in failed]}
-    write_atomically(array_path, lambda f: np.save(f, images.numpy()))
-    write_atomically(index_path, json.dumps(index).encode())  # written last: the entry is complete
-    return images, kept, failed
+    return CacheEntry(cache_dir, key)
+
+
+def _decode_in_memory(
+    paths: Sequence[Path], size: int, threads: int | None = None
+) -> tuple[torch.Tensor, list[int], list[tuple[Path, str]], list[str]]:
+    """:func:`decode_images`, and the content hash of each image kept."""
+    threads = threads or min(8, os.cpu_count() or 1)
+    images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    rows = images.numpy()
+
+    def load(position: int) -> str | None:
+        decoded = decode_file(paths[position], size)
+        if decoded.pixels is None:
+            return f"!{decoded.error}"
+        rows[position] = decoded.pixels.transpose(2, 0, 1)
+        return decoded.content
+
+    with ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(load, range(len(paths))))
+    kept = [i for i, result in enumerate(results) if not result.startswith("!")]
+    failed = [(Path(paths[i]), result[1:]) for i, result in enumerate(results) if result.startswith("!")]
+    if failed:
+        images = images[torch.as_tensor(kept, dtype=torch.long)]  # rows of the kept images, in order
+    return images, kept, failed, [results[i] for i in kept]
 
 
 def require_some_readable(total: int, failed: list[tuple[Path, str]]) -> None:

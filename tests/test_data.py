@@ -196,7 +196,7 @@ def test_disk_cache_returns_the_same_pixels_and_is_invalidated_by_changes(image_
     cache = tmp_path / "cache"
     plain_data, plain = build_store(data, 16)
     first_data, first = build_store(data, 16, cache)
-    assert len(list(cache.glob("*.npy"))) == 1
+    assert len(list(cache.glob("*.u8"))) == 1
     again_data, again = build_store(data, 16, cache)  # read back, memory-mapped
     for images in (first.images, again.images):
         assert torch.equal(images, plain.images)
@@ -206,7 +206,7 @@ def test_disk_cache_returns_the_same_pixels_and_is_invalidated_by_changes(image_
     Image.new("RGB", (16, 16), (0, 0, 0)).save(changed, format="PNG" if changed.suffix.lower() == ".png" else "JPEG")
     os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
     _, fresh = build_store(discover(image_folder), 16, cache)
-    assert len(list(cache.glob("*.npy"))) == 2
+    assert len(list(cache.glob("*.u8"))) == 2
     assert fresh.images[0].sum() == 0 and not torch.equal(fresh.images, plain.images)
 
 
@@ -223,7 +223,7 @@ def test_every_decoding_failure_pillow_raises_skips_the_file(image_folder: Path,
     real_open = Image.open
 
     def open_or_fail(path, *args, **kwargs):
-        name = Path(path).name
+        name = Path(getattr(path, "name", path)).name  # a path, or a buffer of the file's bytes
         if name in broken:
             raise broken[name] or Image.DecompressionBombError("too many pixels")
         return real_open(path, *args, **kwargs)
