@@ -26,6 +26,7 @@ from autocls.data import DataSpec
 from autocls.ensemble import Ensemble
 from autocls.errors import AutoclsError
 from autocls.multilabel import DELIMITER
+from autocls.prepare import relocated
 from autocls.progress import Reporter, optuna_logs_quiet
 from autocls.refitter import MAX_VIEWS
 from autocls.refitter import refit as _refit
@@ -128,10 +129,12 @@ def refit(
     overwrite: bool = False,
     best: bool = False,
     views: int = MAX_VIEWS,
+    data: str | Path | None = None,
 ) -> Ensemble:
     """Save the model ``autocls refit`` saves and return it: the recommended one by default (an
     ensemble selected across the kept trials when it beats the best trial), the best trial's fold
-    ensemble with ``best``, or that of ``trial``; with at most ``views`` test-time views (0: none)."""
+    ensemble with ``best``, or that of ``trial``; with at most ``views`` test-time views (0: none).
+    ``data``: where the study's images are on this machine, when not where the search found them."""
     workdir = Path(workdir)
     overwrite = overwrite or out is None  # the default folder is autocls's own: refit replaces it
     out = Path(out) if out else workdir / study.study_name / "model"
@@ -150,6 +153,7 @@ def refit(
             overwrite,
             best,
             views,
+            data_source=relocated(StudySetup.from_study(study).data, data) if data else None,
         )
     return result.ensemble
 

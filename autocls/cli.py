@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--trial", type=int, help="this trial number instead of the best")
     refit.add_argument("--out", type=Path, help="model folder (default: WORKDIR/STUDY/model)")
     refit.add_argument(
+        "--data",
+        help="where the study's images are on this machine, if not where the search found them "
+        "(another machine's mount, a moved folder: the same files under any path)",
+    )
+    refit.add_argument("--labels", help="with --data: the CSV of file,label rows, if not beside the data as before")
+    refit.add_argument(
         "--retrain",
         action="store_true",
         help="train the fold models again even if the search kept them (all k folds, where a short "

@@ -123,15 +123,18 @@ def run_search(args: argparse.Namespace) -> int:
 
 def run_refit(args: argparse.Namespace) -> int:
     from autocls.ensemble import check_model_destination
+    from autocls.prepare import relocated
     from autocls.progress import Reporter
     from autocls.refitter import refit
     from autocls.runtime import resolve_device
     from autocls.storage import default_path, default_url
-    from autocls.studysetup import CACHE_DIR, open_study
+    from autocls.studysetup import CACHE_DIR, StudySetup, open_study
     from autocls.threads import configure_threads
     from autocls.trialstore import TrialStore
 
     configure_threads()
+    if args.labels and not args.data:
+        raise AutoclsError("--labels goes with --data: give the folder of the images too.")
     if not args.storage and not default_path(args.workdir).is_file():
         raise AutoclsError(
             f"nothing was searched in {args.workdir} (no autocls.db there); run autocls search first, "
@@ -157,6 +160,7 @@ def run_refit(args: argparse.Namespace) -> int:
         overwrite,
         args.best,
         args.views,
+        data_source=relocated(StudySetup.from_study(study).data, args.data, args.labels) if args.data else None,
     )
     manifest = result.ensemble.manifest
     metric = result.cv.metric

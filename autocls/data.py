@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,29 @@ def file_index(data: LabelledImages) -> dict[str, list]:
     return index
 
 
+def content_index(data: LabelledImages, content: Sequence[str], root: Path) -> dict[str, list]:
+    """``{path under root: [size, content hash, class name]}`` of decoded images (``content[i]`` is
+    ``data.paths[i]``'s hash): how a study knows its data, whatever the root it is under on a
+    machine and whatever the files' modification times."""
+    index = {}
+    for path, digest, name in zip(data.paths, content, data.label_names(), strict=True):
+        try:
+            key = path.relative_to(root).as_posix()
+        except ValueError:  # outside the root (discovery refuses those): known by its whole path
+            key = str(path)
+        index[key] = [path.stat().st_size, digest, name]
+    return index
+
+
+def index_fingerprint(index: dict[str, list]) -> str:
+    """A hash of a :func:`content_index`, in path order: equal exactly when the indexes are."""
+    digest = hashlib.sha256()
+    for key in sorted(index):
+        size, content, name = index[key]
+        digest.update(f"{key}\0{size}\0{content}\0{name}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:16]
+
+
 def describe_changes(before: dict[str, list], after: dict[str, list]) -> str:
     """How two :func:`file_index` results differ: '12 files added, 0 removed, 3 modified'."""
     added = len(after.keys() - before.keys())
@@ -123,6 +147,12 @@ class DataSpec:
     def of(cls, source: str | Path, labels_csv: str | Path | None = None, **columns: str | None) -> DataSpec:
         resolve = lambda p: str(Path(p).expanduser().resolve())  # noqa: E731
         return cls(resolve(source), resolve(labels_csv) if labels_csv else None, **columns)
+
+    @property
+    def root(self) -> Path:
+        """The folder the images' paths are taken relative to: the data folder, or a CSV's folder."""
+        path = Path(self.source)
+        return path.parent if path.suffix.lower() == ".csv" and not path.is_dir() else path
 
     def discover(self) -> LabelledImages:
         return discover(self.source, self.labels_csv, self.file_column, self.label_column, self.label_delimiter)

@@ -163,7 +163,7 @@ class Objective:
         self.reporter = reporter
         self.budget = budget
         self.folds_hash = folds_hash(data.splits)
-        self.data_fingerprint = data.images.fingerprint()
+        self.data_fingerprint = data.fingerprint  # by content: the same on every machine
         self._member_queued = False
 
     def __call__(self, trial: optuna.Trial) -> float:

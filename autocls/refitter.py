@@ -22,12 +22,13 @@ from autocls.calibration import Calibration, calibrate, fit_temperature, scale
 from autocls.config import TrainConfig
 from autocls.cost import CostModel
 from autocls.cv import CVResult, cross_validate, folds_hash
+from autocls.data import DataSpec
 from autocls.ensemble import FORMAT_VERSION, OOF_FILE, Ensemble, Member, check_model_destination
 from autocls.errors import AutoclsError
 from autocls.limits import ModelCost, fold_models_cost
 from autocls.metrics import get_metric
 from autocls.multilabel import choose_thresholds, decide, probabilities
-from autocls.prepare import PreparedData
+from autocls.prepare import PreparedData, locate_data
 from autocls.preprocess import Preprocess, autocast, model_norm, model_to_device
 from autocls.progress import Reporter
 from autocls.records import TrialRecord, fold_summaries
@@ -101,6 +102,8 @@ def refit(
     overwrite: bool = False,
     best: bool = False,
     max_views: int = MAX_VIEWS,
+    *,
+    data_source: DataSpec | None = None,
 ) -> RefitResult:
     """Save the model the search recommends to ``out`` (replacing a model there only with ``overwrite``).
 
@@ -114,6 +117,10 @@ def refit(
     trial's configuration, folds and seed, on the data as it is now. Test-time views (the
     horizontal flip: :mod:`autocls.views`) are kept only where they raise the out-of-fold score
     (:func:`_choose_tta`), at most ``max_views`` of them (0: none).
+
+    ``data_source`` is where the study's images are on this machine, when not where the search
+    recorded them (another machine's mount, a moved folder): they are known by content, so fold
+    models trained elsewhere are reused all the same.
     """
     if isinstance(max_views, bool) or not isinstance(max_views, int) or not 0 <= max_views <= len(TTA_VIEWS):
         raise AutoclsError(
@@ -124,7 +131,9 @@ def refit(
     check_model_destination(Path(out), overwrite)  # before any training, not after it
     device = device or resolve_device("auto")
     setup = StudySetup.from_study(study)
-    data = PreparedData.load(setup, setup.search_space.max_resolution, cache_dir)
+    data = PreparedData.load(
+        setup, setup.search_space.max_resolution, cache_dir, source=locate_data(study, setup, data_source)
+    )
     metric = get_metric(setup.metric)
     sign = 1.0 if metric.greater_is_better else -1.0  # selection and TTA maximise sign * metric
 
@@ -304,7 +313,7 @@ def _candidate(
     config = record.train_config
     seed = record.seed if record.seed is not None else setup.seed
     kept = not retrain and store is not None and store.has(trial.number)
-    same_data = record.data_fingerprint == data.images.fingerprint() and record.folds_hash == folds_hash(data.splits)
+    same_data = data.is_recorded_as(record.data_fingerprint) and record.folds_hash == folds_hash(data.splits)
     if kept and not same_data:
         reporter.print(
             f"refit trial {trial.number}: the data changed since the search ({len(data.images)} images now); "
@@ -326,13 +335,13 @@ def _kept_candidates(
     study: optuna.Study, data: PreparedData, store: TrialStore, setup: StudySetup, exclude: int
 ) -> list[Candidate]:
     """The other completed trials whose fold models the search kept, on the same data and folds."""
-    fingerprint, hashed = data.images.fingerprint(), folds_hash(data.splits)
+    hashed = folds_hash(data.splits)
     found = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         record = TrialRecord.read(trial)
         if trial.number == exclude or not store.has(trial.number) or record.config is None:
             continue
-        if record.data_fingerprint != fingerprint or record.folds_hash != hashed:
+        if not data.is_recorded_as(record.data_fingerprint) or record.folds_hash != hashed:
             continue
         cv = store.load(trial, data.images.labels, len(data.images.class_names), setup.metric)
         found.append(Candidate(trial, record.train_config, cv, True))
@@ -503,7 +512,7 @@ def _ensemble(
         "search_cv_score": heaviest.trial.value,
         "fold_models": "reused from the search" if heaviest.reused else "retrained",
         "seed": TrialRecord.read(heaviest.trial).seed,
-        "data": {**asdict(setup.data), "images": len(data.images), "fingerprint": data.images.fingerprint()},
+        "data": {**asdict(setup.data), "images": len(data.images), "fingerprint": data.fingerprint},
         "history": [[asdict(record) for record in fold.history] for fold in heaviest.cv.folds],
         "versions": library_versions(),
         **labelling,

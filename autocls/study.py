@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import optuna
 import torch
@@ -38,6 +39,7 @@ from autocls.budget import Budget
 from autocls.cost import CostModel
 from autocls.data import check_folds
 from autocls.halving import halve_portfolio
+from autocls.imagecache import DecodeClock
 from autocls.objective import FINISHED, Objective
 from autocls.prepare import DATA_INDEX_FILE, PreparedData, check_same_data, record_data
 from autocls.progress import Reporter
@@ -86,6 +88,30 @@ class _StopConditions:
             study.stop()
 
 
+DECODE_NOTICE_SECONDS = 10.0  # a decode shorter than this is not worth a line
+
+
+def _decode_estimate(budget: Budget, reporter: Reporter, images: int) -> Callable[[float, int], None]:
+    """What the decode's first chunks say about its length, told at once: a decode that alone would
+    use up the time budget is a warning (it goes on until the deadline and keeps what it decoded)."""
+
+    def told(seconds: float, left: int) -> None:
+        if seconds > budget.left():
+            logger.warning(
+                "decoding the %s images left of %s takes about %.0f s, more than the %.0f s left of --timeout: "
+                "no trial will train in this run; the decode goes on until the deadline and keeps what it "
+                "finished for the next run (or give a longer --timeout)",
+                f"{left:,}",
+                f"{images:,}",
+                seconds,
+                budget.left(),
+            )
+        elif seconds > DECODE_NOTICE_SECONDS:
+            reporter.print(f"decoding {images:,} images into the cache: about {seconds:.0f} s more")
+
+    return told
+
+
 def _validation(setup: StudySetup) -> str:
     if setup.trained_folds == setup.folds:
         return f"{setup.folds}-fold CV"
@@ -115,14 +141,20 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
     worker = int(os.environ.get("AUTOCLS_WORKER", "0"))  # set by --workers for each process
     study.sampler = make_sampler(setup.seed + len(study.trials) + 7919 * worker, request.sampler)
     study.pruner = make_pruner(request.pruning)
-    if discovered is None or setup.data != request.data:
-        discovered = setup.data.discover()
-    index_file = request.workdir / study.study_name / DATA_INDEX_FILE
-    check_same_data(study, discovered, index_file)
+    # the data as this machine has it: the study knows it by content, so another root (another
+    # machine's mount, a renamed folder) or other modification times continue the study
+    if discovered is None:
+        discovered = request.data.discover()
     if "AUTOCLS_WORKER" not in os.environ:  # --workers recovers once, before it starts its workers
         recover_dead_local_trials(study)
-    data = PreparedData.load(setup, setup.search_space.max_resolution, request.workdir / CACHE_DIR, discovered)
-    record_data(study, discovered, data, index_file)
+    clock = DecodeClock(budget.deadline, _decode_estimate(budget, reporter, len(discovered)))
+    cache = request.workdir / CACHE_DIR
+    data = PreparedData.load(
+        setup, setup.search_space.max_resolution, cache, discovered, source=request.data, clock=clock
+    )
+    index_file = request.workdir / study.study_name / DATA_INDEX_FILE
+    check_same_data(study, discovered, data, index_file)
+    record_data(study, data, index_file)
 
     remaining = request.trials - count_finished(study)
     if remaining <= 0:

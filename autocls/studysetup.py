@@ -39,6 +39,8 @@ DEFAULT_SPACE = "default"
 CPU_SPACE = "fast"
 STUDY_ATTR = "autocls"  # the study user attribute that holds how the study was set up
 CACHE_DIR = "cache"  # decoded-image arrays, in the workdir
+SUCCESSOR_ATTR = "successor"  # study user attribute: the new study named when this one's data changed
+INHERITED = 3  # best configurations of the study a new one succeeds, queued first
 
 
 def library_versions() -> dict[str, str]:
@@ -250,7 +252,6 @@ def _check_continuation(study: optuna.Study, setup: StudySetup, request: SearchR
             ("--max-latency-ms", request.max_latency_ms, setup.max_latency_ms),
             ("--max-params", request.max_params, setup.max_params),
             ("--space", _space_name(request.space), setup.space.get("name")),
-            ("data", request.data.source, setup.data.source),
         )
         if asked is not None and asked != stored and not (what == "--space" and Path(asked).stem == stored)
     ]
@@ -358,9 +359,49 @@ def create_or_continue(
     )
     study.set_user_attr(STUDY_ATTR, setup.to_attr())
     study.set_metric_names([metric])
+    if not study.trials:
+        _inherit(study, space, fold_seconds, trained, request.timeout)
     if not study.trials and request.warm_start:
         _warm_start(study, space, stats, fold_seconds, trained, request.timeout)
     return study, setup
+
+
+def _inherit(
+    study: optuna.Study,
+    space: SearchSpace,
+    fold_seconds: Callable[[dict[str, Any]], float] | None,
+    trained: int,
+    timeout: float | None,
+) -> None:
+    """A study named when an earlier study's data changed (``SUCCESSOR_ATTR``) starts from what
+    that study learnt: its best configurations are queued first, sized to this study's budget."""
+    storage = study._storage
+    earlier = next(
+        (s for s in optuna.get_all_study_summaries(storage) if s.user_attrs.get(SUCCESSOR_ATTR) == study.study_name),
+        None,
+    )
+    if earlier is None:
+        return
+    done = optuna.load_study(study_name=earlier.study_name, storage=storage).get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+    )
+    if not done:
+        return
+    maximize = earlier.direction == optuna.study.StudyDirection.MAXIMIZE
+    best = sorted(done, key=lambda t: t.value, reverse=maximize)[:INHERITED]
+    names = {dim.name for dim in space.dimensions}
+    found = [{k: v for k, v in t.params.items() if k in names} for t in best]
+    if fold_seconds is not None and timeout:
+        found = size_to_shares(space, found, lambda params: fold_seconds(params) * trained, timeout)
+    for params, trial in zip(found, best, strict=True):
+        study.enqueue_trial(params, user_attrs={"inherited_from": f"{earlier.study_name}#{trial.number}"})
+    logger.warning(
+        "study %r starts from study %r, whose data changed: its %d best configurations (trials %s) are queued first",
+        study.study_name,
+        earlier.study_name,
+        len(best),
+        ", ".join(str(t.number) for t in best),
+    )
 
 
 def _warm_start(

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from autocls import records
 from autocls.cost import CostModel
 from autocls.errors import AutoclsError
-from autocls.prepare import DATA_INDEX_FILE, check_same_data
+from autocls.prepare import DATA_INDEX_FILE, PreparedData, check_same_data, record_data
 from autocls.progress import Reporter
 from autocls.runtime import resolve_device, stop_on_ctrl_c
 from autocls.storage import allows_several_processes, default_url, open_storage
@@ -124,7 +124,15 @@ def run_workers(request: SearchRequest, workers: int, quiet: bool = False) -> in
         )
     cost = CostModel(resolve_device(request.device), request.workdir / CACHE_DIR / "speeds.json")
     study, setup = create_or_continue(open_storage(url), request.study_name or request.data.name, request, cost)
-    check_same_data(study, setup.data.discover(), request.workdir / study.study_name / DATA_INDEX_FILE)
+    # decoded here, once, into the cache the workers then map; a changed dataset is one line here,
+    # not one per worker
+    discovered = request.data.discover()
+    cache = request.workdir / CACHE_DIR
+    data = PreparedData.load(setup, setup.search_space.max_resolution, cache, discovered, source=request.data)
+    index_file = request.workdir / study.study_name / DATA_INDEX_FILE
+    check_same_data(study, discovered, data, index_file)
+    record_data(study, data, index_file)
+    del data  # the workers map the cache themselves
     recover_dead_local_trials(study)  # once, here: workers started together would race for the same trials
     child = replace(request, study_name=study.study_name, storage=url)
     base = {**os.environ, REQUEST_ENV: child.to_json()}

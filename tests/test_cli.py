@@ -253,6 +253,59 @@ def test_changed_data_is_never_mixed_into_a_study(image_folder: Path, tiny_space
     assert search(image_folder, workdir, tiny_space, "--trials", "2", "--study", "e2e") == 0  # the old files again
 
 
+def test_the_same_images_anywhere_continue_a_study_and_a_changed_image_starts_a_new_one(
+    image_folder: Path, tiny_space: Path, tmp_path: Path, capsys
+) -> None:
+    """Images are known by content: under another root, copied without their times and without the
+    unreadable file the search skipped, they continue the study and refit reuses its fold models;
+    one changed image is refused with the counts, and the new study named starts from the old one."""
+    (image_folder / "class_1" / "broken.jpg").write_bytes(b"not an image")
+    workdir = tmp_path / "runs"
+    assert search(image_folder, workdir, tiny_space, "--trials", "1", "--study", "e2e") == 0
+    copy = tmp_path / "elsewhere" / "train"
+    for path in image_folder.glob("*/img *"):  # new modification times, another root, no broken.jpg
+        (copy / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (copy / path.parent.name / path.name).write_bytes(path.read_bytes())
+    capsys.readouterr()
+    assert search(copy, workdir, tiny_space, "--trials", "2", "--study", "e2e") == 0
+    study = optuna.load_study(study_name="e2e", storage=storage_of(workdir))
+    assert [t.state for t in study.trials] == [COMPLETE, COMPLETE]
+    assert main(["refit", "--best", "--study", "e2e", "--workdir", str(workdir), "--data", str(copy)]) == 0
+    out = "".join(capsys.readouterr())
+    assert "reusing the 2 fold models" in out and "training" not in out
+
+    class_image(0, np.random.default_rng(9)).save(copy / "class_2" / "img 0.png")
+    assert search(copy, workdir, tiny_space, "--trials", "3", "--study", "e2e") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "0 files added, 0 removed, 1 modified or relabelled" in err
+    assert "--study e2e-2" in err and len(study.trials) == 2
+    assert search(copy, workdir, tiny_space, "--trials", "1", "--study", "e2e-2") == 0
+    assert "study 'e2e-2' starts from study 'e2e'" in "".join(capsys.readouterr())
+    successor = optuna.load_study(study_name="e2e-2", storage=storage_of(workdir))
+    assert successor.trials[0].user_attrs["inherited_from"] == f"e2e#{study.best_trial.number}"
+
+
+def test_a_study_recorded_by_path_and_time_continues_on_its_unchanged_folder(
+    image_folder: Path, tiny_space: Path, tmp_path: Path
+) -> None:
+    """Studies searched before images were known by content recorded the files' paths, sizes and
+    times: unchanged, they continue (and gain a content record); changed, they are refused."""
+    from autocls.data import discover
+    from autocls.prepare import CONTENT_KEY, DATA_ATTR, OLD_KEY
+
+    workdir = tmp_path / "runs"
+    assert search(image_folder, workdir, tiny_space, "--trials", "1", "--study", "old") == 0
+    study = optuna.load_study(study_name="old", storage=storage_of(workdir))
+    recorded = study.user_attrs[DATA_ATTR]
+    old_style = {"images": recorded["images"], "classes": recorded["classes"]}
+    study.set_user_attr(DATA_ATTR, {**old_style, OLD_KEY: discover(image_folder).fingerprint()})
+    (workdir / "old" / "files.json").unlink()
+    assert search(image_folder, workdir, tiny_space, "--trials", "2", "--study", "old") == 0
+    assert study.user_attrs[DATA_ATTR][CONTENT_KEY] == recorded[CONTENT_KEY]
+    study.set_user_attr(DATA_ATTR, {**old_style, OLD_KEY: "0" * 16})  # as if the files had changed since
+    assert search(image_folder, workdir, tiny_space, "--trials", "3", "--study", "old") == 2
+
+
 def test_estimator_fits_on_other_data_search_their_own_studies(image_folder: Path) -> None:
     from autocls.api import _estimator_study_name
 
