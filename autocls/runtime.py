@@ -14,12 +14,19 @@ from autocls.errors import AutoclsError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as a device; a GPU that torch does not see is one
+    line here, not "invalid device ordinal" in every trial. Creates no CUDA context."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise AutoclsError("The 'device' setting asks for cuda, but torch sees no CUDA GPU; use cpu or auto.")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+    if name not in ("cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
         raise AutoclsError(f"The 'device' setting must be auto, cpu, cuda or cuda:N. Got {name!r}.")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AutoclsError(f"The 'device' setting asks for {name}, but torch sees no CUDA GPU; use cpu or auto.")
+    if name.startswith("cuda:") and int(name[5:]) >= (count := torch.cuda.device_count()):
+        raise AutoclsError(
+            f"The 'device' setting must name one of the {count} GPUs torch sees (cuda:0 to cuda:{count - 1}). "
+            f"Got {name!r}."
+        )
     return torch.device(name)
 
 
