@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import signal
 import threading
@@ -78,7 +79,40 @@ def derive_seed(*entropy: int) -> int:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed torch (model init, torchvision augmentation), numpy (timm's Mixup) and ``random``."""
+    """Seed torch (model init, torchvision augmentation), numpy (timm's Mixup) and ``random``, and
+    choose deterministic GPU algorithms where asked (:func:`ask_for_determinism`)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    apply_determinism()
+
+
+# On a GPU, cuDNN picks convolution algorithms that may sum in another order each run, and some
+# backward kernels add with atomics: a fold trained twice differs in the last bits after the first
+# step, and then more. `--deterministic` (search and refit) asks for deterministic algorithms, so
+# that `refit --retrain` trains the search's fold models again, on the same GPU model, driver,
+# CUDA/cuDNN and torch versions, and the same batch (an out-of-memory retry changes it). A CPU run
+# is deterministic already; this changes nothing there. The set-up is inherited through the
+# environment, so that --workers children have it too.
+DETERMINISTIC_ENV = "AUTOCLS_DETERMINISTIC"
+
+
+def ask_for_determinism() -> None:
+    """Ask for deterministic GPU algorithms in this process and the ones it starts. cuBLAS reads its
+    workspace setting when it starts, so call this before anything runs on a GPU."""
+    os.environ[DETERMINISTIC_ENV] = "1"
+    # cuBLAS's deterministic mode: fixed workspaces (8 of 4 MiB per stream)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def apply_determinism() -> None:
+    """Deterministic cuDNN and torch algorithms where :data:`DETERMINISTIC_ENV` is 1; otherwise
+    nothing changes. An operation with no deterministic CUDA implementation runs as it is, with
+    a warning that names it (``warn_only``): failing every trial for it would be worse. Only a GPU
+    shows that two runs agree; nothing here has run on one."""
+    if os.environ.get(DETERMINISTIC_ENV) != "1":
+        return  # PyTorch's defaults, or what the caller set up itself
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # API users who set only the variable
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False  # autotuning may choose another algorithm each run
+    torch.use_deterministic_algorithms(True, warn_only=True)
