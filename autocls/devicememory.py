@@ -26,10 +26,10 @@ def retry_halving(
     device: torch.device,
     on_retry: Callable[[int, int], None] | None = None,
     *,
-    floor: int = MIN_BATCH,
+    floor: int | None = None,
 ) -> tuple[T, int]:
     """``attempt(batch)``; on running out of device memory, ``on_retry(batch, smaller)`` and again
-    with half the batch, down to ``floor``. Returns the result and the batch that fitted.
+    with half the batch, down to ``floor`` (:data:`MIN_BATCH` by default). Returns the result and the batch that fitted.
 
     The memory is released after the ``except`` block, not in it: inside the handler the exception's
     traceback still holds the failed attempt's frames, and with them its model, optimizer state and
@@ -37,6 +37,7 @@ def retry_halving(
     again beside the dead attempt. Leaving the handler drops the traceback (only a GPU shows the
     bytes coming back; the tests check that the attempt's model is gone when the release runs).
     """
+    floor = MIN_BATCH if floor is None else floor
     while True:
         try:
             return attempt(batch), batch
