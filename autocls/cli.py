@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser, study: bool = True) -> None:
         p.add_argument("--quiet", action="store_true", help="print only warnings, errors and results")
-        p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
+        p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda or cuda:N")
         if study:
             p.add_argument("--workdir", type=Path, default=Path("autocls-runs"), help="default: ./autocls-runs")
             p.add_argument(
@@ -123,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         "configurations that cannot keep it are not trained",
     )
     search.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic cuDNN and cuBLAS algorithms on a GPU, so that refit --retrain with it too trains "
+        "the search's fold models again, bit for bit, on the same GPU model and software; slower training "
+        "(see docs/gpu.md). Nothing changes on a CPU, which is deterministic already",
+    )
+    search.add_argument(
         "--max-params",
         type=_positive_int,
         help="the delivered model's parameters, all fold models together; configurations over it are not trained",
@@ -152,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     refit.add_argument(
         "--overwrite", action="store_true", help="replace the autocls model in --out (the default folder: always)"
+    )
+    refit.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic cuDNN and cuBLAS algorithms on a GPU (as search --deterministic); slower training",
     )
     refit.add_argument(
         "--views",
@@ -239,6 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from autocls.progress import setup_logging
 
     setup_logging(quiet=getattr(args, "quiet", False))
+    if getattr(args, "deterministic", False):
+        from autocls.runtime import ask_for_determinism
+
+        ask_for_determinism()  # before anything touches CUDA; --workers children inherit it
     interrupted = (
         "interrupted; finished trials are saved, run the same command to continue."
         if args.command == "search"

@@ -3,7 +3,8 @@
 A trial's time is its training and evaluation passes: per fold and epoch, the training images
 through forward+backward and the validation images through forward. The training speed of a
 (backbone, resolution, freezing, batch) is measured here with a few steps on random tensors
-(seconds for a small CNN, and once: it is kept in the workdir per device and thread count), and
+(seconds for a small CNN, and once: it is kept in the workdir per CPU thread count, or per GPU
+model), and
 the estimate is corrected by how long finished trials really took against their estimates (data
 path, augmentation, early stopping). The study driver uses it to skip what cannot finish in the
 time left and to size the warm-start recipes to the budget. The same cache keeps each model's
@@ -26,8 +27,9 @@ import torch
 from autocls.atomic import exclusive, write_atomically
 from autocls.backbones import create_classifier
 from autocls.config import TrainConfig
+from autocls.devicememory import retry_halving
 from autocls.optim import create_optimizer
-from autocls.preprocess import model_to_device, to_device_layout
+from autocls.preprocess import autocast, grad_scaler, model_to_device, to_device_layout
 from autocls.records import TrialRecord
 
 logger = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ class CostModel:
     def images_per_second(self, config: TrainConfig) -> float:
         """Training images per second of ``config``'s model on this device, measured once."""
         key = (
-            f"{self.device.type}/{torch.get_num_threads()}t/{config.backbone}/{config.resolution}px/"
+            f"{self.device_key()}/{config.backbone}/{config.resolution}px/"
             f"freeze{config.freeze}/b{self._probe_batch(config)}"
         )
         if key not in self.speeds:
@@ -122,11 +124,20 @@ class CostModel:
     def latency_ms(self, config: TrainConfig) -> float:
         """Milliseconds one of ``config``'s models takes to predict one image (batch 1, inference,
         on this device), the median of a few passes; measured once like the training speed."""
-        key = f"latency/{self.device.type}/{torch.get_num_threads()}t/{config.backbone}/{config.resolution}px"
+        key = f"latency/{self.device_key()}/{config.backbone}/{config.resolution}px"
         if key not in self.speeds:
             self.speeds[key] = self._measure_latency(config)
             self._save()
         return self.speeds[key]
+
+    def device_key(self) -> str:
+        """What a measurement depends on besides the model: a CPU's thread count, or a GPU's model
+        (its name; the precision follows from it), not this process's threads, which differ between
+        a ``--workers`` parent and its children and say nothing of a GPU's speed. A workdir moved to
+        another GPU model measures again."""
+        if self.device.type == "cuda":
+            return f"cuda/{torch.cuda.get_device_name(self.device)}"
+        return f"{self.device.type}/{torch.get_num_threads()}t"
 
     def parameters(self, config: TrainConfig) -> int:
         """Parameters of ``config``'s model (its head sized for :data:`PROBE_CLASSES` classes)."""
@@ -145,7 +156,7 @@ class CostModel:
 
         def once() -> float:
             start = time.perf_counter()
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with autocast(self.device):  # prediction's precision
                 model(x)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -158,10 +169,21 @@ class CostModel:
         return 1000.0 * float(np.median(times))
 
     def _measure(self, config: TrainConfig) -> float:
-        batch = self._probe_batch(config)
+        """Training images per second at the probe's batch; where that batch runs out of device
+        memory, at the batch a fold would then train at (half, down to the floor, as
+        :func:`autocls.cv.fit_fold` does), so a configuration that trains is never failed, or its
+        warm-start recipe dropped, by its probe."""
+
+        def measure(batch: int) -> float:
+            return self._measure_at(config, batch)
+
+        return retry_halving(measure, self._probe_batch(config), self.device)[0]
+
+    def _measure_at(self, config: TrainConfig, batch: int) -> float:
         probe = TrainConfig.from_dict({**config.to_dict(), "pretrained": False})
         model = model_to_device(create_classifier(probe, PROBE_CLASSES), self.device)  # as the trainer lays it out
         optimizer = create_optimizer(model, probe)
+        scaler = grad_scaler(self.device)
         x = to_device_layout(torch.randn(batch, 3, config.resolution, config.resolution, device=self.device))
         y = torch.randint(0, PROBE_CLASSES, (batch,), device=self.device)
         model.train()
@@ -169,10 +191,11 @@ class CostModel:
         def step() -> float:
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with autocast(self.device, training=True):  # the trainer's precision
                 loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             return time.perf_counter() - start

@@ -6,7 +6,6 @@ stratification (:func:`autocls.multilabel.multilabel_folds`), which keeps every 
 
 from __future__ import annotations
 
-import gc
 import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,12 +16,11 @@ from sklearn.model_selection import StratifiedKFold
 
 from autocls.callbacks import TrainingObserver
 from autocls.config import TrainConfig
+from autocls.devicememory import MIN_BATCH, retry_halving
 from autocls.images import ImageStore
 from autocls.metrics import get_metric
 from autocls.multilabel import is_multilabel, multilabel_folds
 from autocls.trainer import FoldResult, Trainer
-
-MIN_BATCH = 8  # an out-of-memory retry halves the batch down to this (BatchNorm wants a few images)
 
 
 @dataclass
@@ -115,24 +113,24 @@ def fit_fold(
 ) -> tuple[FoldResult, Trainer]:
     """``trainer.fit``; on running out of device memory, the fold starts over with half the batch and
     half the learning rate (the linear scaling rule, Goyal et al., 2017), down to :data:`MIN_BATCH`,
-    and only then fails. Returns the trainer that succeeded, so later folds start at its batch."""
-    while True:
-        try:
-            return trainer.fit(store, labels, train_idx, val_idx, fold, observer, soft_targets), trainer
-        except torch.OutOfMemoryError:
-            config = trainer.config
-            smaller = config.batch_size // 2
-            if smaller < MIN_BATCH:
-                raise
-            release_device_memory(trainer.device)
-            observer.on_fold_restart(fold, f"out of memory at batch {config.batch_size}: again with batch {smaller}")
-            scaled_lr = config.lr * smaller / config.batch_size
-            trainer = trainer.with_config(replace(config, batch_size=smaller, lr=scaled_lr))
+    and only then fails. Returns the trainer that succeeded, so later folds start at its batch.
+
+    Whatever else the attempt put on the device shrinks with it: evaluation and the frozen-feature
+    cache halve their batch too, and the image store stays in host memory (its copy on the device
+    is dropped), or an out-of-memory error there would come back on every retry."""
+    current = trainer
+
+    def attempt(batch: int) -> FoldResult:
+        nonlocal current
+        if batch != current.config.batch_size:
+            config = current.config
+            smaller = replace(config, batch_size=batch, lr=config.lr * batch / config.batch_size)
+            current = current.with_config(smaller, eval_batch=max(1, current.eval_batch // 2), place_store=False)
             observer.on_fold_start(fold, folds, config.epochs)
+        return current.fit(store, labels, train_idx, val_idx, fold, observer, soft_targets)
 
+    def restart(batch: int, smaller: int) -> None:
+        observer.on_fold_restart(fold, f"out of memory at batch {batch}: again with batch {smaller}")
 
-def release_device_memory(device: torch.device) -> None:
-    """Return the failed attempt's cached blocks to the GPU before the retry (nothing to do on CPU)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    result, _ = retry_halving(attempt, trainer.config.batch_size, trainer.device, restart, floor=MIN_BATCH)
+    return result, current

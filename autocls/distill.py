@@ -30,6 +30,7 @@ from autocls.backbones import check_weights, create_classifier
 from autocls.config import TrainConfig
 from autocls.cv import fit_fold
 from autocls.data import DataSpec, LabelledImages, labels_in_order
+from autocls.devicememory import release_device_memory
 from autocls.ensemble import FORMAT_VERSION, OOF_FILE, Ensemble, Member, check_model_destination
 from autocls.errors import AutoclsError
 from autocls.images import build_store
@@ -100,6 +101,7 @@ def distill(
     labels = labels_in_order(images, teacher.class_names, teacher.multilabel)
     reporter.print(f"teacher {teacher_dir}: predicting {len(labels)} training images")
     teacher_probs, teacher_ms = _timed_predict(teacher, store.images)
+    _off_device(teacher)  # from here on only its predictions are needed: the student gets its memory
     targets = soft_targets(teacher_probs, labels, label_weight)
 
     metric = str(teacher.manifest.get("metric", "accuracy"))
@@ -196,6 +198,15 @@ def _timed_predict(model: Ensemble, images: torch.Tensor) -> tuple[np.ndarray, f
     start = time.perf_counter()
     probs = model.predict_images(images)
     return probs, 1000 * (time.perf_counter() - start) / max(len(images), 1)
+
+
+def _off_device(model: Ensemble) -> None:
+    """Move ``model``'s fold models to host memory and hand their device memory back. All k fold
+    models (of every member) of the teacher stayed on the GPU while the student trained, beside it."""
+    for member in model.members:
+        member.models = [m.to("cpu") for m in member.models]
+    device, model.device = model.device, torch.device("cpu")
+    release_device_memory(device)
 
 
 def _data_fields(data: str | Path | None, labels_csv: str | Path | None) -> dict[str, str | None]:

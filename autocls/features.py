@@ -68,12 +68,16 @@ def cached_inputs(
     weights_dir: Path | None,
     prepare: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device,
+    *,
+    batch: int = CACHE_BATCH,
 ) -> tuple[nn.Module, torch.Tensor] | None:
     """The network left to train and its cached inputs, when a frozen part can run once.
 
     The caller decides that the inputs are the same every epoch (no augmentation, no MixUp).
     Everything below the classifier frozen (a linear probe) caches pooled features; the first
     stages frozen cache the last frozen stage's feature maps. ``None`` when nothing can be cached.
+    The frozen part runs ``batch`` images at a time, in training's precision (it stands in for the
+    forward pass training would run); an out-of-memory retry halves ``batch``.
     """
     if not config.pretrained:
         return None  # random frozen weights differ per fold
@@ -83,9 +87,9 @@ def cached_inputs(
         def compute() -> torch.Tensor:
             model.eval()
             chunks = []
-            with torch.inference_mode(), autocast(device):
-                for start in range(0, len(images), CACHE_BATCH):
-                    chunks.append(frozen(prepare(images[start : start + CACHE_BATCH])).float().cpu())
+            with torch.inference_mode(), autocast(device, training=True):
+                for start in range(0, len(images), batch):
+                    chunks.append(frozen(prepare(images[start : start + batch])).float().cpu())
             return torch.cat(chunks)
 
         return store.features((config.backbone, str(weights_dir), config.resolution, part), compute)

@@ -126,9 +126,13 @@ class ImageStore:
         assert found is not None
         return torch.from_numpy(found[0])
 
-    def on(self, size: int, device: torch.device) -> torch.Tensor:
+    def on(self, size: int, device: torch.device, place: bool = True) -> torch.Tensor:
         """The images at ``size`` where training on ``device`` takes them from fastest (see
-        :func:`autocls.preprocess.place_images`); placed once per size while this store lives."""
+        :func:`autocls.preprocess.place_images`); placed once per size while this store lives.
+        ``place=False`` (an out-of-memory retry) drops any copy on a device and gives the host's."""
+        if not place:
+            self._placed.clear()
+            return self.at(size)
         key = (size, str(device))
         if key not in self._placed:
             self._placed.clear()  # one resolution at a time on a device: trials of one size follow each other

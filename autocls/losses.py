@@ -47,7 +47,11 @@ def sam_ascent_step(
     """
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     grad_norm = torch.norm(torch.stack([p.grad.norm(2) for p in params]), 2)
-    offsets = [p.grad * (rho / (grad_norm + 1e-12)) for p in params]
+    # no ascent where the gradients overflowed (fp16 training scales the loss, and its scaler then
+    # skips the step): inf/inf offsets would leave NaN in the weights. A select, not an `if`, so
+    # the host does not wait for the GPU; where the norm is finite the offsets are as they were.
+    step = torch.where(torch.isfinite(grad_norm), rho / (grad_norm + 1e-12), torch.zeros_like(grad_norm))
+    offsets = [p.grad * step for p in params]
     with torch.no_grad():
         torch._foreach_add_(params, offsets)
     optimizer.zero_grad(set_to_none=True)

@@ -2,7 +2,9 @@
 
 Images are kept as uint8 ``(N, 3, H, W)`` batches (4x less memory than floats) and turned into
 normalised floats on the device, batch by batch, channels-last on every device. On a GPU the
-forward pass runs under bf16 autocast; on CPU that measured slower here, so it stays off.
+training forward pass runs in the lower precision the GPU has tensor cores for (:func:`training_dtype`:
+bf16, else fp16 with a gradient scaler, else fp32); evaluation and prediction run in fp32
+everywhere, and so does everything on a CPU (bf16 measured slower there).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Iterator
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
+
+from autocls.devicememory import free_device_memory
 
 # A fold's decoded uint8 images live on the GPU when they take at most this share of its free
 # memory (the rest is the model's, its activations' and the optimizer's): batches are then gathered
@@ -38,7 +42,7 @@ def same_device(a: torch.device, b: torch.device) -> bool:
 
 def place_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The uint8 store where batches are taken from fastest for ``device``; on CPU, as it is."""
-    if device.type == "cuda" and images_fit_on_device(images.nbytes, torch.cuda.mem_get_info(device)[0]):
+    if device.type == "cuda" and images_fit_on_device(images.nbytes, free_device_memory(device)):
         return images.to(device)
     return images
 
@@ -151,6 +155,41 @@ def model_to_device(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(device, memory_format=torch.channels_last)
 
 
-def autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on a GPU; on CPU it measured slower than fp32 here, so it stays off."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def training_dtype(device: torch.device) -> torch.dtype:
+    """What a training forward pass on ``device`` computes in: the one choice that training, the
+    frozen-feature cache and the speed probe share.
+
+    bf16 where the GPU has bf16 tensor cores (compute capability 8.0 on: A100, H100, RTX 30xx on);
+    fp16, with a gradient scaler (:func:`grad_scaler`), on Volta and Turing (7.x: V100, T4, RTX
+    20xx), which have fp16 tensor cores only; fp32 on older GPUs and on CPUs. The capability is the
+    device's own: ``torch.cuda.is_bf16_supported()`` says yes on a T4 because a bf16 tensor can be
+    created there, and its convolutions then run emulated, slower than fp16 (only a GPU shows the
+    speeds; the tests fake the capability). ROCm GPUs do bf16."""
+    if device.type != "cuda":
+        return torch.float32
+    if torch.version.hip:
+        return torch.bfloat16
+    major, _minor = torch.cuda.get_device_capability(device)
+    if major >= 8:  # what is_bf16_supported(including_emulation=False) asks, but of `device`, not the current GPU
+        return torch.bfloat16
+    return torch.float16 if major >= 7 else torch.float32
+
+
+def autocast(device: torch.device, *, training: bool = False) -> torch.autocast:
+    """The precision of a forward pass on ``device``: :func:`training_dtype` for training
+    (``training=True``); fp32 for evaluation and prediction on every device.
+
+    Evaluation in fp32 keeps out-of-fold predictions, and the calibration, thresholds and ensemble
+    weights fitted on them, the same on a GPU as on a CPU up to float rounding: bf16 logits carry 8
+    bits of mantissa (probabilities off by up to ~1e-2). It costs a forward pass at fp32 speed: on
+    bf16 GPUs about 1.5-2x the bf16 pass (cuDNN still uses TF32 for fp32 convolutions, PyTorch's
+    default), on a T4 several times; evaluation is a forward pass over a fold's validation images
+    per epoch, a small part of a trial. On a CPU nothing changes: it was fp32 already."""
+    dtype = training_dtype(device) if training else torch.float32
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """A gradient scaler, enabled where training runs in fp16 (whose small gradients underflow to 0
+    unless the loss is scaled up first); elsewhere it passes the loss and the step through as they are."""
+    return torch.amp.GradScaler(device.type, enabled=training_dtype(device) == torch.float16)

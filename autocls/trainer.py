@@ -32,13 +32,18 @@ from autocls.losses import binary_cross_entropy, sam_ascent_step, soft_cross_ent
 from autocls.metrics import get_metric
 from autocls.multilabel import probabilities
 from autocls.optim import anneals
-from autocls.preprocess import BatchFeeder, autocast
+from autocls.preprocess import BatchFeeder, autocast, grad_scaler
 from autocls.runtime import check_stop, derive_seed, seed_everything
 from autocls.threads import adjust_threads
 
 logger = logging.getLogger(__name__)
 
-EVAL_BATCH = 256
+EVAL_BATCH = 256  # images a forward pass evaluates (and the frozen-feature cache computes) at a time
+# A training step's loss stays on the device; the host reads the losses every this many steps (one
+# sync: a per-step ``.item()`` made the host wait for each step's kernels before it gathered the
+# next batch, so the GPU idled between steps) and at the end of an epoch. A loss that is not finite
+# fails the fold at that read, naming its step.
+LOSS_READ_STEPS = 16
 Prepare = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -115,7 +120,15 @@ class Trainer:
         metric: str = "accuracy",
         feature_cache: bool = True,
         multilabel: bool = False,
+        *,
+        eval_batch: int = EVAL_BATCH,
+        place_store: bool = True,
     ) -> None:
+        # what an out-of-memory retry shrinks besides the batch (autocls.cv.fit_fold): the batch of
+        # evaluation and of the frozen-feature cache, and whether the image store may go on the device
+        self.eval_batch = eval_batch
+        self.place_store = place_store
+        self.scaler = grad_scaler(device)
         self.feature_cache = feature_cache
         self.multilabel = multilabel
         self.config = config
@@ -176,6 +189,7 @@ class Trainer:
         batch, steps = batch_plan(cfg.batch_size, len(train_idx))
         parts = build_fold(cfg, self.num_classes, self.weights_dir, self.device, steps)
         inputs = self._inputs(parts, store)
+        self.scaler = grad_scaler(self.device)  # a fresh one per fold; enabled only where training runs in fp16
         feed = BatchFeeder(inputs.images, self.device, batch)  # the next batch loads while this one trains
         train_t = torch.as_tensor(train_idx)
         class_weights, sample_weights = self._balancing(labels[train_t])
@@ -191,19 +205,15 @@ class Trainer:
             else:
                 order = train_t[torch.randperm(len(train_t), generator=generator)]
             inputs.net.train()
-            total = 0.0
+            losses = StepLosses(epoch, cfg.lr)
             order = order[: steps * batch]
             for step, (idx, images) in enumerate(zip(order.split(batch), feed(order), strict=True)):
                 check_stop()
                 x = inputs.prepare_train(images)
                 targets = soft_targets[idx] if soft_targets is not None else labels[idx]
-                loss = self._train_step(inputs.net, parts.optimizer, x, targets, class_weights)
-                if not math.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"loss became {loss} at epoch {epoch + 1}, step {step + 1} (lr {cfg.lr:.2g})"
-                    )
+                losses.add(self._train_step(inputs.net, parts.optimizer, x, targets, class_weights))
                 parts.scheduler.step_update(num_updates=epoch * steps + step + 1)
-                total += loss
+            total = losses.total()
             lr = parts.lr
             val_loss, probs = self.evaluate(inputs.net, val_inputs, inputs.prepare_eval, val_labels)
             monitor_loss = self._monitor_loss(inputs, labels, monitor_idx)
@@ -224,8 +234,11 @@ class Trainer:
         observer.on_fold_end(result)
         return result
 
-    def with_config(self, config: TrainConfig) -> Trainer:
-        """The same trainer (classes, device, weights, seed, metric) for another configuration."""
+    def with_config(
+        self, config: TrainConfig, *, eval_batch: int | None = None, place_store: bool | None = None
+    ) -> Trainer:
+        """The same trainer (classes, device, weights, seed, metric) for another configuration;
+        ``eval_batch`` and ``place_store`` as given, else as this one's."""
         return Trainer(
             config,
             self.num_classes,
@@ -235,16 +248,20 @@ class Trainer:
             self.metric.name,
             self.feature_cache,
             self.multilabel,
+            eval_batch=self.eval_batch if eval_batch is None else eval_batch,
+            place_store=self.place_store if place_store is None else place_store,
         )
 
     def _inputs(self, parts: FoldParts, store: ImageStore) -> FoldInputs:
         """The images at the model's resolution; or, when the inputs are the same every epoch (no
         augmentation, no MixUp), a frozen part's cached features and the part left to train."""
-        images = store.on(self.config.resolution, self.device)
+        images = store.on(self.config.resolution, self.device, place=self.place_store)
         plain = FoldInputs(parts.model, images, self._augmented(parts), parts.preprocess)
         if not self.feature_cache or self.augment is not None or self.mixup is not None:
             return plain
-        cached = cached_inputs(parts.model, store, self.config, self.weights_dir, parts.preprocess, self.device)
+        cached = cached_inputs(
+            parts.model, store, self.config, self.weights_dir, parts.preprocess, self.device, batch=self.eval_batch
+        )
         if cached is None:
             return plain
         net, features = cached
@@ -300,8 +317,9 @@ class Trainer:
         x: torch.Tensor,
         labels: torch.Tensor,
         class_weights: torch.Tensor | None,
-    ) -> float:
-        """One update on a batch; ``labels`` are class indices, or probability rows (soft targets)."""
+    ) -> torch.Tensor:
+        """One update on a batch; ``labels`` are class indices, or probability rows (soft targets).
+        Returns the loss, detached, where it was computed (see :data:`LOSS_READ_STEPS`)."""
         y = labels.to(self.device, non_blocking=True)
         if y.is_floating_point():
             targets = y
@@ -314,19 +332,23 @@ class Trainer:
         loss_of = binary_cross_entropy if self.multilabel else soft_cross_entropy
 
         def compute_loss() -> torch.Tensor:
-            with autocast(self.device):
+            with autocast(self.device, training=True):
                 logits = model(x)
             return loss_of(logits, targets, class_weights)
 
+        # fp16 (GPUs without bf16 tensor cores) scales the loss up, so small gradients do not
+        # underflow, and skips a step whose gradients overflowed; elsewhere the scaler is a no-op
+        scaler = self.scaler
         optimizer.zero_grad(set_to_none=True)
         loss = compute_loss()
-        if not torch.isfinite(loss):
-            return float(loss.item())
-        loss.backward()
+        # no check of the loss here: `if not torch.isfinite(loss)` waits for the GPU like .item();
+        # a non-finite loss fails the fold when the losses are read (StepLosses), a few steps on
+        scaler.scale(loss).backward()
         if self.config.sam_rho > 0:
-            sam_ascent_step(model, optimizer, compute_loss, self.config.sam_rho)
-        optimizer.step()
-        return float(loss.item())
+            sam_ascent_step(model, optimizer, lambda: scaler.scale(compute_loss()), self.config.sam_rho)
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.detach()
 
     @torch.inference_mode()
     def evaluate(
@@ -336,9 +358,9 @@ class Trainer:
         cross-entropy and one sigmoid per label for multi-label data)."""
         model.eval()
         probs = []
-        for batch in BatchFeeder(inputs, self.device, EVAL_BATCH)(torch.arange(len(inputs))):
+        for batch in BatchFeeder(inputs, self.device, self.eval_batch)(torch.arange(len(inputs))):
             x = prepare(batch)
-            with autocast(self.device):
+            with autocast(self.device):  # fp32: see autocast
                 logits = model(x)
             probs.append(probabilities(logits, self.multilabel).cpu())
         p = torch.cat(probs)
@@ -347,3 +369,35 @@ class Trainer:
         if self.multilabel:
             return nn.functional.binary_cross_entropy(p.clamp(1e-7, 1 - 1e-7), labels.float()).item(), p.numpy()
         return nn.functional.nll_loss(p.clamp_min(1e-7).log(), labels).item(), p.numpy()
+
+
+class StepLosses:
+    """An epoch's training losses, kept on the device and read by the host every
+    :data:`LOSS_READ_STEPS` steps; the first that is not finite fails the fold, naming its step."""
+
+    def __init__(self, epoch: int, lr: float) -> None:
+        self.epoch, self.lr = epoch, lr
+        self.pending: list[torch.Tensor] = []
+        self.read: list[float] = []
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending.append(loss)
+        if len(self.pending) >= LOSS_READ_STEPS:
+            self._read()
+
+    def total(self) -> float:
+        """The sum of the epoch's losses, as floats in step order (the sum a per-step read gave)."""
+        self._read()
+        return sum(self.read, 0.0)
+
+    def _read(self) -> None:
+        if not self.pending:
+            return
+        values = torch.stack([loss.float() for loss in self.pending]).cpu().tolist()  # the one sync
+        self.pending = []
+        for value in values:
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"loss became {value} at epoch {self.epoch + 1}, step {len(self.read) + 1} (lr {self.lr:.2g})"
+                )
+            self.read.append(value)

@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -108,13 +109,22 @@ def recover_dead_local_trials(study: optuna.Study) -> list[int]:
 
 
 REQUEST_ENV = "AUTOCLS_SEARCH_REQUEST"  # a --workers child's settings: the parent's SearchRequest as JSON
+DEVICE_ENV = "AUTOCLS_DEVICE"  # the device a --workers child trains on, as the parent assigned it
+SET_UP = "--set-up"  # the child that creates (or continues) the study before the workers start
 
 
 def run_workers(request: SearchRequest, workers: int, quiet: bool = False) -> int:
-    """Create the study here, then run ``workers`` search processes on it and wait for them all.
+    """Set the study up, then run ``workers`` search processes on it and wait for them all.
 
     Each child gets the parent's whole :class:`SearchRequest` (as JSON in its environment, which
-    also keeps a storage URL's password out of ``ps``), so no setting can be forgotten on the way.
+    also keeps a storage URL's password out of ``ps``), so no setting can be forgotten on the way,
+    and its own device (:func:`worker_envs`).
+
+    The set-up runs in a child too, with the first worker's environment: it measures training speeds
+    (to size the warm start to ``--timeout``) and latencies (``--max-latency-ms``) on the device, and
+    a CUDA context, once created, lives as long as its process: this one would have held GPU 0's
+    memory while waiting out the whole search. This process never touches a GPU; the set-up measures
+    on a worker's GPU with a worker's share of the cores, so the workers reuse what it measured.
     """
     url = request.storage or default_url(request.workdir)
     if not allows_several_processes(url):
@@ -122,8 +132,72 @@ def run_workers(request: SearchRequest, workers: int, quiet: bool = False) -> in
             f"--workers {workers} needs a storage several processes can share, not SQLite: "
             f"--storage journal:{request.workdir / 'autocls.journal'} (this machine) or postgresql://... (any machine)."
         )
+    resolve_device(request.device)  # a device that is not there is one line here, before any process starts
+    name = request.study_name or request.data.name
+    child = replace(request, study_name=name, storage=url)
+    base = {**os.environ, REQUEST_ENV: child.to_json()}
+    # counts the GPUs without creating a CUDA context
+    gpus = torch.cuda.device_count() if request.device != "cpu" and torch.cuda.is_available() else 0
+    envs = worker_envs(workers, available_cpus(), gpus, base, request.device)
+    set_up = [sys.executable, "-m", "autocls.workers", SET_UP, *(["--quiet"] if quiet else [])]
+    code = subprocess.run(set_up, env=envs[0]).returncode
+    if code != 0:
+        return code  # the set-up child has said why, in one line
+    children = [subprocess.Popen([sys.executable, "-m", "autocls.workers"], env=env) for env in envs]
+    codes = [c.wait() for c in children]
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    Reporter(quiet=quiet).best_trials_table(study, study.metric_names[0] if study.metric_names else "score")
+    failed = [c for c in codes if c not in (0, 1)]
+    if failed:
+        print(f"autocls: {len(failed)} of {workers} workers exited with errors ({failed}).", file=sys.stderr)
+    return 0 if not failed else 1
+
+
+def worker_envs(
+    workers: int, cores: int, gpus: int, base: dict[str, str], device: str = "auto"
+) -> list[dict[str, str]]:
+    """Each worker's environment: its share of the cores, its sampler seed, and its device.
+
+    A worker given one GPU sees only that one (``CUDA_VISIBLE_DEVICES``), where it is ``cuda``
+    (:data:`DEVICE_ENV`); the ``cuda:K`` of the parent's numbering would be an invalid ordinal
+    there. ``auto`` or ``cuda`` with several GPUs: one GPU per worker, round robin over
+    ``CUDA_VISIBLE_DEVICES`` when set, so each trial has a GPU to itself. ``cuda:K``: every worker
+    on the K-th visible GPU, the one the user chose. One GPU, or ``cpu``: every worker on it.
+    """
+    visible = base.get("CUDA_VISIBLE_DEVICES")
+    # CUDA stops at the first entry it cannot use, and torch counts the GPUs before it
+    gpu_ids = ([g.strip() for g in visible.split(",")] if visible else [str(g) for g in range(gpus)])[:gpus]
+    chosen = int(device[5:]) if device.startswith("cuda:") and gpus else None
+    if chosen is not None and chosen >= len(gpu_ids):
+        raise AutoclsError(
+            f"The 'device' setting must name one of the {gpus} GPUs torch sees (cuda:0 to cuda:{gpus - 1}). "
+            f"Got {device!r}."
+        )
+    envs = []
+    for i in range(workers):
+        # each worker seeds its sampler differently, or all would propose the same first trials
+        env = {**base, "AUTOCLS_THREADS": str(max(1, cores // workers)), "AUTOCLS_WORKER": str(i)}
+        env[DEVICE_ENV] = "cuda" if gpus and device != "cpu" else device
+        if chosen is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu_ids[chosen]
+        elif gpus > 1 and device != "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = gpu_ids[i % len(gpu_ids)]
+        envs.append(env)
+    return envs
+
+
+def worker_request(environ: Mapping[str, str]) -> SearchRequest:
+    """A ``--workers`` child's request: the parent's, on the device the parent assigned it."""
+    request = SearchRequest.from_json(environ[REQUEST_ENV])
+    return replace(request, device=environ.get(DEVICE_ENV, request.device))
+
+
+def set_up_study(request: SearchRequest) -> None:
+    """Create or continue the study (measuring on this process's device), check that the data is
+    the study's, and recover this host's dead trials: once, before the workers start, which would
+    race for the same trials."""
     cost = CostModel(resolve_device(request.device), request.workdir / CACHE_DIR / "speeds.json")
-    study, setup = create_or_continue(open_storage(url), request.study_name or request.data.name, request, cost)
+    study, setup = create_or_continue(open_storage(request.storage), request.study_name, request, cost)
     # decoded here, once, into the cache the workers then map; a changed dataset is one line here,
     # not one per worker
     discovered = request.data.discover()
@@ -132,47 +206,25 @@ def run_workers(request: SearchRequest, workers: int, quiet: bool = False) -> in
     index_file = request.workdir / study.study_name / DATA_INDEX_FILE
     check_same_data(study, discovered, data, index_file)
     record_data(study, data, index_file)
-    del data  # the workers map the cache themselves
-    recover_dead_local_trials(study)  # once, here: workers started together would race for the same trials
-    child = replace(request, study_name=study.study_name, storage=url)
-    base = {**os.environ, REQUEST_ENV: child.to_json()}
-    gpus = torch.cuda.device_count() if request.device != "cpu" and torch.cuda.is_available() else 0
-    envs = worker_envs(workers, available_cpus(), gpus, base)
-    children = [subprocess.Popen([sys.executable, "-m", "autocls.workers"], env=env) for env in envs]
-    codes = [c.wait() for c in children]
-    Reporter(quiet=quiet).best_trials_table(study, study.metric_names[0] if study.metric_names else "score")
-    failed = [c for c in codes if c not in (0, 1)]
-    if failed:
-        print(f"autocls: {len(failed)} of {workers} workers exited with errors ({failed}).", file=sys.stderr)
-    return 0 if not failed else 1
-
-
-def worker_envs(workers: int, cores: int, gpus: int, base: dict[str, str]) -> list[dict[str, str]]:
-    """Each worker's environment: its share of the cores, its sampler seed and, with several GPUs,
-    one GPU (round robin over ``CUDA_VISIBLE_DEVICES`` when set), so each trial has a GPU to itself."""
-    visible = base.get("CUDA_VISIBLE_DEVICES")
-    gpu_ids = [g.strip() for g in visible.split(",")] if visible else [str(g) for g in range(gpus)]
-    envs = []
-    for i in range(workers):
-        # each worker seeds its sampler differently, or all would propose the same first trials
-        env = {**base, "AUTOCLS_THREADS": str(max(1, cores // workers)), "AUTOCLS_WORKER": str(i)}
-        if gpus > 1:
-            env["CUDA_VISIBLE_DEVICES"] = gpu_ids[i % len(gpu_ids)]
-        envs.append(env)
-    return envs
+    recover_dead_local_trials(study)
 
 
 def worker_main() -> int:
-    """A ``--workers`` child: the parent's request, searched quietly; exit codes as ``autocls search``."""
+    """A ``--workers`` child: the parent's request, searched quietly (or, with ``--set-up``, the
+    study set up); exit codes as ``autocls search``."""
     from autocls.cli import run_guarded
     from autocls.progress import setup_logging
     from autocls.study import run_search
 
-    setup_logging(quiet=True)
+    set_up = SET_UP in sys.argv[1:]
+    setup_logging(quiet=not set_up or "--quiet" in sys.argv[1:])
 
     def search() -> int:
-        request = SearchRequest.from_json(os.environ[REQUEST_ENV])
+        request = worker_request(os.environ)
         configure_threads()
+        if set_up:
+            set_up_study(request)
+            return 0
         with stop_on_ctrl_c():
             study = run_search(request, resolve_device(request.device), Reporter(quiet=True))
         return 0 if any(t.state == TrialState.COMPLETE for t in study.trials) else 1
