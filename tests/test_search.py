@@ -14,7 +14,7 @@ from autocls import records
 from autocls.budget import Budget, BudgetExhausted
 from autocls.callbacks import TrainingObserver
 from autocls.config import TrainConfig
-from autocls.cost import PRIOR_CORRECTION, CostModel
+from autocls.cost import CPU_PROBE_RESOLUTION, PRIOR_CORRECTION, CostModel
 from autocls.cv import cross_validate, stratified_folds
 from autocls.data import DataSpec, discover
 from autocls.images import build_store
@@ -337,6 +337,15 @@ def test_cost_model_measures_a_configuration_once_and_learns_from_real_trials(tm
     again.learn_from([done, optuna.trial.create_trial(value=0.4)])
     assert again.correction == pytest.approx(2.0)  # the real epochs took twice the estimate
     assert again.trial_seconds(config, 100, 5) == pytest.approx(2 * per_epoch * config.epochs * 5)
+
+
+def test_a_cpu_probes_high_resolutions_once_at_a_lower_one_scaled_by_the_pixels(monkeypatch) -> None:
+    measured = []
+    monkeypatch.setattr(CostModel, "_measure", lambda self, config: measured.append(config.resolution) or 90.0)
+    cost = CostModel(CPU)
+    speeds = {r: cost.images_per_second(TrainConfig.from_dict({**TINY, "resolution": r})) for r in (96, 160, 224)}
+    assert measured == [96, CPU_PROBE_RESOLUTION]  # one probe serves every resolution above it
+    assert speeds[96] == 90.0 and speeds[224] == pytest.approx(90.0 * (CPU_PROBE_RESOLUTION / 224) ** 2)
 
 
 def test_a_real_run_of_a_backbone_calibrates_its_estimates_at_every_size(monkeypatch) -> None:
