@@ -25,13 +25,15 @@ import json
 import logging
 import math
 import multiprocessing
+import multiprocessing.pool
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -272,9 +274,8 @@ def _decode_chunks(
     starts = iter(range(progress.done, total, CHUNK_IMAGES))
     window = 2 * workers  # chunks in flight: every worker busy, and few to wait for at the deadline
     began, first_done, recorded = time.monotonic(), progress.done, time.monotonic()
-    # spawn, not fork: the parent holds torch's thread pools, which a forked child must not inherit
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
-    queue: deque[tuple[int, Future]] = deque()
+    pool = start_pool(workers) if workers > 1 else None
+    queue: deque[tuple[int, Any]] = deque()
 
     def fill() -> None:
         while len(queue) < window and (start := next(starts, None)) is not None:
@@ -284,7 +285,7 @@ def _decode_chunks(
         fill()
         while queue:
             start, future = queue.popleft()
-            hashes, failed = future.result()
+            hashes, failed = future.get()
             progress.hashes.update(hashes)
             progress.failed.extend(failed)
             progress.done = min(total, start + CHUNK_IMAGES)
@@ -306,22 +307,56 @@ def _decode_chunks(
             fill()
     except BaseException:
         # Ctrl-C, the deadline or a failure: the chunks finished in order are kept for the next run
-        for _, future in queue:
-            future.cancel()
+        if pool is not None:
+            pool.terminate()  # chunks in flight are not recorded: a later run decodes them again
         with contextlib.suppress(OSError):
             progress.write(entry.progress, total)
         raise
     finally:
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.close()
+            pool.join()
 
 
-def _submit(pool: ProcessPoolExecutor | None, partial: Path, shape: tuple, start: int, paths: list[str]) -> Future:
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """While worker processes start, hide the ``__main__`` module from multiprocessing: a spawned
+    child otherwise imports it again (a user's script without a ``__main__`` guard would run its
+    search again in each child, and ``python -m autocls.workers`` would bring torch into each), while
+    the decode's children need only :mod:`autocls.pixels`."""
+    main = sys.modules["__main__"]
+    saved = {name: getattr(main, name) for name in ("__spec__", "__file__") if hasattr(main, name)}
+    try:
+        main.__spec__ = None
+        if hasattr(main, "__file__"):
+            del main.__file__
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)
+
+
+def start_pool(workers: int) -> multiprocessing.pool.Pool:
+    """``workers`` decode processes, all started now. Spawned, not forked: the parent holds torch's
+    thread pools, which a forked child must not inherit."""
+    with _main_module_hidden():
+        return multiprocessing.get_context("spawn").Pool(workers)
+
+
+class _Done:
+    """A chunk decoded in this process (one CPU: no worker to start), shaped like a pool's result."""
+
+    def __init__(self, value: tuple[dict, list]) -> None:
+        self.value = value
+
+    def get(self) -> tuple[dict, list]:
+        return self.value
+
+
+def _submit(pool: multiprocessing.pool.Pool | None, partial: Path, shape: tuple, start: int, paths: list[str]) -> Any:
     if pool is not None:
-        return pool.submit(_decode_rows, str(partial), shape, start, paths)
-    done: Future = Future()  # one CPU: decode here, no process to start
-    done.set_result(_decode_rows(str(partial), shape, start, paths))
-    return done
+        return pool.apply_async(_decode_rows, (str(partial), shape, start, paths))
+    return _Done(_decode_rows(str(partial), shape, start, paths))
 
 
 def _finish(entry: CacheEntry, shape: tuple[int, ...], progress: _Progress) -> None:

@@ -85,3 +85,25 @@ def test_content_hashes_follow_the_bytes_not_the_path(image_folder: Path, tmp_pa
         target.write_bytes(path.read_bytes())  # new mtimes, another root
     _, copied = build_store(discover(copy), 16, tmp_path / "cache")
     assert copied.content == store.content
+
+
+def test_a_script_without_a_main_guard_decodes_with_worker_processes_once(image_folder: Path, tmp_path: Path) -> None:
+    """Spawned decode workers must not import the user's script again: without a ``__main__`` guard
+    it would start its work again in every worker."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from autocls.data import discover\n"
+        "from autocls.images import build_store\n"
+        "print('script ran', flush=True)\n"
+        f"kept, store = build_store(discover({str(image_folder)!r}), 16, Path({str(tmp_path / 'cache')!r}))\n"
+        "print('decoded', len(kept))\n"
+    )
+    env = {**os.environ, "AUTOCLS_DECODE_WORKERS": "2"}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("script ran") == 1 and "decoded 24" in done.stdout
