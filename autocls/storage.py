@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
 import os
@@ -93,6 +94,7 @@ GRACE_SECONDS = {
 MAX_RETRIES = 2
 CREATE_ATTEMPTS = 5
 JOURNAL_PREFIX = "journal:"
+PG_CONNECT_ARGS = {"connect_timeout": 10, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 CLAIM_ATTR = "autocls:claim"  # system attribute: the call that created a trial or took it to run
 
 
@@ -146,17 +148,14 @@ def is_connection_error(err: BaseException) -> bool:
     return False
 
 
-def _describe(err: BaseException, url: str) -> str:
+def _describe(err: BaseException, password: str | None) -> str:
     """The driver's first line about ``err``, without the password (libpq names host and port only,
     but a driver may quote more)."""
-    while isinstance(err.__cause__ or err.__context__, BaseException) and not isinstance(
-        err, sqlalchemy_exc.DBAPIError
-    ):
+    while not isinstance(err, sqlalchemy_exc.DBAPIError) and (err.__cause__ or err.__context__) is not None:
         err = err.__cause__ or err.__context__  # type: ignore[assignment]
     origin = getattr(err, "orig", None) or err
     lines = str(origin).strip().splitlines()
     text = f"{origin.__class__.__name__}: {lines[0] if lines else ''}".strip()
-    password = _password(url)
     return text.replace(password, "***") if password else text
 
 
@@ -183,11 +182,13 @@ class ConnectionRetry:
         name: str,
         seconds: float = RETRY_SECONDS,
         *,
+        password: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.name = name
+        self.name = name  # the storage, as messages show it: redacted
         self.seconds = seconds
+        self._password = password  # kept out of the driver's messages that the warnings quote
         self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -195,7 +196,7 @@ class ConnectionRetry:
         self._gave_up: str | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:  # a pickled storage (Optuna pickles them for processes)
-        return (ConnectionRetry, (self.name, self.seconds))
+        return (_unpickle_retry, (self.name, self.seconds, self._password))
 
     def call(self, attempt: Callable[[bool], T]) -> T:
         """``attempt(retried)`` until it returns or raises anything but a connection error;
@@ -236,15 +237,15 @@ class ConnectionRetry:
                 logger.warning(
                     "storage %s unreachable (%s); retrying for up to %.0f s",
                     self.name,
-                    _describe(err, self.name),
+                    _describe(err, self._password),
                     self.seconds,
                 )
             left = self._down_since + self.seconds - now
             if left <= 0 or self._gave_up is not None:
                 self._gave_up = self._gave_up or (
                     f"storage {self.name} unreachable for {now - self._down_since:.0f} s "
-                    f"({_describe(err, self.name)}): this worker stops and its running trial is queued "
-                    "again; bring the database back and run the same command to continue "
+                    f"({_describe(err, self._password)}); stopped (a trial left running is queued again by "
+                    "the next search): bring the database back and run the same command to continue "
                     "(AUTOCLS_STORAGE_RETRY=SECONDS waits longer)."
                 )
                 raise StorageUnavailableError(self._gave_up) from err
@@ -260,14 +261,18 @@ class ConnectionRetry:
                 self._down_since = None
 
 
+def _unpickle_retry(name: str, seconds: float, password: str | None) -> ConnectionRetry:
+    return ConnectionRetry(name, seconds, password=password)
+
+
 def _retried(method: Callable[..., T]) -> Callable[..., T]:
     """``method`` of :class:`RetryingRDBStorage`, tried again on a lost connection: for reads and
     for writes that are upserts, where a second try of a committed write changes nothing."""
 
+    @functools.wraps(method)
     def call(self: RetryingRDBStorage, *args: Any, **kwargs: Any) -> T:
         return self.retry.call(lambda _retried: method(self, *args, **kwargs))
 
-    call.__name__, call.__doc__ = method.__name__, method.__doc__
     return call
 
 
@@ -278,7 +283,7 @@ class RetryingRDBStorage(RDBStorage):
 
     def __init__(self, url: str, *, retry_seconds: float = RETRY_SECONDS, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        self.retry = ConnectionRetry(redact(url), retry_seconds)
+        self.retry = ConnectionRetry(redact(url), retry_seconds, password=_password(url))
 
     def record_heartbeat(self, trial_id: int) -> None:
         # Optuna's heartbeat thread stops for good at its first exception, and the trial it stops
@@ -289,7 +294,7 @@ class RetryingRDBStorage(RDBStorage):
         except StorageUnavailableError:
             pass  # the trial's own next storage call stops the worker, with the message
         except Exception as err:
-            logger.warning("trial heartbeat not recorded (%s)", _describe(err, self.url))
+            logger.warning("trial heartbeat not recorded (%s)", _describe(err, self.retry._password))
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         return self._create_new_trial(study_id, template_trial)._trial_id
@@ -400,6 +405,7 @@ for _name in (
     "_get_stale_trial_ids",
 ):
     setattr(RetryingRDBStorage, _name, _retried(getattr(RDBStorage, _name)))
+del _name
 
 
 def _claimed(template: FrozenTrial | None, claim: str) -> FrozenTrial:
@@ -440,7 +446,12 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         raise AutoclsError(
             f"unknown storage {redact(url)}: use sqlite:///PATH, postgresql://USER@HOST/DB or journal:PATH."
         )
-    engine_kwargs = {"connect_args": {"timeout": 60}} if kind == "sqlite" else {"pool_pre_ping": True}
+    engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if kind == "sqlite" else {"pool_pre_ping": True}
+    if kind.startswith("postgres") and url.split(":", 1)[0].partition("+")[2] in ("", "psycopg", "psycopg2"):
+        # libpq's: a connection attempt to a host that does not answer (a network cut, not a
+        # restart) fails after 10 s instead of hanging, so the retries above see it; a connection
+        # whose peer is gone is found dead by TCP keepalives within a minute
+        engine_kwargs["connect_args"] = {**PG_CONNECT_ARGS}
     storage_class = RDBStorage if kind == "sqlite" else RetryingRDBStorage
     try:
 

@@ -225,3 +225,15 @@ def test_every_storage_call_is_retried_and_the_storage_still_pickles(tmp_path: P
     assert plain == set()  # a call Optuna adds must be added to the retried ones
     copied = pickle.loads(pickle.dumps(storage))
     assert copied.retry.seconds == 300 and copied.get_all_studies() == []
+
+
+def test_the_password_never_reaches_the_warnings_or_the_error(caplog) -> None:
+    clock = Clock()
+    retry = ConnectionRetry("postgresql://me:***@db/autocls", 10, password="hunter2", clock=clock, sleep=clock.sleep)
+
+    def attempt(_retried: bool) -> None:
+        raise connection_error("password hunter2 was refused")  # a driver that quotes too much
+
+    with caplog.at_level(logging.WARNING, logger="autocls.storage"), pytest.raises(StorageUnavailableError) as raised:
+        retry.call(attempt)
+    assert "hunter2" not in str(raised.value) + caplog.text and "password *** was refused" in str(raised.value)
