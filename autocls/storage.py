@@ -36,8 +36,11 @@ the database out has recorded its heartbeat again before anybody may take its tr
 heartbeat thread never dies of a storage error (Optuna's would stop beating, and the trial would be
 failed as stale while it trains). The one exception that ends the worker is a ``BaseException``,
 like ``KeyboardInterrupt``, so that ``study.optimize(catch=(Exception,))`` and the objective's own
-handlers do not record FAIL for a trial whose only fault was the database. SQLite and journal
-storages are local files and are not retried.
+handlers do not record FAIL for a trial whose only fault was the database. Opening a storage is
+not retried (a wrong URL or password is one quick error; a search started while the database is
+down fails at once), and libpq's connect timeout and TCP keepalives turn a host that stopped
+answering into an error the retries see rather than a call that hangs. SQLite and journal storages
+are local files and are not retried.
 """
 
 from __future__ import annotations
