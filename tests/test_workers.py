@@ -124,12 +124,13 @@ def test_two_workers_wait_out_a_postgres_restart_and_lose_nothing(
     _, err = process.communicate(timeout=600)
     assert process.returncode == 0 and "autocls: error" not in err, err[-3000:]  # no worker gave up or failed
     said = " ".join(err.split())  # rich wraps log lines at the terminal's width
-    assert said.count("unreachable (") == 2 and said.count("reachable again") == 2, err[-3000:]  # both met it
+    lost, back = said.count("unreachable ("), said.count("reachable again")
+    assert lost >= 2 and back == lost, err[-3000:]  # both workers met the outage, and saw the database back
     trials = optuna.load_study(study_name="data", storage=open_storage(storage)).trials
     by_number = {t.number: t for t in trials}
     assert [t.number for t in trials if t.state.name not in ("COMPLETE", "PRUNED")] == []  # none FAIL, none RUNNING
     assert all(by_number[n].state.name in ("COMPLETE", "PRUNED") for n in running)  # the interrupted ones finished
-    assert sum(t.state.name == "COMPLETE" for t in trials) >= 6 and len(by_number) == len(trials)
+    assert len(trials) >= 6 and len(by_number) == len(trials)  # the target reached (a pruned trial is finished)
 
 
 def test_sqlite_refuses_several_workers(image_folder: Path, tiny_space: Path, tmp_path: Path, capsys) -> None:
