@@ -60,12 +60,14 @@ def running_has_history(storage: str) -> bool:
     return any(t.state.name == "RUNNING" and t.user_attrs.get("history") for t in trials)
 
 
-def worker_pids(storage: str) -> set[int]:
-    """The processes that have started trials of the study."""
+def worker_pids(storage: str, running: bool = False) -> set[int]:
+    """The processes that have started trials of the study (that run one now, with ``running``)."""
     try:
         trials = optuna.load_study(study_name="data", storage=open_storage(storage)).trials
     except (KeyError, AutoclsError):  # the database or the study is not created yet
         return set()
+    if running:
+        trials = [t for t in trials if t.state.name == "RUNNING"]
     return {t.user_attrs["worker"]["pid"] for t in trials if "worker" in t.user_attrs}
 
 
@@ -113,12 +115,14 @@ def test_two_workers_wait_out_a_postgres_restart_and_lose_nothing(
     (heartbeats every second, so both meet the outage), no trial is failed for it, the trials
     running at the restart complete, and the study reaches its target."""
     storage = storage_url("postgres", tmp_path)
+    # trials of seconds, not a fraction of one: neither worker is done with the study before the restart
+    edit_space(tiny_space, {"epochs = 2\n": "epochs = 20\n", "patience = 2\n": "patience = 20\n"})
     args = ["search", str(image_folder), "--space", str(tiny_space), "--folds", "2", "--trials", "6", "--workers", "2"]
     args += ["--workdir", str(tmp_path / "runs"), "--storage", storage]
     process = cli(*args, env={"AUTOCLS_HEARTBEAT": "1"})
-    # both workers past opening the storage (a worker that cannot open it stops at once: a wrong
-    # URL is more likely then than an outage), and a trial inside training
-    wait_for(lambda: len(worker_pids(storage)) == 2 and running_has_history(storage))
+    # both workers inside a trial (past opening the storage: one that cannot open it stops at once,
+    # a wrong URL being likelier then than an outage), one of them training
+    wait_for(lambda: len(worker_pids(storage, running=True)) == 2 and running_has_history(storage))
     running = [n for n, state in enumerate(states(storage)) if state == "RUNNING"]
     subprocess.run(f"{POSTGRES_RESTART} 5", shell=True, check=True, timeout=120)
     _, err = process.communicate(timeout=600)
