@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from autocls import __version__
-from autocls.errors import AutoclsError
+from autocls.errors import AutoclsError, StorageUnavailableError
 
 STORAGE_ENV = "AUTOCLS_STORAGE"
 
@@ -284,6 +284,9 @@ def run_guarded(
     except KeyboardInterrupt:
         print(f"autocls: {interrupted}", file=sys.stderr)
         return 130
+    except StorageUnavailableError as err:  # the database stayed away past the retry bound
+        print(f"autocls: error: {err}", file=sys.stderr)
+        return 1
     except PermissionError as err:  # a read-only work folder or --out
         print(
             f"autocls: error: cannot write {err.filename or 'a file'}: permission denied; "

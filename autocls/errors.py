@@ -16,3 +16,10 @@ class WeightsNotFoundError(AutoclsError):
 
 class NonFiniteLossError(AutoclsError):
     """Training diverged: the loss became NaN or infinite (a learning rate too high, usually)."""
+
+
+class StorageUnavailableError(BaseException):
+    """The study's database stayed unreachable past the retry bound (:mod:`autocls.storage`): the
+    worker stops. A ``BaseException``, like ``KeyboardInterrupt``, so that no ``except Exception``
+    on the way out (``study.optimize(catch=...)``, the objective's handlers) records FAIL for a
+    trial whose only fault was the database; the CLI prints its message as one line, status 1."""

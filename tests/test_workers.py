@@ -21,6 +21,9 @@ from tests.helpers import edit_space
 pytestmark = pytest.mark.slow  # end-to-end: the CLI, subprocesses, a browser (-m 'not slow' skips them)
 
 POSTGRES_URL = os.environ.get("AUTOCLS_TEST_POSTGRES_URL")
+# a command that restarts that server, its data kept; given a number, it holds the server down that
+# many seconds (.ci/run sets "bash scripts/postgres.sh restart")
+POSTGRES_RESTART = os.environ.get("AUTOCLS_TEST_POSTGRES_RESTART")
 
 
 def cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
@@ -57,6 +60,17 @@ def running_has_history(storage: str) -> bool:
     return any(t.state.name == "RUNNING" and t.user_attrs.get("history") for t in trials)
 
 
+def worker_pids(storage: str, running: bool = False) -> set[int]:
+    """The processes that have started trials of the study (that run one now, with ``running``)."""
+    try:
+        trials = optuna.load_study(study_name="data", storage=open_storage(storage)).trials
+    except (KeyError, AutoclsError):  # the database or the study is not created yet
+        return set()
+    if running:
+        trials = [t for t in trials if t.state.name == "RUNNING"]
+    return {t.user_attrs["worker"]["pid"] for t in trials if "worker" in t.user_attrs}
+
+
 def run_two_workers(storage: str, image_folder: Path, tiny_space: Path, tmp_path: Path) -> str:
     args = ["search", str(image_folder), "--space", str(tiny_space), "--folds", "2", "--trials", "4"]
     process = cli(*args, "--workers", "2", "--workdir", str(tmp_path / "runs"), "--storage", storage)
@@ -87,6 +101,40 @@ def test_two_workers_share_a_postgres_study_and_the_password_stays_hidden(
     study = optuna.load_study(study_name="data", storage=storage)
     assert password not in repr(study.user_attrs) + repr([t.user_attrs for t in study.trials])
     assert password not in redact(storage) and "***" in redact(storage)
+
+
+@pytest.mark.skipif(
+    not (POSTGRES_URL and POSTGRES_RESTART),
+    reason="needs AUTOCLS_TEST_POSTGRES_URL and AUTOCLS_TEST_POSTGRES_RESTART, a command that restarts that "
+    "server (.ci/run sets both: AUTOCLS_TEST_POSTGRES_RESTART='bash scripts/postgres.sh restart')",
+)
+def test_two_workers_wait_out_a_postgres_restart_and_lose_nothing(
+    image_folder: Path, tiny_space: Path, tmp_path: Path
+) -> None:
+    """PostgreSQL restarted, and held down 5 s, while two workers train: each waits the database out
+    (heartbeats every second, so both meet the outage), no trial is failed for it, the trials
+    running at the restart complete, and the study reaches its target."""
+    storage = storage_url("postgres", tmp_path)
+    # trials of seconds, not a fraction of one: neither worker is done with the study before the restart
+    edit_space(tiny_space, {"epochs = 2\n": "epochs = 20\n", "patience = 2\n": "patience = 20\n"})
+    args = ["search", str(image_folder), "--space", str(tiny_space), "--folds", "2", "--trials", "6", "--workers", "2"]
+    args += ["--workdir", str(tmp_path / "runs"), "--storage", storage]
+    process = cli(*args, env={"AUTOCLS_HEARTBEAT": "1"})
+    # both workers inside a trial (past opening the storage: one that cannot open it stops at once,
+    # a wrong URL being likelier then than an outage), one of them training
+    wait_for(lambda: len(worker_pids(storage, running=True)) == 2 and running_has_history(storage))
+    running = [n for n, state in enumerate(states(storage)) if state == "RUNNING"]
+    subprocess.run(f"{POSTGRES_RESTART} 5", shell=True, check=True, timeout=120)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0 and "autocls: error" not in err, err[-3000:]  # no worker gave up or failed
+    said = " ".join(err.split())  # rich wraps log lines at the terminal's width
+    lost, back = said.count("unreachable ("), said.count("reachable again")
+    assert lost >= 2 and back == lost, err[-3000:]  # both workers met the outage, and saw the database back
+    trials = optuna.load_study(study_name="data", storage=open_storage(storage)).trials
+    by_number = {t.number: t for t in trials}
+    assert [t.number for t in trials if t.state.name not in ("COMPLETE", "PRUNED")] == []  # none FAIL, none RUNNING
+    assert all(by_number[n].state.name in ("COMPLETE", "PRUNED") for n in running)  # the interrupted ones finished
+    assert len(trials) >= 6 and len(by_number) == len(trials)  # the target reached (a pruned trial is finished)
 
 
 def test_sqlite_refuses_several_workers(image_folder: Path, tiny_space: Path, tmp_path: Path, capsys) -> None:
