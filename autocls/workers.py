@@ -25,6 +25,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from autocls import records
+from autocls.artifactstore import study_artifacts
 from autocls.cost import CostModel
 from autocls.errors import AutoclsError
 from autocls.prepare import DATA_INDEX_FILE, check_same_data
@@ -33,6 +34,7 @@ from autocls.runtime import resolve_device, stop_on_ctrl_c
 from autocls.storage import allows_several_processes, default_url, open_storage
 from autocls.studysetup import CACHE_DIR, SearchRequest, create_or_continue
 from autocls.threads import available_cpus, configure_threads
+from autocls.trialstore import study_trial_store
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +128,9 @@ def run_workers(request: SearchRequest, workers: int, quiet: bool = False) -> in
     study, setup = create_or_continue(open_storage(url), request.study_name or request.data.name, request, cost)
     check_same_data(study, setup.data.discover(), request.workdir / study.study_name / DATA_INDEX_FILE)
     recover_dead_local_trials(study)  # once, here: workers started together would race for the same trials
+    # the store and the number of kept trials recorded once, here, before the workers read them
+    artifacts = study_artifacts(study, request.artifacts, request.workdir, record=True)
+    study_trial_store(study, artifacts, request.workdir, keep=request.keep_trials, record=True)
     child = replace(request, study_name=study.study_name, storage=url)
     base = {**os.environ, REQUEST_ENV: child.to_json()}
     gpus = torch.cuda.device_count() if request.device != "cpu" and torch.cuda.is_available() else 0
