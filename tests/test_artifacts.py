@@ -124,9 +124,7 @@ def test_a_folder_store_never_shows_part_of_an_object(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "store").rglob("*") if p.is_file()] == []
 
 
-def test_deletion_waits_for_the_grace_period_and_spares_running_and_best_trials(
-    store_url: str, tmp_path: Path
-) -> None:
+def test_deletion_waits_for_the_grace_period_and_spares_running_and_best_trials(store_url: str, tmp_path: Path) -> None:
     now = [0.0]
     study = _study(tmp_path)
     artifacts = study_artifacts(study, store_url, tmp_path, record=True)
@@ -232,7 +230,7 @@ def test_s3_problems_are_one_line_each(s3_bucket: S3Bucket, monkeypatch, tmp_pat
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing answers
-    with pytest.raises(AutoclsError, match="cannot reach the S3 endpoint 127.0.0.1:9") as err:
+    with pytest.raises(AutoclsError, match=r"cannot reach the S3 endpoint 127\.0\.0\.1:9") as err:
         open_store(Location.parse(s3_bucket.url))
     assert S3_SECRET not in str(err.value)
     monkeypatch.setitem(sys.modules, "boto3", None)  # not installed
