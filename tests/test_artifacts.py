@@ -117,11 +117,13 @@ def test_a_folder_store_never_shows_part_of_an_object(tmp_path: Path) -> None:
             return 4
 
     store = open_store(Location.parse(str(tmp_path / "store")), create=True)
-    with pytest.raises(OSError):
-        store.write("autocls/s.1/trials/0/folds.safetensors", io.BufferedReader(Failing()))
+    (tmp_path / "store" / "trials" / "0").mkdir(parents=True)  # (Optuna's store needs the folder)
+    store.write("trials/0/fold0.safetensors", io.BytesIO(b"whole"))
+    with pytest.raises(OSError, match="disk gone"):
+        store.write("trials/0/folds.safetensors", io.BufferedReader(Failing()))
     with pytest.raises(ArtifactNotFound):
-        store.open_reader("autocls/s.1/trials/0/folds.safetensors")
-    assert [p.name for p in (tmp_path / "store").rglob("*") if p.is_file()] == []
+        store.open_reader("trials/0/folds.safetensors")
+    assert [p.name for p in (tmp_path / "store").rglob("*") if p.is_file()] == ["fold0.safetensors"]
 
 
 def test_deletion_waits_for_the_grace_period_and_spares_running_and_best_trials(store_url: str, tmp_path: Path) -> None:
