@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -205,16 +206,23 @@ class TrialStore:
 
     def delete(self, trial: optuna.trial.FrozenTrial) -> None:
         """Remove a trial's objects from every place, ``folds.safetensors`` first (readers see it gone)."""
-        folds = [f"fold{summary['fold']}.safetensors" for summary in TrialRecord.read(trial).folds]
+        recorded = {int(summary["fold"]) for summary in TrialRecord.read(trial).folds}
         for place in self.places:
-            for name in [INDEX, *folds]:
-                try:
-                    place.store.remove(place.key(trial.number, name))
-                except ArtifactNotFound:
-                    continue
-            if isinstance(place.store, FileSystemArtifactStore):  # the emptied folder (left if anything is in it)
-                with contextlib.suppress(OSError):
-                    (place.store._base_path / place.prefix / str(trial.number)).rmdir()
+            if isinstance(place.store, FileSystemArtifactStore):  # the whole folder, whatever it holds
+                folder = place.store._base_path / place.prefix / str(trial.number)
+                with contextlib.suppress(ArtifactNotFound):
+                    place.store.remove(place.key(trial.number, INDEX))
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            try:  # the index names the folds it was written with
+                index = load(read_bytes(place.store, place.key(trial.number, INDEX)))
+                folds = recorded | {int(k.rsplit("_", 1)[1]) for k in index if k.startswith("val_indices_")}
+                place.store.remove(place.key(trial.number, INDEX))
+            except ArtifactNotFound:
+                folds = recorded
+            for fold in sorted(folds):
+                with contextlib.suppress(ArtifactNotFound):
+                    place.store.remove(place.key(trial.number, f"fold{fold}.safetensors"))
 
     def is_candidate(self, study: optuna.Study, value: float) -> bool:
         """Whether a trial scoring ``value`` would enter the study's best ``keep`` completed trials."""

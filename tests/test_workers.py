@@ -305,6 +305,7 @@ def test_a_worker_gets_every_setting_of_the_parents_request(image_folder: Path, 
         pruning=False,
         warm_start=False,
         keep_trials=2,
+        artifacts="s3://bucket/prefix",
         max_latency_ms=12.5,
         max_params=1_000_000,
     )
