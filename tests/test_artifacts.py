@@ -274,3 +274,14 @@ def test_optunas_own_folder_store_reads_what_ours_writes(tmp_path: Path) -> None
     ours.write("a/b", io.BytesIO(b"figure"))
     assert FileSystemArtifactStore(tmp_path).open_reader("a/b").read() == b"figure"
     assert Place(ours, "p/", "x").key(3, "fold0.safetensors") == "p/3/fold0.safetensors"
+
+
+def test_a_bad_artifacts_flag_stops_the_search_before_anything_is_written(
+    image_folder: Path, tmp_path: Path, capsys
+) -> None:
+    from autocls.cli import main
+
+    code = main(["search", str(image_folder), "--workdir", str(tmp_path / "runs"), "--artifacts", "gs://bucket/x"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "gs:// is not supported" in err
+    assert not (tmp_path / "runs").exists()

@@ -213,6 +213,7 @@ def test_report_is_one_self_contained_html_file(image_folder: Path, tiny_space: 
         "most likely mislabelled",
         "Optimisation history",
         "Parameter importances",
+        "Member trials' figures from the search",  # read from the study's artifact store
     ):
         assert section in html, section
     assert html.count("<svg") >= 6 and html.count("data:image/png;base64,") >= 12
