@@ -283,8 +283,9 @@ def study_artifacts(study: optuna.Study, url: str | None, workdir: Path, *, reco
     key = stored.key if stored else study_key(study)
     recorded = stored.url if stored else None
     if url is None and recorded is None:
-        location = default_location(workdir)
-        artifacts = StudyArtifacts(location, open_store(location, create=True), key, default=True)
+        location = default_location(workdir)  # created by a search; read-only commands find it empty if missing
+        store = open_store(location, create=True) if record else AtomicFileSystemArtifactStore(location.folder)
+        artifacts = StudyArtifacts(location, store, key, default=True)
     else:
         location = Location.parse(url if url is not None else recorded)
         first = record and recorded is None

@@ -112,6 +112,9 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
     storage = open_storage(request.storage or default_url(request.workdir))
     cost = CostModel(device, request.workdir / CACHE_DIR / "speeds.json")
     study, setup = create_or_continue(storage, request.study_name or request.data.name, request, cost, discovered)
+    # the study's store, before the data is decoded: a store that is not the study's is one line at once
+    artifacts = study_artifacts(study, request.artifacts, request.workdir, record=True)
+    store = study_trial_store(study, artifacts, request.workdir, keep=request.keep_trials, record=True)
     # Seeded by the study's seed and its trial count: reproducible, and a continued study does not
     # replay the random start-up proposals of its first run.
     worker = int(os.environ.get("AUTOCLS_WORKER", "0"))  # set by --workers for each process
@@ -135,8 +138,6 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
         f"{_validation(setup)} of {setup.metric} on {len(data.images)} images, "
         f"{len(data.images.class_names)} classes, device {device.type}"
     )
-    artifacts = study_artifacts(study, request.artifacts, request.workdir, record=True)
-    store = study_trial_store(study, artifacts, request.workdir, keep=request.keep_trials, record=True)
     objective = Objective(setup, data, device, reporter, budget, store, artifacts.store, cost)
     with reporter.live(f"study {study.study_name}"):
         if worker == 0:  # one process probes the portfolio; other --workers start on the sampler's trials
