@@ -285,3 +285,21 @@ def test_a_bad_artifacts_flag_stops_the_search_before_anything_is_written(
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "gs:// is not supported" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_dashboard_reads_every_store_the_storages_studies_recorded(tmp_path: Path) -> None:
+    from autocls.artifactstore import FirstFoundArtifactStore, dashboard_store
+
+    shared, workdir = tmp_path / "shared", tmp_path / "runs"
+    first = _study(tmp_path, "first")
+    study_artifacts(first, str(shared), workdir, record=True).store.write("figure-1", io.BytesIO(b"one"))
+    second = _study(tmp_path, "second")  # searched without a store: the workdir's folder
+    study_artifacts(second, None, workdir, record=True).store.write("figure-2", io.BytesIO(b"two"))
+    store, urls = dashboard_store(first._storage, None, workdir)
+    assert isinstance(store, FirstFoundArtifactStore)
+    assert urls == [str(shared.resolve()), str((workdir / "artifacts").resolve())]
+    assert read_bytes(store, "figure-1") == b"one" and read_bytes(store, "figure-2") == b"two"
+    with pytest.raises(ArtifactNotFound):
+        store.open_reader("figure-3")
+    only, urls = dashboard_store(first._storage, str(shared), workdir)  # --artifacts: that store alone
+    assert urls == [str(shared.resolve())] and read_bytes(only, "figure-1") == b"one"
