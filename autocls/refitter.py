@@ -131,10 +131,14 @@ def refit(
     def score(y: np.ndarray, p: np.ndarray) -> float:
         return sign * metric(y, p)
 
-    best_trial = _candidate(pick_trial(study, trial_number), setup, data, device, reporter, store, retrain)
-    candidates = [best_trial]
+    chosen = pick_trial(study, trial_number)
+    # the other kept trials read first: training the chosen one again can outlast the grace period
+    # after which a search still running deletes a trial that fell out of the best
+    others = []
     if trial_number is None and not best and not retrain and store is not None:
-        candidates += _kept_candidates(study, data, store, setup, best_trial.trial.number, reporter)
+        others = _kept_candidates(study, data, store, setup, chosen.number, reporter)
+    best_trial = _candidate(chosen, setup, data, device, reporter, store, retrain)
+    candidates = [best_trial, *others]
     # the images every candidate predicts out of fold: all of them, unless the search trained fewer
     # than all folds (a short budget), where only its validation folds are predicted
     covered = np.logical_and.reduce([~np.isnan(c.cv.oof_probs[:, 0]) for c in candidates])
