@@ -49,10 +49,12 @@ import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
-from safetensors.torch import load, save
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
 from autocls.artifactstore import ARTIFACT_DIR, AtomicFileSystemArtifactStore, StudyArtifacts, read_bytes, write_bytes
 from autocls.cv import CVResult
+from autocls.errors import AutoclsError
 from autocls.records import FOLD_MODELS, TrialRecord, TrialRecorder
 from autocls.trainer import EpochRecord, FoldResult
 
@@ -100,18 +102,17 @@ class TrialStore:
     ) -> None:
         self.places = list(places)
         self.keep = keep
-        env = os.environ.get(GRACE_ENV)
-        self.grace_seconds = grace_seconds if grace_seconds is not None else float(env or DEFAULT_GRACE_SECONDS)
+        self.grace_seconds = grace_seconds if grace_seconds is not None else _grace_from_env()
         self.clock = clock
         self._out_since: dict[int, float] = {}  # trial -> when this process first saw it out of the best
         self._deleted: set[int] = set()  # by this process: not tried again
 
     @classmethod
-    def in_folder(cls, root: str | Path, keep: int = DEFAULT_KEEP, **kwargs: float) -> TrialStore:
+    def in_folder(cls, root: str | Path, keep: int = DEFAULT_KEEP, *, grace_seconds: float | None = None) -> TrialStore:
         """A store of trial folders directly under ``root`` (``root/<number>/``): the older layout."""
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
-        return cls([Place(AtomicFileSystemArtifactStore(root), "", str(root))], keep, **kwargs)
+        return cls([Place(AtomicFileSystemArtifactStore(root), "", str(root))], keep, grace_seconds=grace_seconds)
 
     @property
     def shown(self) -> str:
@@ -124,10 +125,10 @@ class TrialStore:
         folds = {}
         for fold in cv.folds:
             state = {k: v.contiguous() for k, v in fold.state_dict.items()}
-            write_bytes(place.store, place.key(trial.number, f"fold{fold.fold}.safetensors"), save(state))
+            write_bytes(place.store, place.key(trial.number, f"fold{fold.fold}.safetensors"), save_tensors(state))
             folds[f"val_indices_{fold.fold}"] = torch.as_tensor(fold.val_indices, dtype=torch.int64)
             folds[f"val_probs_{fold.fold}"] = torch.as_tensor(fold.val_probs, dtype=torch.float32)
-        write_bytes(place.store, place.key(trial.number, INDEX), save(folds))
+        write_bytes(place.store, place.key(trial.number, INDEX), save_tensors(folds))
 
     def has(self, number: int) -> bool:
         return self._place_of(number) is not None
@@ -149,13 +150,13 @@ class TrialStore:
         if found is None:
             return None
         place, index = found
-        folds_file = load(index)
+        folds_file = load_tensors(index)
         results = []
         record = TrialRecord.read(trial)
         for summary, history in zip(record.folds, record.history, strict=True):
             fold = summary["fold"]
             try:
-                state_dict = load(read_bytes(place.store, place.key(trial.number, f"fold{fold}.safetensors")))
+                state_dict = load_tensors(read_bytes(place.store, place.key(trial.number, f"fold{fold}.safetensors")))
             except ArtifactNotFound:  # deleted as we read: the trial fell out of the best long ago
                 return None
             results.append(
@@ -215,7 +216,7 @@ class TrialStore:
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
             try:  # the index names the folds it was written with
-                index = load(read_bytes(place.store, place.key(trial.number, INDEX)))
+                index = load_tensors(read_bytes(place.store, place.key(trial.number, INDEX)))
                 folds = recorded | {int(k.rsplit("_", 1)[1]) for k in index if k.startswith("val_indices_")}
                 place.store.remove(place.key(trial.number, INDEX))
             except ArtifactNotFound:
@@ -241,6 +242,17 @@ class TrialStore:
             return None
         root = place.store._base_path / place.prefix
         return sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.is_dir() else 0
+
+
+def _grace_from_env() -> float:
+    text = os.environ.get(GRACE_ENV)
+    try:
+        seconds = float(text) if text else DEFAULT_GRACE_SECONDS
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise AutoclsError(f"${GRACE_ENV} must be a number of seconds (0 or more); got {text!r}.")
+    return seconds
 
 
 def study_keep(study: optuna.Study, default: int = DEFAULT_KEEP) -> int:
