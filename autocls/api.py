@@ -22,6 +22,7 @@ import optuna
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from autocls.artifactstore import study_artifacts
 from autocls.data import DataSpec
 from autocls.ensemble import Ensemble
 from autocls.errors import AutoclsError
@@ -36,7 +37,7 @@ from autocls.storage import default_url, optuna_experimental_allowed
 from autocls.study import run_search
 from autocls.studysetup import CACHE_DIR, DEFAULT_WORKDIR, SearchRequest, StudySetup
 from autocls.threads import autocls_threads
-from autocls.trialstore import TrialStore
+from autocls.trialstore import study_trial_store
 
 DataLike = str | Path | pd.DataFrame
 
@@ -85,12 +86,16 @@ def search(
     warm_start: bool = True,
     max_latency_ms: float | None = None,
     max_params: int | None = None,
+    keep_trials: int | None = None,
+    artifacts: str | None = None,
     quiet: bool = True,
 ) -> optuna.Study:
     """Run (or continue) a search like ``autocls search`` and return the Optuna study.
 
     ``space`` is a built-in name, a ``.toml`` path or a loaded :class:`~autocls.space.SearchSpace`.
     ``max_latency_ms`` and ``max_params`` limit the delivered model (:mod:`autocls.limits`).
+    ``artifacts`` is the study's artifact store (a folder or ``s3://BUCKET/PREFIX``, as ``--artifacts``)
+    and ``keep_trials`` how many best trials keep their fold models there.
     Ctrl-C stops after the current batch (finished trials are kept); torch's thread count, the
     SIGINT handler and the warning filters are the caller's again on return.
     """
@@ -112,6 +117,8 @@ def search(
         warm_start=warm_start,
         max_latency_ms=max_latency_ms,
         max_params=max_params,
+        keep_trials=keep_trials,
+        artifacts=artifacts,
     )
     with autocls_threads(), stop_on_ctrl_c(), optuna_experimental_allowed(), optuna_logs_quiet():
         return run_search(request, resolve_device(device), Reporter(quiet=quiet))
@@ -130,17 +137,19 @@ def refit(
     best: bool = False,
     views: int = MAX_VIEWS,
     data: str | Path | None = None,
+    artifacts: str | None = None,
 ) -> Ensemble:
     """Save the model ``autocls refit`` saves and return it: the recommended one by default (an
     ensemble selected across the kept trials when it beats the best trial), the best trial's fold
     ensemble with ``best``, or that of ``trial``; with at most ``views`` test-time views (0: none).
-    ``data``: where the study's images are on this machine, when not where the search found them."""
+    ``data``: where the study's images are on this machine, when not where the search found them.
+    The kept fold models are read from ``artifacts`` (as ``--artifacts``), else the study's store."""
     workdir = Path(workdir)
     overwrite = overwrite or out is None  # the default folder is autocls's own: refit replaces it
     out = Path(out) if out else workdir / study.study_name / "model"
-    store = TrialStore(workdir / study.study_name / "trials")
     reporter = Reporter(quiet=quiet)
     with autocls_threads(), optuna_experimental_allowed():
+        store = study_trial_store(study, study_artifacts(study, artifacts, workdir), workdir)
         result = _refit(
             study,
             out,

@@ -2,19 +2,21 @@
 
 Each completed trial uploads its learning curves (per fold: train and validation loss, validation
 score by epoch) and its out-of-fold confusion matrix (each label's average precision, for a
-multi-label study) as SVG artifacts to a
-``FileSystemArtifactStore`` in the workdir, and gets a Markdown note summarising its
-configuration and fold scores. ``autocls dashboard`` serves the study with that store.
+multi-label study) as SVG artifacts to the study's artifact store (:mod:`autocls.artifactstore`: the
+workdir's ``artifacts/`` folder, a shared folder or S3), and gets a Markdown note summarising its
+configuration and fold scores. ``autocls dashboard`` serves the study with that store, so the
+figures of every machine's trials show.
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import upload_artifact
 from sklearn.metrics import average_precision_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
@@ -23,13 +25,8 @@ from autocls.config import TrainConfig
 from autocls.cv import CVResult
 from autocls.reports import learning_curves
 
-ARTIFACT_DIR = "artifacts"
-
-
-def artifact_store(workdir: Path) -> FileSystemArtifactStore:
-    path = workdir / ARTIFACT_DIR
-    path.mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(str(path))
+if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
 
 
 def oof_confusion(cv: CVResult, class_names: list[str]) -> np.ndarray:
@@ -65,7 +62,7 @@ def trial_note(trial_number: int, config: TrainConfig, cv: CVResult, frozen_stag
 
 def publish_trial(
     trial: optuna.Trial,
-    store: FileSystemArtifactStore,
+    store: ArtifactStore,
     config: TrainConfig,
     cv: CVResult,
     history: list[list[dict[str, float]]],

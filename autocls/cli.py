@@ -18,6 +18,7 @@ from autocls import __version__
 from autocls.errors import AutoclsError, StorageUnavailableError
 
 STORAGE_ENV = "AUTOCLS_STORAGE"
+ARTIFACTS_ENV = "AUTOCLS_ARTIFACTS"  # autocls.artifactstore.ARTIFACTS_ENV (not imported here: --help stays fast)
 
 
 def _positive_int(text: str) -> int:
@@ -76,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
                 help=f"Optuna storage URL (default: ${STORAGE_ENV}, else sqlite:///WORKDIR/autocls.db)",
             )
             p.add_argument("--study", help="study name (search: default from the data folder's name)")
+            artifacts_option(p)
+
+    def artifacts_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--artifacts",
+            metavar="URL",
+            default=os.environ.get(ARTIFACTS_ENV),
+            help="the study's store of kept fold models and figures, shared by every machine: a folder or "
+            f"s3://BUCKET/PREFIX (credentials from AWS_* variables); default ${ARTIFACTS_ENV}, else the store "
+            "recorded on the study by the first search given one, else WORKDIR/artifacts",
+        )
 
     search = commands.add_parser("search", help="run (or continue) a hyperparameter search")
     search.add_argument("data", help="folder of class sub-folders, or a CSV of file,label rows")
@@ -93,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--keep-trials",
         type=_positive_int,
-        default=5,
-        help="keep the fold models of this many best trials for refit's ensemble selection (disk: ~70 MB each for "
-        "Lite0 x 5 folds)",
+        metavar="N",
+        help="keep the fold models of the study's best N trials for refit's ensemble selection, recorded on the "
+        "study for every machine (default: the study's, else 5; disk: ~70 MB each for Lite0 x 5 folds)",
     )
     search.add_argument("--timeout", type=_seconds, help="stop starting trials after this many seconds")
     search.add_argument("--folds", type=_positive_int, help="folds of stratified cross-validation (default 5)")
@@ -225,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--workdir", type=Path, default=Path("autocls-runs"), help="default: ./autocls-runs")
     report.add_argument("--storage", default=os.environ.get(STORAGE_ENV), help="add the study's history from here")
     report.add_argument("--study", help="the study (default: the one the model was refit from)")
+    artifacts_option(report)
 
     export = commands.add_parser("export", help="write a saved ensemble as one TorchScript or ONNX graph")
     export.add_argument("model", type=Path, help="model folder written by autocls refit")
@@ -237,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--storage", default=os.environ.get(STORAGE_ENV), help="default as for search")
     dashboard.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     dashboard.add_argument("--port", type=int, default=8080)
+    artifacts_option(dashboard)
 
     space = commands.add_parser("space", help="inspect search spaces")
     space_commands = space.add_subparsers(dest="space_command", required=True, metavar="ACTION")

@@ -83,6 +83,7 @@ def _search_request(args: argparse.Namespace):
         pruning=not args.no_pruning,
         warm_start=not args.no_warm_start,
         keep_trials=args.keep_trials,
+        artifacts=args.artifacts,
         max_latency_ms=args.max_latency_ms,
         max_params=args.max_params,
         device=args.device,
@@ -122,6 +123,7 @@ def run_search(args: argparse.Namespace) -> int:
 
 
 def run_refit(args: argparse.Namespace) -> int:
+    from autocls.artifactstore import study_artifacts
     from autocls.ensemble import check_model_destination
     from autocls.prepare import relocated
     from autocls.progress import Reporter
@@ -130,7 +132,7 @@ def run_refit(args: argparse.Namespace) -> int:
     from autocls.storage import default_path, default_url
     from autocls.studysetup import CACHE_DIR, StudySetup, open_study
     from autocls.threads import configure_threads
-    from autocls.trialstore import TrialStore
+    from autocls.trialstore import study_trial_store
 
     configure_threads()
     if args.labels and not args.data:
@@ -144,7 +146,7 @@ def run_refit(args: argparse.Namespace) -> int:
     study = open_study(storage, args.study)
     out = args.out or args.workdir / study.study_name / "model"
     overwrite = args.overwrite or args.out is None  # the default folder is autocls's own: refit replaces it
-    store = TrialStore(args.workdir / study.study_name / "trials")
+    store = study_trial_store(study, study_artifacts(study, args.artifacts, args.workdir), args.workdir)
     reporter = Reporter(quiet=args.quiet)
     cache = args.workdir / CACHE_DIR
     check_model_destination(Path(out), overwrite, "--overwrite")  # in the CLI's words, before any work
@@ -250,6 +252,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     import json
 
+    from autocls.artifactstore import study_artifacts
     from autocls.htmlreport import write_report
     from autocls.storage import default_path, default_url, open_storage
     from autocls.studysetup import open_study, study_names
@@ -257,12 +260,13 @@ def run_report(args: argparse.Namespace) -> int:
     check_output(args.out, models=[args.model], overwrite=args.overwrite)
     manifest_path = args.model / "manifest.json"
     name = args.study or (json.loads(manifest_path.read_text())["study"] if manifest_path.is_file() else None)
-    study = None
+    study = artifacts = None
     if args.storage or default_path(args.workdir).is_file():  # the study's history, where it can be found
         url = args.storage or default_url(args.workdir)
         if name in study_names(open_storage(url)):
             study = open_study(url, name)
-    out = write_report(args.model, args.out, study)
+            artifacts = study_artifacts(study, args.artifacts, args.workdir).store  # the members' figures
+    out = write_report(args.model, args.out, study, artifacts)
     print(f"wrote {out}")
     return 0
 
@@ -281,7 +285,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
     from optuna_dashboard import run_server
 
-    from autocls.artifacts import artifact_store
+    from autocls.artifactstore import dashboard_store
     from autocls.storage import default_url, open_storage, redact
 
     url = args.storage or default_url(args.workdir)
@@ -292,8 +296,11 @@ def run_dashboard(args: argparse.Namespace) -> int:
             raise AutoclsError(
                 f"cannot serve on {args.host}:{args.port} ({err.strerror}); choose another --port."
             ) from None
+    storage = open_storage(url)
+    store, urls = dashboard_store(storage, args.artifacts, args.workdir)
     print(f"optuna-dashboard for {redact(url)} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
-    run_server(open_storage(url), host=args.host, port=args.port, artifact_store=artifact_store(args.workdir))
+    print(f"trial figures from {', '.join(urls)}")
+    run_server(storage, host=args.host, port=args.port, artifact_store=store)
     return 0
 
 

@@ -3,8 +3,9 @@
 Sections: the class distribution, a grid of augmented training samples, every fold's learning
 curves, the out-of-fold confusion matrix, per-class precision/recall/F1/support, the most confused
 class pairs with thumbnails, the images most likely mislabelled (confident learning, cleanlab), and,
-when the study is given, its optimisation history and parameter importances. Figures are inline
-SVG and thumbnails base64 PNG, so the file can be mailed or archived on its own.
+when the study is given, its optimisation history and parameter importances, and (with the study's
+artifact store) the figures the search uploaded for each member trial, whichever machine ran it.
+Figures are inline SVG and thumbnails base64 PNG, so the file can be mailed or archived on its own.
 """
 
 from __future__ import annotations
@@ -14,14 +15,18 @@ import io
 import json
 from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
 import pandas as pd
 import torch
+from optuna.artifacts import get_all_artifact_meta
+from optuna.artifacts.exceptions import ArtifactNotFound
 from PIL import Image
 
 from autocls import plots
+from autocls.artifactstore import read_bytes
 from autocls.augment import create_augmentation
 from autocls.calibration import reliability, scale
 from autocls.config import TrainConfig
@@ -33,6 +38,9 @@ from autocls.neardup import SIMILARITY, near_duplicates, training_features
 from autocls.records import PORTFOLIO_PROBES
 from autocls.reports import evaluation_tables, label_issues, learning_curves, multilabel_tables
 from autocls.views import describe_steps
+
+if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
 
 THUMB = 72
 STYLE = """
@@ -296,8 +304,31 @@ def _multilabel_sections(oof: pd.DataFrame, names: list[str], manifest: dict, la
     ]
 
 
-def build_report(model_dir: str | Path, study: optuna.Study | None = None) -> str:
-    """The report's HTML for the ensemble in ``model_dir`` (and its study, if given)."""
+def _member_figures(manifest: dict, study: optuna.Study, store: ArtifactStore) -> str:
+    """The SVG figures the search uploaded for each member trial (learning curves, confusion matrix)."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    blocks = []
+    for member in manifest.get("members") or [{"trial": manifest.get("trial")}]:
+        trial = trials.get(member["trial"])
+        if trial is None:
+            continue
+        figures = []
+        for meta in get_all_artifact_meta(trial, storage=study._storage):
+            if meta.mimetype != "image/svg+xml":
+                continue
+            try:
+                figures.append(read_bytes(store, meta.artifact_id).decode("utf-8"))
+            except ArtifactNotFound:  # removed in the dashboard, or uploaded to another store
+                continue
+        if figures:
+            blocks.append(f'<h3>trial {trial.number}</h3><div class="figs">{"".join(figures)}</div>')
+    return "<h2>Member trials' figures from the search</h2>" + "".join(blocks) if blocks else ""
+
+
+def build_report(
+    model_dir: str | Path, study: optuna.Study | None = None, artifacts: ArtifactStore | None = None
+) -> str:
+    """The report's HTML for the ensemble in ``model_dir`` (and its study and artifact store, if given)."""
     model_dir = Path(model_dir)
     if not (model_dir / MANIFEST).is_file() or not (model_dir / OOF_FILE).is_file():
         raise AutoclsError(f"{model_dir}: not a model folder written by autocls refit (no {MANIFEST}/{OOF_FILE}).")
@@ -365,14 +396,18 @@ def build_report(model_dir: str | Path, study: optuna.Study | None = None) -> st
     ]
     if study is not None:
         body.append(_study_sections(study))
+        if artifacts is not None:
+            body.append(_member_figures(manifest, study, artifacts))
     return (
         f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>"
     )
 
 
-def write_report(model_dir: str | Path, out: str | Path, study: optuna.Study | None = None) -> Path:
+def write_report(
+    model_dir: str | Path, out: str | Path, study: optuna.Study | None = None, artifacts: ArtifactStore | None = None
+) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build_report(model_dir, study), encoding="utf-8")
+    out.write_text(build_report(model_dir, study, artifacts), encoding="utf-8")
     return out

@@ -6,12 +6,11 @@ import logging
 import time
 from collections.abc import Callable
 from itertools import product
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore
 
 from autocls.artifacts import publish_trial
 from autocls.budget import Budget, BudgetExhausted, TrialSkipped
@@ -40,6 +39,9 @@ from autocls.studysetup import StudySetup, library_versions
 from autocls.trainer import EpochRecord, FoldResult
 from autocls.trialstore import TrialStore
 from autocls.workers import queue_again, this_worker
+
+if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
 
 logger = logging.getLogger(__name__)
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -150,7 +152,7 @@ class Objective:
         reporter: Reporter,
         budget: Budget,
         store: TrialStore | None = None,
-        artifacts: FileSystemArtifactStore | None = None,
+        artifacts: ArtifactStore | None = None,
         cost: CostModel | None = None,
     ) -> None:
         self.cost = cost
@@ -201,7 +203,7 @@ class Objective:
             logger.warning("trial %d failed: %s: %s", trial.number, err.__class__.__name__, err)
             raise
         if self.store is not None and self.store.is_candidate(trial.study, result.mean_score):
-            self.store.save(trial.number, result)  # refit --best can then reuse these fold models
+            self.store.save(trial, result)  # refit can then reuse these fold models, on any machine
         if self.artifacts is not None:
             try:
                 names = list(self.data.images.class_names)

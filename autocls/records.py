@@ -34,6 +34,7 @@ TIME_SKIP_KIND = "too long for the time left"  # a skipped reason without one of
 SKIP_KINDS = {LIMIT_SKIP: "over a limit", WEIGHTS_SKIP: "without pretrained weights"}
 FAIL_REASON, STOPPED_BY = "fail_reason", "stopped_by"
 WORKER = "worker"  # {"host", "pid", "started"}: a later run on this host recovers the trial if it died
+FOLD_MODELS = "fold_models"  # where the search kept the trial's fold models (autocls.trialstore)
 RETRY_OF = "retry_of"  # on a re-enqueued trial: the number of the trial it repeats
 SHORTENED_FOLDS = "shortened_folds"  # {fold from 1: why}: folds that trained fewer epochs, to end by the deadline
 SHRUNK_FROM = "shrunk_from"  # on a smaller version of a configuration that did not fit the time left
@@ -87,6 +88,7 @@ class TrialRecord:
     stopped_by: str | None = None
     worker: dict[str, Any] | None = None
     retry_of: int | None = None
+    fold_models: str | None = None
     schema: int = SCHEMA_VERSION
 
     @property
@@ -120,6 +122,7 @@ class TrialRecord:
             stopped_by=attrs.get(STOPPED_BY),
             worker=attrs.get(WORKER),
             retry_of=attrs.get(RETRY_OF),
+            fold_models=attrs.get(FOLD_MODELS),
             schema=int(attrs.get(SCHEMA, 1)),
         )
 
@@ -176,6 +179,10 @@ class TrialRecorder:
 
     def finished(self, frozen_stages: int, oof_score: float) -> None:
         self._set(**{FROZEN_STAGES: frozen_stages, OOF_SCORE: round(oof_score, 6)})
+
+    def kept(self, where: str) -> None:
+        """The trial's fold models are being written to ``where`` (a store's URL and the trial's key)."""
+        self._set(**{FOLD_MODELS: where})
 
     def cut_short(self, note: str) -> None:
         self._set(cut_short=note)

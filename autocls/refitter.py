@@ -140,10 +140,14 @@ def refit(
     def score(y: np.ndarray, p: np.ndarray) -> float:
         return sign * metric(y, p)
 
-    best_trial = _candidate(pick_trial(study, trial_number), setup, data, device, reporter, store, retrain)
-    candidates = [best_trial]
+    chosen = pick_trial(study, trial_number)
+    # the other kept trials read first: training the chosen one again can outlast the grace period
+    # after which a search still running deletes a trial that fell out of the best
+    others = []
     if trial_number is None and not best and not retrain and store is not None:
-        candidates += _kept_candidates(study, data, store, setup, exclude=best_trial.trial.number)
+        others = _kept_candidates(study, data, store, setup, chosen.number, reporter)
+    best_trial = _candidate(chosen, setup, data, device, reporter, store, retrain)
+    candidates = [best_trial, *others]
     # the images every candidate predicts out of fold: all of them, unless the search trained fewer
     # than all folds (a short budget), where only its validation folds are predicted
     covered = np.logical_and.reduce([~np.isnan(c.cv.oof_probs[:, 0]) for c in candidates])
@@ -312,38 +316,56 @@ def _candidate(
     record = TrialRecord.read(trial)
     config = record.train_config
     seed = record.seed if record.seed is not None else setup.seed
-    kept = not retrain and store is not None and store.has(trial.number)
     same_data = data.is_recorded_as(record.data_fingerprint) and record.folds_hash == folds_hash(data.splits)
-    if kept and not same_data:
-        reporter.print(
-            f"refit trial {trial.number}: the data changed since the search ({len(data.images)} images now); "
-            "its kept fold models and scores belong to the old data, so they are retrained on the current data"
-        )
     num_classes = len(data.images.class_names)
-    if kept and same_data:
+    cv = None
+    if not retrain and store is not None and same_data:
         cv = store.load(trial, data.images.labels, num_classes, setup.metric)
+    if cv is not None:
         reused = f"reusing the {len(cv.folds)} fold models kept by the search"
         if len(cv.folds) < setup.folds:
             reused += f" (it trained {len(cv.folds)} of {setup.folds} folds; --retrain trains all {setup.folds})"
         reporter.print(f"refit trial {trial.number}: {reused}")
         return Candidate(trial, config, cv, True)
+    if not retrain and store is not None and not same_data and store.has(trial.number):
+        reporter.print(
+            f"refit trial {trial.number}: the data changed since the search ({len(data.images)} images now); "
+            "its kept fold models and scores belong to the old data, so they are retrained on the current data"
+        )
+    elif not retrain and store is not None and record.fold_models:
+        reporter.print(
+            f"refit trial {trial.number}: its fold models are not in {store.shown} (the search kept them in "
+            f"{record.fold_models}; deleted once it fell out of the study's best trials, or another store)"
+        )
     reporter.print(f"refit trial {trial.number}: training {setup.folds} fold models")
     return Candidate(trial, config, _retrain(config, data, setup, device, seed, reporter, trial.number), False)
 
 
 def _kept_candidates(
-    study: optuna.Study, data: PreparedData, store: TrialStore, setup: StudySetup, exclude: int
+    study: optuna.Study, data: PreparedData, store: TrialStore, setup: StudySetup, exclude: int, reporter: Reporter
 ) -> list[Candidate]:
-    """The other completed trials whose fold models the search kept, on the same data and folds."""
+    """The study's other kept trials (its best ``keep_trials``, whichever machine ran them) whose fold
+    models are in the store, on the same data and folds. All are read now, before any training or
+    prediction: a worker still searching deletes a trial only a grace period after it fell out of
+    the best (:mod:`autocls.trialstore`)."""
     hashed = folds_hash(data.splits)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
     found = []
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        record = TrialRecord.read(trial)
-        if trial.number == exclude or not store.has(trial.number) or record.config is None:
+    for number in store.kept(study):
+        trial = trials.get(number)
+        if number == exclude or trial is None:
             continue
-        if not data.is_recorded_as(record.data_fingerprint) or record.folds_hash != hashed:
+        record = TrialRecord.read(trial)
+        if record.config is None or not data.is_recorded_as(record.data_fingerprint) or record.folds_hash != hashed:
             continue
         cv = store.load(trial, data.images.labels, len(data.images.class_names), setup.metric)
+        if cv is None:
+            if record.fold_models:
+                reporter.print(
+                    f"trial {number}: its fold models are not in {store.shown} (kept in {record.fold_models}); "
+                    "left out of ensemble selection"
+                )
+            continue
         found.append(Candidate(trial, record.train_config, cv, True))
     return found
 

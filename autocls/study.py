@@ -34,7 +34,7 @@ from collections.abc import Callable
 import optuna
 import torch
 
-from autocls.artifacts import artifact_store
+from autocls.artifactstore import Location, open_store, study_artifacts
 from autocls.budget import Budget
 from autocls.cost import CostModel
 from autocls.data import check_folds
@@ -47,7 +47,7 @@ from autocls.records import TIME_SKIP_KIND, TrialRecord
 from autocls.samplers import make_pruner, make_sampler
 from autocls.storage import default_path, default_url, open_storage
 from autocls.studysetup import CACHE_DIR, DEFAULT_FOLDS, SearchRequest, StudySetup, create_or_continue
-from autocls.trialstore import TrialStore
+from autocls.trialstore import study_trial_store
 from autocls.workers import recover_dead_local_trials
 
 logger = logging.getLogger(__name__)
@@ -133,9 +133,14 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
         # study would make the next refit ask which study to take).
         discovered = request.data.discover()
         check_folds(discovered, request.folds or DEFAULT_FOLDS)
+    if request.artifacts and (location := Location.parse(request.artifacts)).is_s3:
+        open_store(location)  # an unreachable bucket is one line before anything is written
     storage = open_storage(request.storage or default_url(request.workdir))
     cost = CostModel(device, request.workdir / CACHE_DIR / "speeds.json")
     study, setup = create_or_continue(storage, request.study_name or request.data.name, request, cost, discovered)
+    # the study's store, before the data is decoded: a store that is not the study's is one line at once
+    artifacts = study_artifacts(study, request.artifacts, request.workdir, record=True)
+    store = study_trial_store(study, artifacts, request.workdir, keep=request.keep_trials, record=True)
     # Seeded by the study's seed and its trial count: reproducible, and a continued study does not
     # replay the random start-up proposals of its first run.
     worker = int(os.environ.get("AUTOCLS_WORKER", "0"))  # set by --workers for each process
@@ -165,8 +170,7 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
         f"{_validation(setup)} of {setup.metric} on {len(data.images)} images, "
         f"{len(data.images.class_names)} classes, device {device.type}"
     )
-    store = TrialStore(request.workdir / study.study_name / "trials", keep=request.keep_trials)
-    objective = Objective(setup, data, device, reporter, budget, store, artifact_store(request.workdir), cost)
+    objective = Objective(setup, data, device, reporter, budget, store, artifacts.store, cost)
     with reporter.live(f"study {study.study_name}"):
         if worker == 0:  # one process probes the portfolio; other --workers start on the sampler's trials
             halve_portfolio(study, setup, data, device, budget, cost, reporter)
@@ -183,8 +187,9 @@ def run_search(request: SearchRequest, device: torch.device, reporter: Reporter 
         )
     reporter.best_trials_table(study, setup.metric)
     kept = len(store.retain_best(study))
+    size = store.disk_bytes()
     reporter.print(
-        f"fold models of the best {kept} trials kept for refit's ensemble selection: "
-        f"{store.disk_bytes() / 2**20:.0f} MiB in {store.root} (--keep-trials to change)"
+        f"fold models of the study's best {kept} trials kept for refit's ensemble selection"
+        f"{f': {size / 2**20:.0f} MiB' if size is not None else ''} in {store.shown} (--keep-trials to change)"
     )
     return study

@@ -17,6 +17,7 @@ import timm
 import torch
 
 from autocls import __version__
+from autocls.artifactstore import Location
 from autocls.backbones import check_weights
 from autocls.config import TrainConfig
 from autocls.cost import CostModel
@@ -29,7 +30,6 @@ from autocls.records import PORTFOLIO, PORTFOLIO_PLAN
 from autocls.samplers import make_pruner, make_sampler
 from autocls.space import SearchSpace, load_space, space_from_dict
 from autocls.storage import open_storage, redact
-from autocls.trialstore import DEFAULT_KEEP
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,8 @@ class SearchRequest:
     sampler: str = "tpe"
     pruning: bool = True
     warm_start: bool = True  # enqueue the portfolio's recipes first
-    keep_trials: int = DEFAULT_KEEP  # trials whose fold models stay on disk for refit's ensemble selection
+    keep_trials: int | None = None  # best trials whose fold models are kept (the study's; DEFAULT_KEEP at first)
+    artifacts: str | None = None  # the artifact store's URL (autocls.artifactstore); None: as recorded, else WORKDIR
     max_latency_ms: float | None = None  # the delivered model's per-image latency on this device
     max_params: int | None = None  # the delivered model's parameters, all fold models together
 
@@ -228,7 +229,7 @@ class SearchRequest:
             problems.append(f"timeout must be a positive number of seconds; got {self.timeout!r}")
         if self.folds is not None and not (isinstance(self.folds, int) and self.folds >= 2):
             problems.append(f"folds must be an integer of at least 2; got {self.folds!r}")
-        if not (isinstance(self.keep_trials, int) and self.keep_trials >= 1):
+        if self.keep_trials is not None and not (isinstance(self.keep_trials, int) and self.keep_trials >= 1):
             problems.append(f"keep_trials must be a positive number of trials; got {self.keep_trials!r}")
         if self.seed is not None and not (isinstance(self.seed, int) and self.seed >= 0):
             problems.append(f"seed must be a non-negative integer; got {self.seed!r}")
@@ -236,6 +237,11 @@ class SearchRequest:
             Limits(self.max_latency_ms, self.max_params)
         except AutoclsError as err:
             problems.append(str(err).rstrip("."))
+        if self.artifacts is not None:
+            try:
+                Location.parse(self.artifacts)
+            except AutoclsError as err:
+                problems.append(str(err).rstrip("."))
         if self.weights is not None and not Path(self.weights).expanduser().is_dir():
             problems.append(f"weights must be a folder of checkpoints; {self.weights} is not one")
         if problems:

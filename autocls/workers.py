@@ -26,6 +26,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from autocls import records
+from autocls.artifactstore import study_artifacts
 from autocls.cost import CostModel
 from autocls.errors import AutoclsError
 from autocls.prepare import DATA_INDEX_FILE, PreparedData, check_same_data, record_data
@@ -34,6 +35,7 @@ from autocls.runtime import resolve_device, stop_on_ctrl_c
 from autocls.storage import allows_several_processes, default_url, open_storage
 from autocls.studysetup import CACHE_DIR, SearchRequest, create_or_continue
 from autocls.threads import available_cpus, configure_threads
+from autocls.trialstore import study_trial_store
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +200,9 @@ def set_up_study(request: SearchRequest) -> None:
     race for the same trials."""
     cost = CostModel(resolve_device(request.device), request.workdir / CACHE_DIR / "speeds.json")
     study, setup = create_or_continue(open_storage(request.storage), request.study_name, request, cost)
+    # the store and the number of kept trials recorded once, here, before the workers read them
+    artifacts = study_artifacts(study, request.artifacts, request.workdir, record=True)
+    study_trial_store(study, artifacts, request.workdir, keep=request.keep_trials, record=True)
     # decoded here, once, into the cache the workers then map; a changed dataset is one line here,
     # not one per worker
     discovered = request.data.discover()

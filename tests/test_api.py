@@ -117,10 +117,8 @@ def test_importing_autocls_installs_no_warning_filter() -> None:
     import sys
 
     code = (
-        "import warnings, torch, timm, optuna, sklearn, pandas, rich\n"
-        # urllib3 (under boto3, which Optuna's S3 artifact store imports) adds filters of its own on import
-        "import importlib.util\n"
-        "if importlib.util.find_spec('boto3'): import boto3\n"
+        # optuna.artifacts imports boto3 where it is installed (autocls[s3]), and urllib3 installs its own filters
+        "import warnings, torch, timm, optuna, optuna.artifacts, sklearn, pandas, rich\n"
         "before = list(warnings.filters)\n"
         "import autocls, autocls.api, autocls.cli, autocls.study, autocls.storage, autocls.reports\n"
         "added = [f for f in warnings.filters if f not in before]\n"

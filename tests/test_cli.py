@@ -71,7 +71,8 @@ def test_search_refit_predict(image_folder: Path, tiny_space: Path, tmp_path: Pa
     # the search kept both trials' fold models, so refit --best reuses them without training
     assert manifest["fold_models"] == "reused from the search"
     assert manifest["cv_score"] == pytest.approx(trial.value, abs=1e-6)
-    assert sorted(p.name for p in (workdir / "data" / "trials").iterdir()) == ["0", "1"]
+    kept = workdir / "artifacts" / "autocls" / f"data.{study._study_id}" / "trials"  # the workdir's artifact store
+    assert sorted(p.name for p in kept.iterdir()) == ["0", "1"]
     # --retrain trains them again with the trial's folds and seed, and reproduces its CV score
     retrained_dir = tmp_path / "retrained"
     assert main(["refit", "--workdir", str(workdir), "--retrain", "--out", str(retrained_dir), "--quiet"]) == 0
@@ -190,7 +191,7 @@ def test_a_failed_save_keeps_the_previous_model(image_folder: Path, tiny_space: 
     monkeypatch.setattr(autocls.ensemble, "save_file", broken_save)
     assert main(["refit", "--workdir", str(workdir), "--quiet"]) == 1
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
-    assert sorted(p.name for p in model_dir.parent.iterdir()) == ["files.json", "model", "trials"]  # no half-written
+    assert sorted(p.name for p in model_dir.parent.iterdir()) == ["files.json", "model"]  # no half-written
 
 
 def test_report_is_one_self_contained_html_file(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:
@@ -212,6 +213,7 @@ def test_report_is_one_self_contained_html_file(image_folder: Path, tiny_space: 
         "most likely mislabelled",
         "Optimisation history",
         "Parameter importances",
+        "Member trials' figures from the search",  # read from the study's artifact store
     ):
         assert section in html, section
     assert html.count("<svg") >= 6 and html.count("data:image/png;base64,") >= 12

@@ -517,11 +517,11 @@ def test_trial_store_keeps_only_the_best_trials(tmp_path: Path) -> None:
     study = optuna.create_study(direction="maximize")
     for value in (0.5, 0.9, 0.7, 0.8, 0.6):
         study.tell(study.ask(), value)
-    store = TrialStore(tmp_path / "trials", keep=3)
+    store = TrialStore.in_folder(tmp_path / "trials", keep=3, grace_seconds=0)
     for number in range(5):
-        (store.path(number)).mkdir(parents=True)
+        (tmp_path / "trials" / str(number)).mkdir(parents=True)
     assert store.retain_best(study) == {1, 2, 3}
-    assert sorted(p.name for p in store.root.iterdir()) == ["1", "2", "3"]
+    assert sorted(p.name for p in (tmp_path / "trials").iterdir()) == ["1", "2", "3"]
     assert store.is_candidate(study, 0.75) and not store.is_candidate(study, 0.65)
 
 

@@ -201,12 +201,12 @@ def _save_then_retain(root: str, storage: str, rounds: int, lost: Any) -> None:
     from autocls.trainer import FoldResult
     from autocls.trialstore import TrialStore
 
-    store = TrialStore(root, keep=1)
+    store = TrialStore.in_folder(root, keep=1, grace_seconds=0)  # no grace: only the running-trial rule protects
     study = optuna.load_study(study_name="race", storage=open_storage(storage))
     for _ in range(rounds):
         trial = study.ask()
         fold = FoldResult(0, [], 0, np.arange(2), np.ones((2, 2), np.float32), 0, {"w": torch.ones(2)})
-        store.save(trial.number, CVResult([fold], np.zeros(2, np.int64), 2))
+        store.save(trial, CVResult([fold], np.zeros(2, np.int64), 2))
         store.retain_best(study)
         if not store.has(trial.number):
             lost.put(trial.number)  # another worker deleted the models of a trial still running
@@ -353,6 +353,7 @@ def test_a_worker_gets_every_setting_of_the_parents_request(image_folder: Path, 
         pruning=False,
         warm_start=False,
         keep_trials=2,
+        artifacts="s3://bucket/prefix",
         max_latency_ms=12.5,
         max_params=1_000_000,
     )
