@@ -74,6 +74,9 @@ def resize_into(images: torch.Tensor, out: torch.Tensor, chunk: int = 512) -> No
         out[start : start + chunk] = resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
+DISK_RESIZE_CHUNK = 128  # images resized at a time into a file: 77 MB of floats at 224 px, whatever N
+
+
 class ImageStore:
     """Decoded images of a dataset at ``base_size``, with memoised copies at each trial resolution
     and the output of one frozen network part over them (see :meth:`features`).
@@ -115,7 +118,7 @@ class ImageStore:
                 if (found := entry.read()) is None:
                     out = np.memmap(entry.partial, dtype=np.uint8, mode="w+", shape=shape) if shape[0] else None
                     if out is not None:
-                        resize_into(self.images, torch.from_numpy(out))
+                        resize_into(self.images, torch.from_numpy(out), chunk=DISK_RESIZE_CHUNK)
                         out.flush()
                         del out
                     else:
