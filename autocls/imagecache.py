@@ -21,19 +21,21 @@ second waits and then maps what the first wrote.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
 import multiprocessing
-import multiprocessing.pool
 import os
+import shutil
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -256,8 +258,7 @@ def _decode_under_lock(paths: Sequence[Path], size: int, entry: CacheEntry, cloc
     progress = _Progress.read(entry.progress, total) if entry.partial.is_file() else _Progress()
     if progress.done == 0 or entry.partial.stat().st_size != nbytes:
         progress = _Progress()
-        with open(entry.partial, "wb") as f:
-            f.truncate(nbytes)  # sparse: disk is taken as rows are written
+        allocate(entry.partial, nbytes)
     elif progress.done < total:
         logger.info("continuing the decode of %d images from image %d", total, progress.done)
     if progress.done < total:
@@ -274,56 +275,74 @@ def _decode_chunks(
     starts = iter(range(progress.done, total, CHUNK_IMAGES))
     window = 2 * workers  # chunks in flight: every worker busy, and few to wait for at the deadline
     began, first_done, recorded = time.monotonic(), progress.done, time.monotonic()
-    pool = start_pool(workers) if workers > 1 else None
-    queue: deque[tuple[int, Any]] = deque()
+    queue: deque[tuple[int, Future]] = deque()
+    with _main_module_hidden(), _decode_pool(workers) as pool:
 
-    def fill() -> None:
-        while len(queue) < window and (start := next(starts, None)) is not None:
-            queue.append((start, _submit(pool, entry.partial, shape, start, paths[start : start + CHUNK_IMAGES])))
+        def fill() -> None:
+            while len(queue) < window and (start := next(starts, None)) is not None:
+                chunk = paths[start : start + CHUNK_IMAGES]
+                queue.append((start, _submit(pool, entry.partial, shape, start, chunk)))
 
-    try:
-        fill()
-        while queue:
-            start, future = queue.popleft()
-            hashes, failed = future.get()
-            progress.hashes.update(hashes)
-            progress.failed.extend(failed)
-            progress.done = min(total, start + CHUNK_IMAGES)
-            now = time.monotonic()
-            # the first round of chunks (one per worker) gives the rate; the decode time is said once
-            if clock.estimate is not None and (progress.done - first_done >= workers * CHUNK_IMAGES or not queue):
-                rate = (progress.done - first_done) / max(now - began, 1e-6)
-                clock.estimate((total - progress.done) / rate, total - progress.done)
-                clock.estimate = None
-            if now - recorded > PROGRESS_SECONDS:
-                progress.write(entry.progress, total)
-                recorded = now
-            if clock.deadline is not None and now > clock.deadline and progress.done < total:
-                progress.write(entry.progress, total)
-                raise DecodeInterrupted(
-                    f"the time budget ended while decoding: {progress.done:,} of {total:,} images decoded, "
-                    f"kept in {entry.directory} for the next run; run again, or give a longer --timeout."
-                )
+        try:
             fill()
-    except BaseException:
-        # Ctrl-C, the deadline or a failure: the chunks finished in order are kept for the next run
-        if pool is not None:
-            pool.terminate()  # chunks in flight are not recorded: a later run decodes them again
-        with contextlib.suppress(OSError):
-            progress.write(entry.progress, total)
-        raise
+            while queue:
+                start, future = queue.popleft()
+                hashes, failed = future.result()
+                progress.hashes.update(hashes)
+                progress.failed.extend(failed)
+                progress.done = min(total, start + CHUNK_IMAGES)
+                now = time.monotonic()
+                # the first round of chunks (one per worker) gives the rate; the decode time is said once
+                if clock.estimate is not None and (progress.done - first_done >= workers * CHUNK_IMAGES or not queue):
+                    rate = (progress.done - first_done) / max(now - began, 1e-6)
+                    clock.estimate((total - progress.done) / rate, total - progress.done)
+                    clock.estimate = None
+                if now - recorded > PROGRESS_SECONDS:
+                    progress.write(entry.progress, total)
+                    recorded = now
+                if clock.deadline is not None and now > clock.deadline and progress.done < total:
+                    raise DecodeInterrupted(
+                        f"the time budget ended while decoding: {progress.done:,} of {total:,} images decoded, "
+                        f"kept in {entry.directory} for the next run; run again, or give a longer --timeout."
+                    )
+                fill()
+        except BrokenProcessPool:
+            raise AutoclsError(
+                f"a decode process died (out of memory, or killed) after {progress.done:,} of {total:,} images; "
+                f"they are kept in {entry.directory}: run again to continue (AUTOCLS_DECODE_WORKERS=1 decodes "
+                "in one process)."
+            ) from None
+        finally:
+            # the deadline, Ctrl-C or a failure: the chunks finished in order are kept for the next
+            # run; chunks in flight are not recorded, and a later run decodes them again
+            for _, future in queue:
+                future.cancel()
+            with contextlib.suppress(OSError):
+                if progress.done < total:
+                    progress.write(entry.progress, total)
+
+
+@contextlib.contextmanager
+def _decode_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """``workers`` decode processes (none for one: the chunks are decoded here). Spawned, not
+    forked: the parent holds torch's thread pools, which a forked child must not inherit. A worker
+    that dies makes the pool raise, where :mod:`multiprocessing.pool` would wait for its chunk forever."""
+    if workers <= 1:
+        yield None
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
     finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @contextlib.contextmanager
 def _main_module_hidden() -> Iterator[None]:
-    """While worker processes start, hide the ``__main__`` module from multiprocessing: a spawned
-    child otherwise imports it again (a user's script without a ``__main__`` guard would run its
-    search again in each child, and ``python -m autocls.workers`` would bring torch into each), while
-    the decode's children need only :mod:`autocls.pixels`."""
+    """While decode processes may start, hide the ``__main__`` module from multiprocessing: a
+    spawned child otherwise imports it again (a user's script without a ``__main__`` guard would run
+    its search again in each child, and ``python -m autocls.workers`` would bring torch into each),
+    while the decode's children need only :mod:`autocls.pixels`."""
     main = sys.modules["__main__"]
     saved = {name: getattr(main, name) for name in ("__spec__", "__file__") if hasattr(main, name)}
     try:
@@ -336,27 +355,35 @@ def _main_module_hidden() -> Iterator[None]:
             setattr(main, name, value)
 
 
-def start_pool(workers: int) -> multiprocessing.pool.Pool:
-    """``workers`` decode processes, all started now. Spawned, not forked: the parent holds torch's
-    thread pools, which a forked child must not inherit."""
-    with _main_module_hidden():
-        return multiprocessing.get_context("spawn").Pool(workers)
-
-
-class _Done:
-    """A chunk decoded in this process (one CPU: no worker to start), shaped like a pool's result."""
-
-    def __init__(self, value: tuple[dict, list]) -> None:
-        self.value = value
-
-    def get(self) -> tuple[dict, list]:
-        return self.value
-
-
-def _submit(pool: multiprocessing.pool.Pool | None, partial: Path, shape: tuple, start: int, paths: list[str]) -> Any:
+def _submit(pool: ProcessPoolExecutor | None, partial: Path, shape: tuple, start: int, paths: list[str]) -> Future:
     if pool is not None:
-        return pool.apply_async(_decode_rows, (str(partial), shape, start, paths))
-    return _Done(_decode_rows(str(partial), shape, start, paths))
+        return pool.submit(_decode_rows, str(partial), shape, start, paths)
+    done: Future = Future()  # one CPU: decoded here, no process to start
+    done.set_result(_decode_rows(str(partial), shape, start, paths))
+    return done
+
+
+def allocate(path: Path, nbytes: int) -> None:
+    """Create ``path`` with ``nbytes`` of disk reserved. A memory-mapped write into a sparse file on
+    a full disk kills the process (SIGBUS), with no message; reserved first, a full disk is one line."""
+    with open(path, "wb") as f:
+        try:
+            if nbytes and hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(f.fileno(), 0, nbytes)
+            else:
+                f.truncate(nbytes)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                if err.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without it: sparse
+                    f.truncate(nbytes)
+                    return
+                raise
+            free = shutil.disk_usage(path.parent).free
+            path.unlink(missing_ok=True)
+            raise AutoclsError(
+                f"not enough disk space for the decoded images in {path.parent}: they need {nbytes / 2**30:.1f} GiB, "
+                f"{free / 2**30:.1f} GiB are free; free some, or give another --workdir."
+            ) from None
 
 
 def _finish(entry: CacheEntry, shape: tuple[int, ...], progress: _Progress) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from autocls.imagecache import (
     CacheEntry,
     CacheIndex,
     DecodeClock,
+    allocate,
     decode_to_cache,
     holding,
     resized_entry,
@@ -116,13 +118,12 @@ class ImageStore:
         if (found := entry.read()) is None:
             with holding(entry.lock, None, lambda: logger.info("waiting for another process resizing to %d px", size)):
                 if (found := entry.read()) is None:
-                    out = np.memmap(entry.partial, dtype=np.uint8, mode="w+", shape=shape) if shape[0] else None
-                    if out is not None:
+                    allocate(entry.partial, math.prod(shape))  # a full disk is one line, not SIGBUS
+                    if shape[0]:
+                        out = np.memmap(entry.partial, dtype=np.uint8, mode="r+", shape=shape)
                         resize_into(self.images, torch.from_numpy(out), chunk=DISK_RESIZE_CHUNK)
                         out.flush()
                         del out
-                    else:
-                        entry.partial.write_bytes(b"")
                     os.replace(entry.partial, entry.array)
                     write_atomically(entry.index, CacheIndex(shape, [], [], []).to_json())
                     found = entry.read()

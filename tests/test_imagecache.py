@@ -107,3 +107,22 @@ def test_a_script_without_a_main_guard_decodes_with_worker_processes_once(image_
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("script ran") == 1 and "decoded 24" in done.stdout
+
+
+def test_a_full_disk_is_one_line_before_anything_is_decoded(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows are written through a memory map: on a full disk a sparse file would kill the process
+    (SIGBUS) mid-decode. The space is reserved first, and its lack is one line."""
+    import errno
+    import os
+
+    from autocls.errors import AutoclsError
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(AutoclsError, match=r"not enough disk space for the decoded images in .*cache: they need"):
+        build_store(discover(image_folder), 16, tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*.part"))
