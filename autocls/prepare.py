@@ -157,9 +157,11 @@ def record_data(study: optuna.Study, data: PreparedData, index_file: Path) -> No
     index (for describing a later change) on disk. A study recorded before data was known by
     content, and found unchanged, gains its content fingerprint here."""
     recorded = study.user_attrs.get(DATA_ATTR, {})
+    if CONTENT_KEY not in recorded or not index_file.is_file():
+        # each machine keeps the index of what it checked, so a later change there is counted
+        write_atomically(index_file, json.dumps({"fingerprint": data.fingerprint, "content": data.content}).encode())
     if CONTENT_KEY in recorded:
         return
-    write_atomically(index_file, json.dumps({"fingerprint": data.fingerprint, "content": data.content}).encode())
     study.set_user_attr(
         DATA_ATTR,
         {

@@ -81,6 +81,13 @@ def cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def warm(folder: Path) -> None:
+    """Read every file once, so that the reference and the decode both find them in the page cache:
+    the rates then compare decoding, not the disk (a cold 100,000-image folder halved the reference)."""
+    for path in folder.rglob("*.jpg"):
+        path.read_bytes()
+
+
 def reference_rates(folder: Path, size: int, sample: int = 500) -> dict[str, float]:
     """Images/s of one image at a time in one thread: Pillow as autocls decodes, and torchvision's."""
     import torch
@@ -90,7 +97,8 @@ def reference_rates(folder: Path, size: int, sample: int = 500) -> dict[str, flo
     from autocls.images import load_square  # in every version of autocls: the bench runs before and after
 
     torch.set_num_threads(1)
-    paths = sorted(folder.rglob("*.jpg"))[:sample]
+    every = sorted(folder.rglob("*.jpg"))
+    paths = every[:: max(1, len(every) // sample)][:sample]  # spread over the folder
     for path in paths[:50]:
         load_square(path, size)
     start = time.perf_counter()
@@ -190,28 +198,18 @@ def _running_trials(db: Path) -> int:
         return 0
 
 
+def _search(folder: Path, workdir: Path, *options: str) -> subprocess.Popen:
+    """``autocls search FOLDER --space default`` in an empty ``workdir``, quietly."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    command = [sys.executable, "-m", "autocls.cli", "search", str(folder), "--space", "default", *options]
+    return subprocess.Popen([*command, "--workdir", str(workdir), "--quiet"], stdout=subprocess.DEVNULL)
+
+
 def measure_first_trial(folder: Path, workdir: Path, train_seconds: float) -> dict[str, float]:
     """Seconds until ``autocls search --trials 1`` has a RUNNING trial, and peak anonymous memory
     of its process tree through ``train_seconds`` of that trial's training."""
-    shutil.rmtree(workdir, ignore_errors=True)
     start = time.monotonic()
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "autocls.cli",
-            "search",
-            str(folder),
-            "--space",
-            "default",
-            "--trials",
-            "1",
-            "--workdir",
-            str(workdir),
-            "--quiet",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    child = _search(folder, workdir, "--trials", "1")
     memory = TreeMemory(child.pid)
     first = None
     while child.poll() is None:
@@ -227,25 +225,9 @@ def measure_first_trial(folder: Path, workdir: Path, train_seconds: float) -> di
 
 
 def measure_timeout(folder: Path, workdir: Path, timeout: float) -> dict[str, float]:
-    shutil.rmtree(workdir, ignore_errors=True)
+    """Wall time of ``autocls search --timeout`` and peak anonymous memory of its process tree."""
     start = time.monotonic()
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "autocls.cli",
-            "search",
-            str(folder),
-            "--space",
-            "default",
-            "--timeout",
-            str(timeout),
-            "--workdir",
-            str(workdir),
-            "--quiet",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    child = _search(folder, workdir, "--timeout", str(timeout))
     memory = TreeMemory(child.pid)
     code = child.wait()
     memory.stop()
@@ -282,8 +264,10 @@ def main() -> None:
     rows = []
     for count in args.images:
         folder = make_images(args.root, count)
+        warm(folder)
         rates = reference_rates(folder, args.resolution)
         ceiling = rates["pillow"] * cpus()
+        warm(folder)
         decode = measure_decode(folder, args.resolution, args.root / f"cache-{count}")
         rate = decode["images"] / decode["seconds"]
         row = [
