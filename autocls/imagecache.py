@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -330,11 +331,24 @@ def _decode_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
     if workers <= 1:
         yield None
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_exit_with_parent, initargs=(os.getpid(),))
     try:
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker start-up: end this worker when the process that started it is gone (killed: a pool's
+    workers otherwise wait for work forever, each holding its share of the pipe)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)  # a few idle seconds at most after a kill; nothing to wake us sooner
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 @contextlib.contextmanager
