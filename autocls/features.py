@@ -24,8 +24,9 @@ logger = logging.getLogger(__name__)
 CACHE_BATCH = 256
 
 
-# A frozen prefix's feature maps are kept in memory only up to this size (early stages of a CNN at
-# a high resolution are large); beyond it the prefix runs every step, as without a cache.
+# A frozen prefix's feature maps are kept only up to this size (early stages of a CNN at a high
+# resolution are large); beyond it the prefix runs every step, as without a cache. Beside a cached
+# store they are kept in a memory-mapped file (ImageStore.scratch), in memory otherwise.
 FEATURE_CACHE_BYTES = 4 << 30
 
 
@@ -92,8 +93,8 @@ def cached_inputs(
             with torch.inference_mode(), autocast(device, training=True):
                 for start in range(0, len(images), batch):
                     part = frozen(prepare(images[start : start + batch])).float()
-                    if start == 0:
-                        out = torch.empty((len(images), *part.shape[1:]), dtype=torch.float32)
+                    if start == 0:  # on disk where the images are: memory does not grow with them
+                        out = store.scratch((len(images), *part.shape[1:]))
                     out[start : start + len(part)] = part.cpu()
             return out
 

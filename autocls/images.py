@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -142,6 +143,23 @@ class ImageStore:
             self._placed.clear()  # one resolution at a time on a device: trials of one size follow each other
             self._placed[key] = place_images(self.at(size), device)
         return self._placed[key]
+
+    def scratch(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """An empty float32 tensor of ``shape`` for data as large as the images (frozen features):
+        for a store read from the cache, a file of its own, memory-mapped and already unlinked, so
+        the kernel pages it out under pressure and removes it with the last reference; in memory
+        otherwise."""
+        if self.entry is None or not math.prod(shape):
+            return torch.empty(shape, dtype=torch.float32)
+        fd, name = tempfile.mkstemp(prefix=".features.", dir=self.entry.directory)
+        os.close(fd)
+        path = Path(name)
+        try:
+            allocate(path, 4 * math.prod(shape))  # a full disk is one line, not SIGBUS
+            mapped = np.memmap(path, dtype=np.float32, mode="r+", shape=shape)
+        finally:
+            path.unlink(missing_ok=True)  # the mapping keeps the pages; no file is left behind
+        return torch.from_numpy(mapped)
 
     def features(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """``compute()`` (a frozen network part over every image, in order), once per ``key`` while

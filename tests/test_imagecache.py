@@ -24,10 +24,10 @@ def mapped_file(tensor: torch.Tensor) -> str:
     """The file whose memory map holds ``tensor``'s first byte ('' when it is anonymous memory)."""
     address = tensor.data_ptr()
     for line in Path("/proc/self/maps").read_text().splitlines():
-        span, *_rest, name = line.split(maxsplit=5) if len(line.split()) == 6 else (*line.split(), "")
-        low, high = (int(x, 16) for x in span.split("-"))
+        fields = line.split(maxsplit=5)  # address, perms, offset, dev, inode, then the path if any
+        low, high = (int(x, 16) for x in fields[0].split("-"))
         if low <= address < high:
-            return name
+            return fields[5] if len(fields) == 6 else ""
     return ""
 
 

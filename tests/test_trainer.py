@@ -465,3 +465,19 @@ def test_the_declared_timm_floor_has_the_mixup_keyword_the_trainer_passes() -> N
     assert not timm_requirement.specifier.contains("1.0.30"), timm_requirement
     assert "multi_label" in inspect.signature(timm.data.Mixup).parameters
     assert "multi_label" in inspect.signature(timm.data.mixup.mixup_target).parameters
+
+
+def test_frozen_features_of_a_cached_store_live_in_an_unlinked_file(prepared, image_folder: Path, tmp_path) -> None:
+    """Beside the decode cache the feature maps go to a memory-mapped file (memory does not grow
+    with the images), which leaves nothing on disk, and the trained model is the one without it."""
+    from tests.test_imagecache import mapped_file
+
+    config, _store, labels, splits, plain = _fit_uncached(prepared, freeze=0.5)
+    cache = tmp_path / "cache"
+    _, store = build_store(discover(image_folder), 16, cache)
+    before = sorted(p.name for p in cache.iterdir())
+    cached = Trainer(config, 3, CPU).fit(store, labels, *splits[0])
+    np.testing.assert_allclose(cached.val_probs, plain.val_probs, **SAME_MODEL)
+    (features,) = store._features.values()
+    assert mapped_file(features).endswith("(deleted)") and ".features." in mapped_file(features)
+    assert sorted(p.name for p in cache.iterdir()) == before
