@@ -194,7 +194,7 @@ class Trainer:
         train_t = torch.as_tensor(train_idx)
         class_weights, sample_weights = self._balancing(labels[train_t])
         val_t = torch.as_tensor(val_idx)
-        val_inputs, val_labels = inputs.images[val_t], labels[val_t]
+        val_labels = labels[val_t]  # the images are gathered a batch at a time: a fold's are not copied
 
         history: list[EpochRecord] = []
         kept = KeptWeights()
@@ -215,7 +215,7 @@ class Trainer:
                 parts.scheduler.step_update(num_updates=epoch * steps + step + 1)
             total = losses.total()
             lr = parts.lr
-            val_loss, probs = self.evaluate(inputs.net, val_inputs, inputs.prepare_eval, val_labels)
+            val_loss, probs = self.evaluate(inputs.net, inputs.images, inputs.prepare_eval, val_labels, rows=val_t)
             monitor_loss = self._monitor_loss(inputs, labels, monitor_idx)
             parts.scheduler.step(epoch + 1, monitor_loss)
             score = self.metric(val_labels.numpy(), probs)
@@ -282,7 +282,7 @@ class Trainer:
         if monitor_idx is None:
             return None
         monitor_t = torch.as_tensor(monitor_idx)
-        return self.evaluate(inputs.net, inputs.images[monitor_t], inputs.prepare_eval, labels[monitor_t])[0]
+        return self.evaluate(inputs.net, inputs.images, inputs.prepare_eval, labels[monitor_t], rows=monitor_t)[0]
 
     def _balancing(self, train_labels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Class weights for the loss, or per-image weights for the sampler, as ``imbalance`` asks.
@@ -352,13 +352,22 @@ class Trainer:
 
     @torch.inference_mode()
     def evaluate(
-        self, model: nn.Module, inputs: torch.Tensor, prepare: Prepare, labels: torch.Tensor | None = None
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        prepare: Prepare,
+        labels: torch.Tensor | None = None,
+        *,
+        rows: torch.Tensor | None = None,
     ) -> tuple[float, np.ndarray]:
         """Mean cross-entropy on ``labels`` (nan without them) and softmax probabilities (binary
-        cross-entropy and one sigmoid per label for multi-label data)."""
+        cross-entropy and one sigmoid per label for multi-label data) of ``inputs``' ``rows`` (all
+        by default), gathered a batch at a time: a memory-mapped store's validation fold (a fifth
+        of the images) was copied whole into memory before."""
         model.eval()
         probs = []
-        for batch in BatchFeeder(inputs, self.device, self.eval_batch)(torch.arange(len(inputs))):
+        rows = torch.arange(len(inputs)) if rows is None else rows
+        for batch in BatchFeeder(inputs, self.device, self.eval_batch)(rows):
             x = prepare(batch)
             with autocast(self.device):  # fp32: see autocast
                 logits = model(x)

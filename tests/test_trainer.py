@@ -481,3 +481,26 @@ def test_frozen_features_of_a_cached_store_live_in_an_unlinked_file(prepared, im
     (features,) = store._features.values()
     assert mapped_file(features).endswith("(deleted)") and ".features." in mapped_file(features)
     assert sorted(p.name for p in cache.iterdir()) == before
+
+
+def test_a_fold_never_gathers_more_images_than_a_batch(prepared) -> None:
+    """Validation and the early-stopping monitor take their images a batch at a time: gathering the
+    whole validation fold at once copied a fifth of a memory-mapped store into memory."""
+    import dataclasses
+
+    data, store = prepared
+    gathered: list[int] = []
+
+    class Recording(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            if func in (torch.Tensor.__getitem__, torch.index_select) and isinstance(args[1], torch.Tensor):
+                gathered.append(len(args[1]))
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    images = store.at(16).as_subclass(Recording)
+    observed = ImageStore(images)
+    config = dataclasses.replace(BASE, scheduler="plateau", patience=1, epochs=2, batch_size=4)
+    splits = stratified_folds(data.labels, 3, seed=0)
+    Trainer(config, 3, CPU, eval_batch=4).fit(observed, torch.as_tensor(data.labels), *splits[0])
+    assert gathered and max(gathered) <= 4
