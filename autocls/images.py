@@ -16,6 +16,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from autocls.imagecache import (
     holding,
     resized_entry,
 )
-from autocls.pixels import BACKGROUND, IMAGE_ERRORS, decode_file, fit_square, load_square, to_rgb
+from autocls.pixels import BACKGROUND, IMAGE_ERRORS, Decoded, decode_file, fit_square, load_square, to_rgb
 from autocls.preprocess import place_images
 
 __all__ = ["BACKGROUND", "IMAGE_ERRORS", "ImageStore", "build_store", "decode_images", "fit_square", "load_square"]
@@ -210,20 +211,19 @@ def _decode_in_memory(
     images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     rows = images.numpy()
 
-    def load(position: int) -> str | None:
+    def load(position: int) -> Decoded:
         decoded = decode_file(paths[position], size)
-        if decoded.pixels is None:
-            return f"!{decoded.error}"
-        rows[position] = decoded.pixels.transpose(2, 0, 1)
-        return decoded.content
+        if decoded.pixels is not None:
+            rows[position] = decoded.pixels.transpose(2, 0, 1)
+        return replace(decoded, pixels=None)  # the pixels are in the tensor: not held twice
 
     with ThreadPoolExecutor(threads) as pool:
         results = list(pool.map(load, range(len(paths))))
-    kept = [i for i, result in enumerate(results) if not result.startswith("!")]
-    failed = [(Path(paths[i]), result[1:]) for i, result in enumerate(results) if result.startswith("!")]
+    kept = [i for i, result in enumerate(results) if result.error is None]
+    failed = [(Path(paths[i]), result.error) for i, result in enumerate(results) if result.error is not None]
     if failed:
         images = images[torch.as_tensor(kept, dtype=torch.long)]  # rows of the kept images, in order
-    return images, kept, failed, [results[i] for i in kept]
+    return images, kept, failed, [results[i].content for i in kept]
 
 
 def require_some_readable(total: int, failed: list[tuple[Path, str]]) -> None:
