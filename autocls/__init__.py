@@ -19,8 +19,8 @@ _LAZY = {
     "search": ("autocls.api", "search"),
     "refit": ("autocls.api", "refit"),
     "ImageClassifier": ("autocls.api", "ImageClassifier"),
-    "Ensemble": ("autocls.ensemble", "Ensemble"),
-    "predict": ("autocls.predict", "predict"),
+    "Ensemble": ("autocls.model.ensemble", "Ensemble"),
+    "predict": ("autocls.model.predict", "predict"),
 }
 
 

@@ -22,22 +22,22 @@ import optuna
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from autocls.artifactstore import study_artifacts
-from autocls.data import DataSpec
-from autocls.ensemble import Ensemble
-from autocls.errors import AutoclsError
-from autocls.multilabel import DELIMITER
-from autocls.prepare import relocated
-from autocls.progress import Reporter, optuna_logs_quiet
-from autocls.refitter import MAX_VIEWS
-from autocls.refitter import refit as _refit
-from autocls.runtime import resolve_device, stop_on_ctrl_c
-from autocls.space import SearchSpace
-from autocls.storage import default_url, optuna_experimental_allowed
-from autocls.study import run_search
-from autocls.studysetup import CACHE_DIR, DEFAULT_WORKDIR, SearchRequest, StudySetup
-from autocls.threads import autocls_threads
-from autocls.trialstore import study_trial_store
+from autocls.data.discover import DataSpec
+from autocls.data.multilabel import DELIMITER
+from autocls.final.refit import MAX_VIEWS
+from autocls.final.refit import refit as _refit
+from autocls.model.ensemble import Ensemble
+from autocls.runtime.control import resolve_device, stop_on_ctrl_c
+from autocls.runtime.errors import AutoclsError
+from autocls.runtime.threads import autocls_threads
+from autocls.storage.artifacts import study_artifacts
+from autocls.storage.rdb import default_url, optuna_experimental_allowed
+from autocls.storage.trials import study_trial_store
+from autocls.study.driver import run_search
+from autocls.study.progress import Reporter, optuna_logs_quiet
+from autocls.study.setup import CACHE_DIR, DEFAULT_WORKDIR, SearchRequest, StudySetup
+from autocls.study.space import SearchSpace
+from autocls.study.studydata import relocated
 
 DataLike = str | Path | pd.DataFrame
 
@@ -92,8 +92,8 @@ def search(
 ) -> optuna.Study:
     """Run (or continue) a search like ``autocls search`` and return the Optuna study.
 
-    ``space`` is a built-in name, a ``.toml`` path or a loaded :class:`~autocls.space.SearchSpace`.
-    ``max_latency_ms`` and ``max_params`` limit the delivered model (:mod:`autocls.limits`).
+    ``space`` is a built-in name, a ``.toml`` path or a loaded :class:`~autocls.study.space.SearchSpace`.
+    ``max_latency_ms`` and ``max_params`` limit the delivered model (:mod:`autocls.study.limits`).
     ``artifacts`` is the study's artifact store (a folder or ``s3://BUCKET/PREFIX``, as ``--artifacts``)
     and ``keep_trials`` how many best trials keep their fold models there.
     Ctrl-C stops after the current batch (finished trials are kept); torch's thread count, the

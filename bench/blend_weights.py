@@ -24,10 +24,10 @@ from rich.console import Console
 from rich.table import Table
 from safetensors.torch import load_file
 
-from autocls.data import discover, labels_in_order
-from autocls.ensemble import Ensemble
-from autocls.errors import AutoclsError
-from autocls.images import decode_images
+from autocls.data.discover import discover, labels_in_order
+from autocls.data.images import decode_images
+from autocls.model.ensemble import Ensemble
+from autocls.runtime.errors import AutoclsError
 
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)
 

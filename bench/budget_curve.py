@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from autocls import plots
+from autocls.report import plots
 
 
 def read_results(path: Path) -> tuple[float, dict[str, float]]:

@@ -25,10 +25,10 @@ from rich.table import Table
 
 TRIAL = """
 import time, numpy as np, torch
-from autocls.config import TrainConfig
-from autocls.images import ImageStore
-from autocls.threads import configure_threads
-from autocls.trainer import Trainer
+from autocls.train.config import TrainConfig
+from autocls.data.images import ImageStore
+from autocls.runtime.threads import configure_threads
+from autocls.train.trainer import Trainer
 configure_threads()
 n, epochs = {images}, {epochs}
 store = ImageStore(torch.randint(0, 256, (n, 3, 64, 64), dtype=torch.uint8))

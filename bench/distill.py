@@ -18,12 +18,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from autocls.distill import distill
-from autocls.ensemble import Ensemble
-from autocls.evaluate import evaluate
-from autocls.images import decode_images
-from autocls.progress import Reporter
-from autocls.threads import configure_threads
+from autocls.data.images import decode_images
+from autocls.final.distill import distill
+from autocls.model.ensemble import Ensemble
+from autocls.report.evaluate import evaluate
+from autocls.runtime.threads import configure_threads
+from autocls.study.progress import Reporter
 
 LATENCY_IMAGES = 50
 

@@ -42,9 +42,9 @@ from rich.console import Console
 from rich.table import Table
 
 import autocls
-from autocls.errors import AutoclsError
-from autocls.evaluate import evaluate
-from autocls.space import space_from_dict
+from autocls.report.evaluate import evaluate
+from autocls.runtime.errors import AutoclsError
+from autocls.study.space import space_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
@@ -110,7 +110,7 @@ def run_arm(name: str, data: Path, test: Path, workdir: Path, best: bool = False
     seconds = time.perf_counter() - start
     result = evaluate(ensemble, test)
     print(f"{name}: held-out accuracy {result.accuracy:.4f} after {seconds:.0f}s", flush=True)
-    if "portfolio_probes" in study.user_attrs:  # which recipe the first rung put first (autocls.halving)
+    if "portfolio_probes" in study.user_attrs:  # which recipe the first rung put first (autocls.study.halving)
         print(f"{name}: portfolio probes {study.user_attrs['portfolio_probes']}", flush=True)
     winner = winning_trial_epochs(study.best_trial)
     print(f"{name}: best trial {winner}", flush=True)
@@ -126,7 +126,7 @@ def run_arm(name: str, data: Path, test: Path, workdir: Path, best: bool = False
 def one_split_arm(data: Path, test: Path, workdir: Path, **search: object) -> ArmResult:
     """Arm (1): the study's plan forced to one fold of five (a hold-out split); the first recipe is
     then sized to its share of the budget on that one split."""
-    from autocls import studysetup
+    from autocls.study import setup as studysetup
 
     planned = studysetup.folds_to_train
     studysetup.folds_to_train = lambda *args, **kwargs: 1

@@ -27,10 +27,10 @@ import pandas as pd
 from PIL import Image
 
 import autocls
-from autocls.ensemble import OOF_FILE, Ensemble
-from autocls.evaluate import evaluate
-from autocls.neardup import SIMILARITY, near_duplicates, training_features
-from autocls.reports import label_issues
+from autocls.model.ensemble import OOF_FILE, Ensemble
+from autocls.report.evaluate import evaluate
+from autocls.report.neardup import SIMILARITY, near_duplicates, training_features
+from autocls.report.tables import label_issues
 
 
 def swapped_copy(source: Path, target: Path, swap: int, seed: int = 0) -> set[str]:

@@ -15,9 +15,9 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from autocls.backbones import create_classifier
-from autocls.config import TrainConfig
-from autocls.optim import create_optimizer, create_scheduler
+from autocls.train.backbones import create_classifier
+from autocls.train.config import TrainConfig
+from autocls.train.optim import create_optimizer, create_scheduler
 
 
 def group_lrs(config: TrainConfig, steps: int) -> list[tuple[int, list[float], list[float], list[float]]]:

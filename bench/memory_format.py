@@ -20,10 +20,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from autocls.backbones import check_weights, create_classifier
-from autocls.config import TrainConfig
-from autocls.optim import create_optimizer
-from autocls.threads import configure_threads
+from autocls.runtime.threads import configure_threads
+from autocls.train.backbones import check_weights, create_classifier
+from autocls.train.config import TrainConfig
+from autocls.train.optim import create_optimizer
 
 FORMATS = {"default": torch.contiguous_format, "channels_last": torch.channels_last}
 

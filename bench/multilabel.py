@@ -25,8 +25,8 @@ from rich.table import Table
 from sklearn.metrics import f1_score
 
 import autocls
-from autocls.evaluate import evaluate
-from autocls.multilabel import parse_label_sets
+from autocls.data.multilabel import parse_label_sets
+from autocls.report.evaluate import evaluate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from prepare_multilabel import write_digit_mosaics, write_shapes

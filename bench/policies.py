@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 import autocls
-from autocls.config import AUGMENTATIONS
-from autocls.space import space_from_dict
+from autocls.study.space import space_from_dict
+from autocls.train.config import AUGMENTATIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))

@@ -23,15 +23,15 @@ import optuna
 from rich.console import Console
 from rich.table import Table
 
-from autocls import study as study_module
-from autocls.data import DataSpec
-from autocls.progress import setup_logging
-from autocls.pruning import FOLD_STEP, FoldAwarePruner
-from autocls.runtime import resolve_device
-from autocls.space import SearchSpace, load_space, space_from_dict
-from autocls.study import run_search
-from autocls.studysetup import SearchRequest, narrow_to_available_weights
-from autocls.threads import configure_threads
+from autocls.data.discover import DataSpec
+from autocls.runtime.control import resolve_device
+from autocls.runtime.logs import setup_logging
+from autocls.runtime.threads import configure_threads
+from autocls.study import driver as study_module
+from autocls.study.driver import run_search
+from autocls.study.pruning import FOLD_STEP, FoldAwarePruner
+from autocls.study.setup import SearchRequest, narrow_to_available_weights
+from autocls.study.space import SearchSpace, load_space, space_from_dict
 
 
 def sample_configs(space: SearchSpace, trials: int, seed: int) -> list[dict]:

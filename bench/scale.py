@@ -6,7 +6,7 @@
 For each N, on N synthetic 320x240 JPEGs in 10 classes (written once under ``--root``, reused):
 
 1. reference rates on 500 of them, one image at a time in one thread: Pillow (``draft`` and the
-   crop autocls does: :func:`autocls.pixels.load_square`) and ``torchvision.io.decode_jpeg`` with
+   crop autocls does: :func:`autocls.data.pixels.load_square`) and ``torchvision.io.decode_jpeg`` with
    an antialiased resize; times the CPUs this process may use gives the ceiling for the decode;
 2. the decode into an empty cache (``build_store`` with a cache folder, what a first search does),
    in a fresh process: images/s, its ratio to Pillow's ceiling, peak RSS and peak anonymous memory
@@ -94,7 +94,7 @@ def reference_rates(folder: Path, size: int, sample: int = 500) -> dict[str, flo
     import torch.nn.functional as F
     from torchvision.io import decode_jpeg, read_file
 
-    from autocls.images import load_square  # in every version of autocls: the bench runs before and after
+    from autocls.data.images import load_square  # in every version of autocls: the bench runs before and after
 
     torch.set_num_threads(1)
     every = sorted(folder.rglob("*.jpg"))
@@ -166,8 +166,8 @@ class TreeMemory:
 DECODE_CHILD = """
 import json, sys, time
 from pathlib import Path
-from autocls.data import discover
-from autocls.images import build_store
+from autocls.data.discover import discover
+from autocls.data.images import build_store
 data = discover(sys.argv[1])
 start = time.perf_counter()
 kept, store = build_store(data, int(sys.argv[2]), Path(sys.argv[3]))
@@ -201,7 +201,7 @@ def _running_trials(db: Path) -> int:
 def _search(folder: Path, workdir: Path, *options: str) -> subprocess.Popen:
     """``autocls search FOLDER --space default`` in an empty ``workdir``, quietly."""
     shutil.rmtree(workdir, ignore_errors=True)
-    command = [sys.executable, "-m", "autocls.cli", "search", str(folder), "--space", "default", *options]
+    command = [sys.executable, "-m", "autocls.cli.main", "search", str(folder), "--space", "default", *options]
     return subprocess.Popen([*command, "--workdir", str(workdir), "--quiet"], stdout=subprocess.DEVNULL)
 
 

@@ -36,18 +36,18 @@ from rich.console import Console
 from rich.table import Table
 from torchvision.transforms import v2
 
-import autocls.images
-import autocls.trainer
-from autocls.backbones import create_classifier
-from autocls.build import batch_plan
-from autocls.config import TrainConfig
-from autocls.data import discover
-from autocls.images import ImageStore, build_store
-from autocls.optim import create_optimizer
-from autocls.preprocess import BatchFeeder, autocast, model_norm, model_to_device, normalise, to_device_layout
-from autocls.runtime import resolve_device
-from autocls.threads import configure_threads
-from autocls.trainer import Trainer
+import autocls.data.images
+import autocls.train.trainer
+from autocls.data.discover import discover
+from autocls.data.images import ImageStore, build_store
+from autocls.runtime.control import resolve_device
+from autocls.runtime.threads import configure_threads
+from autocls.train.backbones import create_classifier
+from autocls.train.build import batch_plan
+from autocls.train.config import TrainConfig
+from autocls.train.feeding import BatchFeeder, autocast, model_norm, model_to_device, normalise, to_device_layout
+from autocls.train.optim import create_optimizer
+from autocls.train.trainer import Trainer
 
 
 def write_photos(root: Path, count: int, classes: int = 4) -> None:
@@ -66,7 +66,7 @@ def write_photos(root: Path, count: int, classes: int = 4) -> None:
 def augmentation_speeds(resolution: int = 224, batch: int = 64, batches: int = 4) -> dict[str, tuple[float, float]]:
     """Images/s of each policy: (per-image torchvision loop, batched kornia), after a warm-up batch."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from autocls.augment import create_augmentation
+    from autocls.train.augment import create_augmentation
     from tests.helpers import TORCHVISION_POLICIES
 
     images = torch.randint(0, 256, (batch, 3, resolution, resolution), dtype=torch.uint8)
@@ -198,15 +198,15 @@ def trainer_speed(
     train = np.setdiff1d(np.arange(len(labels)), val)
     store = ImageStore(store_images)  # a new store: no features cached by an earlier measurement
     trainer = TimedTrainer(config, 4, device, feature_cache=cache)
-    feeder, place = autocls.trainer.BatchFeeder, autocls.images.place_images
+    feeder, place = autocls.train.trainer.BatchFeeder, autocls.data.images.place_images
     if staged:
-        autocls.trainer.BatchFeeder = partial(BatchFeeder, staged=True)
+        autocls.train.trainer.BatchFeeder = partial(BatchFeeder, staged=True)
         # the store stays in host memory, as one over its share of the GPU's memory does
-        autocls.images.place_images = lambda images, device: images
+        autocls.data.images.place_images = lambda images, device: images
     try:
         result = trainer.fit(store, labels, train, val)
     finally:
-        autocls.trainer.BatchFeeder, autocls.images.place_images = feeder, place
+        autocls.train.trainer.BatchFeeder, autocls.data.images.place_images = feeder, place
     per_epoch = len(trainer.evaluations) // len(result.history)  # validation, and early stopping's monitor
     steady = result.history[1:]
     evaluating = sum(trainer.evaluations[per_epoch:])

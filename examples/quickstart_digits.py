@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prepare_digits import write_digits
 
 import autocls
-from autocls.evaluate import evaluate
-from autocls.space import load_space, space_from_dict
+from autocls.report.evaluate import evaluate
+from autocls.study.space import load_space, space_from_dict
 
 
 def smoke_space():

@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 import autocls
-from autocls.data import is_image_file
-from autocls.space import load_space, space_from_dict
+from autocls.data.discover import is_image_file
+from autocls.study.space import load_space, space_from_dict
 
 
 def train_classifier(

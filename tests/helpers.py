@@ -65,7 +65,7 @@ def edit_space(path: Path, replacements: dict[str, str]) -> None:
     path.write_text(text)
 
 
-# The per-image torchvision policies that autocls.augment's batched ones replaced: the reference
+# The per-image torchvision policies that autocls.train.augment's batched ones replaced: the reference
 # for their statistics (tests/test_augment.py) and speed (bench/throughput.py).
 TORCHVISION_POLICIES = {
     "light": lambda: [

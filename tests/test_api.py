@@ -12,8 +12,8 @@ import torch
 from sklearn.base import clone
 
 import autocls
-from autocls.cli import main
-from autocls.images import decode_images, resize_batch
+from autocls.cli.main import main
+from autocls.data.images import decode_images, resize_batch
 
 pytestmark = pytest.mark.slow  # end-to-end: the CLI, subprocesses, a browser (-m 'not slow' skips them)
 
@@ -88,7 +88,7 @@ def test_the_api_leaves_the_callers_process_as_it_found_it(image_folder: Path, t
 def _check_process_state_is_restored(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:
     import signal
 
-    from autocls.runtime import STOP_REQUESTED, stop_on_ctrl_c
+    from autocls.runtime.control import STOP_REQUESTED, stop_on_ctrl_c
 
     with stop_on_ctrl_c():
         signal.raise_signal(signal.SIGINT)  # Ctrl-C during a search: a stop request, not an exception
@@ -120,7 +120,8 @@ def test_importing_autocls_installs_no_warning_filter() -> None:
         # optuna.artifacts imports boto3 where it is installed (autocls[s3]), and urllib3 installs its own filters
         "import warnings, torch, timm, optuna, optuna.artifacts, sklearn, pandas, rich\n"
         "before = list(warnings.filters)\n"
-        "import autocls, autocls.api, autocls.cli, autocls.study, autocls.storage, autocls.reports\n"
+        "import autocls, autocls.api, autocls.cli.main, autocls.study.driver, autocls.storage.rdb\n"
+        "import autocls.report.tables\n"
         "added = [f for f in warnings.filters if f not in before]\n"
         "print(added)\n"
         "raise SystemExit(1 if added else 0)\n"
@@ -131,15 +132,17 @@ def test_importing_autocls_installs_no_warning_filter() -> None:
 
 SEARCH_MODULES = (
     "optuna",
-    "autocls.study",
-    "autocls.studysetup",
-    "autocls.objective",
-    "autocls.refitter",
-    "autocls.cv",
+    "autocls.study.driver",
+    "autocls.study.setup",
+    "autocls.study.objective",
+    "autocls.final.refit",
+    "autocls.train.cv",
 )
 
 
-@pytest.mark.parametrize("module", ["autocls.ensemble", "autocls.predict", "autocls.export", "autocls.evaluate"])
+@pytest.mark.parametrize(
+    "module", ["autocls.model.ensemble", "autocls.model.predict", "autocls.model.export", "autocls.report.evaluate"]
+)
 def test_loading_and_predicting_import_nothing_of_the_search(module: str) -> None:
     import subprocess
     import sys
@@ -157,8 +160,8 @@ def test_evaluate_warns_when_evaluation_images_are_training_images(
     """A copy of a training image under another name, among new images: named in one warning, counted."""
     import shutil
 
-    from autocls.evaluate import evaluate
-    from autocls.leakage import duplicates_of_training
+    from autocls.data.leakage import duplicates_of_training
+    from autocls.report.evaluate import evaluate
     from tests.helpers import write_class_folders
 
     evaluated = write_class_folders(tmp_path / "eval", per_class=2, seed=7)
@@ -183,8 +186,8 @@ def test_evaluate_and_the_report_find_resized_copies(
 
     from PIL import Image
 
-    from autocls.evaluate import evaluate
-    from autocls.htmlreport import build_report
+    from autocls.report.evaluate import evaluate
+    from autocls.report.html import build_report
 
     original = sorted((image_folder / "class_2").iterdir())[0]
     shutil.copy(original, image_folder / "class_0" / "filed twice.png")

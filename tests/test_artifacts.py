@@ -15,7 +15,8 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
-from autocls.artifactstore import (
+from autocls.runtime.errors import AutoclsError
+from autocls.storage.artifacts import (
     ARTIFACTS_ATTR,
     AtomicFileSystemArtifactStore,
     Location,
@@ -23,11 +24,10 @@ from autocls.artifactstore import (
     read_bytes,
     study_artifacts,
 )
-from autocls.cv import CVResult
-from autocls.errors import AutoclsError
-from autocls.records import TrialRecorder, epoch_summary
-from autocls.trainer import EpochRecord, FoldResult
-from autocls.trialstore import KEEP_ATTR, Place, TrialStore, study_keep, study_trial_store
+from autocls.storage.records import TrialRecorder, epoch_summary
+from autocls.storage.trials import KEEP_ATTR, Place, TrialStore, study_keep, study_trial_store
+from autocls.train.cv import CVResult
+from autocls.train.history import EpochRecord, FoldResult
 from tests.conftest import S3_SECRET, S3Bucket
 
 LABELS = np.array([0, 1, 0, 1], dtype=np.int64)
@@ -279,7 +279,7 @@ def test_optunas_own_folder_store_reads_what_ours_writes(tmp_path: Path) -> None
 def test_a_bad_artifacts_flag_stops_the_search_before_anything_is_written(
     image_folder: Path, tmp_path: Path, capsys
 ) -> None:
-    from autocls.cli import main
+    from autocls.cli.main import main
 
     code = main(["search", str(image_folder), "--workdir", str(tmp_path / "runs"), "--artifacts", "gs://bucket/x"])
     err = capsys.readouterr().err
@@ -288,7 +288,7 @@ def test_a_bad_artifacts_flag_stops_the_search_before_anything_is_written(
 
 
 def test_the_dashboard_reads_every_store_the_storages_studies_recorded(tmp_path: Path) -> None:
-    from autocls.artifactstore import FirstFoundArtifactStore, dashboard_store
+    from autocls.storage.artifacts import FirstFoundArtifactStore, dashboard_store
 
     shared, workdir = tmp_path / "shared", tmp_path / "runs"
     first = _study(tmp_path, "first")

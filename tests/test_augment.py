@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from autocls.augment import create_augmentation
+from autocls.train.augment import create_augmentation
 from tests.helpers import TORCHVISION_POLICIES
 
 SAMPLES = 1200

@@ -11,10 +11,10 @@ from sklearn.datasets import load_sample_image
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from timm.layers import FrozenBatchNormAct2d
 
-from autocls import backbones
-from autocls.backbones import backbone_stages, create_classifier, freeze_stages, local_checkpoint
-from autocls.config import TrainConfig
-from autocls.errors import AutoclsError, WeightsNotFoundError
+from autocls.runtime.errors import AutoclsError, WeightsNotFoundError
+from autocls.train import backbones
+from autocls.train.backbones import backbone_stages, create_classifier, freeze_stages, local_checkpoint
+from autocls.train.config import TrainConfig
 
 LITE0 = "tf_efficientnet_lite0"
 

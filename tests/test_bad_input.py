@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
-from autocls.cli import main
-from autocls.storage import open_storage
+from autocls.cli.main import main
+from autocls.storage.rdb import open_storage
 from tests.helpers import TINY_SPACE, write_class_folders
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from autocls.cli import main
+from autocls.cli.main import main
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = [
@@ -58,7 +58,7 @@ def finished_study(image_folder: Path, tiny_space: Path, tmp_path: Path) -> Path
 def test_dashboard_renders_the_study_and_trial_figures(finished_study: Path, tmp_path: Path) -> None:
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "autocls.cli", "dashboard", "--workdir", str(finished_study), "--port", str(port)],
+        [sys.executable, "-m", "autocls.cli.main", "dashboard", "--workdir", str(finished_study), "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

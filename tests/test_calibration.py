@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from autocls.calibration import (
+from autocls.model.calibration import (
     calibrate,
     expected_calibration_error,
     fit_temperature,
@@ -77,7 +77,7 @@ def test_confident_learning_finds_most_deliberately_swapped_labels() -> None:
 
     Confident learning flags an image only when the probability of another class passes that
     class's mean self-confidence, so a swapped image its model is unsure of is missed."""
-    from autocls.reports import label_issues
+    from autocls.report.tables import label_issues
 
     rng = np.random.default_rng(5)
     truth = rng.integers(0, 10, size=1000)

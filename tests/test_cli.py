@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from autocls.cli import build_parser, main
-from autocls.ensemble import Ensemble
-from autocls.predict import predict
-from autocls.pruning import FOLD_STEP
-from autocls.refitter import MAX_VIEWS
+from autocls.cli.main import build_parser, main
+from autocls.final.refit import MAX_VIEWS
+from autocls.model.ensemble import Ensemble
+from autocls.model.predict import predict
+from autocls.study.pruning import FOLD_STEP
 from tests.helpers import class_image, edit_space, write_class_folders
 
 pytestmark = pytest.mark.slow  # end-to-end: the CLI, subprocesses, a browser (-m 'not slow' skips them)
@@ -144,7 +144,7 @@ def test_bad_input_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     (tmp_path / "only").mkdir()
     class_image(0, np.random.default_rng(0)).save(tmp_path / "only" / "a.png")
     result = subprocess.run(
-        [sys.executable, "-m", "autocls.cli", "search", str(tmp_path), "--workdir", str(tmp_path / "runs")],
+        [sys.executable, "-m", "autocls.cli.main", "search", str(tmp_path), "--workdir", str(tmp_path / "runs")],
         capture_output=True,
         text=True,
     )
@@ -183,12 +183,12 @@ def test_a_failed_save_keeps_the_previous_model(image_folder: Path, tiny_space: 
     model_dir = workdir / "data" / "model"
     before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
 
-    import autocls.ensemble
+    import autocls.model.ensemble
 
     def broken_save(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(autocls.ensemble, "save_file", broken_save)
+    monkeypatch.setattr(autocls.model.ensemble, "save_file", broken_save)
     assert main(["refit", "--workdir", str(workdir), "--quiet"]) == 1
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
     assert sorted(p.name for p in model_dir.parent.iterdir()) == ["files.json", "model"]  # no half-written
@@ -221,10 +221,10 @@ def test_report_is_one_self_contained_html_file(image_folder: Path, tiny_space: 
 
 
 def test_cli_reference_in_docs_is_generated_from_the_parser() -> None:
-    from autocls.clidoc import cli_reference
+    from autocls.cli.docs import cli_reference
 
     docs = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
-    assert docs.read_text() == cli_reference(), "run: python -m autocls.clidoc > docs/cli.md"
+    assert docs.read_text() == cli_reference(), "run: python -m autocls.cli.docs > docs/cli.md"
 
 
 def test_changed_data_is_never_mixed_into_a_study(image_folder: Path, tiny_space: Path, tmp_path: Path, capsys):
@@ -292,8 +292,8 @@ def test_a_study_recorded_by_path_and_time_continues_on_its_unchanged_folder(
 ) -> None:
     """Studies searched before images were known by content recorded the files' paths, sizes and
     times: unchanged, they continue (and gain a content record); changed, they are refused."""
-    from autocls.data import discover
-    from autocls.prepare import CONTENT_KEY, DATA_ATTR, OLD_KEY
+    from autocls.data.discover import discover
+    from autocls.study.studydata import CONTENT_KEY, DATA_ATTR, OLD_KEY
 
     workdir = tmp_path / "runs"
     assert search(image_folder, workdir, tiny_space, "--trials", "1", "--study", "old") == 0
@@ -490,7 +490,7 @@ def test_mistakes_are_one_line_and_touch_nothing(case: str, image_folder: Path, 
 def test_the_cli_prints_no_experimental_warnings(image_folder: Path, tiny_space: Path, tmp_path: Path) -> None:
     """Optuna marks heartbeats, TPE's group option and metric names experimental: a user cannot act
     on those warnings, so the CLI (a process of its own) hides them; the library leaves them alone."""
-    args = [sys.executable, "-m", "autocls.cli", "search", str(image_folder), "--space", str(tiny_space)]
+    args = [sys.executable, "-m", "autocls.cli.main", "search", str(image_folder), "--space", str(tiny_space)]
     args += ["--folds", "2", "--trials", "1", "--workdir", str(tmp_path / "runs"), "--quiet"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from autocls.data import DataSpec, check_folds, discover
-from autocls.errors import AutoclsError
-from autocls.images import build_store, decode_images, load_square
+from autocls.data.discover import DataSpec, check_folds, discover
+from autocls.data.images import build_store, decode_images, load_square
+from autocls.runtime.errors import AutoclsError
 from tests.helpers import class_image, write_class_folders
 
 
@@ -215,7 +215,7 @@ def test_every_decoding_failure_pillow_raises_skips_the_file(image_folder: Path,
     bomb): the size probe and the decoder skip the file and name it; nothing aborts."""
     import struct
 
-    from autocls.data import typical_side
+    from autocls.data.discover import typical_side
 
     broken = {"syntax.png": SyntaxError("bad header"), "struct.png": struct.error("unpack"), "bomb.png": None}
     for name in broken:
@@ -239,7 +239,7 @@ def test_every_decoding_failure_pillow_raises_skips_the_file(image_folder: Path,
 def test_float_tensors_outside_0_1_are_refused_not_clamped(tmp_path: Path) -> None:
     import torch
 
-    from autocls.ensemble import Ensemble
+    from autocls.model.ensemble import Ensemble
 
     ensemble = Ensemble.__new__(Ensemble)
     ensemble.decode_size = 8

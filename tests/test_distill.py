@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from autocls.cli import main
-from autocls.config import TrainConfig
-from autocls.distill import soft_targets, student_config
-from autocls.ensemble import Ensemble
-from autocls.errors import AutoclsError
-from autocls.images import ImageStore
-from autocls.trainer import Trainer
+from autocls.cli.main import main
+from autocls.data.images import ImageStore
+from autocls.final.distill import soft_targets, student_config
+from autocls.model.ensemble import Ensemble
+from autocls.runtime.errors import AutoclsError
+from autocls.train.config import TrainConfig
+from autocls.train.trainer import Trainer
 from tests.helpers import class_image, write_class_folders
 
 
@@ -189,7 +189,7 @@ def test_distill_mistakes_are_one_line_errors(
 
 def test_ctrl_c_in_distill_says_what_it_left(monkeypatch, capsys, tmp_path: Path) -> None:
     """Only search keeps finished work on Ctrl-C; other commands say they did not finish."""
-    from autocls import commands
+    from autocls.cli import commands
 
     def interrupted(args) -> int:
         raise KeyboardInterrupt

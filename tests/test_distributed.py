@@ -15,8 +15,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autocls.cli import main
-from autocls.storage import open_storage
+from autocls.cli.main import main
+from autocls.storage.rdb import open_storage
 from tests.conftest import S3_SECRET
 from tests.test_workers import POSTGRES_URL, cli, running_has_history, wait_for
 

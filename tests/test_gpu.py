@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from autocls.config import TrainConfig
-from autocls.cv import fit_fold, stratified_folds
-from autocls.data import DataSpec, discover
-from autocls.errors import AutoclsError, NonFiniteLossError
-from autocls.images import ImageStore, build_store
-from autocls.studysetup import SearchRequest
-from autocls.trainer import Trainer
+from autocls.data.discover import DataSpec, discover
+from autocls.data.images import ImageStore, build_store
+from autocls.runtime.errors import AutoclsError, NonFiniteLossError
+from autocls.study.setup import SearchRequest
+from autocls.train.config import TrainConfig
+from autocls.train.cv import fit_fold, stratified_folds
+from autocls.train.trainer import Trainer
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 GIB = 2**30
@@ -35,7 +35,7 @@ def prepared(image_folder: Path):
 
 # -- 1. one worker per GPU ------------------------------------------------------------------------
 def test_a_worker_given_one_gpu_trains_on_cuda_and_an_explicit_index_is_mapped_or_refused(image_folder: Path) -> None:
-    from autocls.workers import DEVICE_ENV, REQUEST_ENV, worker_envs, worker_request
+    from autocls.study.workers import DEVICE_ENV, REQUEST_ENV, worker_envs, worker_request
 
     def request_env(device: str, **extra: str) -> dict[str, str]:
         return {REQUEST_ENV: SearchRequest(DataSpec.of(image_folder), device=device).to_json(), **extra}
@@ -61,7 +61,7 @@ def test_a_worker_given_one_gpu_trains_on_cuda_and_an_explicit_index_is_mapped_o
 
 
 def test_a_gpu_index_torch_does_not_see_is_one_line(monkeypatch) -> None:
-    from autocls.runtime import resolve_device
+    from autocls.runtime.control import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -90,7 +90,7 @@ def test_a_gpu_index_torch_does_not_see_is_one_line(monkeypatch) -> None:
 def test_training_precision_follows_the_gpus_tensor_cores_not_bf16_emulation(monkeypatch, capability, dtype) -> None:
     """A T4 (7.5) says yes to is_bf16_supported() (it can create a bf16 tensor) but has fp16 tensor
     cores only: it trains in fp16 (with a gradient scaler), never in emulated bf16."""
-    from autocls.preprocess import autocast, training_dtype
+    from autocls.train.feeding import autocast, training_dtype
 
     monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
@@ -104,9 +104,9 @@ def test_training_precision_follows_the_gpus_tensor_cores_not_bf16_emulation(mon
 
 
 def test_training_evaluation_and_both_probes_take_their_precision_from_one_place(prepared, monkeypatch) -> None:
-    import autocls.cost as cost_module
-    import autocls.trainer as trainer_module
-    from autocls import preprocess
+    import autocls.study.cost as cost_module
+    import autocls.train.trainer as trainer_module
+    from autocls.train import feeding as preprocess
 
     seen: list[tuple[str, bool]] = []
 
@@ -136,7 +136,7 @@ def test_training_evaluation_and_both_probes_take_their_precision_from_one_place
 # -- 4. the speed probe's out-of-memory retry -----------------------------------------------------
 def test_a_speed_probe_that_runs_out_of_memory_measures_at_the_batch_training_would_take(monkeypatch) -> None:
     """Training would halve its batch and fit; the probe, outside that retry, failed the trial."""
-    import autocls.cost as cost_module
+    import autocls.study.cost as cost_module
 
     real_create, batches = cost_module.create_classifier, []
 
@@ -158,7 +158,7 @@ def test_a_speed_probe_that_runs_out_of_memory_measures_at_the_batch_training_wo
     assert cost.images_per_second(BASE) > 0  # the probe's batch is 32 on a CPU too
     assert sorted(set(batches), reverse=True) == [32, 16, 8] and batches[-1] == 8
     config = TrainConfig(**{**BASE.to_dict(), "resolution": 24})
-    monkeypatch.setattr("autocls.devicememory.MIN_BATCH", 16)  # not even the floor fits: the error stands
+    monkeypatch.setattr("autocls.runtime.devicememory.MIN_BATCH", 16)  # not even the floor fits: the error stands
     with pytest.raises(torch.OutOfMemoryError):
         cost_module.CostModel(CPU)._measure(config)
 
@@ -171,8 +171,8 @@ def test_the_retry_releases_the_failed_attempt_and_shrinks_evaluation_and_the_st
     failed attempt's model: nothing could be released. Evaluation (batch 256), the frozen-feature
     cache and the store placed on the device kept their size on every retry, so an out-of-memory
     error there came back each time."""
-    from autocls import devicememory
-    from autocls import trainer as trainer_module
+    from autocls.runtime import devicememory
+    from autocls.train import trainer as trainer_module
 
     data, store = prepared
     models: list[weakref.ref] = []
@@ -212,7 +212,7 @@ def test_the_retry_releases_the_failed_attempt_and_shrinks_evaluation_and_the_st
     monkeypatch.setattr(devicememory, "release_device_memory", release)
     monkeypatch.setattr(Trainer, "_train_step", step)
     monkeypatch.setattr(Trainer, "evaluate", evaluate)
-    from autocls.callbacks import TrainingObserver
+    from autocls.train.callbacks import TrainingObserver
 
     train_idx, val_idx = stratified_folds(data.labels, 2, seed=0)[0]
     labels = torch.as_tensor(data.labels)
@@ -232,8 +232,7 @@ def test_a_store_not_to_be_placed_drops_its_device_copy() -> None:
 # -- 6. free memory -------------------------------------------------------------------------------
 def test_the_store_placement_counts_pytorchs_cached_blocks_as_free(monkeypatch) -> None:
     """After a first trial PyTorch keeps its blocks cached: mem_get_info calls them used."""
-    from autocls.devicememory import free_device_memory
-    from autocls.preprocess import place_images
+    from autocls.runtime.devicememory import free_device_memory, place_images
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * GIB, 80 * GIB))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 20 * GIB)
@@ -247,7 +246,7 @@ def test_the_store_placement_counts_pytorchs_cached_blocks_as_free(monkeypatch) 
 
 # -- 3. measurements keyed by the GPU's model ------------------------------------------------------
 def test_gpu_speeds_are_keyed_by_the_gpus_model_not_by_cpu_threads(tmp_path: Path, monkeypatch) -> None:
-    from autocls.cost import CostModel
+    from autocls.study.cost import CostModel
 
     measured: list[str] = []
     gpu = {"name": "Tesla T4"}
@@ -272,7 +271,7 @@ def test_the_workers_parent_leaves_the_study_set_up_and_the_gpu_to_a_child(
 ) -> None:
     """The set-up probes speeds on the device; done in the parent, its CUDA context held GPU 0's
     memory through the whole search. A child with worker 0's environment does it instead."""
-    from autocls import workers
+    from autocls.study import workers
 
     def set_up_here(*args, **kwargs):
         raise AssertionError("the parent set the study up itself")
@@ -298,7 +297,7 @@ def test_the_workers_parent_leaves_the_study_set_up_and_the_gpu_to_a_child(
 
 # -- 8. smaller -----------------------------------------------------------------------------------
 def test_step_losses_are_read_in_groups_and_a_non_finite_one_names_its_step() -> None:
-    from autocls.trainer import LOSS_READ_STEPS, StepLosses
+    from autocls.train.trainer import LOSS_READ_STEPS, StepLosses
 
     losses = StepLosses(epoch=0, lr=0.1)
     values = [float(torch.tensor(i / 3)) for i in range(LOSS_READ_STEPS + 3)]  # float32, as a loss is
@@ -314,7 +313,7 @@ def test_step_losses_are_read_in_groups_and_a_non_finite_one_names_its_step() ->
 
 
 def test_determinism_is_asked_for_through_the_environment(monkeypatch) -> None:
-    from autocls.runtime import DETERMINISTIC_ENV, ask_for_determinism, seed_everything
+    from autocls.runtime.control import DETERMINISTIC_ENV, ask_for_determinism, seed_everything
 
     monkeypatch.delenv(DETERMINISTIC_ENV, raising=False)
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from autocls import imagecache
-from autocls.data import discover
-from autocls.imagecache import DecodeClock, DecodeInterrupted
-from autocls.images import build_store, resize_batch
+from autocls.data import imagecache
+from autocls.data.discover import discover
+from autocls.data.imagecache import DecodeClock, DecodeInterrupted
+from autocls.data.images import build_store, resize_batch
 
 
 @pytest.fixture
@@ -97,8 +97,8 @@ def test_a_script_without_a_main_guard_decodes_with_worker_processes_once(image_
     script = tmp_path / "user_script.py"
     script.write_text(
         "from pathlib import Path\n"
-        "from autocls.data import discover\n"
-        "from autocls.images import build_store\n"
+        "from autocls.data.discover import discover\n"
+        "from autocls.data.images import build_store\n"
         "print('script ran', flush=True)\n"
         f"kept, store = build_store(discover({str(image_folder)!r}), 16, Path({str(tmp_path / 'cache')!r}))\n"
         "print('decoded', len(kept))\n"
@@ -117,7 +117,7 @@ def test_a_full_disk_is_one_line_before_anything_is_decoded(
     import errno
     import os
 
-    from autocls.errors import AutoclsError
+    from autocls.runtime.errors import AutoclsError
 
     def full(fd: int, offset: int, length: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")

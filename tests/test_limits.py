@@ -10,16 +10,16 @@ import optuna
 import pytest
 import torch
 
-from autocls.config import TrainConfig
-from autocls.cost import CostModel
-from autocls.data import DataSpec
-from autocls.errors import AutoclsError
-from autocls.limits import Limits, ModelCost, fold_models_cost
-from autocls.metrics import get_metric
-from autocls.selection import select_ensemble
-from autocls.space import load_space
-from autocls.study import run_search
-from autocls.studysetup import SearchRequest, narrow_to_limits
+from autocls.data.discover import DataSpec
+from autocls.final.selection import select_ensemble
+from autocls.runtime.errors import AutoclsError
+from autocls.study.cost import CostModel
+from autocls.study.driver import run_search
+from autocls.study.limits import Limits, ModelCost, fold_models_cost
+from autocls.study.setup import SearchRequest, narrow_to_limits
+from autocls.study.space import load_space
+from autocls.train.config import TrainConfig
+from autocls.train.metrics import get_metric
 from tests.helpers import edit_space
 
 CPU = torch.device("cpu")

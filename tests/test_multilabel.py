@@ -15,16 +15,16 @@ import torch
 from sklearn.metrics import average_precision_score, f1_score
 
 from autocls.api import _data_spec
-from autocls.cli import main
-from autocls.config import TrainConfig
-from autocls.cv import cross_validate, stratified_folds
-from autocls.data import check_folds, discover
-from autocls.ensemble import Ensemble
-from autocls.errors import AutoclsError
-from autocls.images import ImageStore
-from autocls.metrics import default_metric, get_metric
-from autocls.multilabel import choose_thresholds, decide, label_sets, parse_label_sets
-from autocls.trainer import Trainer
+from autocls.cli.main import main
+from autocls.data.discover import check_folds, discover
+from autocls.data.images import ImageStore
+from autocls.data.multilabel import choose_thresholds, decide, label_sets, parse_label_sets
+from autocls.model.ensemble import Ensemble
+from autocls.runtime.errors import AutoclsError
+from autocls.train.config import TrainConfig
+from autocls.train.cv import cross_validate, stratified_folds
+from autocls.train.metrics import default_metric, get_metric
+from autocls.train.trainer import Trainer
 from tests.helpers import TINY_SPACE, class_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
@@ -263,7 +263,7 @@ def test_multilabel_class_weights_and_sampler_weights() -> None:
 
 
 def test_multilabel_soft_targets_mix_each_label_without_summing_to_one() -> None:
-    from autocls.distill import soft_targets
+    from autocls.final.distill import soft_targets
 
     teacher = np.array([[0.9, 0.8], [0.2, 0.1]], dtype=np.float32)
     labels = np.array([[1, 0], [0, 0]], dtype=np.uint8)
@@ -306,7 +306,7 @@ def test_the_estimator_takes_label_lists_and_predicts_an_indicator_matrix(tmp_pa
 
 
 def test_a_single_label_model_refuses_multilabel_test_data(tmp_path: Path, monkeypatch) -> None:
-    from autocls import evaluate as evaluation
+    from autocls.report import evaluate as evaluation
 
     names = write_images(tmp_path, 2)
     (tmp_path / "labels.csv").write_text(f"file,labels\n{names[0]},a;b\n{names[1]},b\n")
@@ -385,7 +385,7 @@ def test_multilabel_search_refit_predict_evaluate_report_export(tmp_path: Path, 
     assert main(["export", str(model), "--out", str(graph_file)]) == 0
     ensemble = Ensemble.load(model, "cpu")
     batch = ensemble._decode(images)
-    from autocls.images import resize_batch
+    from autocls.data.images import resize_batch
 
     graph = torch.jit.load(str(graph_file))
     with torch.no_grad():

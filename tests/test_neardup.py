@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autocls.neardup import describe, directions, near_duplicates, nearest
+from autocls.report.neardup import describe, directions, near_duplicates, nearest
 
 
 def unit(rows: np.ndarray) -> np.ndarray:

@@ -10,24 +10,25 @@ import optuna
 import pytest
 import torch
 
-from autocls import records
-from autocls.budget import Budget, BudgetExhausted
-from autocls.callbacks import TrainingObserver
-from autocls.config import TrainConfig
-from autocls.cost import CPU_PROBE_RESOLUTION, PRIOR_CORRECTION, CostModel
-from autocls.cv import cross_validate, stratified_folds
-from autocls.data import DataSpec, discover
-from autocls.images import build_store
-from autocls.metrics import default_metric
-from autocls.objective import TrialObserver
-from autocls.portfolio import DataStats, first_share, folds_to_train, portfolio
-from autocls.progress import Reporter
-from autocls.pruning import FOLD_STEP, FoldAwarePruner
-from autocls.space import load_space, space_from_dict
-from autocls.study import MAX_CONSECUTIVE_SKIPS, run_search
-from autocls.studysetup import SearchRequest, create_or_continue
-from autocls.trainer import EpochRecord, FoldResult, Trainer
-from autocls.trialstore import TrialStore
+from autocls.data.discover import DataSpec, discover
+from autocls.data.images import build_store
+from autocls.storage import records
+from autocls.storage.trials import TrialStore
+from autocls.study.budget import Budget, BudgetExhausted
+from autocls.study.cost import CPU_PROBE_RESOLUTION, PRIOR_CORRECTION, CostModel
+from autocls.study.driver import MAX_CONSECUTIVE_SKIPS, run_search
+from autocls.study.objective import TrialObserver
+from autocls.study.portfolio import DataStats, first_share, folds_to_train, portfolio
+from autocls.study.progress import Reporter
+from autocls.study.pruning import FOLD_STEP, FoldAwarePruner
+from autocls.study.setup import SearchRequest, create_or_continue
+from autocls.study.space import load_space, space_from_dict
+from autocls.train.callbacks import TrainingObserver
+from autocls.train.config import TrainConfig
+from autocls.train.cv import cross_validate, stratified_folds
+from autocls.train.history import EpochRecord, FoldResult
+from autocls.train.metrics import default_metric
+from autocls.train.trainer import Trainer
 from tests.helpers import edit_space, write_class_folders
 
 CPU = torch.device("cpu")
@@ -152,7 +153,7 @@ def test_a_budget_that_ends_between_the_first_trials_folds_still_delivers_a_mode
     """With no completed trial, a trial the budget stops after some folds completes on those folds
     (a model from a short budget, not nothing); once one has completed, a cut trial is queued again."""
     import autocls
-    from autocls.budget import Budget, BudgetExhausted
+    from autocls.study.budget import Budget, BudgetExhausted
 
     def check(self: Budget, needed: float, what: str) -> None:  # the budget ends before every second fold
         if what == "fold 2":
@@ -294,7 +295,7 @@ def test_a_trial_that_runs_out_of_memory_finishes_at_a_smaller_batch(
         return real_step(self, model, optimizer, x, labels, class_weights)
 
     monkeypatch.setattr(Trainer, "_train_step", step)
-    monkeypatch.setattr("autocls.cv.MIN_BATCH", 4)
+    monkeypatch.setattr("autocls.train.cv.MIN_BATCH", 4)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     request = SearchRequest(DataSpec.of(image_folder), storage=storage, space=str(tiny_space), trials=1, folds=2)
     trial = run_search(request, CPU).trials[0]
@@ -449,8 +450,8 @@ def test_a_search_on_fewer_folds_is_refit_on_the_folds_it_trained(
     cover that fold's images, and refit blends and saves what the search trained (one model each)."""
     import json
 
-    from autocls import studysetup
     from autocls.api import refit
+    from autocls.study import setup as studysetup
 
     image_folder = write_class_folders(tmp_path / "more", classes=3, per_class=10)
     monkeypatch.setattr(studysetup, "folds_to_train", lambda *args, **kwargs: 1)
@@ -546,7 +547,7 @@ def test_fold_rule_prunes_below_the_best_quarter_at_the_same_fold(running_mean: 
 
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])
 def test_portfolio_halving_keeps_the_better_half_and_recipes_within_noise(direction: str) -> None:
-    from autocls.portfolio import survivors
+    from autocls.study.portfolio import survivors
 
     maximise = direction == "maximize"
 
@@ -567,7 +568,7 @@ def test_portfolio_halving_keeps_the_better_half_and_recipes_within_noise(direct
 
 
 def test_portfolio_is_probed_only_when_the_probes_are_a_small_part_of_the_budget() -> None:
-    from autocls.portfolio import PROBE_SHARE, should_probe
+    from autocls.study.portfolio import PROBE_SHARE, should_probe
 
     two = [{"backbone": "a"}, {"backbone": "b"}]
     assert should_probe(two, lambda params: 75.0, budget=1800)  # 150 s of 30 minutes
@@ -577,7 +578,7 @@ def test_portfolio_is_probed_only_when_the_probes_are_a_small_part_of_the_budget
 
 
 def test_the_recipe_that_probes_best_gets_the_first_share_of_the_budget() -> None:
-    from autocls.portfolio import recipes, size_to_shares
+    from autocls.study.portfolio import recipes, size_to_shares
 
     fast = load_space("fast")
     lite, resnet = recipes(fast, DataStats(images=2000, classes=10, image_side=28))[:2]
@@ -618,10 +619,10 @@ def _two_recipe_request(image_folder: Path, tmp_path: Path, monkeypatch) -> Sear
 def test_a_long_budget_probes_every_recipe_on_the_first_fold_before_enqueuing_the_survivors(
     image_folder: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from autocls.cv import cross_validate as validate
-    from autocls.halving import halve_portfolio
-    from autocls.htmlreport import _study_sections
-    from autocls.records import PORTFOLIO, PORTFOLIO_PLAN, PORTFOLIO_PROBES
+    from autocls.report.html import _study_sections
+    from autocls.storage.records import PORTFOLIO, PORTFOLIO_PLAN, PORTFOLIO_PROBES
+    from autocls.study.halving import halve_portfolio
+    from autocls.train.cv import cross_validate as validate
 
     request = _two_recipe_request(image_folder, tmp_path, monkeypatch)
     folds_seen: list[int] = []
@@ -630,7 +631,7 @@ def test_a_long_budget_probes_every_recipe_on_the_first_fold_before_enqueuing_th
         folds_seen.append(len(splits))
         return validate(config, store, labels, splits, *args, **kwargs)
 
-    monkeypatch.setattr("autocls.halving.cross_validate", counting)
+    monkeypatch.setattr("autocls.study.halving.cross_validate", counting)
     storage = request.storage
     study, _ = create_or_continue(storage, "data", request, CostModel(CPU, tmp_path / "speeds.json"))
     assert not study.trials and len(study.user_attrs[PORTFOLIO_PLAN]["recipes"]) == 2  # nothing enqueued yet
@@ -662,7 +663,7 @@ def test_recipes_the_probes_cannot_tell_apart_are_sized_alike(
 ) -> None:
     from types import SimpleNamespace
 
-    from autocls import halving
+    from autocls.study import halving
 
     request = _two_recipe_request(image_folder, tmp_path, monkeypatch)
     score_of = dict(zip(["mobilenetv3_small_050", "resnet18"], scores, strict=True))
@@ -685,8 +686,8 @@ def test_recipes_the_probes_cannot_tell_apart_are_sized_alike(
 
 
 def test_a_recipe_whose_probe_fails_is_dropped_with_a_warning(image_folder: Path, tmp_path: Path, monkeypatch, caplog):
-    from autocls.cv import cross_validate as validate
-    from autocls.records import PORTFOLIO, PORTFOLIO_PROBES
+    from autocls.storage.records import PORTFOLIO, PORTFOLIO_PROBES
+    from autocls.train.cv import cross_validate as validate
 
     request = _two_recipe_request(image_folder, tmp_path, monkeypatch)
 
@@ -695,7 +696,7 @@ def test_a_recipe_whose_probe_fails_is_dropped_with_a_warning(image_folder: Path
             raise RuntimeError("no weights here")
         return validate(config, *args, **kwargs)
 
-    monkeypatch.setattr("autocls.halving.cross_validate", resnet_fails)
+    monkeypatch.setattr("autocls.study.halving.cross_validate", resnet_fails)
     run_search(request, CPU)
     study = optuna.load_study(study_name="data", storage=request.storage)
     probed = study.user_attrs[PORTFOLIO_PROBES]
@@ -706,9 +707,9 @@ def test_a_recipe_whose_probe_fails_is_dropped_with_a_warning(image_folder: Path
 
 
 def test_a_deadline_during_the_probes_leaves_them_to_the_next_run(image_folder: Path, tmp_path: Path, monkeypatch):
-    from autocls.budget import Budget
-    from autocls.cv import cross_validate as validate
-    from autocls.records import PORTFOLIO, PORTFOLIO_PLAN, PORTFOLIO_PROBES
+    from autocls.storage.records import PORTFOLIO, PORTFOLIO_PLAN, PORTFOLIO_PROBES
+    from autocls.study.budget import Budget
+    from autocls.train.cv import cross_validate as validate
 
     request = _two_recipe_request(image_folder, tmp_path, monkeypatch)
     probed: list[str] = []
@@ -719,7 +720,7 @@ def test_a_deadline_during_the_probes_leaves_them_to_the_next_run(image_folder: 
         monkeypatch.setattr(Budget, "left", lambda self: -1.0)
         return result
 
-    monkeypatch.setattr("autocls.halving.cross_validate", first_probe_reaches_the_deadline)
+    monkeypatch.setattr("autocls.study.halving.cross_validate", first_probe_reaches_the_deadline)
     run_search(request, CPU)
     study = optuna.load_study(study_name="data", storage=request.storage)
     assert probed == ["mobilenetv3_small_050"]  # the second recipe is not trained past the deadline
@@ -751,7 +752,7 @@ def _pixel_epochs(config: TrainConfig) -> float:
 def test_the_last_minutes_train_the_best_configuration_again_smaller(direction: str) -> None:
     """When the best trial no longer fits the time left, its configuration is queued once more at
     the largest size whose estimate fits 90% of it (a new trial: a new seed, the same folds)."""
-    from autocls.objective import last_member
+    from autocls.study.objective import last_member
 
     study = optuna.create_study(direction=direction)
     better, worse = (0.9, 0.8) if direction == "maximize" else (0.2, 0.4)
@@ -770,7 +771,7 @@ def test_the_last_minutes_train_the_best_configuration_again_smaller(direction: 
 
 
 def test_no_member_is_queued_when_nothing_fits_or_nothing_completed() -> None:
-    from autocls.objective import last_member
+    from autocls.study.objective import last_member
 
     space = load_space("fast")
     study = optuna.create_study(direction="maximize")
@@ -822,8 +823,8 @@ def test_the_search_trains_the_best_configuration_again_for_its_last_minutes(
     that fits 90% of the 240 s left (16 px x 1, 111 s), which trains and completes."""
     import types
 
-    from autocls import budget as budget_module
-    from autocls import objective as objective_module
+    from autocls.study import budget as budget_module
+    from autocls.study import objective as objective_module
 
     search_sizes(tiny_space)
     clock = [0.0]
@@ -856,7 +857,7 @@ def test_a_pretrained_draw_without_weights_is_skipped_and_the_search_goes_on(
 ) -> None:
     """Where the space searches ``pretrained``, a pretrained draw of a backbone without weights is
     a skip with its reason, not a failure: 11 in a row no longer stop the search (10 failures do)."""
-    from autocls import backbones
+    from autocls.train import backbones
 
     monkeypatch.setattr(backbones, "hub_reachable", lambda: False)  # offline, as here and in CI
     edit_space(
@@ -880,7 +881,7 @@ def test_a_pretrained_draw_without_weights_is_skipped_and_the_search_goes_on(
 
 
 def test_the_summary_counts_skipped_configurations_by_reason() -> None:
-    from autocls.progress import _skip_reasons
+    from autocls.study.progress import _skip_reasons
 
     def skipped(reason: str) -> records.TrialRecord:
         return records.TrialRecord(0, optuna.trial.TrialState.FAIL, None, {}, skipped=reason)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autocls import refitter
-from autocls.metrics import get_metric
-from autocls.selection import blend, select_ensemble
+from autocls.final import refit as refitter
+from autocls.final.selection import blend, select_ensemble
+from autocls.train.metrics import get_metric
 
 ACCURACY = get_metric("accuracy")
 
@@ -91,7 +91,7 @@ def _choose(labels: np.ndarray, plain: np.ndarray, views: dict[str, np.ndarray],
 def test_flip_tta_is_kept_only_when_it_raises_the_oof_score(
     labels: np.ndarray, monkeypatch: pytest.MonkeyPatch, flip_helps: bool, expected: list[str]
 ) -> None:
-    from autocls.views import TTA_VIEWS
+    from autocls.model.views import TTA_VIEWS
 
     plain = one_hot(labels, 3, 0.6)
     plain[:60] = one_hot((labels[:60] + 1) % 3, 3, 0.4)  # wrong on 60 images, with little confidence
@@ -143,9 +143,9 @@ def test_refit_recommends_a_selected_ensemble_that_predicts_and_exports(image_fo
     import torch
 
     import autocls
-    from autocls.ensemble import Ensemble
-    from autocls.export import export
-    from autocls.images import decode_images, resize_batch
+    from autocls.data.images import decode_images, resize_batch
+    from autocls.model.ensemble import Ensemble
+    from autocls.model.export import export
     from tests.helpers import edit_space
 
     edit_space(
@@ -190,9 +190,9 @@ def test_a_two_member_ensemble_is_the_weighted_mean_of_its_members(tmp_path) -> 
 
     import torch
 
-    from autocls.backbones import create_classifier
-    from autocls.config import TrainConfig
-    from autocls.ensemble import Ensemble, Member
+    from autocls.model.ensemble import Ensemble, Member
+    from autocls.train.backbones import create_classifier
+    from autocls.train.config import TrainConfig
 
     torch.manual_seed(0)
     configs = [TrainConfig(backbone="test_efficientnet", pretrained=False, resolution=r) for r in (16, 24)]
@@ -224,8 +224,8 @@ def test_a_two_member_ensemble_is_the_weighted_mean_of_its_members(tmp_path) -> 
     # exported: one input per resolution, ascending, the flip view inside the graph
     import onnxruntime
 
-    from autocls.export import export
-    from autocls.images import resize_batch
+    from autocls.data.images import resize_batch
+    from autocls.model.export import export
 
     inputs = [resize_batch(images, r) for r in (16, 24)]
     traced = torch.jit.load(str(export(saved, tmp_path / "m.pt", "torchscript")))
@@ -248,7 +248,7 @@ def test_selection_criterion_is_the_log_loss_of_the_probabilities(metric: str) -
     log loss, where accuracy cannot see it; balanced metrics weigh each class's images alike."""
     from sklearn.metrics import log_loss
 
-    from autocls.refitter import selection_criterion
+    from autocls.final.refit import selection_criterion
 
     labels = np.array([0, 0, 0, 1])
     probs = np.array([[0.6, 0.4], [0.7, 0.3], [0.4, 0.6], [0.2, 0.8]])

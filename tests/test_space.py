@@ -5,9 +5,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from autocls.config import TrainConfig
-from autocls.errors import AutoclsError
-from autocls.space import builtin_space_names, load_space, space_from_dict
+from autocls.runtime.errors import AutoclsError
+from autocls.study.space import builtin_space_names, load_space, space_from_dict
+from autocls.train.config import TrainConfig
 
 
 @pytest.mark.parametrize("name", ["default", "fast"])

@@ -16,8 +16,8 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy import exc as sqlalchemy_exc
 
-from autocls.errors import StorageUnavailableError
-from autocls.storage import (
+from autocls.runtime.errors import StorageUnavailableError
+from autocls.storage.rdb import (
     CLAIM_ATTR,
     ConnectionRetry,
     RetryingRDBStorage,
@@ -88,10 +88,10 @@ def test_a_call_that_cannot_connect_is_tried_again_with_one_warning_each_way(tmp
     storage, faults, clock = retrying_storage(tmp_path)
     study = optuna.create_study(storage=storage, study_name="s")
     faults.refuse = 6
-    with caplog.at_level(logging.WARNING, logger="autocls.storage"):
+    with caplog.at_level(logging.WARNING, logger="autocls.storage.rdb"):
         assert [s.study_name for s in storage.get_all_studies()] == ["s"]
     assert len(clock.sleeps) == 6 and max(clock.sleeps) <= 5.0  # backoff, capped
-    messages = [r.getMessage() for r in caplog.records if r.name == "autocls.storage"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "autocls.storage.rdb"]
     assert len(messages) == 2, messages
     assert "unreachable" in messages[0] and "Connection refused" in messages[0] and "300 s" in messages[0]
     assert "reachable again" in messages[1]
@@ -234,6 +234,9 @@ def test_the_password_never_reaches_the_warnings_or_the_error(caplog) -> None:
     def attempt(_retried: bool) -> None:
         raise connection_error("password hunter2 was refused")  # a driver that quotes too much
 
-    with caplog.at_level(logging.WARNING, logger="autocls.storage"), pytest.raises(StorageUnavailableError) as raised:
+    with (
+        caplog.at_level(logging.WARNING, logger="autocls.storage.rdb"),
+        pytest.raises(StorageUnavailableError) as raised,
+    ):
         retry.call(attempt)
     assert "hunter2" not in str(raised.value) + caplog.text and "password *** was refused" in str(raised.value)

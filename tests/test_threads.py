@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from autocls import threads
-from autocls.threads import CpuShare, available_cpus, configure_threads
+from autocls.runtime import threads
+from autocls.runtime.threads import CpuShare, available_cpus, configure_threads
 
 
 @pytest.fixture(autouse=True)

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from autocls.backbones import create_classifier, split_frozen_prefix
-from autocls.callbacks import TrainingObserver, monitor_split
-from autocls.config import AUGMENTATIONS, OPTIMIZER_NAMES, SCHEDULER_NAMES, TrainConfig
-from autocls.cv import cross_validate, stratified_folds
-from autocls.data import discover
-from autocls.errors import NonFiniteLossError
-from autocls.images import ImageStore, build_store
-from autocls.optim import ANNEALING_SCHEDULERS, create_optimizer, create_scheduler
-from autocls.runtime import derive_seed
-from autocls.trainer import Trainer
+from autocls.data.discover import discover
+from autocls.data.images import ImageStore, build_store
+from autocls.runtime.control import derive_seed
+from autocls.runtime.errors import NonFiniteLossError
+from autocls.train.backbones import create_classifier, split_frozen_prefix
+from autocls.train.callbacks import TrainingObserver, monitor_split
+from autocls.train.config import AUGMENTATIONS, OPTIMIZER_NAMES, SCHEDULER_NAMES, TrainConfig
+from autocls.train.cv import cross_validate, stratified_folds
+from autocls.train.optim import ANNEALING_SCHEDULERS, create_optimizer, create_scheduler
+from autocls.train.trainer import Trainer
 
 CPU = torch.device("cpu")
 BASE = TrainConfig(backbone="test_efficientnet", pretrained=False, resolution=16, batch_size=8, epochs=2, lr=0.01)
@@ -282,7 +282,7 @@ def test_no_prefix_split_for_a_vit_or_when_nothing_is_frozen() -> None:
 
 
 def test_frozen_prefix_cache_gives_the_same_model_and_runs_the_prefix_once(prepared, monkeypatch) -> None:
-    from autocls import build as build_module
+    from autocls.train import build as build_module
 
     config, store, labels, splits, plain = _fit_uncached(prepared, freeze=0.5)
     images = store.at(16)
@@ -328,8 +328,8 @@ def test_frozen_features_belong_to_their_image_store(prepared) -> None:
 def test_out_of_memory_halves_the_batch_and_the_learning_rate_down_to_a_floor(prepared, monkeypatch) -> None:
     """An out-of-memory error (injected: CPU has none) restarts the fold at half the batch and half
     the lr; later folds start at the batch that fitted; below the floor the error stands."""
-    from autocls import trainer as trainer_module
-    from autocls.cv import MIN_BATCH
+    from autocls.train import trainer as trainer_module
+    from autocls.train.cv import MIN_BATCH
 
     data, store = prepared
     built, real_build, real_step = [], trainer_module.build_fold, Trainer._train_step
@@ -366,7 +366,7 @@ def test_out_of_memory_halves_the_batch_and_the_learning_rate_down_to_a_floor(pr
 
 
 def test_the_image_store_goes_to_a_gpu_only_within_its_share_of_free_memory() -> None:
-    from autocls.preprocess import DEVICE_STORE_SHARE, images_fit_on_device
+    from autocls.runtime.devicememory import DEVICE_STORE_SHARE, images_fit_on_device
 
     gib = 2**30
     store = 50_000 * 3 * 224 * 224  # 50,000 images at 224 px: 7.5 GB
@@ -378,7 +378,7 @@ def test_the_image_store_goes_to_a_gpu_only_within_its_share_of_free_memory() ->
 
 @pytest.mark.parametrize("staged", [False, True])
 def test_batch_feeder_hands_out_the_rows_in_order_one_batch_ahead(staged: bool, monkeypatch) -> None:
-    from autocls.preprocess import BatchFeeder
+    from autocls.train.feeding import BatchFeeder
 
     images = torch.arange(11 * 3 * 2 * 2, dtype=torch.float32).view(11, 3, 2, 2)
     order = torch.tensor([4, 0, 9, 10, 2, 7, 1])
@@ -404,7 +404,8 @@ def test_a_store_on_the_gpu_is_not_staged_when_the_device_is_named_without_an_in
     (index_select of a GPU tensor into a host buffer) in every GPU trial."""
     import types
 
-    from autocls.preprocess import BatchFeeder, same_device
+    from autocls.runtime.devicememory import same_device
+    from autocls.train.feeding import BatchFeeder
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     cuda, cuda0, cuda1 = torch.device("cuda"), torch.device("cuda", 0), torch.device("cuda", 1)
@@ -421,8 +422,8 @@ def test_a_staged_image_store_trains_the_same_model(prepared, monkeypatch) -> No
     buffers and copies; on CPU that path runs too and must train exactly the same model."""
     import functools
 
-    import autocls.trainer as trainer_module
-    from autocls.preprocess import BatchFeeder
+    import autocls.train.trainer as trainer_module
+    from autocls.train.feeding import BatchFeeder
 
     data, store = prepared
     train_idx, val_idx = stratified_folds(data.labels, 2, seed=0)[0]
@@ -438,9 +439,9 @@ def test_a_staged_image_store_trains_the_same_model(prepared, monkeypatch) -> No
 def test_batches_and_models_are_channels_last_on_cpu_too() -> None:
     """oneDNN's CPU convolutions run faster on channels-last (bench/memory_format.py: x1.9 for
     EfficientNet-Lite0 training at 64 px): the trainer, prediction and the cost model all lay out so."""
-    from autocls.backbones import create_classifier
-    from autocls.config import TrainConfig
-    from autocls.preprocess import Preprocess, model_norm, model_to_device
+    from autocls.train.backbones import create_classifier
+    from autocls.train.config import TrainConfig
+    from autocls.train.feeding import Preprocess, model_norm, model_to_device
 
     cpu = torch.device("cpu")
     model = model_to_device(create_classifier(TrainConfig("test_efficientnet", pretrained=False), 3), cpu)

@@ -13,9 +13,9 @@ from typing import Any
 import optuna
 import pytest
 
-from autocls.cli import main
-from autocls.errors import AutoclsError
-from autocls.storage import open_storage, redact
+from autocls.cli.main import main
+from autocls.runtime.errors import AutoclsError
+from autocls.storage.rdb import open_storage, redact
 from tests.helpers import edit_space
 
 pytestmark = pytest.mark.slow  # end-to-end: the CLI, subprocesses, a browser (-m 'not slow' skips them)
@@ -28,7 +28,7 @@ POSTGRES_RESTART = os.environ.get("AUTOCLS_TEST_POSTGRES_RESTART")
 
 def cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "autocls.cli", *args],
+        [sys.executable, "-m", "autocls.cli.main", *args],
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -197,9 +197,9 @@ def _save_then_retain(root: str, storage: str, rounds: int, lost: Any) -> None:
     import numpy as np
     import torch
 
-    from autocls.cv import CVResult
-    from autocls.trainer import FoldResult
-    from autocls.trialstore import TrialStore
+    from autocls.storage.trials import TrialStore
+    from autocls.train.cv import CVResult
+    from autocls.train.history import FoldResult
 
     store = TrialStore.in_folder(root, keep=1, grace_seconds=0)  # no grace: only the running-trial rule protects
     study = optuna.load_study(study_name="race", storage=open_storage(storage))
@@ -240,7 +240,7 @@ def test_four_workers_cleaning_up_never_delete_a_running_trials_models(tmp_path:
 
 
 def _measure_and_save(cache: str, key: str) -> None:
-    from autocls.cost import CostModel
+    from autocls.study.cost import CostModel
 
     for i in range(30):
         model = CostModel(torch_cpu(), Path(cache))
@@ -298,7 +298,7 @@ def test_ctrl_c_leaves_no_running_trial(image_folder: Path, tiny_space: Path, tm
 
 
 def test_each_worker_gets_its_share_of_the_cores_and_one_gpu_of_several() -> None:
-    from autocls.workers import worker_envs
+    from autocls.study.workers import worker_envs
 
     envs = worker_envs(4, cores=16, gpus=2, base={"PATH": "/bin"})
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0", "1"]
@@ -331,9 +331,9 @@ def test_a_worker_gets_every_setting_of_the_parents_request(image_folder: Path, 
     """--workers children get the parent's SearchRequest whole: a field left out of the hand-off fails here."""
     import dataclasses
 
-    from autocls.data import DataSpec
-    from autocls.space import load_space
-    from autocls.studysetup import SearchRequest
+    from autocls.data.discover import DataSpec
+    from autocls.study.setup import SearchRequest
+    from autocls.study.space import load_space
 
     defaults = SearchRequest(DataSpec.of(image_folder))
     asked = SearchRequest(

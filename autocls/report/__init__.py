@@ -1,0 +1,1 @@
+"""Figures, tables, evaluation on labelled images and the HTML report of a study and its model."""

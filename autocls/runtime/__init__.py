@@ -1,0 +1,1 @@
+"""Process-level helpers every stage uses: errors, atomic files, threads, device memory, seeds and stops."""

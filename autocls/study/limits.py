@@ -1,0 +1,78 @@
+"""Deployment limits a search keeps: the delivered model's latency per image and its parameter count.
+
+The delivered model is an ensemble: every fold model of every member runs on each image, once per
+test-time view. Its latency is the sum of those forward passes (batch 1, measured on the device the
+search runs on, :meth:`autocls.study.cost.CostModel.latency_ms`), its size the sum of their parameters.
+A limit is kept in three places:
+
+* before the first trial, backbones whose fold models exceed it even at the space's lowest
+  resolution leave the space, so the sampler never proposes them;
+* a sampled configuration whose fold models would exceed it is skipped before any training
+  (recorded FAIL with the reason, like a configuration too long for the time left);
+* refit adds an ensemble member or a test-time view only while the whole stays within the limits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from autocls.runtime.errors import AutoclsError
+from autocls.study.cost import CostModel
+from autocls.train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """What a delivered model costs per image: milliseconds and parameters."""
+
+    latency_ms: float = 0.0
+    parameters: int = 0
+
+    def __add__(self, other: ModelCost) -> ModelCost:
+        return ModelCost(self.latency_ms + other.latency_ms, self.parameters + other.parameters)
+
+    def times(self, passes: int, copies: int) -> ModelCost:
+        """``passes`` forward passes per image through ``copies`` distinct models."""
+        return ModelCost(self.latency_ms * passes, self.parameters * copies)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """``None`` is no limit."""
+
+    max_latency_ms: float | None = None
+    max_params: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_latency_ms is not None and not (math.isfinite(self.max_latency_ms) and self.max_latency_ms > 0):
+            raise AutoclsError(
+                f"The 'max_latency_ms' setting must be a positive number of milliseconds. Got {self.max_latency_ms!r}."
+            )
+        if self.max_params is not None and not (isinstance(self.max_params, int) and self.max_params > 0):
+            raise AutoclsError(f"The 'max_params' setting must be a positive integer. Got {self.max_params!r}.")
+
+    def __bool__(self) -> bool:
+        return self.max_latency_ms is not None or self.max_params is not None
+
+    def exceeded(self, cost: ModelCost) -> str | None:
+        """Why ``cost`` breaks a limit, or ``None`` when it keeps them all."""
+        if self.max_latency_ms is not None and cost.latency_ms > self.max_latency_ms:
+            return f"{cost.latency_ms:.1f} ms an image, over the limit of {self.max_latency_ms:g} ms"
+        if self.max_params is not None and cost.parameters > self.max_params:
+            return f"{cost.parameters:,} parameters, over the limit of {self.max_params:,}"
+        return None
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_latency_ms is not None:
+            parts.append(f"at most {self.max_latency_ms:g} ms an image")
+        if self.max_params is not None:
+            parts.append(f"at most {self.max_params:,} parameters")
+        return " and ".join(parts)
+
+
+def fold_models_cost(cost: CostModel, config: TrainConfig, folds: int, views: int = 1) -> ModelCost:
+    """The cost of ``folds`` fold models of ``config``, each run on ``views`` views of an image."""
+    one = ModelCost(cost.latency_ms(config), cost.parameters(config)) if cost is not None else ModelCost()
+    return one.times(folds * views, folds)
