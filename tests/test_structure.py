@@ -141,3 +141,14 @@ def test_package_inits_are_thin(package: str) -> None:
     # a stage's __init__ imports nothing: importing autocls.model.export must not pull in the rest of model/
     tree = ast.parse((PACKAGE / package / "__init__.py").read_text(encoding="utf-8"))
     assert not [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
+
+
+def test_the_configurations_choices_are_the_registries_keys() -> None:
+    # config.py lists them (it imports no torch); optim.py and augment.py implement them
+    from autocls.train.augment import POLICIES
+    from autocls.train.config import AUGMENTATIONS, OPTIMIZER_NAMES, SCHEDULER_NAMES
+    from autocls.train.optim import OPTIMIZERS, SCHEDULERS
+
+    assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES
+    assert tuple(SCHEDULERS) == SCHEDULER_NAMES
+    assert tuple(POLICIES) == AUGMENTATIONS

@@ -23,12 +23,13 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import optuna
+from typing import TYPE_CHECKING, Any
 
 from autocls.runtime.errors import AutoclsError
 from autocls.train.config import SettingError, TrainConfig, check_setting
+
+if TYPE_CHECKING:  # a trial samples a space; showing one needs no Optuna
+    import optuna
 
 Value = bool | int | float | str
 _DIMENSION_KEYS = {"choices", "low", "high", "log", "step", "when"}

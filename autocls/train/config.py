@@ -2,8 +2,9 @@
 
 Every setting is checked against one table, :data:`CONSTRAINTS` (type, range or choices), which a
 search space's values are checked against as well. The choices of ``optimizer``, ``scheduler`` and
-``augmentation`` are the keys of the registries that implement them, so a new policy or schedule
-is a choice as soon as it is registered.
+``augmentation`` are listed here and implemented by the registries of :mod:`autocls.train.optim` and
+:mod:`autocls.train.augment`, keyed by the same names (a test keeps them the same): this module
+imports no torch, so the command line and ``autocls space show`` read it at once.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from autocls.runtime.errors import AutoclsError
-from autocls.train.augment import POLICIES
-from autocls.train.optim import OPTIMIZERS, SCHEDULERS
 
 IMBALANCE = ("none", "class_weight", "sampler")
+# the names a search space and the CLI's tables use, implemented by the registries named above
+OPTIMIZER_NAMES = ("adamw", "adam", "sgd")
+SCHEDULER_NAMES = ("cosine", "onecycle", "step", "plateau", "constant")
+AUGMENTATIONS = ("none", "light", "randaugment", "trivialaugment", "autoaugment")
 _TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", float: "a number"}
 
 
@@ -65,16 +68,16 @@ CONSTRAINTS: dict[str, Constraint] = {
     "backbone": Constraint(str),
     "pretrained": Constraint(bool),
     "freeze": _fraction(),  # of the backbone's stages: 0 fine-tunes all, 1 trains the head alone
-    "optimizer": Constraint(str, choices=tuple(OPTIMIZERS)),
+    "optimizer": Constraint(str, choices=OPTIMIZER_NAMES),
     "lr": Constraint(float, low=0.0, open_low=True),
     "weight_decay": Constraint(float, low=0.0, high=10.0),
     "momentum": _fraction(open_high=True),
     "nesterov": Constraint(bool),
     "sam_rho": Constraint(float, low=0.0, high=10.0),
     "layer_decay": Constraint(float, low=0.0, high=1.0, open_low=True),
-    "scheduler": Constraint(str, choices=tuple(SCHEDULERS)),
+    "scheduler": Constraint(str, choices=SCHEDULER_NAMES),
     "warmup_epochs": Constraint(int, low=0),
-    "augmentation": Constraint(str, choices=tuple(POLICIES)),
+    "augmentation": Constraint(str, choices=AUGMENTATIONS),
     "random_erasing": _fraction(),
     "mixup": Constraint(float, low=0.0),
     "cutmix": Constraint(float, low=0.0),
@@ -87,10 +90,6 @@ CONSTRAINTS: dict[str, Constraint] = {
     "epochs": Constraint(int, low=1),
     "patience": Constraint(int, low=1),
 }
-# the names a search space and the CLI's tables use
-OPTIMIZER_NAMES = CONSTRAINTS["optimizer"].choices
-SCHEDULER_NAMES = CONSTRAINTS["scheduler"].choices
-AUGMENTATIONS = CONSTRAINTS["augmentation"].choices
 
 
 class SettingError(AutoclsError):

@@ -2,39 +2,24 @@
 
 timm's optimizers (with layer-wise lr decay) and its cosine/step schedules; torch's one-cycle and
 plateau schedules behind timm's interface. :data:`OPTIMIZERS` and :data:`SCHEDULERS` are the
-registries; the choices a :class:`~autocls.train.config.TrainConfig` accepts are their keys, so
-the configuration imports this module and not the other way round: what a function here reads of a
-configuration is :class:`OptimSettings`.
+registries, keyed by the choices :mod:`autocls.train.config` lists (a test keeps the two the same;
+the configuration stays free of torch for the command line and ``space show``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
-
-class OptimSettings(Protocol):
-    """The settings of a :class:`~autocls.train.config.TrainConfig` that the optimizer and the
-    schedule are built from."""
-
-    optimizer: str
-    lr: float
-    weight_decay: float
-    momentum: float
-    nesterov: bool
-    layer_decay: float
-    scheduler: str
-    warmup_epochs: int
-    epochs: int
-    patience: int
+from autocls.train.config import TrainConfig
 
 # autocls's optimizer name -> timm's name, given the configuration (SGD: momentum or Nesterov)
-OPTIMIZERS: dict[str, Callable[[OptimSettings], str]] = {
+OPTIMIZERS: dict[str, Callable[[TrainConfig], str]] = {
     "adamw": lambda cfg: "adamw",
     "adam": lambda cfg: "adam",
     "sgd": lambda cfg: "nesterov" if cfg.nesterov else "momentum",
@@ -48,12 +33,12 @@ ANNEALING_SCHEDULERS = frozenset({"cosine", "onecycle", "step"})
 ONE_CYCLE_WARMUP = 0.25  # share of the steps spent warming up to the peak lr (fastai's default)
 
 
-def anneals(config: OptimSettings) -> bool:
+def anneals(config: TrainConfig) -> bool:
     """Whether ``config``'s schedule anneals the lr to the end (see :data:`ANNEALING_SCHEDULERS`)."""
     return config.scheduler in ANNEALING_SCHEDULERS
 
 
-def create_optimizer(model: nn.Module, cfg: OptimSettings) -> torch.optim.Optimizer:
+def create_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """timm's optimizer over the trainable parameters, with layer-wise lr decay when asked.
 
     Every group starts at ``cfg.lr`` and carries its layer-decay factor as ``lr_scale``;
@@ -85,18 +70,18 @@ class _TorchScheduler:
             self.scheduler.step(metric)
 
 
-def _constant(optimizer: torch.optim.Optimizer, cfg: OptimSettings, steps_per_epoch: int) -> Any:
+def _constant(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
     return _TorchScheduler()
 
 
-def _plateau(optimizer: torch.optim.Optimizer, cfg: OptimSettings, steps_per_epoch: int) -> Any:
+def _plateau(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=0.1, patience=max(0, cfg.patience // 2)
     )
     return _TorchScheduler(plateau, on_metric=True)
 
 
-def _one_cycle(optimizer: torch.optim.Optimizer, cfg: OptimSettings, steps_per_epoch: int) -> Any:
+def _one_cycle(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
     total = cfg.epochs * steps_per_epoch
     if total < 2:
         return _TorchScheduler()  # one update cannot both warm up and anneal: a constant lr
@@ -112,7 +97,7 @@ def _one_cycle(optimizer: torch.optim.Optimizer, cfg: OptimSettings, steps_per_e
     return _TorchScheduler(one_cycle)
 
 
-def _timm(optimizer: torch.optim.Optimizer, cfg: OptimSettings, steps_per_epoch: int) -> Any:
+def _timm(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=cfg.scheduler,
@@ -128,7 +113,7 @@ def _timm(optimizer: torch.optim.Optimizer, cfg: OptimSettings, steps_per_epoch:
     return scheduler
 
 
-SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer, OptimSettings, int], Any]] = {
+SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer, TrainConfig, int], Any]] = {
     "cosine": _timm,
     "onecycle": _one_cycle,
     "step": _timm,
@@ -138,7 +123,7 @@ SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer, OptimSettings, int], Any]
 LR_SCALED_BY_SCHEDULER = frozenset({"cosine", "step"})  # timm's: they apply each group's lr_scale
 
 
-def create_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimSettings, steps_per_epoch: int) -> Any:
+def create_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
     """timm's cosine (with linear warmup) and step schedules, updated every step; torch's
     OneCycleLR (timm has none) and ReduceLROnPlateau (timm deprecates its own); or a constant lr.
 
