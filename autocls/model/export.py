@@ -94,13 +94,34 @@ def export(model_dir: str | Path, out: str | Path, fmt: str = "torchscript") -> 
     except ImportError:
         raise AutoclsError("ONNX export needs the onnx extra: pip install 'autocls[onnx]'.") from None
     outputs = ["probabilities", "labels"] if ensemble.multilabel else ["probabilities"]
-    torch.onnx.export(
-        graph,
-        examples,
-        str(out),
-        input_names=names,
-        output_names=outputs,
-        dynamic_axes={**{name: {0: "batch"} for name in names}, **{name: {0: "batch"} for name in outputs}},
-        dynamo=False,
-    )
+    _to_onnx(graph, examples, out, input_names=names, output_names=outputs)
     return out
+
+
+def _to_onnx(
+    graph: EnsembleGraph, examples: tuple[torch.Tensor, ...], out: Path, *, input_names: list[str], output_names: list[str]
+) -> None:
+    """Write ``graph`` to ``out`` as one ONNX file with torch's maintained exporter (``torch.export``
+    and ONNX Script), the batch dimension left free.
+
+    ``forward`` takes its inputs as ``*images``, which ``torch.export`` sees as one argument holding
+    a tuple: hence one batch :class:`~torch.export.Dim` per input, inside a one-element tuple. The
+    inputs share that dimension (the members' outputs are summed row by row). ``external_data=False``
+    keeps the weights inside the one file, as the TorchScript-based exporter wrote it; the exporter
+    would otherwise write them beside it in ``<out>.data``.
+    """
+    batch = torch.export.Dim("batch")
+    with torch.no_grad(), warnings.catch_warnings():
+        # the shared batch dimension is named once; the exporter says so for each further input
+        warnings.filterwarnings("ignore", message="# The axis name: batch will not be used")
+        torch.onnx.export(
+            graph,
+            examples,
+            str(out),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=(tuple({0: batch} for _ in examples),),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
