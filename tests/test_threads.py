@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from autocls.runtime import threads
 from autocls.runtime.threads import CpuShare, available_cpus, configure_threads
@@ -16,8 +17,18 @@ from autocls.runtime.threads import CpuShare, available_cpus, configure_threads
 @pytest.fixture(autouse=True)
 def _keep_thread_count() -> Iterator[None]:
     before = torch.get_num_threads()
+    blas = _blas_pools()
     yield
     torch.set_num_threads(before)
+    threadpool_limits(limits=blas)
+
+
+def _blas_pools() -> list[dict]:
+    """This process's BLAS pools as threadpoolctl describes them (numpy's and scipy's OpenBLAS here)."""
+    import numpy  # noqa: F401  # the libraries must be loaded to be seen, as they are in a search worker
+    import scipy.linalg  # noqa: F401
+
+    return [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
 
 
 @pytest.mark.parametrize(
@@ -53,14 +64,16 @@ class FakeMachine:
         self.write()
 
     def share(self, usable: int = 2, cpus: frozenset[int] = frozenset({0, 1})) -> CpuShare:
-        return CpuShare(usable, set(cpus), self.path, clock=lambda: self.now, own_cpu_seconds=lambda: self.own)
+        return CpuShare(
+            usable, set(cpus), stat_path=self.path, clock=lambda: self.now, own_cpu_seconds=lambda: self.own
+        )
 
 
 @pytest.mark.parametrize(
     ("others", "expected"), [(0.0, 4), (0.4, 4), (0.6, 3), (1.0, 3), (2.2, 2), (3.9, 1), (10.0, 1)]
 )
 def test_each_cpu_other_programs_keep_busy_is_one_thread_fewer(others: float, expected: int) -> None:
-    assert CpuShare(4, {0, 1, 2, 3}, Path("/missing")).threads_for(others) == expected
+    assert CpuShare(4, {0, 1, 2, 3}, stat_path=Path("/missing")).threads_for(others) == expected
 
 
 def test_threads_follow_the_load_of_other_programs_on_our_cpus(tmp_path: Path) -> None:
@@ -98,7 +111,7 @@ def test_no_adjustment_for_one_cpu_or_under_a_quota(tmp_path: Path, usable: int,
 
 
 def test_no_adjustment_without_proc_stat(tmp_path: Path) -> None:
-    assert not CpuShare(2, {0, 1}, tmp_path / "missing").enabled
+    assert not CpuShare(2, {0, 1}, stat_path=tmp_path / "missing").enabled
 
 
 def test_a_fixed_thread_count_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,3 +128,25 @@ def test_the_api_gives_back_the_callers_thread_count(monkeypatch: pytest.MonkeyP
     with threads.autocls_threads():
         assert 1 <= torch.get_num_threads() <= available_cpus()
     assert torch.get_num_threads() == 1 and threads._SHARE is None
+
+
+def test_a_workers_blas_pools_are_capped_at_its_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``--workers`` child gets ``AUTOCLS_THREADS`` (its share of the cores); numpy's and scipy's
+    BLAS pools, which would each start a thread per core, get the same count as torch."""
+    from autocls.study.workers import worker_envs
+
+    threadpool_limits(limits=3, user_api="blas")  # a pool larger than the worker's share, as on a big machine
+    assert {pool["num_threads"] for pool in _blas_pools()} == {3}
+    env = worker_envs(workers=4, cores=8, gpus=0, base={})[0]
+    monkeypatch.setenv("AUTOCLS_THREADS", env["AUTOCLS_THREADS"])
+    configure_threads()
+    pools = _blas_pools()
+    assert len(pools) >= 2 and {pool["num_threads"] for pool in pools} == {2} == {torch.get_num_threads()}
+
+
+def test_the_api_gives_back_the_callers_blas_pools(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOCLS_THREADS", "1")
+    threadpool_limits(limits=3, user_api="blas")
+    with threads.autocls_threads():
+        assert {pool["num_threads"] for pool in _blas_pools()} == {1}
+    assert {pool["num_threads"] for pool in _blas_pools()} == {3}

@@ -99,7 +99,12 @@ def export(model_dir: str | Path, out: str | Path, fmt: str = "torchscript") -> 
 
 
 def _to_onnx(
-    graph: EnsembleGraph, examples: tuple[torch.Tensor, ...], out: Path, *, input_names: list[str], output_names: list[str]
+    graph: EnsembleGraph,
+    examples: tuple[torch.Tensor, ...],
+    out: Path,
+    *,
+    input_names: list[str],
+    output_names: list[str],
 ) -> None:
     """Write ``graph`` to ``out`` as one ONNX file with torch's maintained exporter (``torch.export``
     and ONNX Script), the batch dimension left free.

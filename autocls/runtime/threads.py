@@ -1,5 +1,10 @@
 """How many threads torch may use: the CPUs this process may run on, less those other programs keep busy.
 
+The BLAS libraries loaded beside torch (the OpenBLAS or MKL of numpy and scipy, which scikit-learn
+calls) keep thread pools of their own, one thread per core by default: :func:`configure_threads`
+caps them at the same count with threadpoolctl, so ``--workers`` processes do not each start a
+pool as large as the machine.
+
 Oversubscribed cores are far worse than idle ones. OpenMP threads spin and wait for each other at
 every parallel region, so a thread that shares its core with another program holds up all the
 others: one fold that took 5.8 s alone with 2 threads on 2 cores took 29.2 s beside a busy loop on
@@ -16,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 
 THREADS_VARIABLE = "AUTOCLS_THREADS"
 PROBE_SECONDS = 0.2  # the first look at the load, before a search starts: short, and long enough for 20 ticks
@@ -56,6 +62,7 @@ class CpuShare:
         self,
         usable: int,
         cpus: set[int],
+        *,
         stat_path: Path = Path("/proc/stat"),
         clock: Callable[[], float] = time.monotonic,
         own_cpu_seconds: Callable[[], float] = lambda: sum(os.times()[:2]),
@@ -126,17 +133,29 @@ _SHARE: CpuShare | None = None
 def configure_threads() -> None:
     """One intra-op thread per CPU this process may use and no other program keeps busy
     (``$AUTOCLS_THREADS`` fixes the count instead): images are decoded up front, so no loader
-    process competes."""
+    process competes. The BLAS pools loaded by then are capped at the same count (see the module
+    docstring); a BLAS library loaded later keeps its own default."""
     global _SHARE
     fixed = os.environ.get(THREADS_VARIABLE)
     if fixed:
         _SHARE = None
         torch.set_num_threads(int(fixed))
+        _cap_blas(int(fixed))
         return
     usable = available_cpus()
     torch.set_num_threads(usable)
+    _cap_blas(usable)
     _SHARE = CpuShare(usable, _affinity())
     _SHARE.probe()
+
+
+def _cap_blas(threads: int) -> None:
+    """At most ``threads`` threads in each BLAS pool this process has loaded (OpenBLAS, MKL, BLIS).
+
+    The cap is fixed, not moved with the load as torch's count is: BLAS work here is short (scikit-
+    learn's metrics, calibration), and each change walks every loaded library.
+    """
+    threadpool_limits(limits=threads, user_api="blas")
 
 
 def adjust_threads() -> None:
@@ -147,13 +166,15 @@ def adjust_threads() -> None:
 
 @contextlib.contextmanager
 def autocls_threads():
-    """:func:`configure_threads` for the length of a call, then the caller's thread count again:
-    the Python API must leave the caller's process as it found it."""
+    """:func:`configure_threads` for the length of a call, then the caller's thread count and BLAS
+    pools again: the Python API must leave the caller's process as it found it."""
     global _SHARE
     before = torch.get_num_threads()
+    blas_before = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
     configure_threads()
     try:
         yield
     finally:
         _SHARE = None
         torch.set_num_threads(before)
+        threadpool_limits(limits=blas_before)  # each pool, by its library's file, back to its own count
