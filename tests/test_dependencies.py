@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # features that stay optional: their imports are lazy and a missing package gets a remedy
-OPTIONAL_EXTRAS = {"boto3": "s3", "botocore": "s3", "onnx": "onnx"}
+OPTIONAL_EXTRAS = {"boto3": "s3", "botocore": "s3", "onnx": "onnx", "onnxscript": "onnx"}
 
 
 def _normalise(name: str) -> str:

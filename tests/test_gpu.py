@@ -178,8 +178,8 @@ def test_the_retry_releases_the_failed_attempt_and_shrinks_evaluation_and_the_st
     models: list[weakref.ref] = []
     real_build = trainer_module.build_fold
 
-    def build(*args):
-        parts = real_build(*args)
+    def build(*args, **kwargs):
+        parts = real_build(*args, **kwargs)
         models.append(weakref.ref(parts.model))
         return parts
 
@@ -191,10 +191,10 @@ def test_the_retry_releases_the_failed_attempt_and_shrinks_evaluation_and_the_st
 
     real_step, real_evaluate = Trainer._train_step, Trainer.evaluate
 
-    def step(self, model, optimizer, x, labels, class_weights):  # a device that trains batch 16 (12 images here)
+    def step(self, model, optimizer, x, labels, *, class_weights):  # a device that trains batch 16 (12 images here)
         if self.config.batch_size > 16:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_step(self, model, optimizer, x, labels, class_weights)
+        return real_step(self, model, optimizer, x, labels, class_weights=class_weights)
 
     def evaluate(self, *args, **kwargs):  # ... and evaluates 64
         if self.eval_batch > 64:
@@ -216,7 +216,9 @@ def test_the_retry_releases_the_failed_attempt_and_shrinks_evaluation_and_the_st
 
     train_idx, val_idx = stratified_folds(data.labels, 2, seed=0)[0]
     labels = torch.as_tensor(data.labels)
-    result, trainer = fit_fold(Trainer(BASE, 3, CPU), store, labels, train_idx, val_idx, 0, TrainingObserver())
+    result, trainer = fit_fold(
+        Trainer(BASE, 3, CPU), store, labels, train_idx=train_idx, val_idx=val_idx, fold=0, observer=TrainingObserver()
+    )
     # 32 (train OOM) -> 16 with eval 128 (eval OOM) -> 8 with eval 64: fits
     assert (trainer.config.batch_size, trainer.eval_batch, trainer.place_store) == (8, 64, False)
     assert result.batch_size == 8 and placed == [True, False, False]

@@ -22,7 +22,7 @@ from autocls.data.multilabel import choose_thresholds, decide, label_sets, parse
 from autocls.model.ensemble import Ensemble
 from autocls.runtime.errors import AutoclsError
 from autocls.train.config import TrainConfig
-from autocls.train.cv import cross_validate, stratified_folds
+from autocls.train.cv import FoldData, cross_validate, stratified_folds
 from autocls.train.metrics import default_metric, get_metric
 from autocls.train.trainer import Trainer
 from tests.helpers import TINY_SPACE, class_image
@@ -243,7 +243,7 @@ def test_a_multilabel_trainer_learns_independent_labels(options: dict) -> None:
         )
     )
     splits = stratified_folds(labels, 2, seed=0)
-    cv = cross_validate(config, store, labels, splits, 2, torch.device("cpu"), metric="mAP")
+    cv = cross_validate(config, FoldData(store, labels, splits, 2), torch.device("cpu"), metric="mAP")
     assert cv.oof_probs.shape == (96, 2) and np.all((cv.oof_probs >= 0) & (cv.oof_probs <= 1))
     assert not np.allclose(cv.oof_probs.sum(axis=1), 1.0)  # independent sigmoids, not a softmax
     assert cv.oof_score() > 0.9, cv.oof_score()

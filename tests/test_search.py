@@ -25,7 +25,7 @@ from autocls.study.setup import SearchRequest, create_or_continue
 from autocls.study.space import load_space, space_from_dict
 from autocls.train.callbacks import TrainingObserver
 from autocls.train.config import TrainConfig
-from autocls.train.cv import cross_validate, stratified_folds
+from autocls.train.cv import FoldData, cross_validate, stratified_folds
 from autocls.train.history import EpochRecord, FoldResult
 from autocls.train.metrics import default_metric
 from autocls.train.trainer import Trainer
@@ -229,7 +229,7 @@ def test_cross_validation_trains_each_fold_the_epochs_its_observer_allows(tiny_s
 
     config = TrainConfig.from_dict({**TINY, "epochs": 2})
     splits = stratified_folds(data.labels, 3, seed=0)
-    result = cross_validate(config, store, data.labels, splits, 3, CPU, observer=ShortenSecond())
+    result = cross_validate(config, FoldData(store, data.labels, splits, 3), CPU, observer=ShortenSecond())
     assert [len(f.history) for f in result.folds] == [2, 1, 2]  # the third fold is back at the configuration's
     assert not np.isnan(result.oof_probs).any()  # every image predicted: the trial can join an ensemble
 
@@ -627,9 +627,9 @@ def test_a_long_budget_probes_every_recipe_on_the_first_fold_before_enqueuing_th
     request = _two_recipe_request(image_folder, tmp_path, monkeypatch)
     folds_seen: list[int] = []
 
-    def counting(config, store, labels, splits, *args, **kwargs):
-        folds_seen.append(len(splits))
-        return validate(config, store, labels, splits, *args, **kwargs)
+    def counting(config, data, *args, **kwargs):
+        folds_seen.append(len(data.splits))
+        return validate(config, data, *args, **kwargs)
 
     monkeypatch.setattr("autocls.study.halving.cross_validate", counting)
     storage = request.storage

@@ -231,6 +231,7 @@ def test_a_two_member_ensemble_is_the_weighted_mean_of_its_members(tmp_path) -> 
     traced = torch.jit.load(str(export(saved, tmp_path / "m.pt", "torchscript")))
     np.testing.assert_allclose(traced(*inputs).detach().numpy(), loaded.predict_images(images), atol=1e-5)
     session = onnxruntime.InferenceSession(str(export(saved, tmp_path / "m.onnx", "onnx")))
+    assert sorted(p.name for p in tmp_path.glob("m.onnx*")) == ["m.onnx"]  # one file: the weights inside it
     assert [i.name for i in session.get_inputs()] == ["images_16", "images_24"]
     outputs = session.run(None, {"images_16": inputs[0].numpy(), "images_24": inputs[1].numpy()})[0]
     np.testing.assert_allclose(outputs, loaded.predict_images(images), atol=1e-5)

@@ -13,7 +13,7 @@ from autocls.runtime.errors import NonFiniteLossError
 from autocls.train.backbones import create_classifier, split_frozen_prefix
 from autocls.train.callbacks import TrainingObserver, monitor_split
 from autocls.train.config import AUGMENTATIONS, OPTIMIZER_NAMES, SCHEDULER_NAMES, TrainConfig
-from autocls.train.cv import cross_validate, stratified_folds
+from autocls.train.cv import FoldData, cross_validate, stratified_folds
 from autocls.train.optim import ANNEALING_SCHEDULERS, create_optimizer, create_scheduler
 from autocls.train.trainer import Trainer
 
@@ -44,7 +44,7 @@ def test_cross_validation_trains_every_fold_and_fills_out_of_fold(prepared) -> N
             events.append(f"end {result.fold}")
 
     config = TrainConfig(**{**BASE.to_dict(), "epochs": 8, "lr": 0.02})
-    result = cross_validate(config, store, data.labels, splits, 3, CPU, observer=Recorder(), keep_models=True)
+    result = cross_validate(config, FoldData(store, data.labels, splits, 3), CPU, observer=Recorder(), keep_models=True)
     assert len(result.folds) == 3 and events[0] == "start 0/3" and events[-1] == "end 2"
     assert not np.isnan(result.oof_probs).any()
     np.testing.assert_allclose(result.oof_probs.sum(axis=1), 1.0, atol=1e-5)
@@ -59,7 +59,7 @@ def test_early_stopping_stops_after_patience(prepared, scheduler: str) -> None:
     data, store = prepared
     splits = stratified_folds(data.labels, 2, seed=0)
     config = TrainConfig(**{**BASE.to_dict(), "epochs": 30, "patience": 1, "lr": 1e-9, "scheduler": scheduler})
-    result = cross_validate(config, store, data.labels, splits[:1], 3, CPU)  # the loss never improves
+    result = cross_validate(config, FoldData(store, data.labels, splits[:1], 3), CPU)  # the loss never improves
     assert len(result.folds[0].history) == 2  # the first epoch, then one without improvement
     assert result.folds[0].history[0].monitor_loss is not None
 
@@ -144,7 +144,7 @@ def test_a_small_dataset_trains_with_the_one_cycle_recipe(prepared) -> None:
     """24 images, 2 folds: one step an epoch; 4 epochs of one-cycle raised ZeroDivisionError."""
     data, store = prepared
     config = TrainConfig(**{**BASE.to_dict(), "epochs": 4, "scheduler": "onecycle", "batch_size": 64})
-    result = cross_validate(config, store, data.labels, stratified_folds(data.labels, 2, 0), 3, CPU)
+    result = cross_validate(config, FoldData(store, data.labels, stratified_folds(data.labels, 2, 0), 3), CPU)
     assert [len(f.history) for f in result.folds] == [4, 4]
 
 
@@ -161,7 +161,7 @@ def test_sam_ascent_pass_leaves_batchnorm_running_statistics_alone(prepared) -> 
         model = create_classifier(trainer.config, 3)
         model.train()
         x = (batch.float() / 255 - 0.5) / 0.25
-        trainer._train_step(model, create_optimizer(model, trainer.config), x, labels, None)
+        trainer._train_step(model, create_optimizer(model, trainer.config), x, labels, class_weights=None)
         stats.append({k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k})
     assert stats[0]
     for name, value in stats[0].items():
@@ -199,14 +199,14 @@ def test_diverging_loss_is_reported(prepared) -> None:
     data, store = prepared
     config = TrainConfig(**{**BASE.to_dict(), "lr": 1e30, "optimizer": "sgd", "warmup_epochs": 0, "epochs": 3})
     with pytest.raises(NonFiniteLossError, match="loss became"):
-        cross_validate(config, store, data.labels, stratified_folds(data.labels, 2, 0), 3, CPU)
+        cross_validate(config, FoldData(store, data.labels, stratified_folds(data.labels, 2, 0), 3), CPU)
 
 
 def test_same_config_and_seed_train_identically(prepared) -> None:
     data, store = prepared
     config = TrainConfig(**{**BASE.to_dict(), "augmentation": "randaugment", "mixup": 0.2, "random_erasing": 0.25})
     splits = stratified_folds(data.labels, 2, seed=0)
-    runs = [cross_validate(config, store, data.labels, splits, 3, CPU, seed=7) for _ in range(2)]
+    runs = [cross_validate(config, FoldData(store, data.labels, splits, 3), CPU, seed=7) for _ in range(2)]
     assert [r.train_loss for r in runs[0].folds[0].history] == [r.train_loss for r in runs[1].folds[0].history]
     np.testing.assert_array_equal(runs[0].oof_probs, runs[1].oof_probs)
 
@@ -333,13 +333,15 @@ def test_out_of_memory_halves_the_batch_and_the_learning_rate_down_to_a_floor(pr
 
     data, store = prepared
     built, real_build, real_step = [], trainer_module.build_fold, Trainer._train_step
-    monkeypatch.setattr(trainer_module, "build_fold", lambda cfg, *args: (built.append(cfg), real_build(cfg, *args))[1])
+    monkeypatch.setattr(
+        trainer_module, "build_fold", lambda cfg, *args, **kw: (built.append(cfg), real_build(cfg, *args, **kw))[1]
+    )
     limit = {"images": 8}
 
-    def step(self, model, optimizer, x, labels, class_weights):
+    def step(self, model, optimizer, x, labels, *, class_weights):
         if len(x) > limit["images"]:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_step(self, model, optimizer, x, labels, class_weights)
+        return real_step(self, model, optimizer, x, labels, class_weights=class_weights)
 
     monkeypatch.setattr(Trainer, "_train_step", step)
 
@@ -353,7 +355,7 @@ def test_out_of_memory_halves_the_batch_and_the_learning_rate_down_to_a_floor(pr
     config = TrainConfig(**{**BASE.to_dict(), "batch_size": 32, "epochs": 1})
     splits = stratified_folds(data.labels, 2, seed=0)
     observer = Restarts()
-    result = cross_validate(config, store, data.labels, splits, 3, CPU, observer=observer)
+    result = cross_validate(config, FoldData(store, data.labels, splits, 3), CPU, observer=observer)
     assert [f.batch_size for f in result.folds] == [8, 8]
     assert [(c.batch_size, c.lr) for c in built] == [(32, 0.01), (16, 0.005), (8, 0.0025), (8, 0.0025)]
     assert observer.seen == [
@@ -362,7 +364,7 @@ def test_out_of_memory_halves_the_batch_and_the_learning_rate_down_to_a_floor(pr
     ]
     limit["images"] = MIN_BATCH - 1  # not even the floor fits: the trial fails with the error
     with pytest.raises(torch.OutOfMemoryError):
-        cross_validate(config, store, data.labels, splits, 3, CPU)
+        cross_validate(config, FoldData(store, data.labels, splits, 3), CPU)
 
 
 def test_the_image_store_goes_to_a_gpu_only_within_its_share_of_free_memory() -> None:

@@ -155,7 +155,13 @@ class DataSpec:
         return path.parent if path.suffix.lower() == ".csv" and not path.is_dir() else path
 
     def discover(self) -> LabelledImages:
-        return discover(self.source, self.labels_csv, self.file_column, self.label_column, self.label_delimiter)
+        return discover(
+            self.source,
+            self.labels_csv,
+            file_column=self.file_column,
+            label_column=self.label_column,
+            label_delimiter=self.label_delimiter,
+        )
 
     @property
     def name(self) -> str:
@@ -185,6 +191,7 @@ def is_image_file(path: Path) -> bool:
 def discover(
     source: str | Path,
     labels_csv: str | Path | None = None,
+    *,
     file_column: str | None = None,
     label_column: str | None = None,
     label_delimiter: str | None = None,
@@ -206,11 +213,25 @@ def discover(
     if not source.exists():
         raise AutoclsError(f"{source}: no such file or folder; give a folder of class sub-folders or a CSV.")
     if labels_csv is not None:
-        return _from_csv(Path(labels_csv).expanduser(), source, file_column, label_column, min_classes, label_delimiter)
+        return _from_csv(
+            Path(labels_csv).expanduser(),
+            source,
+            file_column=file_column,
+            label_column=label_column,
+            min_classes=min_classes,
+            label_delimiter=label_delimiter,
+        )
     if source.is_file():
         if source.suffix.lower() != ".csv":
             raise AutoclsError(f"{source}: expected a folder of class sub-folders or a .csv of file,label rows.")
-        return _from_csv(source, source.parent, file_column, label_column, min_classes, label_delimiter)
+        return _from_csv(
+            source,
+            source.parent,
+            file_column=file_column,
+            label_column=label_column,
+            min_classes=min_classes,
+            label_delimiter=label_delimiter,
+        )
     return _from_folders(source, min_classes)
 
 
@@ -232,7 +253,7 @@ def _from_folders(root: Path, min_classes: int = 2) -> LabelledImages:
     return _labelled(paths, names, str(root), min_classes)
 
 
-def _pick_column(columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, csv: Path) -> str:
+def _pick_column(columns: list[str], given: str | None, candidates: tuple[str, ...], *, what: str, csv: Path) -> str:
     if given is not None:
         if given not in columns:
             raise AutoclsError(f"{csv}: no column {given!r} for the {what}; the columns are {columns}.")
@@ -250,6 +271,7 @@ def _pick_column(columns: list[str], given: str | None, candidates: tuple[str, .
 def _from_csv(
     csv: Path,
     data_dir: Path,
+    *,
     file_column: str | None,
     label_column: str | None,
     min_classes: int = 2,
@@ -259,8 +281,10 @@ def _from_csv(
     columns = list(table.columns)
     if len(columns) == 2 and file_column is None and label_column is None:
         file_column, label_column = columns  # the common two-column file,label layout, whatever the header says
-    file_col = _pick_column(columns, file_column, FILE_COLUMN_NAMES, "image files", csv)
-    label_col, cells, multilabel = _label_cells(table, file_col, label_column, label_delimiter, csv)
+    file_col = _pick_column(columns, file_column, FILE_COLUMN_NAMES, what="image files", csv=csv)
+    label_col, cells, multilabel = _label_cells(
+        table, file_col, label_column=label_column, label_delimiter=label_delimiter, csv=csv
+    )
     bases = [data_dir] if data_dir == csv.parent else [data_dir, csv.parent]
     if any(is_image_file(base / file_col) for base in bases):
         raise AutoclsError(
@@ -304,7 +328,7 @@ def _from_csv(
         first_row[key] = (row, file_name, len(paths))
         paths.append(found)
         names.append(labels)
-    _refuse_bad_rows(csv, bases, empty, conflicts, escaping, missing)
+    _refuse_bad_rows(csv, bases, empty=empty, conflicts=conflicts, escaping=escaping, missing=missing)
     # multi-label images with none of the labels (after all their rows): negatives for every label
     unlabelled = sorted(row for row, _, position in first_row.values() if not names[position])
     if unlabelled:
@@ -327,7 +351,7 @@ def _from_csv(
 
 
 def _label_cells(
-    table: pd.DataFrame, file_col: str, label_column: str | None, label_delimiter: str | None, csv: Path
+    table: pd.DataFrame, file_col: str, *, label_column: str | None, label_delimiter: str | None, csv: Path
 ) -> tuple[str, list[list[str]], bool]:
     """(the label column's name, each row's labels, whether the data is multi-label) for a CSV of
     one label column (one label, or several separated by the delimiter) or one 0/1 column per label."""
@@ -338,10 +362,10 @@ def _label_cells(
         if unused:
             logger.warning("%s: no image has the label columns %s (all 0); they are left out", csv, unused)
         return indicators[0], cells, any(len(c) != 1 for c in cells)  # one 1 a row: one-hot single-label columns
-    label_col = _pick_column(list(table.columns), label_column, LABEL_COLUMN_NAMES, "labels", csv)
+    label_col = _pick_column(list(table.columns), label_column, LABEL_COLUMN_NAMES, what="labels", csv=csv)
     multilabel = label_delimiter is not None or any(DELIMITER in c for c in table[label_col])
     delimiter = label_delimiter or DELIMITER
-    _check_delimiter(csv, list(table[label_col]), delimiter, multilabel, label_delimiter is not None)
+    _check_delimiter(csv, list(table[label_col]), delimiter, multilabel=multilabel, given=label_delimiter is not None)
     if multilabel:
         return label_col, [split_labels(c, delimiter) for c in table[label_col]], True
     return label_col, [[c.strip()] if c.strip() else [] for c in table[label_col]], False
@@ -368,7 +392,7 @@ def _indicator_columns(table: pd.DataFrame, file_col: str, csv: Path) -> list[st
     return others
 
 
-def _check_delimiter(csv: Path, cells: list[str], delimiter: str, multilabel: bool, given: bool) -> None:
+def _check_delimiter(csv: Path, cells: list[str], delimiter: str, *, multilabel: bool, given: bool) -> None:
     """Labels that look separated by another character than the delimiter: an error when the
     delimiter was given (it would split nothing), else a warning (a class name may hold a comma)."""
     if multilabel and any(delimiter in c for c in cells):
@@ -416,6 +440,7 @@ def _read_labels_table(csv: Path) -> pd.DataFrame:
 def _refuse_bad_rows(
     csv: Path,
     bases: list[Path],
+    *,
     empty: list[int],
     conflicts: list[str],
     escaping: list[str],

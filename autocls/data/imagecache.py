@@ -263,12 +263,12 @@ def _decode_under_lock(paths: Sequence[Path], size: int, entry: CacheEntry, cloc
     elif progress.done < total:
         logger.info("continuing the decode of %d images from image %d", total, progress.done)
     if progress.done < total:
-        _decode_chunks([str(p) for p in paths], shape, entry, progress, clock)
+        _decode_chunks([str(p) for p in paths], shape, entry, progress=progress, clock=clock)
     _finish(entry, shape, progress)
 
 
 def _decode_chunks(
-    paths: list[str], shape: tuple[int, ...], entry: CacheEntry, progress: _Progress, clock: DecodeClock
+    paths: list[str], shape: tuple[int, ...], entry: CacheEntry, *, progress: _Progress, clock: DecodeClock
 ) -> None:
     """Decode rows ``progress.done ..`` in chunks on a process pool, recording progress as chunks
     finish in order; at the deadline, stop with what is done recorded."""
@@ -282,7 +282,7 @@ def _decode_chunks(
         def fill() -> None:
             while len(queue) < window and (start := next(starts, None)) is not None:
                 chunk = paths[start : start + CHUNK_IMAGES]
-                queue.append((start, _submit(pool, entry.partial, shape, start, chunk)))
+                queue.append((start, _submit(pool, entry.partial, shape, start=start, paths=chunk)))
 
         try:
             fill()
@@ -369,7 +369,7 @@ def _main_module_hidden() -> Iterator[None]:
             setattr(main, name, value)
 
 
-def _submit(pool: ProcessPoolExecutor | None, partial: Path, shape: tuple, start: int, paths: list[str]) -> Future:
+def _submit(pool: ProcessPoolExecutor | None, partial: Path, shape: tuple, *, start: int, paths: list[str]) -> Future:
     if pool is not None:
         return pool.submit(_decode_rows, str(partial), shape, start, paths)
     done: Future = Future()  # one CPU: decoded here, no process to start

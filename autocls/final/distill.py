@@ -106,14 +106,30 @@ def distill(
 
     metric = str(teacher.manifest.get("metric", "accuracy"))
     trainer = Trainer(
-        config, len(teacher.class_names), device, weights_dir, seed, metric, multilabel=teacher.multilabel
+        config,
+        len(teacher.class_names),
+        device,
+        weights_dir=weights_dir,
+        seed=seed,
+        metric=metric,
+        multilabel=teacher.multilabel,
     )
     rng = np.random.default_rng(seed)
     monitor = np.sort(rng.choice(len(labels), min(MONITOR_IMAGES, len(labels)), replace=False))
     with reporter.live(f"distilling into {config.backbone}"):
         reporter.on_fold_start(0, 1, config.epochs)
         everything, label_t, target_t = np.arange(len(labels)), torch.as_tensor(labels), torch.from_numpy(targets)
-        fold, trainer = fit_fold(trainer, store, label_t, everything, monitor, 0, reporter, 1, target_t)
+        fold, trainer = fit_fold(
+            trainer,
+            store,
+            label_t,
+            train_idx=everything,
+            val_idx=monitor,
+            fold=0,
+            observer=reporter,
+            folds=1,
+            soft_targets=target_t,
+        )
     config = trainer.config  # with a smaller batch if the device ran out of memory
     student = _student(config, fold.state_dict, teacher, device)
     student_probs, student_ms = _timed_predict(student, store.images)

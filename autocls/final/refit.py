@@ -554,14 +554,11 @@ def _retrain(
     with reporter.live(f"refit trial {number}"):
         return cross_validate(
             config,
-            data.store,
-            data.images.labels,
-            data.splits,
-            len(data.images.class_names),
+            data.fold_data(),
             device,
-            setup.weights_dir,
-            seed,
-            reporter,
+            weights_dir=setup.weights_dir,
+            seed=seed,
+            observer=reporter,
             keep_models=True,
             metric=setup.metric,
         )

@@ -91,6 +91,7 @@ def export(model_dir: str | Path, out: str | Path, fmt: str = "torchscript") -> 
         return out
     try:
         import onnx  # noqa: F401
+        import onnxscript  # noqa: F401  # torch's exporter writes the graph with it
     except ImportError:
         raise AutoclsError("ONNX export needs the onnx extra: pip install 'autocls[onnx]'.") from None
     outputs = ["probabilities", "labels"] if ensemble.multilabel else ["probabilities"]

@@ -140,7 +140,9 @@ def _study_sections(study: optuna.Study) -> str:
         running = trial.value if running is None else (max if maximize else min)(running, trial.value)
         best.append(running)
     history = plots.line_chart(
-        {"trial value": values, "best so far": best}, f"optimisation history of {study.study_name}", "completed trial"
+        {"trial value": values, "best so far": best},
+        f"optimisation history of {study.study_name}",
+        x_label="completed trial",
     )
     section = f"<h2>Optimisation history</h2>{history}"
     if len(done) >= 2:

@@ -17,6 +17,7 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 def line_chart(
     series: dict[str, list[float]],
     title: str,
+    *,
     x_label: str = "epoch",
     y_label: str = "",
     dashed: tuple[str, ...] = (),

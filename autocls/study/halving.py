@@ -144,14 +144,11 @@ def _probe(
     try:
         result = cross_validate(
             config,
-            data.store,
-            data.images.labels,
-            data.splits[:1],
-            len(data.images.class_names),
+            data.fold_data(1),
             device,
-            setup.weights_dir,
-            derive_seed(setup.seed, PROBE_SEED + index),
-            _ProbeObserver(reporter, budget),
+            weights_dir=setup.weights_dir,
+            seed=derive_seed(setup.seed, PROBE_SEED + index),
+            observer=_ProbeObserver(reporter, budget),
             metric=setup.metric,
         )
         score = result.mean_score

@@ -224,14 +224,11 @@ class Objective:
         try:
             result = cross_validate(
                 config,
-                self.data.store,
-                self.data.images.labels,
-                self.data.splits[: self.setup.trained_folds],
-                len(self.data.images.class_names),
+                self.data.fold_data(self.setup.trained_folds),
                 self.device,
-                self.setup.weights_dir,
-                seed,
-                observer,
+                weights_dir=self.setup.weights_dir,
+                seed=seed,
+                observer=observer,
                 keep_models=self.store is not None,
                 metric=self.setup.metric,
             )

@@ -26,7 +26,7 @@ from autocls.data.images import ImageStore, build_store
 from autocls.runtime.atomic import write_atomically
 from autocls.runtime.errors import AutoclsError
 from autocls.study.setup import SUCCESSOR_ATTR, StudySetup, study_names
-from autocls.train.cv import stratified_folds
+from autocls.train.cv import FoldData, stratified_folds
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,11 @@ class PreparedData:
         The same files under another root or with other modification times give the same value; an
         unreadable file that was skipped is not part of it."""
         return index_fingerprint(self.content)
+
+    def fold_data(self, folds: int | None = None) -> FoldData:
+        """What :func:`autocls.train.cv.cross_validate` trains on: the first ``folds`` splits (all by default)."""
+        splits = self.splits if folds is None else self.splits[:folds]
+        return FoldData(self.store, self.images.labels, splits, len(self.images.class_names))
 
     def is_recorded_as(self, recorded: str | None) -> bool:
         """Whether a trial's recorded data fingerprint is this data's: by content, or (recorded

@@ -71,13 +71,26 @@ def folds_hash(splits: list[tuple[np.ndarray, np.ndarray]]) -> str:
     return digest.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class FoldData:
+    """What cross-validation trains on: the decoded images, their labels (class indices, or an
+    images x labels 0/1 matrix), the (train, validation) index splits and the number of classes.
+
+    The study's :class:`autocls.study.studydata.PreparedData` gives one (``fold_data``), so that a
+    caller passes its data as one object rather than four of its fields.
+    """
+
+    store: ImageStore
+    labels: np.ndarray
+    splits: list[tuple[np.ndarray, np.ndarray]]
+    num_classes: int
+
+
 def cross_validate(
     config: TrainConfig,
-    store: ImageStore,
-    labels: np.ndarray,
-    splits: list[tuple[np.ndarray, np.ndarray]],
-    num_classes: int,
+    data: FoldData,
     device: torch.device,
+    *,
     weights_dir: Path | None = None,
     seed: int = 0,
     observer: TrainingObserver | None = None,
@@ -86,7 +99,16 @@ def cross_validate(
 ) -> CVResult:
     """Train one model per split with the same :class:`Trainer`; models are kept only if asked."""
     observer = observer or TrainingObserver()
-    trainer = Trainer(config, num_classes, device, weights_dir, seed, metric, multilabel=is_multilabel(labels))
+    labels, splits = data.labels, data.splits
+    trainer = Trainer(
+        config,
+        data.num_classes,
+        device,
+        weights_dir=weights_dir,
+        seed=seed,
+        metric=metric,
+        multilabel=is_multilabel(labels),
+    )
     label_t = torch.as_tensor(labels)
     results = []
     for fold, (train_idx, val_idx) in enumerate(splits):
@@ -94,17 +116,27 @@ def cross_validate(
         if epochs != trainer.config.epochs:  # shortened (or back to the configuration's after a shortened fold)
             trainer = trainer.with_config(replace(trainer.config, epochs=epochs))
         observer.on_fold_start(fold, len(splits), epochs)
-        result, trainer = fit_fold(trainer, store, label_t, train_idx, val_idx, fold, observer, len(splits))
+        result, trainer = fit_fold(
+            trainer,
+            data.store,
+            label_t,
+            train_idx=train_idx,
+            val_idx=val_idx,
+            fold=fold,
+            observer=observer,
+            folds=len(splits),
+        )
         if not keep_models:
             result.state_dict = None
         results.append(result)
-    return CVResult(results, labels, num_classes, metric)
+    return CVResult(results, labels, data.num_classes, metric)
 
 
 def fit_fold(
     trainer: Trainer,
     store: ImageStore,
     labels: torch.Tensor,
+    *,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
     fold: int,
@@ -128,7 +160,7 @@ def fit_fold(
             smaller = replace(config, batch_size=batch, lr=config.lr * batch / config.batch_size)
             current = current.with_config(smaller, eval_batch=max(1, current.eval_batch // 2), place_store=False)
             observer.on_fold_start(fold, folds, config.epochs)
-        return current.fit(store, labels, train_idx, val_idx, fold, observer, soft_targets)
+        return current.fit(store, labels, train_idx, val_idx, fold=fold, observer=observer, soft_targets=soft_targets)
 
     def restart(batch: int, smaller: int) -> None:
         observer.on_fold_restart(fold, f"out of memory at batch {batch}: again with batch {smaller}")

@@ -66,10 +66,10 @@ def cached_inputs(
     model: nn.Module,
     store: ImageStore,
     config: TrainConfig,
+    *,
     weights_dir: Path | None,
     prepare: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device,
-    *,
     batch: int = CACHE_BATCH,
 ) -> tuple[nn.Module, torch.Tensor] | None:
     """The network left to train and its cached inputs, when a frozen part can run once.

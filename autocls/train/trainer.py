@@ -77,12 +77,12 @@ class Trainer:
         config: TrainConfig,
         num_classes: int,
         device: torch.device,
+        *,
         weights_dir: Path | None = None,
         seed: int = 0,
         metric: str = "accuracy",
         feature_cache: bool = True,
         multilabel: bool = False,
-        *,
         eval_batch: int = EVAL_BATCH,
         place_store: bool = True,
     ) -> None:
@@ -120,6 +120,7 @@ class Trainer:
         labels: torch.Tensor,
         train_idx: np.ndarray,
         val_idx: np.ndarray,
+        *,
         fold: int = 0,
         observer: TrainingObserver | None = None,
         soft_targets: torch.Tensor | None = None,
@@ -149,7 +150,9 @@ class Trainer:
         if stopping is not None:
             train_idx, monitor_idx = monitor_split(train_idx, labels.numpy(), seed)
         batch, steps = batch_plan(cfg.batch_size, len(train_idx))
-        parts = build_fold(cfg, self.num_classes, self.weights_dir, self.device, steps)
+        parts = build_fold(
+            cfg, self.num_classes, weights_dir=self.weights_dir, device=self.device, steps_per_epoch=steps
+        )
         inputs = self._inputs(parts, store)
         self.scaler = grad_scaler(self.device)  # a fresh one per fold; enabled only where training runs in fp16
         feed = BatchFeeder(inputs.images, self.device, batch)  # the next batch loads while this one trains
@@ -173,7 +176,7 @@ class Trainer:
                 check_stop()
                 x = inputs.prepare_train(images)
                 targets = soft_targets[idx] if soft_targets is not None else labels[idx]
-                losses.add(self._train_step(inputs.net, parts.optimizer, x, targets, class_weights))
+                losses.add(self._train_step(inputs.net, parts.optimizer, x, targets, class_weights=class_weights))
                 parts.scheduler.step_update(num_updates=epoch * steps + step + 1)
             total = losses.total()
             lr = parts.lr
@@ -205,11 +208,11 @@ class Trainer:
             config,
             self.num_classes,
             self.device,
-            self.weights_dir,
-            self.seed,
-            self.metric.name,
-            self.feature_cache,
-            self.multilabel,
+            weights_dir=self.weights_dir,
+            seed=self.seed,
+            metric=self.metric.name,
+            feature_cache=self.feature_cache,
+            multilabel=self.multilabel,
             eval_batch=self.eval_batch if eval_batch is None else eval_batch,
             place_store=self.place_store if place_store is None else place_store,
         )
@@ -222,7 +225,13 @@ class Trainer:
         if not self.feature_cache or self.augment is not None or self.mixup is not None:
             return plain
         cached = cached_inputs(
-            parts.model, store, self.config, self.weights_dir, parts.preprocess, self.device, batch=self.eval_batch
+            parts.model,
+            store,
+            self.config,
+            weights_dir=self.weights_dir,
+            prepare=parts.preprocess,
+            device=self.device,
+            batch=self.eval_batch,
         )
         if cached is None:
             return plain
@@ -278,6 +287,7 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         x: torch.Tensor,
         labels: torch.Tensor,
+        *,
         class_weights: torch.Tensor | None,
     ) -> torch.Tensor:
         """One update on a batch; ``labels`` are class indices, or probability rows (soft targets).
