@@ -30,7 +30,7 @@ class FoldParts:
 
 
 def build_fold(
-    config: TrainConfig, num_classes: int, *, weights_dir: Path | None, device: torch.device, steps_per_epoch: int
+    config: TrainConfig, num_classes: int, weights_dir: Path | None, device: torch.device, *, steps_per_epoch: int
 ) -> FoldParts:
     """A fresh model (pretrained weights loaded, stages frozen), its optimizer and its schedule."""
     model = model_to_device(create_classifier(config, num_classes, weights_dir), device)

@@ -150,9 +150,7 @@ class Trainer:
         if stopping is not None:
             train_idx, monitor_idx = monitor_split(train_idx, labels.numpy(), seed)
         batch, steps = batch_plan(cfg.batch_size, len(train_idx))
-        parts = build_fold(
-            cfg, self.num_classes, weights_dir=self.weights_dir, device=self.device, steps_per_epoch=steps
-        )
+        parts = build_fold(cfg, self.num_classes, self.weights_dir, self.device, steps_per_epoch=steps)
         inputs = self._inputs(parts, store)
         self.scaler = grad_scaler(self.device)  # a fresh one per fold; enabled only where training runs in fp16
         feed = BatchFeeder(inputs.images, self.device, batch)  # the next batch loads while this one trains
