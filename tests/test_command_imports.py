@@ -71,8 +71,8 @@ def test_the_probe_sees_what_a_command_imports(finished: Path) -> None:
 @pytest.mark.parametrize(
     ("command", "forbidden"),
     [
-        (["predict", "{model}", "{image}"], SEARCH),
-        (["export", "{model}", "--out", "{tmp}/model.pt", "--overwrite"], SEARCH),
+        (["predict", "{model}", "{image}"], (*SEARCH, "sklearn")),
+        (["export", "{model}", "--out", "{tmp}/model.pt", "--overwrite"], (*SEARCH, "sklearn")),
         (["evaluate", "{model}", "{data}", "--out-dir", "{tmp}/evaluation", "--overwrite"], SEARCH),
         (["dashboard", "--workdir", "{workdir}", "--port", "0"], ("torch", "timm", "autocls.train", "autocls.model")),
         (["space", "show", "fast"], ("torch", "timm", "optuna")),
