@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from functools import partial
 
 import griffe
 
@@ -47,7 +48,7 @@ class SphinxRoles(griffe.Extension):
             by_name[obj.name].append(obj.path)
         for obj in objects:
             if obj.docstring is not None:
-                obj.docstring.value = ROLE.sub(lambda match, o=obj: self._render(pkg, by_name, o, match), obj.docstring.value)
+                obj.docstring.value = ROLE.sub(partial(self._render, pkg, by_name, obj), obj.docstring.value)
 
     def _render(self, pkg: griffe.Module, by_name: dict[str, list[str]], obj: griffe.Object, match: re.Match) -> str:
         short, written = match.group(1), match.group(2).strip()
@@ -61,7 +62,7 @@ class SphinxRoles(griffe.Extension):
             return shown  # outside the package: no page to link to
         target = self._lookup(pkg, path)
         if target is None:
-            griffe.logger.warning(f"{obj.path}: the docstring's reference {written!r} names {path}, which does not exist")
+            griffe.logger.warning(f"{obj.path}: the docstring's reference {written!r} names {path}, which is not there")
             return shown
         while not _documented(target) and target.parent is not None:
             target = target.parent  # a private or undocumented object: link to what shows it
