@@ -7,9 +7,14 @@ each ``#anchor`` into a Markdown file names one of its headings.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
+import shlex
 import unicodedata
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -72,3 +77,31 @@ def test_every_stage_package_has_an_api_page_in_the_site() -> None:
     assert not missing, f"no API page for {missing}: add docs/api/NAME.md holding '::: autocls.NAME'"
     unlisted = [name for name in packages if f"api/{name}.md" not in config]
     assert not unlisted, f"API pages not in mkdocs.yml's nav: {unlisted}"
+
+
+def _commands(markdown: Path) -> list[list[str]]:
+    # the `autocls ...` lines of the fenced shell blocks, comments and line continuations removed
+    blocks = re.findall(r"```(?:bash|sh|shell)?\n(.*?)```", markdown.read_text(encoding="utf-8"), flags=re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [shlex.split(line, comments=True)[1:] for line in lines if line.startswith("autocls ")]
+
+
+def test_the_commands_in_the_readme_and_docs_parse_with_the_cli_parser() -> None:
+    from autocls.cli.main import build_parser
+
+    names = {argv[0] for argv in _commands(ROOT / "README.md")}
+    assert {"search", "dashboard", "refit", "predict", "evaluate", "report"} <= names, names  # the tour
+    parser = build_parser()
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for argv in _commands(page):
+            try:
+                parser.parse_args(argv)
+            except SystemExit:
+                raise AssertionError(f"{page.name}: `autocls {shlex.join(argv)}` does not parse") from None
+
+
+def test_a_command_with_an_unknown_option_does_not_parse() -> None:
+    from autocls.cli.main import build_parser
+
+    with contextlib.redirect_stderr(io.StringIO()), pytest.raises(SystemExit):
+        build_parser().parse_args(["predict", "model", "images/", "--no-such-option"])
