@@ -115,10 +115,9 @@ def run_arm(name: str, data: Path, test: Path, workdir: Path, best: bool = False
     winner = winning_trial_epochs(study.best_trial)
     print(f"{name}: best trial {winner}", flush=True)
     manifest = ensemble.manifest
-    members = manifest.get("members", [{"trial": manifest["trial"], "weight": 1.0}])
-    described = " + ".join(f"#{m['trial']} x{m['weight']:.2f}" for m in members)
-    described += "".join(f" +{view}" for view in manifest.get("tta", []))
-    oof = float(manifest.get("oof_accuracy", float("nan")))
+    described = " + ".join(f"#{m.trial} x{m.weight:.2f}" for m in manifest.members)
+    described += "".join(f" +{view}" for view in manifest.tta)
+    oof = manifest.scores.oof_accuracy if manifest.scores.oof_accuracy is not None else float("nan")
     print(f"{name}: delivered {described}, out-of-fold accuracy {oof:.4f}", flush=True)
     return ArmResult(name, result.accuracy, study.best_value, seconds, trial_counts(study), winner, oof, described)
 

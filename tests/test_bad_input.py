@@ -12,6 +12,7 @@ per case would cost ~13 s of imports each), and checks that
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import socket
 from collections.abc import Callable
@@ -52,6 +53,18 @@ def _all(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
     def prepare(root: Path) -> None:
         for step in steps:
             step(root)
+
+    return prepare
+
+
+def _edit_manifest(edit: Callable[[dict], object]) -> Callable[[Path], None]:
+    """The model's manifest.json with ``edit`` applied to its JSON object."""
+
+    def prepare(root: Path) -> None:
+        path = root / "model" / "manifest.json"
+        manifest = json.loads(path.read_text())
+        edit(manifest)
+        path.write_text(json.dumps(manifest))
 
     return prepare
 
@@ -351,6 +364,48 @@ CASES = [
         2,
         "manifest",
         _write("model/manifest.json", '{"config": 1}'),
+    ),
+    Case(
+        "predict a manifest of a newer autocls",
+        "predict {model} {data}",
+        2,
+        "manifest.json: written by a newer autocls",
+        _edit_manifest(lambda m: m.update(format_version=99)),
+    ),
+    Case(
+        "predict an incomplete manifest",
+        "predict {model} {data}",
+        2,
+        "manifest.json: incomplete autocls manifest (members is missing)",
+        _edit_manifest(lambda m: m.pop("members")),
+    ),
+    Case(
+        "predict another program's manifest.json",
+        "predict {model} {data}",
+        2,
+        "manifest.json: not an autocls manifest",
+        _write("model/manifest.json", '{"architectures": ["ResNet"], "model_type": "resnet"}'),
+    ),
+    Case(
+        "evaluate a manifest with a member of no weight",
+        "evaluate {model} {data}",
+        2,
+        "manifest.json: not a readable autocls manifest (members[0].weight must be a number",
+        _edit_manifest(lambda m: m["members"][0].update(weight="heavy")),
+    ),
+    Case(
+        "export a damaged manifest",
+        "export {model} --out {tmp}/m.pt",
+        2,
+        "manifest.json: not a readable autocls manifest (damaged: not JSON",
+        _write("model/manifest.json", "{"),
+    ),
+    Case(
+        "report an incomplete manifest",
+        "report {model} --out {tmp}/r.html --workdir {work}",
+        2,
+        "manifest.json: incomplete autocls manifest (preprocessing.decode_size is missing)",
+        _edit_manifest(lambda m: m["preprocessing"].pop("decode_size")),
     ),
     # -- evaluate, export, report, dashboard --------------------------------------------------
     Case("evaluate an unknown class", "evaluate {model} {tmp}/other", 2, "not among the model's", _other_classes),

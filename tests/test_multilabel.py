@@ -20,6 +20,7 @@ from autocls.data.discover import check_folds, discover
 from autocls.data.images import ImageStore
 from autocls.data.multilabel import choose_thresholds, decide, label_sets, parse_label_sets
 from autocls.model.ensemble import Ensemble
+from autocls.model.manifest import Manifest, Thresholds
 from autocls.runtime.errors import AutoclsError
 from autocls.train.config import TrainConfig
 from autocls.train.cv import cross_validate, stratified_folds
@@ -271,13 +272,17 @@ def test_multilabel_soft_targets_mix_each_label_without_summing_to_one() -> None
     np.testing.assert_allclose(soft_targets(teacher, labels, 0.5), [[0.95, 0.4], [0.1, 0.05]], rtol=1e-6)
 
 
+def _labels_manifest(names: tuple[str, ...], thresholds: tuple[float, ...] | None) -> Manifest:
+    """A manifest of no members: what prediction's table and decisions read."""
+    return Manifest(names, 16, (), thresholds=Thresholds(thresholds) if thresholds is not None else None)
+
+
 def test_a_manifest_with_wrong_thresholds_is_refused(tmp_path: Path) -> None:
-    manifest = {"class_names": ["a", "b"], "preprocessing": {"decode_size": 16}, "multilabel": True}
     with pytest.raises(AutoclsError, match="thresholds must be 2 numbers in \\[0, 1\\]"):
-        Ensemble([], {**manifest, "thresholds": [0.5]})
+        _labels_manifest(("a", "b"), (0.5,))
     with pytest.raises(AutoclsError, match="thresholds must be 2 numbers"):
-        Ensemble([], {**manifest, "thresholds": [0.5, 1.5]})
-    ensemble = Ensemble([], {**manifest, "thresholds": [0.3, 0.8]})
+        _labels_manifest(("a", "b"), (0.5, 1.5))
+    ensemble = Ensemble([], _labels_manifest(("a", "b"), (0.3, 0.8)))
     frame = ensemble.to_frame(["x", "y"], np.array([[0.4, 0.7], [0.9, 0.9]]))
     assert frame["label"].tolist() == ["a", "a;b"] and list(frame.columns) == ["path", "label", "prob_a", "prob_b"]
 
@@ -293,8 +298,7 @@ def test_the_estimator_takes_label_lists_and_predicts_an_indicator_matrix(tmp_pa
         searched["data"] = _data_spec(frame, tmp_path / "w", kwargs["study_name"]).discover()
         return object()
 
-    manifest = {"class_names": ["cat", "dog"], "preprocessing": {"decode_size": 16}, "multilabel": True}
-    model = Ensemble([], {**manifest, "thresholds": [0.5, 0.3]})
+    model = Ensemble([], _labels_manifest(("cat", "dog"), (0.5, 0.3)))
     monkeypatch.setattr(api, "search", fake_search)
     monkeypatch.setattr(api, "refit", lambda *args, **kwargs: model)
     monkeypatch.setattr(api.StudySetup, "from_study", lambda study: None)
@@ -310,7 +314,7 @@ def test_a_single_label_model_refuses_multilabel_test_data(tmp_path: Path, monke
 
     names = write_images(tmp_path, 2)
     (tmp_path / "labels.csv").write_text(f"file,labels\n{names[0]},a;b\n{names[1]},b\n")
-    single = Ensemble([], {"class_names": ["a", "b"], "preprocessing": {"decode_size": 16}})
+    single = Ensemble([], _labels_manifest(("a", "b"), None))
     monkeypatch.setattr(evaluation, "duplicates_of_training", lambda *args: [])
     with pytest.raises(AutoclsError, match="images have several labels, but the model predicts one class per image"):
         evaluation.evaluate(single, tmp_path / "labels.csv")
@@ -372,12 +376,12 @@ def test_multilabel_search_refit_predict_evaluate_report_export(tmp_path: Path, 
     assert main(["distill", str(model), "--out", str(student_dir), "--epochs", "3", "--quiet"]) == 0
     student = Ensemble.load(student_dir, "cpu")
     assert student.multilabel and student.thresholds.tolist() == manifest["thresholds"]
-    source = student.manifest["distilled_from"]
+    source = student.manifest.distilled_from
     teacher = Ensemble.load(model, "cpu")
     train = discover(train_csv)
     negatives = 1 - teacher.decisions(teacher.predict_proba(list(train.paths))).mean()
     # above what a student that learnt nothing (every label off) would share with the teacher
-    assert negatives < source["agreement_on_training_images"] <= 1.0, (negatives, source)
+    assert negatives < source.agreement_on_training_images <= 1.0, (negatives, source)
     assert main(["evaluate", str(student_dir), str(test_csv), "--quiet"]) == 0
     assert "per-label report" in capsys.readouterr().out
 

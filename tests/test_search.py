@@ -175,7 +175,7 @@ def test_a_budget_that_ends_between_the_first_trials_folds_still_delivers_a_mode
     assert queued.state.name == "WAITING"
     model = autocls.refit(study, workdir=workdir)
     assert [len(m.models) for m in model.members] == [1]
-    assert model.manifest["oof_images"] == 12  # the one trained fold's validation half of 24 images
+    assert model.manifest.scores.oof_images == 12  # the one trained fold's validation half of 24 images
 
 
 class _FixedBudget(Budget):

@@ -153,32 +153,35 @@ def run_refit(args: argparse.Namespace) -> int:
     result = refit(
         study,
         out,
-        args.trial,
-        resolve_device(args.device),
-        reporter,
-        store,
-        args.retrain,
-        cache,
-        overwrite,
-        args.best,
-        args.views,
+        trial_number=args.trial,
+        device=resolve_device(args.device),
+        reporter=reporter,
+        store=store,
+        retrain=args.retrain,
+        cache_dir=cache,
+        overwrite=overwrite,
+        best=args.best,
+        max_views=args.views,
         data_source=relocated(StudySetup.from_study(study).data, args.data, args.labels) if args.data else None,
     )
     manifest = result.ensemble.manifest
     metric = result.cv.metric
-    members = manifest.get("members", [{"trial": manifest["trial"], "weight": 1.0}])
-    tta = f" with test-time views {', '.join(manifest['tta'])}" if manifest.get("tta") else ""
+    members = manifest.members
+    tta = f" with test-time views {', '.join(manifest.tta)}" if manifest.tta else ""
     if len(members) > 1:
-        parts = ", ".join(f"trial {m['trial']} x{m['weight']:.2f}" for m in members)
+        parts = ", ".join(f"trial {m.trial} x{m.weight:.2f}" for m in members)
         print(f"saved an ensemble of {len(members)} trials ({parts}){tta} to {result.directory}")
     else:
         folds = " ".join(f"{f.best.val_score:.4f}" for f in result.cv.folds)
-        print(f"saved {len(result.cv.folds)}-fold ensemble of trial {manifest['trial']}{tta} to {result.directory}")
+        trial = manifest.provenance.trial
+        print(f"saved {len(result.cv.folds)}-fold ensemble of trial {trial}{tta} to {result.directory}")
         print(f"fold {metric}: {folds}; mean {result.cv.mean_score:.4f}")
-    accuracy = f"; out-of-fold accuracy: {manifest['oof_accuracy']:.4f}" if metric != "accuracy" else ""
-    if manifest.get("multilabel"):
-        f1 = manifest["oof_f1_at_thresholds"]
-        accuracy = f"; at the label thresholds, out-of-fold macro F1 {f1['macro']:.4f}, micro F1 {f1['micro']:.4f}"
+    accuracy = f"; out-of-fold accuracy: {manifest.scores.oof_accuracy:.4f}" if metric != "accuracy" else ""
+    if manifest.thresholds:
+        f1 = manifest.thresholds
+        accuracy = (
+            f"; at the label thresholds, out-of-fold macro F1 {f1.oof_macro_f1:.4f}, micro F1 {f1.oof_micro_f1:.4f}"
+        )
     print(f"out-of-fold {metric}: {result.oof_score:.4f}{accuracy}")
     return 0
 
@@ -193,16 +196,16 @@ def run_distill(args: argparse.Namespace) -> int:
     result = distill(
         args.model,
         args.out,
-        args.data,
-        args.labels,
-        args.backbone,
-        args.epochs,
-        args.label_weight,
-        Path(weights) if weights else None,
-        args.device,
-        args.seed,
-        Reporter(quiet=args.quiet),
-        args.overwrite,
+        data=args.data,
+        labels_csv=args.labels,
+        backbone=args.backbone,
+        epochs=args.epochs,
+        label_weight=args.label_weight,
+        weights_dir=Path(weights) if weights else None,
+        device=args.device,
+        seed=args.seed,
+        reporter=Reporter(quiet=args.quiet),
+        overwrite=args.overwrite,
     )
     print(f"saved the student {result.student.config.backbone} to {result.directory} ({result.seconds:.0f} s)")
     print(
@@ -250,16 +253,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    import json
-
+    from autocls.model.manifest import MANIFEST, Manifest
     from autocls.report.html import write_report
     from autocls.storage.artifacts import study_artifacts
     from autocls.storage.rdb import default_path, default_url, open_storage
     from autocls.study.setup import open_study, study_names
 
     check_output(args.out, models=[args.model], overwrite=args.overwrite)
-    manifest_path = args.model / "manifest.json"
-    name = args.study or (json.loads(manifest_path.read_text())["study"] if manifest_path.is_file() else None)
+    manifest_path = args.model / MANIFEST
+    name = args.study or (Manifest.read(manifest_path).provenance.study if manifest_path.is_file() else None)
     study = artifacts = None
     if args.storage or default_path(args.workdir).is_file():  # the study's history, where it can be found
         url = args.storage or default_url(args.workdir)

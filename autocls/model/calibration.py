@@ -20,9 +20,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from autocls.train.metrics import log_loss
+
 ECE_BINS = 15
 TEMPERATURE_BOUNDS = (0.05, 20.0)
-_TINY = 1e-12
+_TINY = 1e-12  # the floor under a probability whose log temperature scaling divides (a logit, not a loss)
 
 
 def scale(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -40,11 +42,6 @@ def scale_tensor(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     if temperature == 1.0:
         return probs
     return (probs.clamp_min(_TINY).log() / temperature).softmax(dim=1)
-
-
-def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
-    picked = probs[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.clip(picked, _TINY, 1.0))))
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -95,13 +92,13 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
 
     low, high = (math.log(b) for b in TEMPERATURE_BOUNDS)
     found = minimize_scalar(
-        lambda log_t: negative_log_likelihood(scale(probs, math.exp(log_t)), labels),
+        lambda log_t: log_loss(labels, scale(probs, math.exp(log_t))),
         bounds=(low, high),
         method="bounded",
     )
     temperature = float(math.exp(found.x))
-    before = negative_log_likelihood(probs, labels)
-    return temperature if negative_log_likelihood(scale(probs, temperature), labels) < before else 1.0
+    before = log_loss(labels, probs)
+    return temperature if log_loss(labels, scale(probs, temperature)) < before else 1.0
 
 
 def calibrate(probs: np.ndarray, labels: np.ndarray) -> Calibration:
@@ -110,8 +107,8 @@ def calibrate(probs: np.ndarray, labels: np.ndarray) -> Calibration:
     after = scale(probs, temperature)
     return Calibration(
         temperature=temperature,
-        nll_before=negative_log_likelihood(probs, labels),
-        nll_after=negative_log_likelihood(after, labels),
+        nll_before=log_loss(labels, probs),
+        nll_after=log_loss(labels, after),
         ece_before=expected_calibration_error(probs, labels),
         ece_after=expected_calibration_error(after, labels),
     )

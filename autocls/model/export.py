@@ -24,6 +24,7 @@ from torch import nn
 from autocls.data.multilabel import probabilities
 from autocls.model.calibration import scale_tensor
 from autocls.model.ensemble import Ensemble, Member
+from autocls.model.manifest import MANIFEST
 from autocls.model.views import with_views
 from autocls.runtime.errors import AutoclsError
 from autocls.train.feeding import norm_tensors, normalise
@@ -87,7 +88,7 @@ def export(model_dir: str | Path, out: str | Path, fmt: str = "torchscript") -> 
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, and still loads everywhere
             traced = torch.jit.trace(graph, examples)
-            torch.jit.save(traced, str(out), _extra_files={"manifest.json": json.dumps(ensemble.manifest)})
+            torch.jit.save(traced, str(out), _extra_files={MANIFEST: json.dumps(ensemble.manifest.to_json())})
         return out
     try:
         import onnx  # noqa: F401

@@ -68,14 +68,14 @@ def evaluate(
     """
     ensemble = model if isinstance(model, Ensemble) else Ensemble.load(model, device)
     if ensemble.multilabel:
-        label_delimiter = label_delimiter or ensemble.manifest.get("label_delimiter", DELIMITER)
+        label_delimiter = label_delimiter or ensemble.manifest.label_delimiter or DELIMITER
     labelled = discover(data, labels_csv, label_delimiter=label_delimiter, min_classes=1)  # one class is fine
     unknown = sorted(set(labelled.class_names) - set(ensemble.class_names))
     if unknown:
         raise AutoclsError(f"{data}: classes {unknown} are not among the model's {ensemble.class_names}.")
     if labelled.multilabel and not ensemble.multilabel:
         raise AutoclsError(f"{data}: images have several labels, but the model predicts one class per image.")
-    duplicates = duplicates_of_training(ensemble.manifest, labelled.paths)
+    duplicates = duplicates_of_training(ensemble.manifest.data.spec, labelled.paths)
     if duplicates:
         evaluated, trained = duplicates[0]
         logger.warning(

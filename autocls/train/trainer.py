@@ -22,7 +22,6 @@ from timm.data.mixup import Mixup, mixup_target
 from torch import nn
 
 from autocls.data.images import ImageStore
-from autocls.data.multilabel import probabilities
 from autocls.runtime.control import check_stop, derive_seed, seed_everything
 from autocls.runtime.errors import NonFiniteLossError
 from autocls.runtime.threads import adjust_threads
@@ -30,7 +29,7 @@ from autocls.train.augment import create_augmentation
 from autocls.train.callbacks import EarlyStopping, KeptWeights, TrainingObserver, monitor_split
 from autocls.train.config import TrainConfig
 from autocls.train.features import cached_inputs, features_to_device
-from autocls.train.feeding import BatchFeeder, autocast, grad_scaler
+from autocls.train.feeding import BatchFeeder, autocast, grad_scaler, predict_in_batches
 from autocls.train.foldparts import FoldParts, batch_plan, build_fold
 from autocls.train.history import EpochRecord, FoldResult
 from autocls.train.losses import binary_cross_entropy, sam_ascent_step, soft_cross_entropy
@@ -327,14 +326,9 @@ class Trainer:
         by default), gathered a batch at a time: a memory-mapped store's validation fold (a fifth
         of the images) was copied whole into memory before."""
         model.eval()
-        probs = []
-        rows = torch.arange(len(inputs)) if rows is None else rows
-        for batch in BatchFeeder(inputs, self.device, self.eval_batch)(rows):
-            x = prepare(batch)
-            with autocast(self.device):  # fp32: see autocast
-                logits = model(x)
-            probs.append(probabilities(logits, self.multilabel).cpu())
-        p = torch.cat(probs)
+        p = predict_in_batches(
+            [model], inputs, prepare, self.device, multilabel=self.multilabel, batch=self.eval_batch, rows=rows
+        )
         if labels is None:
             return math.nan, p.numpy()
         if self.multilabel:
