@@ -20,8 +20,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from autocls.train.metrics import log_loss
-
 ECE_BINS = 15
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 _TINY = 1e-12  # the floor under a probability whose log temperature scaling divides (a logit, not a loss)
@@ -90,6 +88,8 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     none does better than the probabilities as they are."""
     from scipy.optimize import minimize_scalar  # refit's alone: loading a model does not import scipy
 
+    from autocls.train.metrics import log_loss  # nor scikit-learn, which the metrics module imports
+
     low, high = (math.log(b) for b in TEMPERATURE_BOUNDS)
     found = minimize_scalar(
         lambda log_t: log_loss(labels, scale(probs, math.exp(log_t))),
@@ -103,6 +103,8 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def calibrate(probs: np.ndarray, labels: np.ndarray) -> Calibration:
     """Fit a temperature on ``probs`` (out-of-fold) and measure NLL and ECE before and after."""
+    from autocls.train.metrics import log_loss  # refit's alone, as in fit_temperature
+
     temperature = fit_temperature(probs, labels)
     after = scale(probs, temperature)
     return Calibration(
