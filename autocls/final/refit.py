@@ -27,11 +27,11 @@ from autocls.runtime.control import resolve_device
 from autocls.runtime.errors import AutoclsError
 from autocls.storage.records import TrialRecord, fold_summaries
 from autocls.storage.trials import TrialStore
-from autocls.study.cost import CostModel
-from autocls.study.limits import ModelCost, fold_models_cost
+from autocls.study.limits import DeploymentCost, fold_models_cost
 from autocls.study.progress import Reporter
 from autocls.study.setup import StudySetup, library_versions
 from autocls.study.studydata import PreparedData, locate_data
+from autocls.study.trainingtime import TrainingTimeModel
 from autocls.train.backbones import create_classifier
 from autocls.train.config import TrainConfig
 from autocls.train.cv import CVResult, cross_validate, folds_hash
@@ -231,9 +231,9 @@ def refit(
         labelling,
     )
     if setup.limits:  # what the saved model costs, beside the limits it keeps
-        cost = CostModel(device, cache_dir / "speeds.json" if cache_dir else None)
+        cost = TrainingTimeModel(device, cache_dir / "speeds.json" if cache_dir else None)
         views = 1 + len(tta)
-        total = sum((fold_models_cost(cost, c.config, len(c.cv.folds), views) for c, _ in members), ModelCost())
+        total = sum((fold_models_cost(cost, c.config, len(c.cv.folds), views) for c, _ in members), DeploymentCost())
         ensemble.manifest["limits"] = {
             "max_latency_ms": setup.max_latency_ms,
             "max_params": setup.max_params,
@@ -286,12 +286,12 @@ def _within_limits(
     limits = setup.limits
     if not limits:
         return lambda members, views=1: True
-    cost = CostModel(device, cache_dir / "speeds.json" if cache_dir else None)
+    cost = TrainingTimeModel(device, cache_dir / "speeds.json" if cache_dir else None)
     costs = [fold_models_cost(cost, c.config, len(c.cv.folds)) for c in candidates]
 
     def within(members: frozenset[int], views: int = 1) -> bool:
-        total = sum((costs[i] for i in members), ModelCost())
-        return limits.exceeded(ModelCost(total.latency_ms * views, total.parameters)) is None
+        total = sum((costs[i] for i in members), DeploymentCost())
+        return limits.exceeded(DeploymentCost(total.latency_ms * views, total.parameters)) is None
 
     reason = limits.exceeded(costs[0])
     if reason:

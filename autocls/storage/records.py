@@ -153,8 +153,10 @@ class TrialRecorder:
         self._set(**{SCHEMA: SCHEMA_VERSION, WORKER: worker})
 
     def configured(
-        self, config: TrainConfig, seed: int, data_fingerprint: str, folds_hash: str, versions: dict[str, str]
+        self, config: TrainConfig, *, seed: int, data_fingerprint: str, folds_hash: str, versions: dict[str, str]
     ) -> None:
+        """The configuration a trial's parameters made, its seed, and what reproduces it: the data's
+        content fingerprint, the folds' hash and the library versions."""
         self._set(
             **{
                 CONFIG: config.to_dict(),
