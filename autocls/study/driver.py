@@ -215,7 +215,7 @@ def _optimize(study: optuna.Study, objective: Objective, store: TrialStore, *, t
         catch=(Exception,),  # recorded FAIL with fail_reason; KeyboardInterrupt still stops
         callbacks=[
             optuna.study.MaxTrialsCallback(trials, states=FINISHED),
-            _StopConditions(objective.budget, reporter),
+            _StopConditions(objective.plan.budget, reporter),
             lambda study, _trial: store.retain_best(study),
             lambda study, _trial: objective.queue_last_member(study),
         ],

@@ -142,7 +142,6 @@ class Objective:
         self.data = data
         self.device = device
         self.reporter = reporter
-        self.budget = plan.budget
         self.folds_hash = folds_hash(data.splits)
         self.data_fingerprint = data.fingerprint  # by content: the same on every machine
         self._member_queued = False
@@ -204,7 +203,7 @@ class Objective:
         )
         self._skip_if_over_limits(recorder, config)
         self._skip_if_too_long(trial, recorder, config)
-        observer = TrialObserver(trial, self.reporter, self.budget)
+        observer = TrialObserver(trial, self.reporter, self.plan.budget)
         self.reporter.set_title(f"trial {trial.number}")
         try:
             result = cross_validate(
@@ -284,5 +283,5 @@ class Objective:
             described = ", ".join(f"{name}={value}" for name, value in size.items())
             self.reporter.print(
                 f"queued trial {best.number}'s configuration again at {described} for the "
-                f"{self.budget.left():.0f}s left: a member for the ensemble"
+                f"{self.plan.budget.left():.0f}s left: a member for the ensemble"
             )
