@@ -206,7 +206,7 @@ def test_folds_that_do_not_fit_the_time_left_share_it(left: float, expected: int
     queued again)."""
     trial = optuna.create_study().ask()
     observer = TrialObserver(trial, Reporter(quiet=True), _FixedBudget(left))
-    assert observer.fold_epochs(0, 5, 8) == 8  # the first fold: admitted on the cost model's estimate
+    assert observer.fold_epochs(0, 5, 8) == 8  # the first fold: admitted on the training-time model's estimate
     observer.folds.append(_fold(0, 8))
     if expected is None:
         with pytest.raises(BudgetExhausted, match="fold 2 with the 3 after it needs about 240s"):
@@ -321,7 +321,9 @@ def test_configurations_that_cannot_finish_in_time_are_skipped(
     assert time.monotonic() - start < 60
 
 
-def test_cost_model_measures_a_configuration_once_and_learns_from_real_trials(tmp_path: Path, monkeypatch) -> None:
+def test_the_training_time_model_measures_a_configuration_once_and_learns_from_real_trials(
+    tmp_path: Path, monkeypatch
+) -> None:
     config = TrainConfig.from_dict({**TINY, "resolution": 24})
     cost = TrainingTimeModel(CPU, tmp_path / "speeds.json")
     speed = cost.images_per_second(config)

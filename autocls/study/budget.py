@@ -60,9 +60,11 @@ class Budget:
         self.deadline = time.monotonic() + seconds if seconds else None
 
     def left(self) -> float:
+        """Seconds to the deadline (negative past it; infinite without one)."""
         return self.deadline - time.monotonic() if self.deadline else float("inf")
 
     def check(self, needed: float, what: str) -> None:
+        """Raise :class:`BudgetExhausted`, naming ``what``, when ``needed`` seconds exceed the time left."""
         if needed > self.left():
             raise BudgetExhausted(f"time budget: {self.left():.0f}s left, {what} needs about {needed:.0f}s")
 
