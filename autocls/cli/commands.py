@@ -312,7 +312,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
 def run_space(args: argparse.Namespace) -> int:
     from autocls.study.space import load_space
 
-    space = load_space(args.name)
+    space = load_space(args.name, check_backbones=False)  # the table needs no torch; a search checks the names
     table = Table(title=f"search space {space.name}: {space.description}")
     for column in ("dimension", "type", "choices or range", "condition"):
         table.add_column(column, overflow="fold")

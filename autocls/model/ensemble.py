@@ -1,7 +1,7 @@
 """A saved model: the k-fold ensemble, one model per fold, their softmax outputs averaged.
 
 Loading and predicting import nothing of the search (no Optuna, no study): only the configuration,
-the backbones, image decoding and :mod:`autocls.train.feeding`. :mod:`autocls.refit` writes models.
+the backbones, image decoding and :mod:`autocls.train.feeding`. :mod:`autocls.final.refit` writes models.
 
 A saved ensemble is a directory holding ``fold<i>.safetensors`` per fold model and ``manifest.json``
 (configuration, class names, preprocessing, fold scores, library versions). Nothing is pickled. The

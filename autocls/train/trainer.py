@@ -1,6 +1,6 @@
 """The one trainer: trains a fold model for a :class:`TrainConfig`, shared by search and refit.
 
-:meth:`Trainer.fit` reads as one page: build the fold's parts (:mod:`autocls.train.build`), then for
+:meth:`Trainer.fit` reads as one page: build the fold's parts (:mod:`autocls.train.foldparts`), then for
 each epoch shuffle, take a step per batch, evaluate, and let the small objects of
 :mod:`autocls.train.callbacks` decide what to keep and when to stop. Observers hear about every epoch
 and fold, so the study driver can report to Optuna's pruner and the console can show progress,
@@ -27,11 +27,11 @@ from autocls.runtime.control import check_stop, derive_seed, seed_everything
 from autocls.runtime.errors import NonFiniteLossError
 from autocls.runtime.threads import adjust_threads
 from autocls.train.augment import create_augmentation
-from autocls.train.build import FoldParts, batch_plan, build_fold
 from autocls.train.callbacks import EarlyStopping, KeptWeights, TrainingObserver, monitor_split
 from autocls.train.config import TrainConfig
 from autocls.train.features import cached_inputs, features_to_device
 from autocls.train.feeding import BatchFeeder, autocast, grad_scaler
+from autocls.train.foldparts import FoldParts, batch_plan, build_fold
 from autocls.train.history import EpochRecord, FoldResult
 from autocls.train.losses import binary_cross_entropy, sam_ascent_step, soft_cross_entropy
 from autocls.train.metrics import get_metric
