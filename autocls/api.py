@@ -31,11 +31,12 @@ from autocls.runtime.control import resolve_device, stop_on_ctrl_c
 from autocls.runtime.errors import AutoclsError
 from autocls.runtime.threads import autocls_threads
 from autocls.storage.artifacts import study_artifacts
-from autocls.storage.rdb import default_url, optuna_experimental_allowed
+from autocls.storage.rdb import optuna_experimental_allowed
 from autocls.storage.trials import study_trial_store
+from autocls.storage.workdir import DEFAULT_WORKDIR, Workdir
 from autocls.study.driver import run_search
 from autocls.study.progress import Reporter, optuna_logs_quiet
-from autocls.study.setup import CACHE_DIR, DEFAULT_WORKDIR, SearchRequest, StudySetup
+from autocls.study.setup import SearchRequest, StudySetup
 from autocls.study.space import SearchSpace
 from autocls.study.studydata import relocated
 
@@ -48,9 +49,8 @@ def _data_spec(data: DataLike, workdir: Path, study_name: str | None, label_deli
     if data.shape[1] < 2:
         raise AutoclsError(f"a DataFrame of (path, label) needs two columns, got {list(data.columns)}.")
     files = [str(Path(p).expanduser().resolve()) for p in data.iloc[:, 0]]
-    folder = workdir / (study_name or "dataframe")
-    folder.mkdir(parents=True, exist_ok=True)
-    csv = folder / "labels.csv"  # kept with the study, so refit finds the images again
+    csv = Workdir(workdir).dataframe_csv(study_name)  # kept with the study, so refit finds the images again
+    csv.parent.mkdir(parents=True, exist_ok=True)
     indicators = data.iloc[:, 1:]
     if data.shape[1] > 2 and all(indicators[c].isin([0, 1, True, False]).all() for c in indicators.columns):
         frame = pd.DataFrame({"file": files, **{str(c): indicators[c].astype(int) for c in indicators.columns}})
@@ -144,12 +144,12 @@ def refit(
     ensemble with ``best``, or that of ``trial``; with at most ``views`` test-time views (0: none).
     ``data``: where the study's images are on this machine, when not where the search found them.
     The kept fold models are read from ``artifacts`` (as ``--artifacts``), else the study's store."""
-    workdir = Path(workdir)
+    run_folder = Workdir(workdir)
     overwrite = overwrite or out is None  # the default folder is autocls's own: refit replaces it
-    out = Path(out) if out else workdir / study.study_name / "model"
+    out = Path(out) if out else run_folder.model(study.study_name)
     reporter = Reporter(quiet=quiet)
     with autocls_threads(), optuna_experimental_allowed():
-        store = study_trial_store(study, study_artifacts(study, artifacts, workdir), workdir)
+        store = study_trial_store(study, study_artifacts(study, artifacts, run_folder), run_folder)
         result = _refit(
             study,
             out,
@@ -158,7 +158,7 @@ def refit(
             reporter=reporter,
             store=store,
             retrain=retrain,
-            cache_dir=workdir / CACHE_DIR,
+            workdir=run_folder,
             overwrite=overwrite,
             best=best,
             max_views=views,
@@ -230,7 +230,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             folds=self.folds,
             space=self.space,
             study_name=_estimator_study_name(paths, [str(label) for label in labels]),
-            storage=default_url(workdir),
+            storage=Workdir(workdir).storage_url(),
             timeout=self.timeout,
             metric=self.metric,
             seed=self.seed,

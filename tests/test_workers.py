@@ -240,10 +240,10 @@ def test_four_workers_cleaning_up_never_delete_a_running_trials_models(tmp_path:
 
 
 def _measure_and_save(cache: str, key: str) -> None:
-    from autocls.study.cost import CostModel
+    from autocls.study.trainingtime import TrainingTimeModel
 
     for i in range(30):
-        model = CostModel(torch_cpu(), Path(cache))
+        model = TrainingTimeModel(torch_cpu(), Path(cache))
         model.speeds[f"{key}/{i}"] = float(i)
         model._save()
 

@@ -128,27 +128,27 @@ def run_refit(args: argparse.Namespace) -> int:
     from autocls.runtime.control import resolve_device
     from autocls.runtime.threads import configure_threads
     from autocls.storage.artifacts import study_artifacts
-    from autocls.storage.rdb import default_path, default_url
     from autocls.storage.trials import study_trial_store
+    from autocls.storage.workdir import Workdir
     from autocls.study.progress import Reporter
-    from autocls.study.setup import CACHE_DIR, StudySetup, open_study
+    from autocls.study.setup import StudySetup, open_study
     from autocls.study.studydata import relocated
 
     configure_threads()
     if args.labels and not args.data:
         raise AutoclsError("--labels goes with --data: give the folder of the images too.")
-    if not args.storage and not default_path(args.workdir).is_file():
+    workdir = Workdir(args.workdir)
+    if not args.storage and not workdir.database.is_file():
         raise AutoclsError(
-            f"nothing was searched in {args.workdir} (no autocls.db there); run autocls search first, "
+            f"nothing was searched in {args.workdir} (no {workdir.database.name} there); run autocls search first, "
             "or point --workdir (or --storage) at the search."
         )
-    storage = args.storage or default_url(args.workdir)
+    storage = args.storage or workdir.storage_url()
     study = open_study(storage, args.study)
-    out = args.out or args.workdir / study.study_name / "model"
+    out = args.out or workdir.model(study.study_name)
     overwrite = args.overwrite or args.out is None  # the default folder is autocls's own: refit replaces it
-    store = study_trial_store(study, study_artifacts(study, args.artifacts, args.workdir), args.workdir)
+    store = study_trial_store(study, study_artifacts(study, args.artifacts, workdir), workdir)
     reporter = Reporter(quiet=args.quiet)
-    cache = args.workdir / CACHE_DIR
     check_model_destination(Path(out), overwrite, "--overwrite")  # in the CLI's words, before any work
     result = refit(
         study,
@@ -158,7 +158,7 @@ def run_refit(args: argparse.Namespace) -> int:
         reporter=reporter,
         store=store,
         retrain=args.retrain,
-        cache_dir=cache,
+        workdir=workdir,
         overwrite=overwrite,
         best=args.best,
         max_views=args.views,
@@ -256,18 +256,20 @@ def run_report(args: argparse.Namespace) -> int:
     from autocls.model.manifest import MANIFEST, Manifest
     from autocls.report.html import write_report
     from autocls.storage.artifacts import study_artifacts
-    from autocls.storage.rdb import default_path, default_url, open_storage
+    from autocls.storage.rdb import open_storage
+    from autocls.storage.workdir import Workdir
     from autocls.study.setup import open_study, study_names
 
     check_output(args.out, models=[args.model], overwrite=args.overwrite)
     manifest_path = args.model / MANIFEST
     name = args.study or (Manifest.read(manifest_path).provenance.study if manifest_path.is_file() else None)
     study = artifacts = None
-    if args.storage or default_path(args.workdir).is_file():  # the study's history, where it can be found
-        url = args.storage or default_url(args.workdir)
+    workdir = Workdir(args.workdir)
+    if args.storage or workdir.database.is_file():  # the study's history, where it can be found
+        url = args.storage or workdir.storage_url()
         if name in study_names(open_storage(url)):
             study = open_study(url, name)
-            artifacts = study_artifacts(study, args.artifacts, args.workdir).store  # the members' figures
+            artifacts = study_artifacts(study, args.artifacts, workdir).store  # the members' figures
     out = write_report(args.model, args.out, study, artifacts)
     print(f"wrote {out}")
     return 0
@@ -288,9 +290,11 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
     from autocls.storage.artifacts import dashboard_store
-    from autocls.storage.rdb import default_url, open_storage, redact
+    from autocls.storage.rdb import open_storage, redact
+    from autocls.storage.workdir import Workdir
 
-    url = args.storage or default_url(args.workdir)
+    workdir = Workdir(args.workdir)
+    url = args.storage or workdir.storage_url()
     with socket.socket() as probe:  # a port in use is one line now, not a traceback after "Listening"
         try:
             probe.bind((args.host, args.port))
@@ -299,7 +303,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
                 f"cannot serve on {args.host}:{args.port} ({err.strerror}); choose another --port."
             ) from None
     storage = open_storage(url)
-    store, urls = dashboard_store(storage, args.artifacts, args.workdir)
+    store, urls = dashboard_store(storage, args.artifacts, workdir)
     print(f"optuna-dashboard for {redact(url)} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
     print(f"trial figures from {', '.join(urls)}")
     run_server(storage, host=args.host, port=args.port, artifact_store=store)

@@ -21,7 +21,7 @@ from autocls.final.selection import Score, blend, select_ensemble
 from autocls.model.calibration import Calibration, calibrate, fit_temperature, scale
 from autocls.model.ensemble import OOF_FILE, Ensemble, Member, check_model_destination
 from autocls.model.manifest import (
-    DeploymentCost,
+    DeploymentRecord,
     FoldSummary,
     Manifest,
     MemberSpec,
@@ -36,11 +36,12 @@ from autocls.runtime.control import resolve_device
 from autocls.runtime.errors import AutoclsError
 from autocls.storage.records import TrialRecord, fold_summaries
 from autocls.storage.trials import TrialStore
-from autocls.study.cost import CostModel
-from autocls.study.limits import ModelCost, fold_models_cost
+from autocls.storage.workdir import Workdir
+from autocls.study.limits import DeploymentCost, fold_models_cost
 from autocls.study.progress import Reporter
 from autocls.study.setup import StudySetup, library_versions
 from autocls.study.studydata import PreparedData, locate_data
+from autocls.study.trainingtime import TrainingTimeModel
 from autocls.train.backbones import create_classifier
 from autocls.train.config import TrainConfig
 from autocls.train.cv import CVResult, cross_validate, folds_hash
@@ -102,8 +103,8 @@ def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTr
 @dataclass
 class RefitContext:
     """What every stage of a refit reads: the study, its setup and prepared data, where models run,
-    where progress goes, the store of kept fold models and the speed cache, and the most test-time
-    views asked for."""
+    where progress goes, the store of kept fold models, the run folder (its decode cache and
+    measured speeds), and the most test-time views asked for."""
 
     study: optuna.Study
     setup: StudySetup
@@ -111,7 +112,7 @@ class RefitContext:
     device: torch.device
     reporter: Reporter
     store: TrialStore | None
-    cache_dir: Path | None
+    workdir: Workdir | None
     max_views: int
 
     @property
@@ -131,8 +132,8 @@ class RefitContext:
     def multilabel(self) -> bool:
         return self.data.images.multilabel
 
-    def cost_model(self) -> CostModel:
-        return CostModel(self.device, self.cache_dir / "speeds.json" if self.cache_dir else None)
+    def cost_model(self) -> TrainingTimeModel:
+        return TrainingTimeModel(self.device, self.workdir.speeds if self.workdir else None)
 
 
 @dataclass
@@ -179,7 +180,7 @@ def refit(
     reporter: Reporter | None = None,
     store: TrialStore | None = None,
     retrain: bool = False,
-    cache_dir: Path | None = None,
+    workdir: Workdir | None = None,
     overwrite: bool = False,
     best: bool = False,
     max_views: int = MAX_VIEWS,
@@ -214,7 +215,10 @@ def refit(
     check_model_destination(Path(out), overwrite)  # before any training, not after it
     setup = StudySetup.from_study(study)
     data = PreparedData.load(
-        setup, setup.search_space.max_resolution, cache_dir, source=locate_data(study, setup, data_source)
+        setup,
+        setup.search_space.max_resolution,
+        workdir.cache if workdir else None,
+        source=locate_data(study, setup, data_source),
     )
     context = RefitContext(
         study,
@@ -223,7 +227,7 @@ def refit(
         device or resolve_device("auto"),
         reporter or Reporter(quiet=True),
         store,
-        cache_dir,
+        workdir,
         max_views,
     )
     candidates = _candidates(context, trial_number=trial_number, best=best, retrain=retrain)
@@ -390,8 +394,8 @@ def _within_limits(context: RefitContext, candidates: list[Candidate]) -> Callab
     costs = [fold_models_cost(cost, c.config, len(c.cv.folds)) for c in candidates]
 
     def within(members: frozenset[int], views: int = 1) -> bool:
-        total = sum((costs[i] for i in members), ModelCost())
-        return limits.exceeded(ModelCost(total.latency_ms * views, total.parameters)) is None
+        total = sum((costs[i] for i in members), DeploymentCost())
+        return limits.exceeded(DeploymentCost(total.latency_ms * views, total.parameters)) is None
 
     reason = limits.exceeded(costs[0])
     if reason:
@@ -633,14 +637,14 @@ def _fold_models(candidate: Candidate) -> str:
 
 def _deployment_cost(
     context: RefitContext, members: list[tuple[Candidate, float]], *, views: int
-) -> DeploymentCost | None:
+) -> DeploymentRecord | None:
     """What the saved model costs, beside the limits it keeps; ``None`` for a study without limits."""
     setup = context.setup
     if not setup.limits:
         return None
     cost = context.cost_model()
-    total = sum((fold_models_cost(cost, c.config, len(c.cv.folds), views) for c, _ in members), ModelCost())
-    return DeploymentCost(
+    total = sum((fold_models_cost(cost, c.config, len(c.cv.folds), views) for c, _ in members), DeploymentCost())
+    return DeploymentRecord(
         max_latency_ms=setup.max_latency_ms,
         max_params=setup.max_params,
         latency_ms=round(total.latency_ms, 3),

@@ -107,7 +107,7 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
-class DeploymentCost:
+class DeploymentRecord:
     """What the saved model costs beside the study's deployment limits (``None``: no such limit)."""
 
     max_latency_ms: float | None
@@ -204,7 +204,7 @@ class Manifest:
     tta: tuple[str, ...] = ()
     calibration: Calibration | None = None
     thresholds: Thresholds | None = None
-    limits: DeploymentCost | None = None
+    limits: DeploymentRecord | None = None
     selection: SelectionRecord | None = None
     distilled_from: Distillation | None = None
     scores: Scores = field(default_factory=Scores)
@@ -498,7 +498,7 @@ def _parse(raw: _Fields, version: int) -> Manifest:
         tta=tuple(raw.get("tta", list, [])),
         calibration=calibration.record(Calibration) if calibration and calibration.raw else None,
         thresholds=_thresholds(raw),
-        limits=_optional(raw, "limits", DeploymentCost),
+        limits=_optional(raw, "limits", DeploymentRecord),
         selection=_optional(raw, "selection", SelectionRecord, candidates=tuple),
         distilled_from=_distillation(raw),
         scores=_scores(raw),

@@ -101,16 +101,6 @@ PG_CONNECT_ARGS = {"connect_timeout": 10, "keepalives_idle": 30, "keepalives_int
 CLAIM_ATTR = "autocls:claim"  # system attribute: the call that created a trial or took it to run
 
 
-def default_path(workdir: Path) -> Path:
-    """The file of the default storage (SQLite) of searches run in ``workdir``."""
-    return workdir / "autocls.db"
-
-
-def default_url(workdir: Path) -> str:
-    workdir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{default_path(workdir).resolve()}"
-
-
 def is_journal(url: str) -> bool:
     return url.startswith(JOURNAL_PREFIX) or url.endswith(".journal")
 
