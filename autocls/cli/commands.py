@@ -241,7 +241,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from autocls.runtime.threads import configure_threads
 
     configure_threads()
-    result = evaluate(args.model, args.data, args.labels, args.device, args.label_delimiter)
+    result = evaluate(args.model, args.data, args.labels, args.device, label_delimiter=args.label_delimiter)
     print_evaluation(result, Console())
     if args.out_dir:
         check_output_folder(args.out_dir, EVALUATION_FILES, [args.model], args.overwrite)

@@ -59,6 +59,7 @@ def evaluate(
     data: str | Path,
     labels_csv: str | None = None,
     device: str = "auto",
+    *,
     label_delimiter: str | None = None,
 ) -> Evaluation | MultilabelEvaluation:
     """Predict every labelled image under ``data`` and compare with its label (its labels, for a
@@ -91,7 +92,7 @@ def evaluate(
     warn_unreadable(failed)
     near = _near_duplicates_of_training(ensemble, images, [labelled.paths[i] for i in kept])
     if ensemble.multilabel:
-        return _evaluate_multilabel(ensemble, labelled, kept, images, len(duplicates), near)
+        return _evaluate_multilabel(ensemble, labelled, kept, images, duplicates=len(duplicates), near=near)
     truth = labels_in_order(labelled.subset(kept), ensemble.class_names, multilabel=False)
     raw = ensemble.predict_images(images, calibrated=False)
     probs = scale(raw, ensemble.temperature)
@@ -112,7 +113,7 @@ def evaluate(
 
 
 def _evaluate_multilabel(
-    ensemble: Ensemble, labelled: LabelledImages, kept: list[int], images: torch.Tensor, duplicates: int, near: int
+    ensemble: Ensemble, labelled: LabelledImages, kept: list[int], images: torch.Tensor, *, duplicates: int, near: int
 ) -> MultilabelEvaluation:
     """Score a multi-label model; single-label test data counts as one label per image."""
     truth = labels_in_order(labelled.subset(kept), ensemble.class_names, multilabel=True)

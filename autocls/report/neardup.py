@@ -78,6 +78,7 @@ def near_duplicates(
     labels: np.ndarray | None = None,
     threshold: float = SIMILARITY,
     top: int = 20,
+    *,
     block_elements: int = BLOCK_ELEMENTS,
 ) -> Pairs:
     """Pairs of rows of ``features`` (unit vectors) with cosine similarity at least ``threshold``,
