@@ -403,8 +403,21 @@ def _read_labels_table(csv: Path) -> pd.DataFrame:
             separator = next((s for s in (";", "\t", "|") if s in str(table.columns[0])), None)
             if separator is not None:
                 table = pd.read_csv(csv, dtype=str, keep_default_na=False, sep=separator)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise AutoclsError(f"{csv}: not a readable CSV ({err}).") from None
+    except pd.errors.EmptyDataError:
+        raise AutoclsError(
+            f"{csv}: the file is empty; a labels CSV needs a header row (file,label) and one row per image."
+        ) from None
+    except UnicodeDecodeError as err:
+        raise AutoclsError(
+            f"{csv}: not UTF-8 text (byte {err.object[err.start]:#04x} at position {err.start}); "
+            "save it as UTF-8 (a spreadsheet's 'CSV UTF-8' export)."
+        ) from None
+    except pd.errors.ParserError as err:
+        raise AutoclsError(
+            f"{csv}: not a readable CSV ({str(err).strip()}); give every row as many columns as the header."
+        ) from None
+    if table.empty:
+        raise AutoclsError(f"{csv}: a header row and no images below it; add one row per image (file,label).")
     if len(table.columns) < 2:
         raise AutoclsError(
             f"{csv}: found one column ({table.columns[0]!r}); a labels CSV needs a file column and a label column, "
