@@ -28,9 +28,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from autocls.cli.main import main
+from autocls.data.discover import DataSpec
 from autocls.model.ensemble import Ensemble
 from autocls.runtime.errors import AutoclsError, run_guarded
 from autocls.storage.rdb import open_storage
+from autocls.study.setup import SearchRequest
 from tests.helpers import TINY_SPACE, write_class_folders
 
 
@@ -219,17 +221,23 @@ CASES = [
         _write(f"data/{CSV}", "file,label\n" + FILES),
     ),
     # -- settings -----------------------------------------------------------------------------
-    Case("--folds 1", SEARCH + " --folds 1", 2, "folds must be an integer of at least 2"),
+    Case("--folds 1", SEARCH + " --folds 1", 2, "The 'folds' parameter must be an integer >= 2. Got 1 instead."),
     Case("--folds 20", SEARCH + " --folds 20", 2, "fewer images than the 20 folds"),
-    Case("--seed -1", SEARCH + " --seed -1", 2, "seed must be a non-negative integer"),
-    Case("--timeout 0", SEARCH + " --timeout 0", 2, "positive number of seconds"),
-    Case("--timeout -5", SEARCH + " --timeout -5", 2, "positive number of seconds"),
-    Case("--timeout nan", SEARCH + " --timeout nan", 2, "positive number of seconds"),
-    Case("--trials abc", SEARCH + " --trials abc", 2, "expected a positive integer"),
-    Case("--trials 0", SEARCH + " --trials 0", 2, "expected a positive integer"),
+    Case("--seed -1", SEARCH + " --seed -1", 2, "The 'seed' parameter must be an integer >= 0. Got -1 instead."),
+    Case("--timeout 0", SEARCH + " --timeout 0", 2, "must be a number of seconds > 0. Got 0.0 instead."),
+    Case("--timeout -5", SEARCH + " --timeout -5", 2, "must be a number of seconds > 0. Got -5.0 instead."),
+    Case("--timeout nan", SEARCH + " --timeout nan", 2, "must be a number of seconds > 0. Got nan instead."),
+    Case(
+        "--trials abc",
+        SEARCH + " --trials abc",
+        2,
+        "The 'trials' parameter must be an integer >= 1. Got 'abc' instead.",
+    ),
+    Case("--trials 0", SEARCH + " --trials 0", 2, "The 'trials' parameter must be an integer >= 1. Got 0 instead."),
+    Case("--label-weight 2", "distill {model} --out {tmp}/student --label-weight 2", 2, "must be a number in [0, 1]"),
     Case("--weights not a folder", SEARCH + " --weights {tmp}/weights", 2, "folder of checkpoints"),
     Case("--metric unknown", SEARCH + " --metric auc", 2, "invalid choice"),
-    Case("--device tpu", SEARCH + " --device tpu", 2, "The 'device' setting must be auto, cpu"),
+    Case("--device tpu", SEARCH + " --device tpu", 2, "The 'device' parameter must be auto, cpu"),
     Case("--workers with SQLite", SEARCH + " --workers 2", 2, "journal:"),
     Case("an unknown flag", SEARCH + " --epochs 3", 2, "unrecognized arguments"),
     # -- search spaces ------------------------------------------------------------------------
@@ -267,7 +275,7 @@ CASES = [
         "space value of the wrong type",
         "search {data} --space {tmp}/bad.toml --workdir {tmp}/fresh",
         2,
-        "The 'epochs' setting in",
+        "The 'epochs' parameter of",
         _space({"epochs = 2": 'epochs = "two"'}),
     ),
     Case(
@@ -539,6 +547,26 @@ def test_every_mistake_is_one_clear_line(case: Case, searched: Path, tmp_path: P
 
 def test_the_sweep_names_each_case_once() -> None:
     assert len({c.name for c in CASES}) == len(CASES)  # a copied case with an unchanged name hides one
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--folds", 1, "The 'folds' parameter must be an integer >= 2. Got 1 instead."),
+        ("--trials", 0, "The 'trials' parameter must be an integer >= 1. Got 0 instead."),
+        ("--timeout", -5.0, "The 'timeout' parameter must be a number of seconds > 0. Got -5.0 instead."),
+        ("--seed", -1, "The 'seed' parameter must be an integer >= 0. Got -1 instead."),
+        ("--keep-trials", 0, "The 'keep_trials' parameter must be an integer >= 1. Got 0 instead."),
+        ("--max-latency-ms", 0.0, "The 'max_latency_ms' parameter must be a number of milliseconds > 0. Got 0.0 "),
+    ],
+)
+def test_a_flag_and_the_api_refuse_a_value_in_the_same_words(flag: str, value: object, says: str, capsys) -> None:
+    """One vocabulary (autocls.train.config's constraint tables): the CLI's flag and the API's argument."""
+    with pytest.raises(SystemExit):
+        main(["search", "data", flag, str(value)])
+    assert f"error: argument {flag}: {says}" in capsys.readouterr().err
+    with pytest.raises(AutoclsError, match=re.escape(says.rstrip("."))):
+        SearchRequest(DataSpec("data"), **{flag.removeprefix("--").replace("-", "_"): value})
 
 
 @pytest.mark.parametrize(

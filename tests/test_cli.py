@@ -395,7 +395,9 @@ def test_refit_never_writes_over_what_it_did_not_write(image_folder: Path, tiny_
     capsys.readouterr()
     assert main(["refit", "--workdir", str(workdir), "--quiet", "--views", "9"]) == 2  # checked before any work
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "The 'views' setting must be an integer from 0 to 1" in err[0] and "Got 9" in err[0]
+    assert (
+        len(err) == 1 and "The 'views' parameter must be an integer from 0 to 1" in err[0] and "Got 9 instead" in err[0]
+    )
     assert main(["refit", "--workdir", str(workdir), "--quiet", "--views", "0"]) == 0
     assert json.loads((workdir / "data" / "model" / "manifest.json").read_text())["tta"] == []
     assert build_parser().parse_args(["refit"]).views == MAX_VIEWS

@@ -115,7 +115,7 @@ def test_labels_separated_by_another_character(tmp_path: Path, caplog) -> None:
     csv.write_text(f"file,labels\n{names[0]},cat;dog\n{names[1]},dog\n")
     with pytest.raises(AutoclsError, match=r"no label cell holds the label delimiter '\|', but 1 hold ';'"):
         discover(csv, label_delimiter="|")
-    with pytest.raises(AutoclsError, match="'label_delimiter' setting must be a non-empty separator"):
+    with pytest.raises(AutoclsError, match="'label_delimiter' parameter must be a non-empty separator"):
         discover(csv, label_delimiter="x")
 
 

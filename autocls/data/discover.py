@@ -31,7 +31,7 @@ from PIL import Image
 
 from autocls.data.multilabel import DELIMITER, label_sets, split_labels
 from autocls.data.pixels import IMAGE_ERRORS
-from autocls.runtime.errors import AutoclsError
+from autocls.runtime.errors import AutoclsError, SettingError
 
 logger = logging.getLogger(__name__)
 
@@ -199,9 +199,7 @@ def discover(
     column but one 0/1 column per label.
     """
     if label_delimiter is not None and (not label_delimiter or label_delimiter.isalnum()):
-        raise AutoclsError(
-            f"The 'label_delimiter' setting must be a non-empty separator such as ';' or '|'. Got {label_delimiter!r}."
-        )
+        raise SettingError("label_delimiter", "a non-empty separator such as ';' or '|'", label_delimiter)
     source = Path(source).expanduser()
     if not source.exists():
         raise AutoclsError(f"{source}: no such file or folder; give a folder of class sub-folders or a CSV.")
@@ -509,7 +507,7 @@ def _labelled_sets(paths: list[Path], sets: list[list[str]], origin: str, min_cl
 def check_folds(data: LabelledImages, folds: int) -> None:
     """Stratified k-fold needs every class in every fold; sklearn only warns, so fail clearly here."""
     if folds < 2:
-        raise AutoclsError(f"The 'folds' setting must be an integer >= 2. Got {folds}.")
+        raise SettingError("folds", "an integer >= 2", folds)  # as RUN_CONSTRAINTS (autocls.train, above data)
     small = {name: n for name, n in data.class_counts().items() if n < folds}
     if small:
         listed = ", ".join(f"{name!r} has {n}" for name, n in list(small.items())[:5])

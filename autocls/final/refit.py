@@ -24,7 +24,7 @@ from autocls.model.calibration import Calibration, calibrate, fit_temperature, s
 from autocls.model.ensemble import FORMAT_VERSION, OOF_FILE, Ensemble, Member, check_model_destination
 from autocls.model.views import TTA_VIEWS, describe_steps
 from autocls.runtime.control import resolve_device
-from autocls.runtime.errors import AutoclsError
+from autocls.runtime.errors import AutoclsError, SettingError
 from autocls.storage.records import TrialRecord, fold_summaries
 from autocls.storage.trials import TrialStore
 from autocls.study.cost import CostModel
@@ -123,10 +123,7 @@ def refit(
     models trained elsewhere are reused all the same.
     """
     if isinstance(max_views, bool) or not isinstance(max_views, int) or not 0 <= max_views <= len(TTA_VIEWS):
-        raise AutoclsError(
-            f"The 'views' setting must be an integer from 0 to {len(TTA_VIEWS)} (test-time views at most). "
-            f"Got {max_views!r} instead."
-        )
+        raise SettingError("views", f"an integer from 0 to {len(TTA_VIEWS)} (test-time views at most)", max_views)
     reporter = reporter or Reporter(quiet=True)
     check_model_destination(Path(out), overwrite)  # before any training, not after it
     device = device or resolve_device("auto")

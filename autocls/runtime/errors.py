@@ -12,10 +12,30 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 class AutoclsError(Exception):
     """An error caused by the user's input, with a message that says what to fix."""
+
+
+class SettingError(AutoclsError):
+    """A setting's value outside what it accepts, in the one message style of every setting, from the
+    command line, a search space or the Python API (scikit-learn's): "The 'lr' parameter of bad.toml
+    [fixed] must be a number > 0. Got -3 instead." ``expected`` is what the setting accepts
+    (:meth:`autocls.train.config.Constraint.describe` for the settings in its table); ``where`` (a
+    file and table, a class) is added by whoever knows it (:meth:`at`)."""
+
+    def __init__(self, name: str, expected: str, value: Any, where: str | None = None) -> None:
+        self.name, self.expected, self.value, self.where = name, expected, value, where
+        place = f" of {where}" if where else ""
+        super().__init__(f"The {name!r} parameter{place} must be {expected}. Got {value!r} instead.")
+
+    def at(self, where: str) -> SettingError:
+        return SettingError(self.name, self.expected, self.value, where)
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:  # to a --workers parent: its own arguments
+        return SettingError, (self.name, self.expected, self.value, self.where)
 
 
 class WeightsNotFoundError(AutoclsError):

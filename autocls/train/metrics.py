@@ -15,7 +15,7 @@ from sklearn.metrics import (
     log_loss,
 )
 
-from autocls.runtime.errors import AutoclsError
+from autocls.runtime.errors import SettingError
 
 IMBALANCE_RATIO = 5.0  # largest/smallest class at which balanced accuracy is chosen by default
 
@@ -72,7 +72,7 @@ def get_metric(name: str, multilabel: bool | None = None) -> Metric:
     allowed = {None: list(METRICS), False: list(SINGLE_LABEL_METRICS), True: list(MULTILABEL_METRICS)}[multilabel]
     if name not in allowed:
         what = " for multi-label data" if multilabel else " for single-label data" if multilabel is False else ""
-        raise AutoclsError(f"The 'metric' setting must be one of {allowed}{what}. Got {name!r}.")
+        raise SettingError("metric", f"one of {allowed}{what}", name)
     return METRICS[name]
 
 
