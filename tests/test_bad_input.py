@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -318,7 +319,7 @@ CASES = [
         2,
         "a part of that path is a file",
         _write("notes.txt", "x"),
-        also=("{tmp}/notes.txt/runs", "choose another folder"),
+        also=("{tmp}/notes.txt/runs", "choose another path"),
     ),
     Case(
         "--workdir read-only",
@@ -601,6 +602,16 @@ def test_a_bug_still_reaches_the_last_resort(capsys) -> None:
     assert err == ["autocls: unexpected error: KeyError: 'members' (rerun with --debug, and report it)"]
     with pytest.raises(KeyError):
         run_guarded(command, debug=True)
+
+
+def test_the_apis_input_mistakes_name_the_fix(tmp_path: Path) -> None:
+    from autocls.api import ImageClassifier, search
+
+    with pytest.raises(AutoclsError, match=r"X has 2 images but y has 1 labels; give one label \(or label list\) per"):
+        ImageClassifier(workdir=str(tmp_path)).fit(["a.png", "b.png"], ["cat"])
+    with pytest.raises(AutoclsError, match=r"needs two columns, got \['path'\]; give the image paths first"):
+        search(pd.DataFrame({"path": ["a.png"]}), workdir=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,10 @@ def run_guarded(
     interrupted: str = "interrupted; finished trials are saved, run the same command to continue.",
 ) -> int:
     """Run a command; every error it raises becomes one line on stderr and an exit code:
-    2 for bad input, 1 for a failure at run time, 130 for Ctrl-C."""
+    2 for bad input, 1 for a failure at run time, 130 for Ctrl-C. An ``OSError`` about a file the
+    user chose (a read-only folder, a file where a folder must be, a full disk) names the file and
+    what to do; only an error no input should cause reaches the last resort ("unexpected error",
+    with its class for a bug report)."""
     try:
         with warnings.catch_warnings():
             # Optuna's ExperimentalWarning (heartbeats, TPE's group option, artifacts), matched by its
@@ -110,7 +113,7 @@ _FILE_PROBLEMS = {
         "move the file or choose another folder (--workdir, --out)",
     ),
     errno.ENOTDIR: _FileProblem(
-        "cannot create {file}: a part of that path is a file, not a folder", "choose another folder (--workdir, --out)"
+        "cannot use {file}: a part of that path is a file, not a folder", "choose another path (--workdir, --out)"
     ),
     errno.ENOSPC: _FileProblem(
         "cannot write {file}: no space left on the device", "free some space or choose another folder", code=1
