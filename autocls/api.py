@@ -47,7 +47,10 @@ def _data_spec(data: DataLike, workdir: Path, study_name: str | None, label_deli
     if not isinstance(data, pd.DataFrame):
         return DataSpec.of(data, label_delimiter=label_delimiter)
     if data.shape[1] < 2:
-        raise AutoclsError(f"a DataFrame of (path, label) needs two columns, got {list(data.columns)}.")
+        raise AutoclsError(
+            f"a DataFrame of (path, label) needs two columns, got {list(data.columns)}; "
+            "give the image paths first and the labels (or one 0/1 column per label) after them."
+        )
     files = [str(Path(p).expanduser().resolve()) for p in data.iloc[:, 0]]
     csv = Workdir(workdir).dataframe_csv(study_name)  # kept with the study, so refit finds the images again
     csv.parent.mkdir(parents=True, exist_ok=True)
@@ -217,7 +220,9 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         else:
             labels = [str(label) for label in y]
         if len(paths) != len(labels):
-            raise AutoclsError(f"X has {len(paths)} images but y has {len(labels)} labels.")
+            raise AutoclsError(
+                f"X has {len(paths)} images but y has {len(labels)} labels; give one label (or label list) per image."
+            )
         if self.workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="autocls-")
             workdir = Path(self._tmp.name)

@@ -187,7 +187,8 @@ def test_the_store_recorded_on_the_study_and_which_url_wins(tmp_path: Path, monk
     # the same folder mounted elsewhere holds the study's marker: accepted, and the record stays
     mounted = tmp_path / "mnt"
     shutil.copytree(shared, mounted)  # a second mount point of the same folder, as far as autocls can tell
-    assert study_artifacts(study, f"file://{mounted}", Workdir(tmp_path / "w2"), record=True).store is not None
+    store = study_artifacts(study, f"file://{mounted}", Workdir(tmp_path / "w2"), record=True)
+    assert store.url == str(mounted.resolve())
     assert study.user_attrs[ARTIFACTS_ATTR]["url"] == str(shared.resolve())
     # another store would split the study: one line that says what to do
     elsewhere = tmp_path / "elsewhere"

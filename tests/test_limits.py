@@ -33,10 +33,13 @@ def fake_latency(self: TrainingTimeModel, config: TrainConfig) -> float:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_latency_ms": -3}, "The 'max_latency_ms' setting must be a positive number of milliseconds. Got -3."),
-        ({"max_latency_ms": float("nan")}, "must be a positive number of milliseconds. Got nan."),
-        ({"max_params": 0}, "The 'max_params' setting must be a positive integer. Got 0."),
-        ({"max_params": 2.5}, "must be a positive integer. Got 2.5."),
+        (
+            {"max_latency_ms": -3},
+            "The 'max_latency_ms' parameter must be a number of milliseconds > 0. Got -3 instead.",
+        ),
+        ({"max_latency_ms": float("nan")}, "must be a number of milliseconds > 0. Got nan instead."),
+        ({"max_params": 0}, "The 'max_params' parameter must be an integer >= 1. Got 0 instead."),
+        ({"max_params": 2.5}, "must be an integer >= 1. Got 2.5 instead."),
     ],
 )
 def test_limits_refuse_what_cannot_be_a_limit(kwargs: dict, message: str) -> None:

@@ -116,7 +116,7 @@ def test_labels_separated_by_another_character(tmp_path: Path, caplog) -> None:
     csv.write_text(f"file,labels\n{names[0]},cat;dog\n{names[1]},dog\n")
     with pytest.raises(AutoclsError, match=r"no label cell holds the label delimiter '\|', but 1 hold ';'"):
         discover(csv, label_delimiter="|")
-    with pytest.raises(AutoclsError, match="'label_delimiter' setting must be a non-empty separator"):
+    with pytest.raises(AutoclsError, match="'label_delimiter' parameter must be a non-empty separator"):
         discover(csv, label_delimiter="x")
 
 
@@ -287,26 +287,35 @@ def test_a_manifest_with_wrong_thresholds_is_refused(tmp_path: Path) -> None:
     assert frame["label"].tolist() == ["a", "a;b"] and list(frame.columns) == ["path", "label", "prob_a", "prob_b"]
 
 
-def test_the_estimator_takes_label_lists_and_predicts_an_indicator_matrix(tmp_path: Path, monkeypatch) -> None:
-    from autocls import api
-
+def test_label_lists_in_a_dataframe_become_a_multilabel_csv(tmp_path: Path) -> None:
+    """What the estimator hands the search for ``y`` of label lists (an empty one: none of the labels)."""
     names = write_images(tmp_path / "img", 3)
-    paths = [tmp_path / "img" / n for n in names]
-    searched = {}
+    frame = pd.DataFrame({"file": [tmp_path / "img" / n for n in names], "label": [["dog", "cat"], ["dog"], []]})
+    data = _data_spec(frame, tmp_path / "w", "study").discover()
+    assert data.multilabel and data.class_names == ("cat", "dog")
+    assert data.labels.tolist() == [[1, 1], [0, 1], [0, 0]]
 
-    def fake_search(frame: pd.DataFrame, **kwargs) -> object:
-        searched["data"] = _data_spec(frame, tmp_path / "w", kwargs["study_name"]).discover()
-        return object()
 
-    model = Ensemble([], _labels_manifest(("cat", "dog"), (0.5, 0.3)))
-    monkeypatch.setattr(api, "search", fake_search)
-    monkeypatch.setattr(api, "refit", lambda *args, **kwargs: model)
-    monkeypatch.setattr(api.StudySetup, "from_study", lambda study: None)
-    monkeypatch.setattr(model, "predict_proba", lambda inputs: np.array([[0.9, 0.1], [0.2, 0.4]]))
-    clf = api.ImageClassifier(workdir=str(tmp_path / "w")).fit(paths, [["dog", "cat"], "dog", set()])
-    assert searched["data"].multilabel and searched["data"].labels.tolist() == [[1, 1], [0, 1], [0, 0]]
-    assert clf.classes_.tolist() == ["cat", "dog"]
-    assert clf.predict(paths[:2]).tolist() == [[1, 0], [0, 1]]
+@pytest.mark.slow
+def test_the_estimator_takes_label_lists_and_predicts_an_indicator_matrix(tmp_path: Path) -> None:
+    """A real search and refit through the scikit-learn estimator, nothing mocked."""
+    from autocls.api import ImageClassifier
+
+    write_shapes(tmp_path / "shapes", count=40, size=24, colour_by_shape=True)
+    table = pd.read_csv(tmp_path / "shapes" / "train.csv", keep_default_na=False)
+    paths = [str(tmp_path / "shapes" / name) for name in table.iloc[:, 0]]
+    y = [cell.split(";") if cell else [] for cell in table.iloc[:, 1]]
+    (tmp_path / "tiny.toml").write_text(TINY_SPACE)
+    clf = ImageClassifier(space=str(tmp_path / "tiny.toml"), trials=1, folds=2, workdir=str(tmp_path / "w"))
+    clf.fit(paths, y)
+    names = sorted({label for labels in y for label in labels})
+    assert clf.classes_.tolist() == names and clf.ensemble_.multilabel
+    searched = clf.setup_.data.discover()  # the study's data: the label lists as a 0/1 matrix
+    rows = dict(zip(map(str, searched.paths), searched.labels.tolist(), strict=True))
+    assert [rows[str(Path(p).resolve())] for p in paths] == parse_label_sets(table.iloc[:, 1].tolist(), names).tolist()
+    predicted = clf.predict(paths[:5])
+    assert predicted.tolist() == decide(clf.predict_proba(paths[:5]), clf.ensemble_.thresholds).tolist()
+    assert predicted.shape == (5, len(names))
 
 
 def test_a_single_label_model_refuses_multilabel_test_data(tmp_path: Path, monkeypatch) -> None:

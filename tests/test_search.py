@@ -629,10 +629,13 @@ def test_a_long_budget_probes_every_recipe_on_the_first_fold_before_enqueuing_th
 
     request = _two_recipe_request(image_folder, tmp_path, monkeypatch)
     folds_seen: list[int] = []
+    trained: dict[str, float] = {}
 
     def counting(config, store, labels, splits, *args, **kwargs):
         folds_seen.append(len(splits))
-        return validate(config, store, labels, splits, *args, **kwargs)
+        result = validate(config, store, labels, splits, *args, **kwargs)
+        trained[config.backbone] = result.mean_score
+        return result
 
     monkeypatch.setattr("autocls.study.halving.cross_validate", counting)
     storage = request.storage
@@ -644,7 +647,7 @@ def test_a_long_budget_probes_every_recipe_on_the_first_fold_before_enqueuing_th
     assert folds_seen == [1, 1]  # each probe trained the first fold only
     assert probed["fidelity"] == {"resolution": 16, "epochs": 1, "folds": 1}
     scores = {p["backbone"]: p["score"] for p in probed["probes"]}
-    assert all(0 <= s <= 1 for s in scores.values())
+    assert scores == trained  # each probe's recorded score is its first fold's, as trained
     assert probed["kept"] == sorted(probed["kept"], key=lambda b: -scores[b])  # the best-probed recipe first
     trials = study.trials  # probes are not trials: the first trials are the surviving recipes, in that order
     assert [t.params["backbone"] for t in trials[: len(probed["kept"])]] == probed["kept"]

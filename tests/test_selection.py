@@ -7,6 +7,7 @@ import pytest
 
 from autocls.final import refit as refitter
 from autocls.final.selection import blend, select_ensemble
+from autocls.model.views import TTA_VIEWS
 from autocls.train.metrics import get_metric
 
 ACCURACY = get_metric("accuracy")
@@ -168,7 +169,9 @@ def test_refit_recommends_a_selected_ensemble_that_predicts_and_exports(image_fo
     selection = manifest["selection"]  # never worse than the best trial alone on what it was chosen on
     assert selection["criterion"] == "log_loss"
     assert selection["oof_criterion_selected"] <= selection["oof_criterion_best_trial"]
-    assert manifest["tta"] in ([], ["hflip"])
+    kept = manifest["tta"]  # each view kept is a step of the greedy choice, in order, after "none"
+    assert list(selection["oof_score_tta"]) == ["none", *("+".join(kept[: i + 1]) for i in range(len(kept)))]
+    assert set(kept) <= set(TTA_VIEWS)
 
     images, _, _ = decode_images(sorted(image_folder.rglob("*.*")), ensemble.decode_size)
     expected = ensemble.predict_images(images)

@@ -172,7 +172,8 @@ def test_seeds_of_trials_and_folds_never_collide() -> None:
     seeds = {derive_seed(derive_seed(0, trial), fold) for trial in range(300) for fold in range(10)}
     assert len(seeds) == 3000
     assert derive_seed(0, 1) != derive_seed(1, 0)
-    assert derive_seed(5, 2) == derive_seed(5, 2)
+    # a study's recorded seeds reproduce its trials only while the derivation stays the same
+    assert (derive_seed(5, 2), derive_seed(0, 0)) == (3226123765, 2968811710)
 
 
 @pytest.mark.parametrize(

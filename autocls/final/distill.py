@@ -48,7 +48,7 @@ from autocls.storage.records import fold_summaries
 from autocls.study.progress import Reporter
 from autocls.study.setup import library_versions
 from autocls.train.backbones import check_weights, create_classifier
-from autocls.train.config import TrainConfig
+from autocls.train.config import TrainConfig, check_setting
 from autocls.train.cv import fit_fold
 from autocls.train.feeding import model_to_device, pretrained_mean_std
 from autocls.train.history import FoldResult
@@ -108,8 +108,7 @@ def distill(
     """
     started = time.perf_counter()
     reporter = reporter or Reporter(quiet=True)
-    if not 0.0 <= label_weight <= 1.0:
-        raise AutoclsError(f"The 'label_weight' parameter must be a number in [0, 1]. Got {label_weight!r} instead.")
+    check_setting("label_weight", label_weight)
     teacher_dir, out = Path(teacher_dir), Path(out)
     if out.expanduser().resolve() == teacher_dir.expanduser().resolve():
         raise AutoclsError(f"--out {out} is the teacher's folder; give another folder for the student.")

@@ -33,7 +33,7 @@ from autocls.model.manifest import (
 )
 from autocls.model.views import TTA_VIEWS, describe_steps
 from autocls.runtime.control import resolve_device
-from autocls.runtime.errors import AutoclsError
+from autocls.runtime.errors import AutoclsError, SettingError
 from autocls.storage.records import TrialRecord, fold_summaries
 from autocls.storage.trials import TrialStore
 from autocls.storage.workdir import Workdir
@@ -208,10 +208,7 @@ def refit(
     manifest (:func:`_manifest`) -> save (:func:`_save`), each given the one :class:`RefitContext`.
     """
     if isinstance(max_views, bool) or not isinstance(max_views, int) or not 0 <= max_views <= len(TTA_VIEWS):
-        raise AutoclsError(
-            f"The 'views' setting must be an integer from 0 to {len(TTA_VIEWS)} (test-time views at most). "
-            f"Got {max_views!r} instead."
-        )
+        raise SettingError("views", f"an integer from 0 to {len(TTA_VIEWS)} (test-time views at most)", max_views)
     check_model_destination(Path(out), overwrite)  # before any training, not after it
     setup = StudySetup.from_study(study)
     data = PreparedData.load(

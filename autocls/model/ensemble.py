@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from autocls.data.discover import IMAGE_ERRORS
-from autocls.data.images import fit_square, load_square, resize_batch
+from autocls.data.images import check_image_input, fit_square, load_square, resize_batch
 from autocls.data.multilabel import decide, label_sets
 from autocls.model.calibration import scale
 from autocls.model.manifest import MANIFEST, Manifest, MemberSpec, fold_files
@@ -297,6 +297,7 @@ class Ensemble:
     def _decode(self, inputs: Sequence[ImageInput]) -> torch.Tensor:
         arrays = []
         for item in inputs:
+            check_image_input(item)
             if isinstance(item, torch.Tensor):
                 pixels = item.detach().cpu()
                 if pixels.is_floating_point():
@@ -315,7 +316,8 @@ class Ensemble:
                 try:
                     arrays.append(load_square(item, self.decode_size))
                 except IMAGE_ERRORS as err:
-                    raise AutoclsError(f"{item}: not a readable image ({err.__class__.__name__}: {err}).") from None
+                    reason = err.strerror if isinstance(err, OSError) and err.strerror else err or "a damaged file"
+                    raise AutoclsError(f"{item}: not a readable image ({reason}); pass a file Pillow opens.") from None
         if not arrays:
             return torch.zeros((0, 3, self.decode_size, self.decode_size), dtype=torch.uint8)
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()

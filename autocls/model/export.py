@@ -26,7 +26,7 @@ from autocls.model.calibration import scale_tensor
 from autocls.model.ensemble import Ensemble, Member
 from autocls.model.manifest import MANIFEST
 from autocls.model.views import with_views
-from autocls.runtime.errors import AutoclsError
+from autocls.runtime.errors import AutoclsError, SettingError
 from autocls.train.feeding import norm_tensors, normalise
 
 FORMATS = ("torchscript", "onnx")
@@ -77,7 +77,7 @@ class EnsembleGraph(nn.Module):
 def export(model_dir: str | Path, out: str | Path, fmt: str = "torchscript") -> Path:
     """Write the ensemble in ``model_dir`` as a TorchScript or ONNX file; returns its path."""
     if fmt not in FORMATS:
-        raise AutoclsError(f"The 'format' setting must be one of {list(FORMATS)}. Got {fmt!r}.")
+        raise SettingError("format", f"one of {list(FORMATS)}", fmt)
     ensemble = Ensemble.load(model_dir, "cpu")
     graph = EnsembleGraph(ensemble).eval()
     examples = tuple(torch.zeros((2, 3, r, r), dtype=torch.uint8) for r in ensemble.resolutions)

@@ -14,12 +14,10 @@ A limit is kept in three places:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from autocls.runtime.errors import AutoclsError
 from autocls.study.trainingtime import TrainingTimeModel
-from autocls.train.config import TrainConfig
+from autocls.train.config import TrainConfig, check_setting
 
 
 @dataclass(frozen=True)
@@ -46,12 +44,9 @@ class Limits:
     max_params: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_latency_ms is not None and not (math.isfinite(self.max_latency_ms) and self.max_latency_ms > 0):
-            raise AutoclsError(
-                f"The 'max_latency_ms' setting must be a positive number of milliseconds. Got {self.max_latency_ms!r}."
-            )
-        if self.max_params is not None and not (isinstance(self.max_params, int) and self.max_params > 0):
-            raise AutoclsError(f"The 'max_params' setting must be a positive integer. Got {self.max_params!r}.")
+        for name in ("max_latency_ms", "max_params"):
+            if getattr(self, name) is not None:
+                check_setting(name, getattr(self, name))
 
     def __bool__(self) -> bool:
         return self.max_latency_ms is not None or self.max_params is not None

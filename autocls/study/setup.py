@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,7 +17,7 @@ import torch
 
 from autocls import __version__
 from autocls.data.discover import DataSpec, LabelledImages, check_folds, typical_side
-from autocls.runtime.errors import AutoclsError
+from autocls.runtime.errors import AutoclsError, SettingError
 from autocls.storage.artifacts import Location
 from autocls.storage.rdb import open_storage, redact
 from autocls.storage.records import PORTFOLIO, PORTFOLIO_PLAN
@@ -31,7 +30,7 @@ from autocls.study.samplers import make_sampler
 from autocls.study.space import SearchSpace, load_space, space_from_dict
 from autocls.study.trainingtime import TrainingTimeModel
 from autocls.train.backbones import check_weights
-from autocls.train.config import TrainConfig
+from autocls.train.config import TrainConfig, check_setting
 from autocls.train.metrics import default_metric, get_metric
 
 logger = logging.getLogger(__name__)
@@ -226,16 +225,12 @@ class SearchRequest:
     def __post_init__(self) -> None:
         """Every setting checked before anything is written: a refused value must not be stored."""
         problems = []
-        if not (isinstance(self.trials, int) and self.trials >= 1):
-            problems.append(f"trials must be a positive number of finished trials; got {self.trials!r}")
-        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
-            problems.append(f"timeout must be a positive number of seconds; got {self.timeout!r}")
-        if self.folds is not None and not (isinstance(self.folds, int) and self.folds >= 2):
-            problems.append(f"folds must be an integer of at least 2; got {self.folds!r}")
-        if self.keep_trials is not None and not (isinstance(self.keep_trials, int) and self.keep_trials >= 1):
-            problems.append(f"keep_trials must be a positive number of trials; got {self.keep_trials!r}")
-        if self.seed is not None and not (isinstance(self.seed, int) and self.seed >= 0):
-            problems.append(f"seed must be a non-negative integer; got {self.seed!r}")
+        for name in ("trials", "timeout", "folds", "keep_trials", "seed"):  # None: the default (not for trials)
+            if getattr(self, name) is not None or name == "trials":
+                try:
+                    check_setting(name, getattr(self, name))
+                except SettingError as err:
+                    problems.append(str(err).rstrip("."))
         try:
             Limits(self.max_latency_ms, self.max_params)
         except AutoclsError as err:

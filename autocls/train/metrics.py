@@ -14,7 +14,7 @@ from sklearn.metrics import (
     hamming_loss,
 )
 
-from autocls.runtime.errors import AutoclsError
+from autocls.runtime.errors import SettingError
 
 # Probabilities are clipped to [LOG_EPSILON, 1 - LOG_EPSILON] before their logarithm: an image the
 # model gives a zero probability costs -log(1e-7) = 16.1, not infinity (the value autocls has
@@ -90,7 +90,7 @@ def get_metric(name: str, multilabel: bool | None = None) -> Metric:
     allowed = {None: list(METRICS), False: list(SINGLE_LABEL_METRICS), True: list(MULTILABEL_METRICS)}[multilabel]
     if name not in allowed:
         what = " for multi-label data" if multilabel else " for single-label data" if multilabel is False else ""
-        raise AutoclsError(f"The 'metric' setting must be one of {allowed}{what}. Got {name!r}.")
+        raise SettingError("metric", f"one of {allowed}{what}", name)
     return METRICS[name]
 
 
