@@ -31,11 +31,12 @@ from autocls.runtime.control import resolve_device, stop_on_ctrl_c
 from autocls.runtime.errors import AutoclsError
 from autocls.runtime.threads import autocls_threads
 from autocls.storage.artifacts import study_artifacts
-from autocls.storage.rdb import default_url, optuna_experimental_allowed
+from autocls.storage.rdb import optuna_experimental_allowed
 from autocls.storage.trials import study_trial_store
+from autocls.storage.workdir import DEFAULT_WORKDIR, Workdir
 from autocls.study.driver import run_search
 from autocls.study.progress import Reporter, optuna_logs_quiet
-from autocls.study.setup import CACHE_DIR, DEFAULT_WORKDIR, SearchRequest, StudySetup
+from autocls.study.setup import SearchRequest, StudySetup
 from autocls.study.space import SearchSpace
 from autocls.study.studydata import relocated
 
@@ -46,11 +47,13 @@ def _data_spec(data: DataLike, workdir: Path, study_name: str | None, label_deli
     if not isinstance(data, pd.DataFrame):
         return DataSpec.of(data, label_delimiter=label_delimiter)
     if data.shape[1] < 2:
-        raise AutoclsError(f"a DataFrame of (path, label) needs two columns, got {list(data.columns)}.")
+        raise AutoclsError(
+            f"a DataFrame of (path, label) needs two columns, got {list(data.columns)}; "
+            "give the image paths first and the labels (or one 0/1 column per label) after them."
+        )
     files = [str(Path(p).expanduser().resolve()) for p in data.iloc[:, 0]]
-    folder = workdir / (study_name or "dataframe")
-    folder.mkdir(parents=True, exist_ok=True)
-    csv = folder / "labels.csv"  # kept with the study, so refit finds the images again
+    csv = Workdir(workdir).dataframe_csv(study_name)  # kept with the study, so refit finds the images again
+    csv.parent.mkdir(parents=True, exist_ok=True)
     indicators = data.iloc[:, 1:]
     if data.shape[1] > 2 and all(indicators[c].isin([0, 1, True, False]).all() for c in indicators.columns):
         frame = pd.DataFrame({"file": files, **{str(c): indicators[c].astype(int) for c in indicators.columns}})
@@ -144,24 +147,24 @@ def refit(
     ensemble with ``best``, or that of ``trial``; with at most ``views`` test-time views (0: none).
     ``data``: where the study's images are on this machine, when not where the search found them.
     The kept fold models are read from ``artifacts`` (as ``--artifacts``), else the study's store."""
-    workdir = Path(workdir)
+    run_folder = Workdir(workdir)
     overwrite = overwrite or out is None  # the default folder is autocls's own: refit replaces it
-    out = Path(out) if out else workdir / study.study_name / "model"
+    out = Path(out) if out else run_folder.model(study.study_name)
     reporter = Reporter(quiet=quiet)
     with autocls_threads(), optuna_experimental_allowed():
-        store = study_trial_store(study, study_artifacts(study, artifacts, workdir), workdir)
+        store = study_trial_store(study, study_artifacts(study, artifacts, run_folder), run_folder)
         result = _refit(
             study,
             out,
-            trial,
-            resolve_device(device),
-            reporter,
-            store,
-            retrain,
-            workdir / CACHE_DIR,
-            overwrite,
-            best,
-            views,
+            trial_number=trial,
+            device=resolve_device(device),
+            reporter=reporter,
+            store=store,
+            retrain=retrain,
+            workdir=run_folder,
+            overwrite=overwrite,
+            best=best,
+            max_views=views,
             data_source=relocated(StudySetup.from_study(study).data, data) if data else None,
         )
     return result.ensemble
@@ -217,7 +220,9 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
         else:
             labels = [str(label) for label in y]
         if len(paths) != len(labels):
-            raise AutoclsError(f"X has {len(paths)} images but y has {len(labels)} labels.")
+            raise AutoclsError(
+                f"X has {len(paths)} images but y has {len(labels)} labels; give one label (or label list) per image."
+            )
         if self.workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="autocls-")
             workdir = Path(self._tmp.name)
@@ -230,7 +235,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
             folds=self.folds,
             space=self.space,
             study_name=_estimator_study_name(paths, [str(label) for label in labels]),
-            storage=default_url(workdir),
+            storage=Workdir(workdir).storage_url(),
             timeout=self.timeout,
             metric=self.metric,
             seed=self.seed,

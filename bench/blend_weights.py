@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from autocls.data.discover import discover, labels_in_order
 from autocls.data.images import decode_images
-from autocls.model.ensemble import Ensemble
+from autocls.model.ensemble import Ensemble, Member
 from autocls.runtime.errors import AutoclsError
 
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 11), 2)
@@ -52,10 +52,8 @@ def held_out_probs(ensemble: Ensemble, test: Path) -> tuple[list[np.ndarray], np
     labelled = discover(test, min_classes=1)
     images, kept, _ = decode_images(labelled.paths, ensemble.decode_size)
     truth = labels_in_order(labelled.subset(kept), ensemble.class_names, multilabel=False)
-    alone = [
-        Ensemble([dataclasses.replace(member, weight=1.0)], ensemble.manifest, ensemble.device)
-        for member in ensemble.members
-    ]
+    unweighted = [Member(dataclasses.replace(member.spec, weight=1.0), member.models) for member in ensemble.members]
+    alone = [Ensemble([member], ensemble.manifest, ensemble.device) for member in unweighted]
     return [member.predict_images(images, calibrated=False) for member in alone], truth
 
 

@@ -44,6 +44,7 @@ from rich.table import Table
 import autocls
 from autocls.report.evaluate import evaluate
 from autocls.runtime.errors import AutoclsError
+from autocls.storage.workdir import Workdir
 from autocls.study.space import space_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,8 +103,9 @@ def run_arm(name: str, data: Path, test: Path, workdir: Path, best: bool = False
     if SPEEDS is not None:
         # the warm-start recipes are sized from two probe steps a model; their noise can flip a
         # recipe between 4 and 8 epochs, so runs to be compared start from the same measurements
-        (workdir / "cache").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(SPEEDS, workdir / "cache" / "speeds.json")
+        speeds = Workdir(workdir).speeds
+        speeds.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(SPEEDS, speeds)
     start = time.perf_counter()
     study = autocls.search(data, workdir=workdir, study_name="bench", quiet=False, **search)
     ensemble = autocls.refit(study, workdir=workdir, quiet=False, best=best)
@@ -115,10 +117,9 @@ def run_arm(name: str, data: Path, test: Path, workdir: Path, best: bool = False
     winner = winning_trial_epochs(study.best_trial)
     print(f"{name}: best trial {winner}", flush=True)
     manifest = ensemble.manifest
-    members = manifest.get("members", [{"trial": manifest["trial"], "weight": 1.0}])
-    described = " + ".join(f"#{m['trial']} x{m['weight']:.2f}" for m in members)
-    described += "".join(f" +{view}" for view in manifest.get("tta", []))
-    oof = float(manifest.get("oof_accuracy", float("nan")))
+    described = " + ".join(f"#{m.trial} x{m.weight:.2f}" for m in manifest.members)
+    described += "".join(f" +{view}" for view in manifest.tta)
+    oof = manifest.scores.oof_accuracy if manifest.scores.oof_accuracy is not None else float("nan")
     print(f"{name}: delivered {described}, out-of-fold accuracy {oof:.4f}", flush=True)
     return ArmResult(name, result.accuracy, study.best_value, seconds, trial_counts(study), winner, oof, described)
 

@@ -17,7 +17,6 @@ many planted pairs were found and how many other pairs were listed.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -102,10 +101,11 @@ def main() -> None:
         predicted = {str(Path(p).resolve()) for p in oof["path"]}
         print(f"swapped: {len(swapped)} images, {len(swapped & predicted)} of them predicted out of fold")
         print(f"listed by confident learning: {len(found & swapped)} of the swapped, {len(found - swapped)} others")
-        calibration = json.loads((model / "manifest.json").read_text())["calibration"]
+        calibration = ensemble.manifest.calibration
+        assert calibration is not None  # a single-label refit always fits a temperature
         print(
-            f"out-of-fold: temperature {calibration['temperature']:.3f}, ECE {calibration['ece_before']:.4f} -> "
-            f"{calibration['ece_after']:.4f}, NLL {calibration['nll_before']:.4f} -> {calibration['nll_after']:.4f}"
+            f"out-of-fold: temperature {calibration.temperature:.3f}, ECE {calibration.ece_before:.4f} -> "
+            f"{calibration.ece_after:.4f}, NLL {calibration.nll_before:.4f} -> {calibration.nll_after:.4f}"
         )
         train = training_features(model, ensemble.decode_size)
         paths = [str(Path(p).resolve()) for p in train.table["path"]]

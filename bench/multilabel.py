@@ -58,7 +58,7 @@ def run_set(name: str, out: Path, minutes: float) -> dict:
         "macro_f1_at_half": f1_score(truth, probs >= 0.5, average="macro", zero_division=0),
         "thresholds": ", ".join(f"{n} {t:.2f}" for n, t in zip(ensemble.class_names, ensemble.thresholds)),
         "members": len(ensemble.members),
-        "oof_mAP": float(ensemble.manifest["oof_score"]),
+        "oof_mAP": ensemble.manifest.scores.oof_score,
     }
 
 

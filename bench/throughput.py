@@ -43,9 +43,9 @@ from autocls.data.images import ImageStore, build_store
 from autocls.runtime.control import resolve_device
 from autocls.runtime.threads import configure_threads
 from autocls.train.backbones import create_classifier
-from autocls.train.build import batch_plan
 from autocls.train.config import TrainConfig
 from autocls.train.feeding import BatchFeeder, autocast, model_norm, model_to_device, normalise, to_device_layout
+from autocls.train.foldparts import batch_plan
 from autocls.train.optim import create_optimizer
 from autocls.train.trainer import Trainer
 

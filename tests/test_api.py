@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -168,12 +169,12 @@ def test_evaluate_warns_when_evaluation_images_are_training_images(
     original = sorted((image_folder / "class_1").iterdir())[0]
     copy = evaluated / "class_1" / f"renamed{original.suffix}"
     shutil.copy(original, copy)
-    manifest = autocls.Ensemble.load(model_dir, "cpu").manifest
-    assert duplicates_of_training(manifest, sorted(evaluated.rglob("*.*"))) == [(copy, original)]
+    spec = autocls.Ensemble.load(model_dir, "cpu").manifest.data.spec
+    assert duplicates_of_training(spec, sorted(evaluated.rglob("*.*"))) == [(copy, original)]
     result = evaluate(model_dir, evaluated)
     assert result.training_duplicates == 1
     assert "1 of the 7 evaluation images are training images" in caplog.text and str(copy) in caplog.text
-    moved = {**manifest, "data": {**manifest["data"], "source": str(tmp_path / "gone")}}
+    moved = dataclasses.replace(spec, source=str(tmp_path / "gone"))
     assert duplicates_of_training(moved, [copy]) == []  # training data not here: nothing to compare
 
 

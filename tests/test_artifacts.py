@@ -26,6 +26,7 @@ from autocls.storage.artifacts import (
 )
 from autocls.storage.records import TrialRecorder, epoch_summary
 from autocls.storage.trials import KEEP_ATTR, Place, TrialStore, study_keep, study_trial_store
+from autocls.storage.workdir import Workdir
 from autocls.train.cv import CVResult
 from autocls.train.history import EpochRecord, FoldResult
 from tests.conftest import S3_SECRET, S3Bucket
@@ -69,13 +70,13 @@ def _study(tmp_path: Path, name: str = "data") -> optuna.Study:
 
 def test_fold_models_round_trip_under_keys_any_machine_finds(store_url: str, tmp_path: Path) -> None:
     study = _study(tmp_path)
-    here = study_artifacts(study, store_url, tmp_path / "machine1", record=True)
-    saved = _run_trial(study, study_trial_store(study, here, tmp_path / "machine1", record=True), 0.8)
+    here = study_artifacts(study, store_url, Workdir(tmp_path / "machine1"), record=True)
+    saved = _run_trial(study, study_trial_store(study, here, Workdir(tmp_path / "machine1"), record=True), 0.8)
     # another machine: its own workdir, no flag; the study says where the store is
     loaded = optuna.load_study(study_name="data", storage=study._storage)
-    there = study_artifacts(loaded, None, tmp_path / "machine2")
+    there = study_artifacts(loaded, None, Workdir(tmp_path / "machine2"))
     assert there.url == Location.parse(store_url).url and there.key == f"autocls/data.{study._study_id}"
-    store = study_trial_store(loaded, there, tmp_path / "machine2")
+    store = study_trial_store(loaded, there, Workdir(tmp_path / "machine2"))
     cv = store.load(saved, LABELS, 2, "accuracy")
     assert cv is not None and [f.fold for f in cv.folds] == [0, 1]
     assert torch.equal(cv.folds[1].state_dict["w"], torch.full((3,), 1.8))
@@ -90,8 +91,8 @@ def test_fold_models_round_trip_under_keys_any_machine_finds(store_url: str, tmp
 def test_a_trial_is_not_there_until_its_index_is_written(store_url: str, tmp_path: Path) -> None:
     """The fold models go first, ``folds.safetensors`` last: a reader never loads a half-written trial."""
     study = _study(tmp_path)
-    artifacts = study_artifacts(study, store_url, tmp_path, record=True)
-    store = study_trial_store(study, artifacts, tmp_path)
+    artifacts = study_artifacts(study, store_url, Workdir(tmp_path), record=True)
+    store = study_trial_store(study, artifacts, Workdir(tmp_path))
     writes = []
     original = store.places[0].store.write
     store.places[0].store.write = lambda key, body: (writes.append(key), original(key, body))[1]  # type: ignore[method-assign]
@@ -129,8 +130,8 @@ def test_a_folder_store_never_shows_part_of_an_object(tmp_path: Path) -> None:
 def test_deletion_waits_for_the_grace_period_and_spares_running_and_best_trials(store_url: str, tmp_path: Path) -> None:
     now = [0.0]
     study = _study(tmp_path)
-    artifacts = study_artifacts(study, store_url, tmp_path, record=True)
-    store = study_trial_store(study, artifacts, tmp_path, keep=2, record=True)
+    artifacts = study_artifacts(study, store_url, Workdir(tmp_path), record=True)
+    store = study_trial_store(study, artifacts, Workdir(tmp_path), keep=2, record=True)
     store = TrialStore(store.places, 2, grace_seconds=60, clock=lambda: now[0])
     trials = [_run_trial(study, store, value) for value in (0.5, 0.9, 0.7)]
     running = study.ask()  # saves its models while it runs: no worker may take them
@@ -158,16 +159,16 @@ def test_deletion_waits_for_the_grace_period_and_spares_running_and_best_trials(
 
 def test_keep_is_the_studys_not_the_workers(tmp_path: Path) -> None:
     study = _study(tmp_path)
-    artifacts = study_artifacts(study, str(tmp_path / "shared"), tmp_path, record=True)
-    study_trial_store(study, artifacts, tmp_path, keep=3, record=True)
+    artifacts = study_artifacts(study, str(tmp_path / "shared"), Workdir(tmp_path), record=True)
+    study_trial_store(study, artifacts, Workdir(tmp_path), keep=3, record=True)
     assert study.user_attrs[KEEP_ATTR] == 3
     # a worker started without --keep-trials keeps the study's number, not its default
-    worker = study_trial_store(study, artifacts, tmp_path / "other", record=True, grace_seconds=0)
+    worker = study_trial_store(study, artifacts, Workdir(tmp_path / "other"), record=True, grace_seconds=0)
     for value in (0.5, 0.9, 0.7, 0.8):
         _run_trial(study, worker, value)
     assert worker.retain_best(study) == {1, 2, 3} and not worker.has(0)
     # a later --keep-trials is the study's from then on, for every worker already running
-    study_trial_store(study, artifacts, tmp_path, keep=1, record=True)
+    study_trial_store(study, artifacts, Workdir(tmp_path), keep=1, record=True)
     assert study_keep(study) == 1 and worker.retain_best(study) == {1}
     assert worker.best(study) == [1] and not worker.is_candidate(study, 0.85)
 
@@ -176,30 +177,31 @@ def test_the_store_recorded_on_the_study_and_which_url_wins(tmp_path: Path, monk
     study = _study(tmp_path)
     shared = tmp_path / "shared"
     # no flag, nothing recorded: the workdir's own folder, and nothing recorded but the key
-    default = study_artifacts(study, None, tmp_path / "w1", record=True)
+    default = study_artifacts(study, None, Workdir(tmp_path / "w1"), record=True)
     assert default.default and default.url == str((tmp_path / "w1" / "artifacts").resolve())
     assert study.user_attrs[ARTIFACTS_ATTR] == {"url": None, "key": default.key}
     # the first search given a store records it, and later commands without the flag use it
-    study_artifacts(study, str(shared), tmp_path / "w1", record=True)
+    study_artifacts(study, str(shared), Workdir(tmp_path / "w1"), record=True)
     assert study.user_attrs[ARTIFACTS_ATTR]["url"] == str(shared.resolve())
-    assert study_artifacts(study, None, tmp_path / "w2").url == str(shared.resolve())
+    assert study_artifacts(study, None, Workdir(tmp_path / "w2")).url == str(shared.resolve())
     # the same folder mounted elsewhere holds the study's marker: accepted, and the record stays
     mounted = tmp_path / "mnt"
     shutil.copytree(shared, mounted)  # a second mount point of the same folder, as far as autocls can tell
-    assert study_artifacts(study, f"file://{mounted}", tmp_path / "w2", record=True).store is not None
+    store = study_artifacts(study, f"file://{mounted}", Workdir(tmp_path / "w2"), record=True)
+    assert store.url == str(mounted.resolve())
     assert study.user_attrs[ARTIFACTS_ATTR]["url"] == str(shared.resolve())
     # another store would split the study: one line that says what to do
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     with pytest.raises(AutoclsError, match="recorded on the study") as err:
-        study_artifacts(study, str(elsewhere), tmp_path / "w2", record=True)
+        study_artifacts(study, str(elsewhere), Workdir(tmp_path / "w2"), record=True)
     assert "Drop --artifacts" in str(err.value) and "\n" not in str(err.value)
     # the recorded folder missing on this machine: not created there behind the user's back
     moved = _study(tmp_path, "moved")
-    study_artifacts(moved, str(tmp_path / "gone"), tmp_path, record=True)
+    study_artifacts(moved, str(tmp_path / "gone"), Workdir(tmp_path), record=True)
     shutil.rmtree(tmp_path / "gone")
     with pytest.raises(AutoclsError, match="not on this machine"):
-        study_artifacts(moved, None, tmp_path, record=True)
+        study_artifacts(moved, None, Workdir(tmp_path), record=True)
     assert not (tmp_path / "gone").exists()
 
 
@@ -244,8 +246,8 @@ def test_a_prefix_keeps_the_study_inside_its_part_of_the_bucket(s3_bucket: S3Buc
     import boto3
 
     study = _study(tmp_path)
-    artifacts = study_artifacts(study, s3_bucket.url, tmp_path, record=True)
-    _run_trial(study, study_trial_store(study, artifacts, tmp_path), 0.5)
+    artifacts = study_artifacts(study, s3_bucket.url, Workdir(tmp_path), record=True)
+    _run_trial(study, study_trial_store(study, artifacts, Workdir(tmp_path)), 0.5)
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket.bucket)["Contents"]]
     assert keys and all(k.startswith(f"runs/{artifacts.key}/") for k in keys)
     marker = json.loads(read_bytes(artifacts.store, f"{artifacts.key}/study.json"))
@@ -259,7 +261,9 @@ def test_a_study_searched_before_artifact_stores_still_reads_its_fold_models(tmp
     legacy = TrialStore.in_folder(workdir / "data" / "trials", keep=5)
     trials = [_run_trial(study, legacy, value) for value in (0.5, 0.9)]
     assert sorted(p.name for p in (workdir / "data" / "trials").iterdir()) == ["0", "1"]
-    store = study_trial_store(study, study_artifacts(study, None, workdir, record=True), workdir, grace_seconds=0)
+    store = study_trial_store(
+        study, study_artifacts(study, None, Workdir(workdir), record=True), Workdir(workdir), grace_seconds=0
+    )
     cv = store.load(trials[1], LABELS, 2, "accuracy")
     assert cv is not None and torch.equal(cv.folds[0].state_dict["w"], torch.full((3,), 0.9))
     assert store.kept(study) == [1, 0]
@@ -292,14 +296,14 @@ def test_the_dashboard_reads_every_store_the_storages_studies_recorded(tmp_path:
 
     shared, workdir = tmp_path / "shared", tmp_path / "runs"
     first = _study(tmp_path, "first")
-    study_artifacts(first, str(shared), workdir, record=True).store.write("figure-1", io.BytesIO(b"one"))
+    study_artifacts(first, str(shared), Workdir(workdir), record=True).store.write("figure-1", io.BytesIO(b"one"))
     second = _study(tmp_path, "second")  # searched without a store: the workdir's folder
-    study_artifacts(second, None, workdir, record=True).store.write("figure-2", io.BytesIO(b"two"))
-    store, urls = dashboard_store(first._storage, None, workdir)
+    study_artifacts(second, None, Workdir(workdir), record=True).store.write("figure-2", io.BytesIO(b"two"))
+    store, urls = dashboard_store(first._storage, None, Workdir(workdir))
     assert isinstance(store, FirstFoundArtifactStore)
     assert urls == [str(shared.resolve()), str((workdir / "artifacts").resolve())]
     assert read_bytes(store, "figure-1") == b"one" and read_bytes(store, "figure-2") == b"two"
     with pytest.raises(ArtifactNotFound):
         store.open_reader("figure-3")
-    only, urls = dashboard_store(first._storage, str(shared), workdir)  # --artifacts: that store alone
+    only, urls = dashboard_store(first._storage, str(shared), Workdir(workdir))  # --artifacts: that store alone
     assert urls == [str(shared.resolve())] and read_bytes(only, "figure-1") == b"one"

@@ -10,11 +10,11 @@ from autocls.model.calibration import (
     calibrate,
     expected_calibration_error,
     fit_temperature,
-    negative_log_likelihood,
     reliability,
     scale,
     scale_tensor,
 )
+from autocls.train.metrics import log_loss
 
 
 def predictions(confidence: float, accuracy: float, images: int = 2000, classes: int = 10, seed: int = 0):
@@ -68,7 +68,7 @@ def test_expected_calibration_error_and_the_reliability_bins_agree() -> None:
     gap = sum(count * abs(conf - acc) for conf, acc, count in bins) / len(labels)
     assert expected_calibration_error(probs, labels) == pytest.approx(gap, abs=1e-4)
     assert expected_calibration_error(probs, labels) == pytest.approx(0.35, abs=0.03)
-    assert negative_log_likelihood(probs, labels) > 0
+    assert log_loss(labels, probs) > 0
 
 
 def test_confident_learning_finds_most_deliberately_swapped_labels() -> None:

@@ -35,7 +35,7 @@ def test_the_student_takes_the_teachers_settings_without_mixing() -> None:
     assert (student.backbone, student.epochs, student.lr) == ("test_mobilenetv3", 3, 0.004)
     assert (student.mixup, student.cutmix, student.label_smoothing) == (0.0, 0.0, 0.0)
     assert student_config(teacher, None, None).backbone == "test_efficientnet"
-    with pytest.raises(AutoclsError, match=r"'epochs' setting must be an integer >= 1\. Got 0"):
+    with pytest.raises(AutoclsError, match=r"'epochs' parameter must be an integer >= 1\. Got 0 instead"):
         student_config(teacher, None, 0)
 
 

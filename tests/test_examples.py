@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from autocls.data.images import decode_images
+from autocls.model.ensemble import Ensemble
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
@@ -20,9 +23,22 @@ from prepare_digits import write_digits  # noqa: E402
 pytestmark = pytest.mark.slow  # end-to-end: the CLI, subprocesses, a browser (-m 'not slow' skips them)
 
 
+def held_out_accuracy(model: Path, test: Path) -> float:
+    """The saved model's accuracy on a class-folder tree, counted here from its probabilities."""
+    ensemble = Ensemble.load(model, "cpu")
+    paths = sorted(test.rglob("*.png"))
+    images, kept, _ = decode_images(paths, ensemble.decode_size)
+    predicted = ensemble.predict_images(images).argmax(axis=1)
+    truth = [paths[i].parent.name for i in kept]
+    return sum(ensemble.class_names[p] == t for p, t in zip(predicted, truth, strict=True)) / len(paths)
+
+
 def test_quickstart_digits(tmp_path: Path) -> None:
     accuracy = quickstart_digits.run(tmp_path, fast=True)
-    assert 0.0 <= accuracy <= 1.0
+    # the accuracy the example reports is its saved model's on the held-out images
+    assert accuracy == pytest.approx(
+        held_out_accuracy(tmp_path / "runs" / "digits" / "model", tmp_path / "digits" / "test")
+    )
 
 
 @pytest.mark.skipif(
@@ -31,7 +47,8 @@ def test_quickstart_digits(tmp_path: Path) -> None:
 )
 def test_fashion_mnist(tmp_path: Path) -> None:
     accuracy = fashion_mnist.run(tmp_path, train=200, test=100, minutes=1, fast=True)
-    assert 0.0 <= accuracy <= 1.0
+    model, test = tmp_path / "runs" / "fashion" / "model", tmp_path / "fashion" / "test"
+    assert accuracy == pytest.approx(held_out_accuracy(model, test))
     assert sum(1 for _ in (tmp_path / "fashion" / "train").rglob("*.png")) == 200
 
 

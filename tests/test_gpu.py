@@ -104,7 +104,7 @@ def test_training_precision_follows_the_gpus_tensor_cores_not_bf16_emulation(mon
 
 
 def test_training_evaluation_and_both_probes_take_their_precision_from_one_place(prepared, monkeypatch) -> None:
-    import autocls.study.cost as cost_module
+    import autocls.study.trainingtime as cost_module
     import autocls.train.trainer as trainer_module
     from autocls.train import feeding as preprocess
 
@@ -121,7 +121,7 @@ def test_training_evaluation_and_both_probes_take_their_precision_from_one_place
     monkeypatch.setattr(trainer_module, "autocast", spy("trainer"))
     monkeypatch.setattr(cost_module, "PROBE_SECONDS", 0.0)
     monkeypatch.setattr(cost_module, "LATENCY_SECONDS", 0.0)
-    cost = cost_module.CostModel(CPU)
+    cost = cost_module.TrainingTimeModel(CPU)
     cost.images_per_second(BASE)
     cost.latency_ms(BASE)
     assert set(seen) == {("cost", True), ("cost", False)}  # the speed probe trains, the latency probe predicts
@@ -136,7 +136,7 @@ def test_training_evaluation_and_both_probes_take_their_precision_from_one_place
 # -- 4. the speed probe's out-of-memory retry -----------------------------------------------------
 def test_a_speed_probe_that_runs_out_of_memory_measures_at_the_batch_training_would_take(monkeypatch) -> None:
     """Training would halve its batch and fit; the probe, outside that retry, failed the trial."""
-    import autocls.study.cost as cost_module
+    import autocls.study.trainingtime as cost_module
 
     real_create, batches = cost_module.create_classifier, []
 
@@ -154,13 +154,13 @@ def test_a_speed_probe_that_runs_out_of_memory_measures_at_the_batch_training_wo
 
     monkeypatch.setattr(cost_module, "create_classifier", create)
     monkeypatch.setattr(cost_module, "PROBE_SECONDS", 0.0)
-    cost = cost_module.CostModel(CPU)
+    cost = cost_module.TrainingTimeModel(CPU)
     assert cost.images_per_second(BASE) > 0  # the probe's batch is 32 on a CPU too
     assert sorted(set(batches), reverse=True) == [32, 16, 8] and batches[-1] == 8
     config = TrainConfig(**{**BASE.to_dict(), "resolution": 24})
     monkeypatch.setattr("autocls.runtime.devicememory.MIN_BATCH", 16)  # not even the floor fits: the error stands
     with pytest.raises(torch.OutOfMemoryError):
-        cost_module.CostModel(CPU)._measure(config)
+        cost_module.TrainingTimeModel(CPU)._measure(config)
 
 
 # -- 5. the fold's out-of-memory retry ------------------------------------------------------------
@@ -248,24 +248,24 @@ def test_the_store_placement_counts_pytorchs_cached_blocks_as_free(monkeypatch) 
 
 # -- 3. measurements keyed by the GPU's model ------------------------------------------------------
 def test_gpu_speeds_are_keyed_by_the_gpus_model_not_by_cpu_threads(tmp_path: Path, monkeypatch) -> None:
-    from autocls.study.cost import CostModel
+    from autocls.study.trainingtime import TrainingTimeModel
 
     measured: list[str] = []
     gpu = {"name": "Tesla T4"}
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu["name"])
-    monkeypatch.setattr(CostModel, "_measure", lambda self, config: measured.append(gpu["name"]) or 100.0)
+    monkeypatch.setattr(TrainingTimeModel, "_measure", lambda self, config: measured.append(gpu["name"]) or 100.0)
     cache = tmp_path / "speeds.json"
-    CostModel(CUDA, cache).images_per_second(BASE)
+    TrainingTimeModel(CUDA, cache).images_per_second(BASE)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads + 1)  # a --workers child has fewer threads than its parent: no matter
-        CostModel(CUDA, cache).images_per_second(BASE)
+        TrainingTimeModel(CUDA, cache).images_per_second(BASE)
     finally:
         torch.set_num_threads(threads)
     gpu["name"] = "NVIDIA A100-SXM4-80GB"  # the workdir moved to another GPU model: measured again
-    CostModel(CUDA, cache).images_per_second(BASE)
+    TrainingTimeModel(CUDA, cache).images_per_second(BASE)
     assert measured == ["Tesla T4", "NVIDIA A100-SXM4-80GB"]
-    assert any("cuda/Tesla T4/" in key for key in CostModel(CUDA, cache).speeds)
+    assert any("cuda/Tesla T4/" in key for key in TrainingTimeModel(CUDA, cache).speeds)
 
 
 def test_the_workers_parent_leaves_the_study_set_up_and_the_gpu_to_a_child(
@@ -280,7 +280,7 @@ def test_the_workers_parent_leaves_the_study_set_up_and_the_gpu_to_a_child(
 
     calls = []
     monkeypatch.setattr(workers, "create_or_continue", set_up_here)
-    monkeypatch.setattr(workers, "CostModel", set_up_here)
+    monkeypatch.setattr(workers, "TrainingTimeModel", set_up_here)
     monkeypatch.setattr(
         subprocess, "run", lambda argv, env: calls.append((argv, env)) or types.SimpleNamespace(returncode=2)
     )

@@ -13,11 +13,11 @@ import torch
 from autocls.data.discover import DataSpec
 from autocls.final.selection import select_ensemble
 from autocls.runtime.errors import AutoclsError
-from autocls.study.cost import CostModel
 from autocls.study.driver import run_search
-from autocls.study.limits import Limits, ModelCost, fold_models_cost
+from autocls.study.limits import DeploymentCost, Limits, fold_models_cost
 from autocls.study.setup import SearchRequest, narrow_to_limits
 from autocls.study.space import load_space
+from autocls.study.trainingtime import TrainingTimeModel
 from autocls.train.config import TrainConfig
 from autocls.train.metrics import get_metric
 from tests.helpers import edit_space
@@ -25,7 +25,7 @@ from tests.helpers import edit_space
 CPU = torch.device("cpu")
 
 
-def fake_latency(self: CostModel, config: TrainConfig) -> float:
+def fake_latency(self: TrainingTimeModel, config: TrainConfig) -> float:
     """Per-image milliseconds of one fold model: 1 per 1,000 pixels, 3 for a ResNet."""
     return (3.0 if "resnet" in config.backbone else 1.0) * config.resolution**2 / 1000
 
@@ -33,10 +33,13 @@ def fake_latency(self: CostModel, config: TrainConfig) -> float:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_latency_ms": -3}, "The 'max_latency_ms' setting must be a positive number of milliseconds. Got -3."),
-        ({"max_latency_ms": float("nan")}, "must be a positive number of milliseconds. Got nan."),
-        ({"max_params": 0}, "The 'max_params' setting must be a positive integer. Got 0."),
-        ({"max_params": 2.5}, "must be a positive integer. Got 2.5."),
+        (
+            {"max_latency_ms": -3},
+            "The 'max_latency_ms' parameter must be a number of milliseconds > 0. Got -3 instead.",
+        ),
+        ({"max_latency_ms": float("nan")}, "must be a number of milliseconds > 0. Got nan instead."),
+        ({"max_params": 0}, "The 'max_params' parameter must be an integer >= 1. Got 0 instead."),
+        ({"max_params": 2.5}, "must be an integer >= 1. Got 2.5 instead."),
     ],
 )
 def test_limits_refuse_what_cannot_be_a_limit(kwargs: dict, message: str) -> None:
@@ -46,24 +49,24 @@ def test_limits_refuse_what_cannot_be_a_limit(kwargs: dict, message: str) -> Non
 
 def test_a_model_cost_is_checked_against_each_limit() -> None:
     limits = Limits(max_latency_ms=10, max_params=1_000_000)
-    assert limits.exceeded(ModelCost(9.9, 999_999)) is None
-    assert "11.0 ms an image, over the limit of 10 ms" in limits.exceeded(ModelCost(11, 10))
-    assert "over the limit of 1,000,000" in limits.exceeded(ModelCost(1, 1_000_001))
+    assert limits.exceeded(DeploymentCost(9.9, 999_999)) is None
+    assert "11.0 ms an image, over the limit of 10 ms" in limits.exceeded(DeploymentCost(11, 10))
+    assert "over the limit of 1,000,000" in limits.exceeded(DeploymentCost(1, 1_000_001))
     assert not Limits() and Limits(max_params=1)
     # five fold models on two views: ten passes an image, five copies of the weights
-    assert ModelCost(2.0, 100).times(10, 5) == ModelCost(20.0, 500)
+    assert DeploymentCost(2.0, 100).times(10, 5) == DeploymentCost(20.0, 500)
 
 
 def test_backbones_over_the_latency_limit_leave_the_space(monkeypatch, caplog) -> None:
     """fast's lowest resolution is 48 px: a Lite model takes 2.3 ms there, resnet18 6.9 ms; five fold
     models of each: 11.5 ms and 34.6 ms. A 20 ms limit keeps the Lites and MobileNet only."""
-    monkeypatch.setattr(CostModel, "latency_ms", fake_latency)
-    monkeypatch.setattr(CostModel, "parameters", lambda self, config: 1000)
-    space = narrow_to_limits(load_space("fast"), Limits(max_latency_ms=20), CostModel(CPU), folds=5)
+    monkeypatch.setattr(TrainingTimeModel, "latency_ms", fake_latency)
+    monkeypatch.setattr(TrainingTimeModel, "parameters", lambda self, config: 1000)
+    space = narrow_to_limits(load_space("fast"), Limits(max_latency_ms=20), TrainingTimeModel(CPU), folds=5)
     assert "resnet18" not in space.values_of("backbone") and "tf_efficientnet_lite0" in space.values_of("backbone")
     assert "resnet18 (34.6 ms an image, over the limit of 20 ms)" in caplog.text
     with pytest.raises(AutoclsError, match="no backbone of space 'fast' meets the limit"):
-        narrow_to_limits(load_space("fast"), Limits(max_latency_ms=5), CostModel(CPU), folds=5)
+        narrow_to_limits(load_space("fast"), Limits(max_latency_ms=5), TrainingTimeModel(CPU), folds=5)
 
 
 def test_ensemble_selection_keeps_out_members_the_limit_forbids() -> None:
@@ -90,7 +93,7 @@ def test_a_search_under_a_latency_limit_never_trains_a_configuration_over_it(
 
     from autocls.api import refit
 
-    monkeypatch.setattr(CostModel, "latency_ms", fake_latency)
+    monkeypatch.setattr(TrainingTimeModel, "latency_ms", fake_latency)
     edit_space(
         tiny_space,
         {
@@ -118,12 +121,12 @@ def test_a_search_under_a_latency_limit_never_trains_a_configuration_over_it(
 def test_fold_models_cost_measures_each_model_once(monkeypatch) -> None:
     calls = []
 
-    def latency(self: CostModel, config: TrainConfig) -> float:
+    def latency(self: TrainingTimeModel, config: TrainConfig) -> float:
         calls.append(config.backbone)
         return 2.0
 
-    monkeypatch.setattr(CostModel, "latency_ms", latency)
-    monkeypatch.setattr(CostModel, "parameters", lambda self, config: 10)
+    monkeypatch.setattr(TrainingTimeModel, "latency_ms", latency)
+    monkeypatch.setattr(TrainingTimeModel, "parameters", lambda self, config: 10)
     config = TrainConfig.from_dict({"backbone": "test_efficientnet", "resolution": 16})
-    assert fold_models_cost(CostModel(CPU), config, folds=5, views=2) == ModelCost(20.0, 50)
+    assert fold_models_cost(TrainingTimeModel(CPU), config, folds=5, views=2) == DeploymentCost(20.0, 50)
     assert calls == ["test_efficientnet"]

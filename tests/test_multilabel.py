@@ -20,6 +20,7 @@ from autocls.data.discover import check_folds, discover
 from autocls.data.images import ImageStore
 from autocls.data.multilabel import choose_thresholds, decide, label_sets, parse_label_sets
 from autocls.model.ensemble import Ensemble
+from autocls.model.manifest import Manifest, Thresholds
 from autocls.runtime.errors import AutoclsError
 from autocls.train.config import TrainConfig
 from autocls.train.cv import FoldData, cross_validate, stratified_folds
@@ -115,7 +116,7 @@ def test_labels_separated_by_another_character(tmp_path: Path, caplog) -> None:
     csv.write_text(f"file,labels\n{names[0]},cat;dog\n{names[1]},dog\n")
     with pytest.raises(AutoclsError, match=r"no label cell holds the label delimiter '\|', but 1 hold ';'"):
         discover(csv, label_delimiter="|")
-    with pytest.raises(AutoclsError, match="'label_delimiter' setting must be a non-empty separator"):
+    with pytest.raises(AutoclsError, match="'label_delimiter' parameter must be a non-empty separator"):
         discover(csv, label_delimiter="x")
 
 
@@ -271,38 +272,50 @@ def test_multilabel_soft_targets_mix_each_label_without_summing_to_one() -> None
     np.testing.assert_allclose(soft_targets(teacher, labels, 0.5), [[0.95, 0.4], [0.1, 0.05]], rtol=1e-6)
 
 
+def _labels_manifest(names: tuple[str, ...], thresholds: tuple[float, ...] | None) -> Manifest:
+    """A manifest of no members: what prediction's table and decisions read."""
+    return Manifest(names, 16, (), thresholds=Thresholds(thresholds) if thresholds is not None else None)
+
+
 def test_a_manifest_with_wrong_thresholds_is_refused(tmp_path: Path) -> None:
-    manifest = {"class_names": ["a", "b"], "preprocessing": {"decode_size": 16}, "multilabel": True}
     with pytest.raises(AutoclsError, match="thresholds must be 2 numbers in \\[0, 1\\]"):
-        Ensemble([], {**manifest, "thresholds": [0.5]})
+        _labels_manifest(("a", "b"), (0.5,))
     with pytest.raises(AutoclsError, match="thresholds must be 2 numbers"):
-        Ensemble([], {**manifest, "thresholds": [0.5, 1.5]})
-    ensemble = Ensemble([], {**manifest, "thresholds": [0.3, 0.8]})
+        _labels_manifest(("a", "b"), (0.5, 1.5))
+    ensemble = Ensemble([], _labels_manifest(("a", "b"), (0.3, 0.8)))
     frame = ensemble.to_frame(["x", "y"], np.array([[0.4, 0.7], [0.9, 0.9]]))
     assert frame["label"].tolist() == ["a", "a;b"] and list(frame.columns) == ["path", "label", "prob_a", "prob_b"]
 
 
-def test_the_estimator_takes_label_lists_and_predicts_an_indicator_matrix(tmp_path: Path, monkeypatch) -> None:
-    from autocls import api
-
+def test_label_lists_in_a_dataframe_become_a_multilabel_csv(tmp_path: Path) -> None:
+    """What the estimator hands the search for ``y`` of label lists (an empty one: none of the labels)."""
     names = write_images(tmp_path / "img", 3)
-    paths = [tmp_path / "img" / n for n in names]
-    searched = {}
+    frame = pd.DataFrame({"file": [tmp_path / "img" / n for n in names], "label": [["dog", "cat"], ["dog"], []]})
+    data = _data_spec(frame, tmp_path / "w", "study").discover()
+    assert data.multilabel and data.class_names == ("cat", "dog")
+    assert data.labels.tolist() == [[1, 1], [0, 1], [0, 0]]
 
-    def fake_search(frame: pd.DataFrame, **kwargs) -> object:
-        searched["data"] = _data_spec(frame, tmp_path / "w", kwargs["study_name"]).discover()
-        return object()
 
-    manifest = {"class_names": ["cat", "dog"], "preprocessing": {"decode_size": 16}, "multilabel": True}
-    model = Ensemble([], {**manifest, "thresholds": [0.5, 0.3]})
-    monkeypatch.setattr(api, "search", fake_search)
-    monkeypatch.setattr(api, "refit", lambda *args, **kwargs: model)
-    monkeypatch.setattr(api.StudySetup, "from_study", lambda study: None)
-    monkeypatch.setattr(model, "predict_proba", lambda inputs: np.array([[0.9, 0.1], [0.2, 0.4]]))
-    clf = api.ImageClassifier(workdir=str(tmp_path / "w")).fit(paths, [["dog", "cat"], "dog", set()])
-    assert searched["data"].multilabel and searched["data"].labels.tolist() == [[1, 1], [0, 1], [0, 0]]
-    assert clf.classes_.tolist() == ["cat", "dog"]
-    assert clf.predict(paths[:2]).tolist() == [[1, 0], [0, 1]]
+@pytest.mark.slow
+def test_the_estimator_takes_label_lists_and_predicts_an_indicator_matrix(tmp_path: Path) -> None:
+    """A real search and refit through the scikit-learn estimator, nothing mocked."""
+    from autocls.api import ImageClassifier
+
+    write_shapes(tmp_path / "shapes", count=40, size=24, colour_by_shape=True)
+    table = pd.read_csv(tmp_path / "shapes" / "train.csv", keep_default_na=False)
+    paths = [str(tmp_path / "shapes" / name) for name in table.iloc[:, 0]]
+    y = [cell.split(";") if cell else [] for cell in table.iloc[:, 1]]
+    (tmp_path / "tiny.toml").write_text(TINY_SPACE)
+    clf = ImageClassifier(space=str(tmp_path / "tiny.toml"), trials=1, folds=2, workdir=str(tmp_path / "w"))
+    clf.fit(paths, y)
+    names = sorted({label for labels in y for label in labels})
+    assert clf.classes_.tolist() == names and clf.ensemble_.multilabel
+    searched = clf.setup_.data.discover()  # the study's data: the label lists as a 0/1 matrix
+    rows = dict(zip(map(str, searched.paths), searched.labels.tolist(), strict=True))
+    assert [rows[str(Path(p).resolve())] for p in paths] == parse_label_sets(table.iloc[:, 1].tolist(), names).tolist()
+    predicted = clf.predict(paths[:5])
+    assert predicted.tolist() == decide(clf.predict_proba(paths[:5]), clf.ensemble_.thresholds).tolist()
+    assert predicted.shape == (5, len(names))
 
 
 def test_a_single_label_model_refuses_multilabel_test_data(tmp_path: Path, monkeypatch) -> None:
@@ -310,7 +323,7 @@ def test_a_single_label_model_refuses_multilabel_test_data(tmp_path: Path, monke
 
     names = write_images(tmp_path, 2)
     (tmp_path / "labels.csv").write_text(f"file,labels\n{names[0]},a;b\n{names[1]},b\n")
-    single = Ensemble([], {"class_names": ["a", "b"], "preprocessing": {"decode_size": 16}})
+    single = Ensemble([], _labels_manifest(("a", "b"), None))
     monkeypatch.setattr(evaluation, "duplicates_of_training", lambda *args: [])
     with pytest.raises(AutoclsError, match="images have several labels, but the model predicts one class per image"):
         evaluation.evaluate(single, tmp_path / "labels.csv")
@@ -372,12 +385,12 @@ def test_multilabel_search_refit_predict_evaluate_report_export(tmp_path: Path, 
     assert main(["distill", str(model), "--out", str(student_dir), "--epochs", "3", "--quiet"]) == 0
     student = Ensemble.load(student_dir, "cpu")
     assert student.multilabel and student.thresholds.tolist() == manifest["thresholds"]
-    source = student.manifest["distilled_from"]
+    source = student.manifest.distilled_from
     teacher = Ensemble.load(model, "cpu")
     train = discover(train_csv)
     negatives = 1 - teacher.decisions(teacher.predict_proba(list(train.paths))).mean()
     # above what a student that learnt nothing (every label off) would share with the teacher
-    assert negatives < source["agreement_on_training_images"] <= 1.0, (negatives, source)
+    assert negatives < source.agreement_on_training_images <= 1.0, (negatives, source)
     assert main(["evaluate", str(student_dir), str(test_csv), "--quiet"]) == 0
     assert "per-label report" in capsys.readouterr().out
 

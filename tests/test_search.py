@@ -14,15 +14,15 @@ from autocls.data.discover import DataSpec, discover
 from autocls.data.images import build_store
 from autocls.storage import records
 from autocls.storage.trials import TrialStore
-from autocls.study.budget import Budget, BudgetExhausted
-from autocls.study.cost import CPU_PROBE_RESOLUTION, PRIOR_CORRECTION, CostModel
+from autocls.study.budget import Budget, BudgetExhausted, first_share, folds_to_train, size_to_shares
 from autocls.study.driver import MAX_CONSECUTIVE_SKIPS, run_search
 from autocls.study.objective import TrialObserver
-from autocls.study.portfolio import DataStats, first_share, folds_to_train, portfolio
+from autocls.study.portfolio import DataStats, recipes
 from autocls.study.progress import Reporter
 from autocls.study.pruning import FOLD_STEP, FoldAwarePruner
 from autocls.study.setup import SearchRequest, create_or_continue
 from autocls.study.space import load_space, space_from_dict
+from autocls.study.trainingtime import CPU_PROBE_RESOLUTION, PRIOR_CORRECTION, TrainingTimeModel
 from autocls.train.callbacks import TrainingObserver
 from autocls.train.config import TrainConfig
 from autocls.train.cv import FoldData, cross_validate, stratified_folds
@@ -83,7 +83,7 @@ def test_losing_trial_is_pruned_between_folds(image_folder: Path, tiny_space: Pa
 
 
 def test_portfolio_has_one_known_good_config_per_family_within_the_space() -> None:
-    configs = portfolio(DEFAULT, DataStats(images=2000, classes=10, image_side=28))
+    configs = recipes(DEFAULT, DataStats(images=2000, classes=10, image_side=28))
     assert [c["backbone"] for c in configs] == ["tf_efficientnet_lite0", "resnet18", "convnext_tiny"]
     for config in configs:
         assert config["resolution"] == 96  # the space's closest to 28 px images
@@ -91,7 +91,7 @@ def test_portfolio_has_one_known_good_config_per_family_within_the_space() -> No
             dim = next(d for d in DEFAULT.dimensions if d.name == name)
             assert value in dim.choices if dim.choices is not None else dim.low <= value <= dim.high
     assert configs[1]["optimizer"] == "sgd" and configs[1]["nesterov"] is True
-    few = portfolio(DEFAULT, DataStats(images=40, classes=4, image_side=300))
+    few = recipes(DEFAULT, DataStats(images=40, classes=4, image_side=300))
     assert all(c["freeze"] == 0.5 and c["resolution"] == 224 for c in few)
 
 
@@ -129,7 +129,7 @@ def test_metric_defaults_to_balanced_accuracy_for_imbalanced_classes(tmp_path: P
 
 
 def test_timeout_bounds_the_whole_command(image_folder: Path, tiny_space: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(CostModel, "images_per_second", lambda self, config: 1e9)  # an estimate far too low
+    monkeypatch.setattr(TrainingTimeModel, "images_per_second", lambda self, config: 1e9)  # an estimate far too low
     # a first fold far longer than the budget: the trial is cut inside it (a trial cut between
     # folds with none completed is kept on its folds: see the test after this one)
     edit_space(tiny_space, {"epochs = 2": "epochs = 2000", "patience = 2": "patience = 2000"})
@@ -175,7 +175,7 @@ def test_a_budget_that_ends_between_the_first_trials_folds_still_delivers_a_mode
     assert queued.state.name == "WAITING"
     model = autocls.refit(study, workdir=workdir)
     assert [len(m.models) for m in model.members] == [1]
-    assert model.manifest["oof_images"] == 12  # the one trained fold's validation half of 24 images
+    assert model.manifest.scores.oof_images == 12  # the one trained fold's validation half of 24 images
 
 
 class _FixedBudget(Budget):
@@ -206,7 +206,7 @@ def test_folds_that_do_not_fit_the_time_left_share_it(left: float, expected: int
     queued again)."""
     trial = optuna.create_study().ask()
     observer = TrialObserver(trial, Reporter(quiet=True), _FixedBudget(left))
-    assert observer.fold_epochs(0, 5, 8) == 8  # the first fold: admitted on the cost model's estimate
+    assert observer.fold_epochs(0, 5, 8) == 8  # the first fold: admitted on the training-time model's estimate
     observer.folds.append(_fold(0, 8))
     if expected is None:
         with pytest.raises(BudgetExhausted, match="fold 2 with the 3 after it needs about 240s"):
@@ -307,7 +307,7 @@ def test_a_trial_that_runs_out_of_memory_finishes_at_a_smaller_batch(
 def test_configurations_that_cannot_finish_in_time_are_skipped(
     image_folder: Path, tiny_space: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    monkeypatch.setattr(CostModel, "images_per_second", lambda self, config: 0.01)  # 100 s an image
+    monkeypatch.setattr(TrainingTimeModel, "images_per_second", lambda self, config: 0.01)  # 100 s an image
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     request = SearchRequest(DataSpec.of(image_folder), storage=storage, space=str(tiny_space), trials=20, timeout=600)
     start = time.monotonic()
@@ -321,13 +321,15 @@ def test_configurations_that_cannot_finish_in_time_are_skipped(
     assert time.monotonic() - start < 60
 
 
-def test_cost_model_measures_a_configuration_once_and_learns_from_real_trials(tmp_path: Path, monkeypatch) -> None:
+def test_the_training_time_model_measures_a_configuration_once_and_learns_from_real_trials(
+    tmp_path: Path, monkeypatch
+) -> None:
     config = TrainConfig.from_dict({**TINY, "resolution": 24})
-    cost = CostModel(CPU, tmp_path / "speeds.json")
+    cost = TrainingTimeModel(CPU, tmp_path / "speeds.json")
     speed = cost.images_per_second(config)
     assert speed > 0
-    monkeypatch.setattr(CostModel, "_measure", lambda self, config: pytest.fail("measured again"))
-    again = CostModel(CPU, tmp_path / "speeds.json")  # read back from the workdir
+    monkeypatch.setattr(TrainingTimeModel, "_measure", lambda self, config: pytest.fail("measured again"))
+    again = TrainingTimeModel(CPU, tmp_path / "speeds.json")  # read back from the workdir
     assert again.images_per_second(config) == speed
     per_epoch = again.epoch_seconds(config, 80, 20)
     assert per_epoch == pytest.approx(80 / speed + 20 / (speed * 3))
@@ -342,8 +344,8 @@ def test_cost_model_measures_a_configuration_once_and_learns_from_real_trials(tm
 
 def test_a_cpu_probes_high_resolutions_once_at_a_lower_one_scaled_by_the_pixels(monkeypatch) -> None:
     measured = []
-    monkeypatch.setattr(CostModel, "_measure", lambda self, config: measured.append(config.resolution) or 90.0)
-    cost = CostModel(CPU)
+    monkeypatch.setattr(TrainingTimeModel, "_measure", lambda self, config: measured.append(config.resolution) or 90.0)
+    cost = TrainingTimeModel(CPU)
     speeds = {r: cost.images_per_second(TrainConfig.from_dict({**TINY, "resolution": r})) for r in (96, 160, 224)}
     assert measured == [96, CPU_PROBE_RESOLUTION]  # one probe serves every resolution above it
     assert speeds[96] == 90.0 and speeds[224] == pytest.approx(90.0 * (CPU_PROBE_RESOLUTION / 224) ** 2)
@@ -351,8 +353,8 @@ def test_a_cpu_probes_high_resolutions_once_at_a_lower_one_scaled_by_the_pixels(
 
 def test_a_real_run_of_a_backbone_calibrates_its_estimates_at_every_size(monkeypatch) -> None:
     speeds = {24: 100.0, 32: 50.0}
-    monkeypatch.setattr(CostModel, "images_per_second", lambda self, config: speeds[config.resolution])
-    cost = CostModel(CPU)
+    monkeypatch.setattr(TrainingTimeModel, "images_per_second", lambda self, config: speeds[config.resolution])
+    cost = TrainingTimeModel(CPU)
     small = TrainConfig.from_dict({**TINY, "resolution": 24, "epochs": 2})
     large = TrainConfig.from_dict({**TINY, "resolution": 32, "epochs": 4})
     other = TrainConfig.from_dict({**TINY, "backbone": "resnet18", "resolution": 32, "epochs": 4})
@@ -374,18 +376,18 @@ def test_portfolio_is_sized_to_the_time_budget() -> None:
         return params["resolution"] * params["epochs"]
 
     stats = DataStats(images=2000, classes=10, image_side=28)
-    first, second = portfolio(fast, stats, seconds, budget=2400)
+    first, second = size_to_shares(fast, recipes(fast, stats), seconds, budget=2400)
     # 960 s (40% of 2400 s) hold 96 px x 8 epochs (768 s); the second recipe's 600 s (25%) hold
     # 96 px x 6 (576 s); a third would get 15%
     assert (first["resolution"], first["epochs"]) == (96, 8)
     assert (second["resolution"], second["epochs"]) == (96, 6)
     # 20 minutes: the first recipe's share is 0.575 (690 s): 96 px x 6 (576 s), not 96 px x 8 (768 s)
-    twenty = portfolio(fast, stats, seconds, budget=1200)
+    twenty = size_to_shares(fast, recipes(fast, stats), seconds, budget=1200)
     assert (twenty[0]["resolution"], twenty[0]["epochs"]) == (96, 6)
     # 10 minutes: 75% (450 s) holds 6 epochs only at 64 px (384 s); 96 px x 4 (384 s) is too short a schedule
-    ten = portfolio(fast, stats, seconds, budget=600)
+    ten = size_to_shares(fast, recipes(fast, stats), seconds, budget=600)
     assert (ten[0]["resolution"], ten[0]["epochs"]) == (64, 6)
-    tight = portfolio(fast, stats, seconds, budget=60)
+    tight = size_to_shares(fast, recipes(fast, stats), seconds, budget=60)
     assert all((c["resolution"], c["epochs"]) == (48, 4) for c in tight)  # the cheapest, to be skipped if need be
 
 
@@ -394,13 +396,13 @@ def test_a_space_of_one_family_gets_a_recipe_on_its_second_backbone() -> None:
     the family's recipe on Lite0 and on Lite1, two strong members for ensemble selection."""
     data = load_space("fast").to_dict()
     data["params"]["backbone"]["choices"] = ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
-    configs = portfolio(space_from_dict(data, name="lite"), DataStats(images=2000, classes=10, image_side=28))
+    configs = recipes(space_from_dict(data, name="lite"), DataStats(images=2000, classes=10, image_side=28))
     assert [c["backbone"] for c in configs] == ["tf_efficientnet_lite0", "tf_efficientnet_lite1"]
     assert {k: v for k, v in configs[0].items() if k != "backbone"} == {
         k: v for k, v in configs[1].items() if k != "backbone"
     }
     data["params"]["backbone"]["choices"] = ["tf_efficientnet_lite0"]
-    assert len(portfolio(space_from_dict(data, name="lite0"), DataStats(2000, 10, 28))) == 1
+    assert len(recipes(space_from_dict(data, name="lite0"), DataStats(2000, 10, 28))) == 1
 
 
 @pytest.mark.parametrize(
@@ -427,7 +429,7 @@ def test_a_short_budget_trains_fewer_folds(budget: float | None, folds: int, exp
         return params["resolution"] * params["epochs"]
 
     stats = DataStats(images=2000, classes=10, image_side=28)
-    assert folds_to_train(load_space("fast"), stats, folds, fold_seconds, budget) == expected
+    assert folds_to_train(load_space("fast"), stats, folds, fold_seconds=fold_seconds, budget=budget) == expected
 
 
 def test_fewer_folds_are_counted_at_a_resolution_that_costs_little_more() -> None:
@@ -439,8 +441,8 @@ def test_fewer_folds_are_counted_at_a_resolution_that_costs_little_more() -> Non
 
     stats = DataStats(images=2000, classes=10, image_side=28)
     # 10 minutes: 405 s hold five 48 px folds (380 s) but four at 64 px (332 s)
-    assert folds_to_train(load_space("fast"), stats, 5, fold_seconds, budget=540) == 4
-    assert folds_to_train(load_space("fast"), stats, 5, fold_seconds, budget=1740) == 5
+    assert folds_to_train(load_space("fast"), stats, 5, fold_seconds=fold_seconds, budget=540) == 4
+    assert folds_to_train(load_space("fast"), stats, 5, fold_seconds=fold_seconds, budget=1740) == 5
 
 
 def test_a_search_on_fewer_folds_is_refit_on_the_folds_it_trained(
@@ -488,7 +490,9 @@ def test_a_configuration_too_long_for_the_time_left_is_queued_smaller(
     """24 px would take days, 16 px is instant: each 24 px configuration is skipped and its 16 px
     version (same other parameters, the most epochs that fit) trains in its place."""
     search_sizes(tiny_space)
-    monkeypatch.setattr(CostModel, "images_per_second", lambda self, config: 1e-3 if config.resolution == 24 else 1e6)
+    monkeypatch.setattr(
+        TrainingTimeModel, "images_per_second", lambda self, config: 1e-3 if config.resolution == 24 else 1e6
+    )
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     data = DataSpec.of(image_folder)
     request = SearchRequest(
@@ -568,7 +572,7 @@ def test_portfolio_halving_keeps_the_better_half_and_recipes_within_noise(direct
 
 
 def test_portfolio_is_probed_only_when_the_probes_are_a_small_part_of_the_budget() -> None:
-    from autocls.study.portfolio import PROBE_SHARE, should_probe
+    from autocls.study.budget import PROBE_SHARE, should_probe
 
     two = [{"backbone": "a"}, {"backbone": "b"}]
     assert should_probe(two, lambda params: 75.0, budget=1800)  # 150 s of 30 minutes
@@ -578,8 +582,6 @@ def test_portfolio_is_probed_only_when_the_probes_are_a_small_part_of_the_budget
 
 
 def test_the_recipe_that_probes_best_gets_the_first_share_of_the_budget() -> None:
-    from autocls.study.portfolio import recipes, size_to_shares
-
     fast = load_space("fast")
     lite, resnet = recipes(fast, DataStats(images=2000, classes=10, image_side=28))[:2]
 
@@ -603,7 +605,7 @@ def test_the_recipe_that_probes_best_gets_the_first_share_of_the_budget() -> Non
 def _two_recipe_request(image_folder: Path, tmp_path: Path, monkeypatch) -> SearchRequest:
     """A 10-minute search of two recipes (MobileNet and ResNet families) whose probes are estimated
     to take no time, so the portfolio is probed first."""
-    monkeypatch.setattr(CostModel, "images_per_second", lambda self, config: 1e6)
+    monkeypatch.setattr(TrainingTimeModel, "images_per_second", lambda self, config: 1e6)
     space = tmp_path / "two.toml"
     space.write_text(
         "[fixed]\npretrained = false\nbatch_size = 8\npatience = 2\n"
@@ -621,19 +623,23 @@ def test_a_long_budget_probes_every_recipe_on_the_first_fold_before_enqueuing_th
 ) -> None:
     from autocls.report.html import _study_sections
     from autocls.storage.records import PORTFOLIO, PORTFOLIO_PLAN, PORTFOLIO_PROBES
+    from autocls.study.budget import TimePlan
     from autocls.study.halving import halve_portfolio
     from autocls.train.cv import cross_validate as validate
 
     request = _two_recipe_request(image_folder, tmp_path, monkeypatch)
     folds_seen: list[int] = []
+    trained: dict[str, float] = {}
 
     def counting(config, data, *args, **kwargs):
         folds_seen.append(len(data.splits))
-        return validate(config, data, *args, **kwargs)
+        result = validate(config, data, *args, **kwargs)
+        trained[config.backbone] = result.mean_score
+        return result
 
     monkeypatch.setattr("autocls.study.halving.cross_validate", counting)
     storage = request.storage
-    study, _ = create_or_continue(storage, "data", request, CostModel(CPU, tmp_path / "speeds.json"))
+    study, _ = create_or_continue(storage, "data", request, timing=TrainingTimeModel(CPU, tmp_path / "speeds.json"))
     assert not study.trials and len(study.user_attrs[PORTFOLIO_PLAN]["recipes"]) == 2  # nothing enqueued yet
     run_search(request, CPU)
     study = optuna.load_study(study_name="data", storage=storage)
@@ -641,7 +647,7 @@ def test_a_long_budget_probes_every_recipe_on_the_first_fold_before_enqueuing_th
     assert folds_seen == [1, 1]  # each probe trained the first fold only
     assert probed["fidelity"] == {"resolution": 16, "epochs": 1, "folds": 1}
     scores = {p["backbone"]: p["score"] for p in probed["probes"]}
-    assert all(0 <= s <= 1 for s in scores.values())
+    assert scores == trained  # each probe's recorded score is its first fold's, as trained
     assert probed["kept"] == sorted(probed["kept"], key=lambda b: -scores[b])  # the best-probed recipe first
     trials = study.trials  # probes are not trials: the first trials are the surviving recipes, in that order
     assert [t.params["backbone"] for t in trials[: len(probed["kept"])]] == probed["kept"]
@@ -650,8 +656,9 @@ def test_a_long_budget_probes_every_recipe_on_the_first_fold_before_enqueuing_th
     # each probe's real time calibrated its backbone's estimates, and the study keeps the factors
     factors = probed["speed_factors"]
     assert set(factors) == set(scores) and all(f > 0 for f in factors.values())
-    restored = CostModel(CPU)
-    halve_portfolio(study, None, None, CPU, None, restored, None)  # a continued run: no probes, factors back
+    restored = TrainingTimeModel(CPU)
+    plan = TimePlan(Budget(None), restored, images=24, folds=2, trained_folds=2)
+    halve_portfolio(study, None, None, device=CPU, plan=plan, reporter=None)  # a continued run: no probes, factors back
     assert restored.backbone_factors == factors
     page = _study_sections(study)  # the report shows what the probes measured and decided
     assert "Warm-start probes" in page and all(f"<td>{b}</td>" in page for b in scores)
@@ -674,7 +681,7 @@ def test_recipes_the_probes_cannot_tell_apart_are_sized_alike(
     size_to_shares = halving.size_to_shares
 
     def sizing(*args, **kwargs):
-        passed.append(args[5])
+        passed.append(kwargs["tied"])
         return size_to_shares(*args, **kwargs)
 
     monkeypatch.setattr(halving, "size_to_shares", sizing)
@@ -752,7 +759,7 @@ def _pixel_epochs(config: TrainConfig) -> float:
 def test_the_last_minutes_train_the_best_configuration_again_smaller(direction: str) -> None:
     """When the best trial no longer fits the time left, its configuration is queued once more at
     the largest size whose estimate fits 90% of it (a new trial: a new seed, the same folds)."""
-    from autocls.study.objective import last_member
+    from autocls.study.budget import last_member
 
     study = optuna.create_study(direction=direction)
     better, worse = (0.9, 0.8) if direction == "maximize" else (0.2, 0.4)
@@ -771,7 +778,7 @@ def test_the_last_minutes_train_the_best_configuration_again_smaller(direction: 
 
 
 def test_no_member_is_queued_when_nothing_fits_or_nothing_completed() -> None:
-    from autocls.study.objective import last_member
+    from autocls.study.budget import last_member
 
     space = load_space("fast")
     study = optuna.create_study(direction="maximize")
@@ -830,7 +837,9 @@ def test_the_search_trains_the_best_configuration_again_for_its_last_minutes(
     clock = [0.0]
     monkeypatch.setattr(budget_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     monkeypatch.setattr(
-        CostModel, "trial_seconds", lambda self, config, *args: config.resolution**2 * config.epochs * 500 / 1152
+        TrainingTimeModel,
+        "trial_seconds",
+        lambda self, config, *args: config.resolution**2 * config.epochs * 500 / 1152,
     )
     real_cross_validate = objective_module.cross_validate
 

@@ -7,6 +7,7 @@ import pytest
 
 from autocls.final import refit as refitter
 from autocls.final.selection import blend, select_ensemble
+from autocls.model.views import TTA_VIEWS
 from autocls.train.metrics import get_metric
 
 ACCURACY = get_metric("accuracy")
@@ -84,7 +85,9 @@ def _choose(labels: np.ndarray, plain: np.ndarray, views: dict[str, np.ndarray],
     monkeypatch.setattr(refitter, "_view_oof", lambda candidate, view, data, device: views[view])
     _Data.images.labels = labels
     covered = np.ones(len(labels), dtype=bool)
-    return refitter._choose_tta([(None, 1.0)], _Data, None, criterion or ACCURACY, ACCURACY, plain, covered, **kw)
+    return refitter._choose_tta(
+        [(None, 1.0)], _Data, None, criterion=criterion or ACCURACY, score=ACCURACY, plain=plain, covered=covered, **kw
+    )
 
 
 @pytest.mark.parametrize(("flip_helps", "expected"), [(True, ["hflip"]), (False, [])])
@@ -166,7 +169,9 @@ def test_refit_recommends_a_selected_ensemble_that_predicts_and_exports(image_fo
     selection = manifest["selection"]  # never worse than the best trial alone on what it was chosen on
     assert selection["criterion"] == "log_loss"
     assert selection["oof_criterion_selected"] <= selection["oof_criterion_best_trial"]
-    assert manifest["tta"] in ([], ["hflip"])
+    kept = manifest["tta"]  # each view kept is a step of the greedy choice, in order, after "none"
+    assert list(selection["oof_score_tta"]) == ["none", *("+".join(kept[: i + 1]) for i in range(len(kept)))]
+    assert set(kept) <= set(TTA_VIEWS)
 
     images, _, _ = decode_images(sorted(image_folder.rglob("*.*")), ensemble.decode_size)
     expected = ensemble.predict_images(images)
@@ -191,35 +196,25 @@ def test_a_two_member_ensemble_is_the_weighted_mean_of_its_members(tmp_path) -> 
     import torch
 
     from autocls.model.ensemble import Ensemble, Member
+    from autocls.model.manifest import Manifest, MemberSpec
     from autocls.train.backbones import create_classifier
     from autocls.train.config import TrainConfig
 
     torch.manual_seed(0)
     configs = [TrainConfig(backbone="test_efficientnet", pretrained=False, resolution=r) for r in (16, 24)]
-    members = [
-        Member(c, [create_classifier(c, 3, load_weights=False) for _ in range(2)], w, (0.5,) * 3, (0.25,) * 3, n)
+    specs = [
+        MemberSpec(c, w, (0.5,) * 3, (0.25,) * 3, folds=2, trial=n)
         for n, (c, w) in enumerate(zip(configs, (0.25, 0.75), strict=True))
     ]
-    manifest = {
-        "class_names": ["a", "b", "c"],
-        "preprocessing": {"decode_size": 32},
-        "tta": ["hflip"],
-        "members": [
-            {
-                "trial": m.trial,
-                "weight": m.weight,
-                "config": m.config.to_dict(),
-                "mean": m.mean,
-                "std": m.std,
-                "folds": 2,
-            }
-            for m in members
-        ],
-    }
+    members = [Member(m, [create_classifier(m.config, 3, load_weights=False) for _ in range(2)]) for m in specs]
+    manifest = Manifest(("a", "b", "c"), 32, tuple(specs), tta=("hflip",))
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     saved = Ensemble(members, manifest).save(tmp_path / "model")
     loaded = Ensemble.load(saved, "cpu")
-    alone = [Ensemble([replace(m, weight=1.0)], manifest).predict_images(images) for m in loaded.members]
+    alone = [
+        Ensemble([Member(replace(m.spec, weight=1.0), m.models)], manifest).predict_images(images)
+        for m in loaded.members
+    ]
     np.testing.assert_allclose(loaded.predict_images(images), 0.25 * alone[0] + 0.75 * alone[1], atol=1e-6)
     # exported: one input per resolution, ascending, the flip view inside the graph
     import onnxruntime

@@ -64,21 +64,21 @@ def test_round_trip_through_dict(tiny_space: Path) -> None:
         ({"fixed": {"backbone": "x"}, "params": {"lr": {"low": 0.0, "high": 0.1, "log": True}}}, "log range needs"),
         (
             {"fixed": {"backbone": "x"}, "params": {"epochs": {"choices": [4, "six"]}}},
-            r"The 'epochs' setting in bad.toml \[params.epochs\] must be an integer >= 1. Got 'six'",
+            r"The 'epochs' parameter of bad.toml \[params.epochs\] must be an integer >= 1. Got 'six' instead",
         ),
         (
             {"fixed": {"backbone": "x", "lr": "fast"}},
-            r"The 'lr' setting in bad.toml \[fixed\] must be a number > 0. Got 'fast'",
+            r"The 'lr' parameter of bad.toml \[fixed\] must be a number > 0. Got 'fast' instead",
         ),
         (
             {"fixed": {"backbone": "x", "pretrained": 1}},
-            "'pretrained' setting in bad.toml \\[fixed\\] must be true or false. Got 1",
+            "'pretrained' parameter of bad.toml \\[fixed\\] must be true or false. Got 1 instead",
         ),
         ({"fixed": {"backbone": "x"}, "params": {"lr": {"low": "a", "high": 0.1}}}, "must be numbers"),
         ({"fixed": {"backbone": "resnet19"}}, "unknown backbone 'resnet19'; did you mean resnet18"),
         (
             {"fixed": {"backbone": "x", "lr": -3}},
-            r"The 'lr' setting in bad.toml \[fixed\] must be a number > 0. Got -3.",
+            r"The 'lr' parameter of bad.toml \[fixed\] must be a number > 0. Got -3 instead.",
         ),
         ({"fixed": {"backbone": "x", "dropout": 1.0}}, r"'dropout' .* must be a number in \[0, 1\). Got 1.0"),
         ({"fixed": {"backbone": "x", "resolution": 4}}, "'resolution' .* must be an integer >= 8. Got 4"),
@@ -96,7 +96,7 @@ def test_unknown_space_name_lists_the_builtins() -> None:
 
 
 def test_config_validates_choices() -> None:
-    with pytest.raises(AutoclsError, match=r"The 'optimizer' setting must be one of \[.adamw., .adam., .sgd.\]"):
+    with pytest.raises(AutoclsError, match=r"The 'optimizer' parameter must be one of \[.adamw., .adam., .sgd.\]"):
         TrainConfig(backbone="resnet18", optimizer="lion")
-    with pytest.raises(AutoclsError, match=r"The 'freeze' setting must be a number in \[0, 1\]. Got 1.5."):
+    with pytest.raises(AutoclsError, match=r"The 'freeze' parameter must be a number in \[0, 1\]. Got 1.5 instead."):
         TrainConfig(backbone="resnet18", freeze=1.5)

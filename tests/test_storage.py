@@ -240,3 +240,19 @@ def test_the_password_never_reaches_the_warnings_or_the_error(caplog) -> None:
     ):
         retry.call(attempt)
     assert "hunter2" not in str(raised.value) + caplog.text and "password *** was refused" in str(raised.value)
+
+
+def test_the_run_folder_keeps_every_file_where_earlier_versions_put_it(tmp_path: Path) -> None:
+    """Run folders written before :class:`Workdir` existed must still be found: the layout is fixed."""
+    from autocls.storage.workdir import Workdir
+
+    workdir = Workdir(str(tmp_path / "runs"))  # a str, as the API may pass it
+    root = tmp_path / "runs"
+    assert workdir.database == root / "autocls.db" and workdir.journal == root / "autocls.journal"
+    assert (workdir.cache, workdir.speeds) == (root / "cache", root / "cache" / "speeds.json")
+    assert workdir.artifacts == root / "artifacts"
+    assert workdir.data_index("s") == root / "s" / "files.json"
+    assert workdir.model("s") == root / "s" / "model" and workdir.legacy_trials("s") == root / "s" / "trials"
+    assert workdir.dataframe_csv(None) == root / "dataframe" / "labels.csv"
+    assert not root.exists()  # naming a path creates nothing
+    assert workdir.storage_url() == f"sqlite:///{(root / 'autocls.db').resolve()}" and root.is_dir()

@@ -182,7 +182,7 @@ def test_a_killed_searchs_trial_is_recovered_at_once_by_the_next_run(
     doomed.send_signal(signal.SIGKILL)
     doomed.wait()
     assert states(storage) == ["COMPLETE", "RUNNING"]  # the finished trial is safe
-    assert main([*args, "--trials", "2", "--timeout", "20", "--quiet"]) in (0, 1)
+    assert main([*args, "--trials", "2", "--timeout", "20", "--quiet"]) == 0  # trial 0 is complete: a best trial
     study = optuna.load_study(study_name="data", storage=open_storage(storage))
     trials = study.trials
     assert [t.state.name for t in trials][:2] == ["COMPLETE", "FAIL"]  # the dead process's trial was failed...
@@ -240,10 +240,10 @@ def test_four_workers_cleaning_up_never_delete_a_running_trials_models(tmp_path:
 
 
 def _measure_and_save(cache: str, key: str) -> None:
-    from autocls.study.cost import CostModel
+    from autocls.study.trainingtime import TrainingTimeModel
 
     for i in range(30):
-        model = CostModel(torch_cpu(), Path(cache))
+        model = TrainingTimeModel(torch_cpu(), Path(cache))
         model.speeds[f"{key}/{i}"] = float(i)
         model._save()
 
@@ -297,17 +297,6 @@ def test_ctrl_c_leaves_no_running_trial(image_folder: Path, tiny_space: Path, tm
     assert trials[1].system_attrs["fixed_params"] == trials[0].params and trials[1].user_attrs["retry_of"] == 0
 
 
-def test_each_worker_gets_its_share_of_the_cores_and_one_gpu_of_several() -> None:
-    from autocls.study.workers import worker_envs
-
-    envs = worker_envs(4, cores=16, gpus=2, base={"PATH": "/bin"})
-    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0", "1"]
-    assert {e["AUTOCLS_THREADS"] for e in envs} == {"4"} and [e["AUTOCLS_WORKER"] for e in envs] == list("0123")
-    chosen = worker_envs(2, cores=2, gpus=2, base={"CUDA_VISIBLE_DEVICES": "3,5"})
-    assert [e["CUDA_VISIBLE_DEVICES"] for e in chosen] == ["3", "5"]  # the user's selection is respected
-    assert all("CUDA_VISIBLE_DEVICES" not in e for e in worker_envs(2, cores=2, gpus=1, base={}))
-
-
 def _open_and_create(url: str) -> None:
     storage = open_storage(url)
     optuna.create_study(study_name="first", storage=storage, load_if_exists=True)
@@ -325,40 +314,3 @@ def test_first_runs_started_at_once_on_a_new_sqlite_database_all_start(tmp_path:
         process.join(timeout=120)
     assert [p.exitcode for p in starts] == [0] * 5
     assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["first"]
-
-
-def test_a_worker_gets_every_setting_of_the_parents_request(image_folder: Path, tiny_space: Path) -> None:
-    """--workers children get the parent's SearchRequest whole: a field left out of the hand-off fails here."""
-    import dataclasses
-
-    from autocls.data.discover import DataSpec
-    from autocls.study.setup import SearchRequest
-    from autocls.study.space import load_space
-
-    defaults = SearchRequest(DataSpec.of(image_folder))
-    asked = SearchRequest(
-        data=DataSpec.of(image_folder, file_column="f", label_column="l"),
-        workdir=Path("/tmp/w"),
-        storage="journal:/tmp/w/j",
-        study_name="s",
-        space=str(tiny_space),
-        trials=7,
-        timeout=90.5,
-        folds=3,
-        seed=4,
-        metric="balanced_accuracy",
-        device="cpu",
-        weights=str(image_folder),
-        sampler="random",
-        pruning=False,
-        warm_start=False,
-        keep_trials=2,
-        artifacts="s3://bucket/prefix",
-        max_latency_ms=12.5,
-        max_params=1_000_000,
-    )
-    changed = {f.name for f in dataclasses.fields(SearchRequest) if getattr(asked, f.name) != getattr(defaults, f.name)}
-    assert changed == {f.name for f in dataclasses.fields(SearchRequest)}  # every setting differs from its default
-    assert SearchRequest.from_json(asked.to_json()) == asked
-    loaded = dataclasses.replace(asked, space=load_space(str(tiny_space)))
-    assert SearchRequest.from_json(loaded.to_json()).space.to_dict() == loaded.space.to_dict()

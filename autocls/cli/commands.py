@@ -128,57 +128,60 @@ def run_refit(args: argparse.Namespace) -> int:
     from autocls.runtime.control import resolve_device
     from autocls.runtime.threads import configure_threads
     from autocls.storage.artifacts import study_artifacts
-    from autocls.storage.rdb import default_path, default_url
     from autocls.storage.trials import study_trial_store
+    from autocls.storage.workdir import Workdir
     from autocls.study.progress import Reporter
-    from autocls.study.setup import CACHE_DIR, StudySetup, open_study
+    from autocls.study.setup import StudySetup, open_study
     from autocls.study.studydata import relocated
 
     configure_threads()
     if args.labels and not args.data:
         raise AutoclsError("--labels goes with --data: give the folder of the images too.")
-    if not args.storage and not default_path(args.workdir).is_file():
+    workdir = Workdir(args.workdir)
+    if not args.storage and not workdir.database.is_file():
         raise AutoclsError(
-            f"nothing was searched in {args.workdir} (no autocls.db there); run autocls search first, "
+            f"nothing was searched in {args.workdir} (no {workdir.database.name} there); run autocls search first, "
             "or point --workdir (or --storage) at the search."
         )
-    storage = args.storage or default_url(args.workdir)
+    storage = args.storage or workdir.storage_url()
     study = open_study(storage, args.study)
-    out = args.out or args.workdir / study.study_name / "model"
+    out = args.out or workdir.model(study.study_name)
     overwrite = args.overwrite or args.out is None  # the default folder is autocls's own: refit replaces it
-    store = study_trial_store(study, study_artifacts(study, args.artifacts, args.workdir), args.workdir)
+    store = study_trial_store(study, study_artifacts(study, args.artifacts, workdir), workdir)
     reporter = Reporter(quiet=args.quiet)
-    cache = args.workdir / CACHE_DIR
     check_model_destination(Path(out), overwrite, "--overwrite")  # in the CLI's words, before any work
     result = refit(
         study,
         out,
-        args.trial,
-        resolve_device(args.device),
-        reporter,
-        store,
-        args.retrain,
-        cache,
-        overwrite,
-        args.best,
-        args.views,
+        trial_number=args.trial,
+        device=resolve_device(args.device),
+        reporter=reporter,
+        store=store,
+        retrain=args.retrain,
+        workdir=workdir,
+        overwrite=overwrite,
+        best=args.best,
+        max_views=args.views,
         data_source=relocated(StudySetup.from_study(study).data, args.data, args.labels) if args.data else None,
     )
     manifest = result.ensemble.manifest
     metric = result.cv.metric
-    members = manifest.get("members", [{"trial": manifest["trial"], "weight": 1.0}])
-    tta = f" with test-time views {', '.join(manifest['tta'])}" if manifest.get("tta") else ""
+    members = manifest.members
+    tta = f" with test-time views {', '.join(manifest.tta)}" if manifest.tta else ""
     if len(members) > 1:
-        parts = ", ".join(f"trial {m['trial']} x{m['weight']:.2f}" for m in members)
+        parts = ", ".join(f"trial {m.trial} x{m.weight:.2f}" for m in members)
         print(f"saved an ensemble of {len(members)} trials ({parts}){tta} to {result.directory}")
     else:
         folds = " ".join(f"{f.best.val_score:.4f}" for f in result.cv.folds)
-        print(f"saved {len(result.cv.folds)}-fold ensemble of trial {manifest['trial']}{tta} to {result.directory}")
+        trial = manifest.provenance.trial
+        print(f"saved {len(result.cv.folds)}-fold ensemble of trial {trial}{tta} to {result.directory}")
         print(f"fold {metric}: {folds}; mean {result.cv.mean_score:.4f}")
-    accuracy = f"; out-of-fold accuracy: {manifest['oof_accuracy']:.4f}" if metric != "accuracy" else ""
-    if manifest.get("multilabel"):
-        f1 = manifest["oof_f1_at_thresholds"]
-        accuracy = f"; at the label thresholds, out-of-fold macro F1 {f1['macro']:.4f}, micro F1 {f1['micro']:.4f}"
+    accuracy = f"; out-of-fold accuracy: {manifest.scores.oof_accuracy:.4f}" if metric != "accuracy" else ""
+    if manifest.thresholds:
+        f1 = manifest.thresholds
+        accuracy = (
+            f"; at the label thresholds, out-of-fold macro F1 {f1.oof_macro_f1:.4f}, micro F1 {f1.oof_micro_f1:.4f}"
+        )
     print(f"out-of-fold {metric}: {result.oof_score:.4f}{accuracy}")
     return 0
 
@@ -193,16 +196,16 @@ def run_distill(args: argparse.Namespace) -> int:
     result = distill(
         args.model,
         args.out,
-        args.data,
-        args.labels,
-        args.backbone,
-        args.epochs,
-        args.label_weight,
-        Path(weights) if weights else None,
-        args.device,
-        args.seed,
-        Reporter(quiet=args.quiet),
-        args.overwrite,
+        data=args.data,
+        labels_csv=args.labels,
+        backbone=args.backbone,
+        epochs=args.epochs,
+        label_weight=args.label_weight,
+        weights_dir=Path(weights) if weights else None,
+        device=args.device,
+        seed=args.seed,
+        reporter=Reporter(quiet=args.quiet),
+        overwrite=args.overwrite,
     )
     print(f"saved the student {result.student.config.backbone} to {result.directory} ({result.seconds:.0f} s)")
     print(
@@ -238,7 +241,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from autocls.runtime.threads import configure_threads
 
     configure_threads()
-    result = evaluate(args.model, args.data, args.labels, args.device, args.label_delimiter)
+    result = evaluate(args.model, args.data, args.labels, args.device, label_delimiter=args.label_delimiter)
     print_evaluation(result, Console())
     if args.out_dir:
         check_output_folder(args.out_dir, EVALUATION_FILES, [args.model], args.overwrite)
@@ -250,22 +253,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    import json
-
+    from autocls.model.manifest import MANIFEST, Manifest
     from autocls.report.html import write_report
     from autocls.storage.artifacts import study_artifacts
-    from autocls.storage.rdb import default_path, default_url, open_storage
+    from autocls.storage.rdb import open_storage
+    from autocls.storage.workdir import Workdir
     from autocls.study.setup import open_study, study_names
 
     check_output(args.out, models=[args.model], overwrite=args.overwrite)
-    manifest_path = args.model / "manifest.json"
-    name = args.study or (json.loads(manifest_path.read_text())["study"] if manifest_path.is_file() else None)
+    manifest_path = args.model / MANIFEST
+    name = args.study or (Manifest.read(manifest_path).provenance.study if manifest_path.is_file() else None)
     study = artifacts = None
-    if args.storage or default_path(args.workdir).is_file():  # the study's history, where it can be found
-        url = args.storage or default_url(args.workdir)
+    workdir = Workdir(args.workdir)
+    if args.storage or workdir.database.is_file():  # the study's history, where it can be found
+        url = args.storage or workdir.storage_url()
         if name in study_names(open_storage(url)):
             study = open_study(url, name)
-            artifacts = study_artifacts(study, args.artifacts, args.workdir).store  # the members' figures
+            artifacts = study_artifacts(study, args.artifacts, workdir).store  # the members' figures
     out = write_report(args.model, args.out, study, artifacts)
     print(f"wrote {out}")
     return 0
@@ -286,9 +290,11 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
     from autocls.storage.artifacts import dashboard_store
-    from autocls.storage.rdb import default_url, open_storage, redact
+    from autocls.storage.rdb import open_storage, redact
+    from autocls.storage.workdir import Workdir
 
-    url = args.storage or default_url(args.workdir)
+    workdir = Workdir(args.workdir)
+    url = args.storage or workdir.storage_url()
     with socket.socket() as probe:  # a port in use is one line now, not a traceback after "Listening"
         try:
             probe.bind((args.host, args.port))
@@ -297,7 +303,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
                 f"cannot serve on {args.host}:{args.port} ({err.strerror}); choose another --port."
             ) from None
     storage = open_storage(url)
-    store, urls = dashboard_store(storage, args.artifacts, args.workdir)
+    store, urls = dashboard_store(storage, args.artifacts, workdir)
     print(f"optuna-dashboard for {redact(url)} at http://{args.host}:{args.port}/ (Ctrl-C to stop)")
     print(f"trial figures from {', '.join(urls)}")
     run_server(storage, host=args.host, port=args.port, artifact_store=store)
@@ -307,7 +313,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
 def run_space(args: argparse.Namespace) -> int:
     from autocls.study.space import load_space
 
-    space = load_space(args.name)
+    space = load_space(args.name, check_backbones=False)  # the table needs no torch; a search checks the names
     table = Table(title=f"search space {space.name}: {space.description}")
     for column in ("dimension", "type", "choices or range", "condition"):
         table.add_column(column, overflow="fold")

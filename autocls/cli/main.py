@@ -7,54 +7,42 @@ so ``autocls predict`` never imports the search stack.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from autocls import __version__
 from autocls.runtime.environment import ARTIFACTS_ENV, STORAGE_ENV
-from autocls.runtime.errors import run_guarded
+from autocls.runtime.errors import SettingError, run_guarded
 from autocls.runtime.logs import setup_logging
+from autocls.train.config import check_setting, constraint
 
 # the commands that open a study (and so import Optuna, whose log lines are turned down to errors);
 # predict, evaluate, export and space never import it
 STUDY_COMMANDS = frozenset({"search", "refit", "distill", "report", "dashboard"})
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _setting(name: str) -> Callable[[str], Any]:
+    """An argparse type for setting ``name``: the flag's text read as the setting's type and checked
+    against its constraint (:func:`autocls.train.config.check_setting`), so that a flag and the Python
+    API refuse a value in the same words (argparse puts "argument --folds:" before them)."""
+    kind = constraint(name).kind
 
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = text  # not a number: refused below as it was typed
+        try:
+            check_setting(name, value)
+        except SettingError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return value
 
-def _positive_float(text: str, unit: str = "") -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number{unit}, got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    return _positive_float(text, " of seconds")
+    parse.__name__ = name  # argparse's name for the type in its own messages
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,17 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--space", help="search space name (default, fast) or .toml file; default: default on a GPU, fast on a CPU"
     )
-    search.add_argument("--trials", type=_positive_int, default=20, help="target number of finished trials")
+    search.add_argument("--trials", type=_setting("trials"), default=20, help="target number of finished trials")
     search.add_argument(
         "--keep-trials",
-        type=_positive_int,
+        type=_setting("keep_trials"),
         metavar="N",
         help="keep the fold models of the study's best N trials for refit's ensemble selection, recorded on the "
         "study for every machine (default: the study's, else 5; disk: ~70 MB each for Lite0 x 5 folds)",
     )
-    search.add_argument("--timeout", type=_seconds, help="stop starting trials after this many seconds")
-    search.add_argument("--folds", type=_positive_int, help="folds of stratified cross-validation (default 5)")
-    search.add_argument("--seed", type=int, help="seed for sampling, folds and training (default 0)")
+    search.add_argument("--timeout", type=_setting("timeout"), help="stop starting trials after this many seconds")
+    search.add_argument("--folds", type=_setting("folds"), help="folds of stratified cross-validation (default 5)")
+    search.add_argument("--seed", type=_setting("seed"), help="seed for sampling, folds and training (default 0)")
     search.add_argument(
         "--metric",
         choices=["accuracy", "balanced_accuracy", "macro_f1", "log_loss"],
@@ -121,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument(
         "--workers",
-        type=_positive_int,
+        type=_setting("workers"),
         default=1,
         help="processes on this machine sharing the study, one GPU each when several are visible "
         "(needs a journal: or postgresql:// storage)",
@@ -132,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--weights", help="folder of pretrained checkpoints by model name ($AUTOCLS_WEIGHTS)")
     search.add_argument(
         "--max-latency-ms",
-        type=_positive_float,
+        type=_setting("max_latency_ms"),
         help="the delivered model's time per image (batch 1, this device, all fold models and views together); "
         "configurations that cannot keep it are not trained",
     )
@@ -145,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument(
         "--max-params",
-        type=_positive_int,
+        type=_setting("max_params"),
         help="the delivered model's parameters, all fold models together; configurations over it are not trained",
     )
     common(search)
@@ -197,15 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--labels", help="CSV of file,label rows for the images under DATA")
     distill.add_argument("--out", type=Path, required=True, help="folder for the student model")
     distill.add_argument("--backbone", help="timm model name for the student (default: the teacher's)")
-    distill.add_argument("--epochs", type=_positive_int, help="training epochs (default: the teacher's)")
+    distill.add_argument("--epochs", type=_setting("epochs"), help="training epochs (default: the teacher's)")
     distill.add_argument(
         "--label-weight",
-        type=_fraction,
+        type=_setting("label_weight"),
         default=0.0,
         help="weight of the one-hot labels in the targets, the rest being the teacher's probabilities (default 0)",
     )
     distill.add_argument("--weights", help="folder of pretrained checkpoints by model name ($AUTOCLS_WEIGHTS)")
-    distill.add_argument("--seed", type=int, default=0, help="default 0")
+    distill.add_argument("--seed", type=_setting("seed"), default=0, help="default 0")
     distill.add_argument("--overwrite", action="store_true", help="replace the autocls model in --out")
     common(distill, study=False)
 

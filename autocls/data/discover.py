@@ -31,7 +31,7 @@ from PIL import Image
 
 from autocls.data.multilabel import DELIMITER, label_sets, split_labels
 from autocls.data.pixels import IMAGE_ERRORS
-from autocls.runtime.errors import AutoclsError
+from autocls.runtime.errors import AutoclsError, SettingError
 
 logger = logging.getLogger(__name__)
 
@@ -206,9 +206,7 @@ def discover(
     column but one 0/1 column per label.
     """
     if label_delimiter is not None and (not label_delimiter or label_delimiter.isalnum()):
-        raise AutoclsError(
-            f"The 'label_delimiter' setting must be a non-empty separator such as ';' or '|'. Got {label_delimiter!r}."
-        )
+        raise SettingError("label_delimiter", "a non-empty separator such as ';' or '|'", label_delimiter)
     source = Path(source).expanduser()
     if not source.exists():
         raise AutoclsError(f"{source}: no such file or folder; give a folder of class sub-folders or a CSV.")
@@ -427,8 +425,21 @@ def _read_labels_table(csv: Path) -> pd.DataFrame:
             separator = next((s for s in (";", "\t", "|") if s in str(table.columns[0])), None)
             if separator is not None:
                 table = pd.read_csv(csv, dtype=str, keep_default_na=False, sep=separator)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise AutoclsError(f"{csv}: not a readable CSV ({err}).") from None
+    except pd.errors.EmptyDataError:
+        raise AutoclsError(
+            f"{csv}: the file is empty; a labels CSV needs a header row (file,label) and one row per image."
+        ) from None
+    except UnicodeDecodeError as err:
+        raise AutoclsError(
+            f"{csv}: not UTF-8 text (byte {err.object[err.start]:#04x} at position {err.start}); "
+            "save it as UTF-8 (a spreadsheet's 'CSV UTF-8' export)."
+        ) from None
+    except pd.errors.ParserError as err:
+        raise AutoclsError(
+            f"{csv}: not a readable CSV ({str(err).strip()}); give every row as many columns as the header."
+        ) from None
+    if table.empty:
+        raise AutoclsError(f"{csv}: a header row and no images below it; add one row per image (file,label).")
     if len(table.columns) < 2:
         raise AutoclsError(
             f"{csv}: found one column ({table.columns[0]!r}); a labels CSV needs a file column and a label column, "
@@ -521,7 +532,7 @@ def _labelled_sets(paths: list[Path], sets: list[list[str]], origin: str, min_cl
 def check_folds(data: LabelledImages, folds: int) -> None:
     """Stratified k-fold needs every class in every fold; sklearn only warns, so fail clearly here."""
     if folds < 2:
-        raise AutoclsError(f"The 'folds' setting must be an integer >= 2. Got {folds}.")
+        raise SettingError("folds", "an integer >= 2", folds)  # as RUN_CONSTRAINTS (autocls.train, above data)
     small = {name: n for name, n in data.class_counts().items() if n < folds}
     if small:
         listed = ", ".join(f"{name!r} has {n}" for name, n in list(small.items())[:5])

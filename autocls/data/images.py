@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from autocls.data.discover import LabelledImages
 from autocls.data.imagecache import (
@@ -226,11 +227,35 @@ def _decode_in_memory(
     return images, kept, failed, [results[i].content for i in kept]
 
 
+def check_image_input(item: object) -> None:
+    """Refuse, with what to pass instead, an input that is no image path, PIL image or ``(C, H, W)``
+    tensor: an ``(H, W, C)`` tensor (PIL's and NumPy's layout), a batch, a bare ``(H, W)`` plane, an array."""
+    if isinstance(item, torch.Tensor):
+        shape = tuple(item.shape)
+        if len(shape) == 3 and shape[0] in (1, 3):
+            return
+        if len(shape) == 3 and shape[-1] in (1, 3):
+            fix = "channels first, (3, H, W): tensor.permute(2, 0, 1)"
+        elif len(shape) == 4:
+            fix = "a list of (3, H, W) images: list(batch)"
+        else:
+            fix = "(3, H, W) images (or (1, H, W) for grey), in a list"
+        raise AutoclsError(f"an image tensor of shape {shape} is not (3, H, W) or (1, H, W); pass {fix}.")
+    if not isinstance(item, str | os.PathLike | Image.Image):
+        raise AutoclsError(
+            f"an input of type {type(item).__name__} is not an image; pass image paths, PIL images or "
+            "(3, H, W) tensors (a NumPy (H, W, 3) array: torch.from_numpy(array).permute(2, 0, 1))."
+        )
+
+
 def require_some_readable(total: int, failed: list[tuple[Path, str]]) -> None:
     """Nothing to do is an error, not an empty result: every one of ``total`` images failed to decode."""
     if total and len(failed) == total:
         path, reason = failed[0]
-        raise AutoclsError(f"none of the {total} images could be read (e.g. {path}: {reason}); nothing was done.")
+        raise AutoclsError(
+            f"none of the {total} images could be read (e.g. {path}: {reason}); nothing was done: "
+            "give image files that Pillow opens (JPEG, PNG, WebP, ...)."
+        )
 
 
 def warn_unreadable(failed: list[tuple[Path, str]]) -> None:

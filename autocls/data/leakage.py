@@ -13,7 +13,6 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from autocls.data.discover import DataSpec, LabelledImages
 from autocls.runtime.errors import AutoclsError
@@ -38,15 +37,16 @@ def _by_size(paths: Sequence[Path]) -> dict[int, list[Path]]:
     return sizes
 
 
-def training_data(manifest: dict[str, Any]) -> LabelledImages | None:
-    """The training data a model's ``manifest`` names, as it is now; ``None`` when it cannot be
-    listed here (moved, or another machine)."""
-    fields = {k: v for k, v in manifest.get("data", {}).items() if k in DataSpec.__dataclass_fields__}
+def training_data(spec: DataSpec | None) -> LabelledImages | None:
+    """The training data a model's manifest names (``spec``), as it is now; ``None`` when it names
+    none or it cannot be listed here (moved, or another machine)."""
+    if spec is None:
+        return None
     data_log = logging.getLogger("autocls.data.discover")
     level = data_log.level
     data_log.setLevel(logging.ERROR)  # the search warned about this data already; listing it again is quiet
     try:
-        return DataSpec(**fields).discover()
+        return spec.discover()
     except (AutoclsError, TypeError, OSError) as err:
         logger.debug("training data not found: %s", err)
         return None
@@ -54,10 +54,10 @@ def training_data(manifest: dict[str, Any]) -> LabelledImages | None:
         data_log.setLevel(level)
 
 
-def duplicates_of_training(manifest: dict[str, Any], paths: Sequence[Path]) -> list[tuple[Path, Path]]:
+def duplicates_of_training(spec: DataSpec | None, paths: Sequence[Path]) -> list[tuple[Path, Path]]:
     """``(evaluation file, training file)`` pairs with the same bytes; empty when the training data
-    named in ``manifest`` cannot be listed here (moved, or another machine)."""
-    training = training_data(manifest)
+    a model's manifest names (``spec``) cannot be listed here (moved, or another machine)."""
+    training = training_data(spec)
     if training is None:
         return []
     train_sizes = _by_size(training.paths)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import precision_recall_curve
 
 DELIMITER = ";"  # between the labels of one image, in CSV cells and in autocls's own tables
 DEFAULT_THRESHOLD = 0.5
@@ -76,6 +75,9 @@ def choose_thresholds(labels: np.ndarray, probs: np.ndarray, average: str = "mac
     does not sit on a training image's exact score. A label with no positive (or no negative)
     image keeps :data:`DEFAULT_THRESHOLD`.
     """
+    # imported here: scikit-learn's metrics take a second to import, which predict does not need
+    from sklearn.metrics import precision_recall_curve
+
     if average not in ("macro", "micro"):
         raise ValueError(f"average must be 'macro' or 'micro'; got {average!r}")
     thresholds = np.full(labels.shape[1], DEFAULT_THRESHOLD)

@@ -18,17 +18,29 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import timm
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from autocls.data.discover import DataSpec, LabelledImages, labels_in_order
-from autocls.data.images import build_store
-from autocls.model.ensemble import FORMAT_VERSION, OOF_FILE, Ensemble, Member, check_model_destination
+from autocls.data.images import ImageStore, build_store
+from autocls.model.ensemble import OOF_FILE, Ensemble, Member, check_model_destination, predict_members
+from autocls.model.manifest import (
+    DISTILLED,
+    Distillation,
+    FoldSummary,
+    Manifest,
+    MemberSpec,
+    Provenance,
+    Scores,
+    TeacherMember,
+    Thresholds,
+    TrainingData,
+)
 from autocls.runtime.control import resolve_device
 from autocls.runtime.devicememory import release_device_memory
 from autocls.runtime.errors import AutoclsError
@@ -36,8 +48,10 @@ from autocls.storage.records import fold_summaries
 from autocls.study.progress import Reporter
 from autocls.study.setup import library_versions
 from autocls.train.backbones import check_weights, create_classifier
-from autocls.train.config import TrainConfig
+from autocls.train.config import TrainConfig, check_setting
 from autocls.train.cv import fit_fold
+from autocls.train.feeding import model_to_device, pretrained_mean_std
+from autocls.train.history import FoldResult
 from autocls.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -58,9 +72,22 @@ class DistillResult:
     seconds: float
 
 
+@dataclass
+class Student:
+    """A trained student before it is saved: its one model (on the device, in eval mode), its
+    configuration (with a smaller batch where the device ran out of memory), its fold's history,
+    and its probabilities of the training images with the milliseconds per image they took."""
+
+    member: Member
+    fold: FoldResult
+    probs: np.ndarray
+    ms_per_image: float
+
+
 def distill(
     teacher_dir: str | Path,
     out: str | Path,
+    *,
     data: str | Path | None = None,
     labels_csv: str | Path | None = None,
     backbone: str | None = None,
@@ -81,30 +108,78 @@ def distill(
     """
     started = time.perf_counter()
     reporter = reporter or Reporter(quiet=True)
-    if not 0.0 <= label_weight <= 1.0:
-        raise AutoclsError(f"The 'label_weight' parameter must be a number in [0, 1]. Got {label_weight!r} instead.")
+    check_setting("label_weight", label_weight)
     teacher_dir, out = Path(teacher_dir), Path(out)
     if out.expanduser().resolve() == teacher_dir.expanduser().resolve():
         raise AutoclsError(f"--out {out} is the teacher's folder; give another folder for the student.")
     check_model_destination(out, overwrite, "--overwrite")  # before any training, not after it
     device = resolve_device(device) if isinstance(device, str) else device
     teacher = Ensemble.load(teacher_dir, device)
-    config = student_config(teacher.config, backbone, epochs)
-    if not timm.is_model(config.backbone.split(".")[0]):
-        raise AutoclsError(f"{config.backbone!r} is not a timm model name; see timm.list_models().")
-    reason = check_weights(config.backbone, weights_dir) if config.pretrained else None
-    if reason:
-        raise AutoclsError(f"no pretrained weights for the student {config.backbone}: {reason}")
-
+    config = _checked_student_config(teacher.config, backbone, epochs, weights_dir)
     images = _training_images(teacher, data, labels_csv)
     images, store = build_store(images, teacher.decode_size)
     labels = labels_in_order(images, teacher.class_names, teacher.multilabel)
     reporter.print(f"teacher {teacher_dir}: predicting {len(labels)} training images")
-    teacher_probs, teacher_ms = _timed_predict(teacher, store.images)
+    teacher_probs, teacher_ms = _timed(lambda: teacher.predict_images(store.images), len(labels))
     _off_device(teacher)  # from here on only its predictions are needed: the student gets its memory
     targets = soft_targets(teacher_probs, labels, label_weight)
+    student = _train_student(
+        teacher,
+        config,
+        store,
+        labels=labels,
+        targets=targets,
+        weights_dir=weights_dir,
+        device=device,
+        seed=seed,
+        reporter=reporter,
+    )
+    comparison = _compare(teacher, labels, teacher_probs, student.probs)
+    manifest = _student_manifest(
+        teacher,
+        student,
+        _distillation(
+            teacher_dir, teacher, comparison, label_weight=label_weight, teacher_ms=teacher_ms, student=student
+        ),
+        data=TrainingData(
+            spec=_student_data(teacher.manifest.data.spec, data, labels_csv),
+            images=len(labels),
+            fingerprint=images.fingerprint(),
+        ),
+        seed=seed,
+    )
+    # the teacher's out-of-fold table goes with the student: the report's data diagnostics
+    oof = teacher_dir / OOF_FILE
+    extra = {OOF_FILE: oof.read_text(encoding="utf-8", errors="surrogateescape")} if oof.is_file() else None
+    saved = Ensemble([student.member], manifest, device)
+    directory = saved.save(out, extra=extra, overwrite=overwrite)
+    return DistillResult(
+        saved,
+        directory,
+        comparison.agreement,
+        comparison.teacher_accuracy,
+        comparison.student_accuracy,
+        teacher_ms,
+        student.ms_per_image,
+        time.perf_counter() - started,
+    )
 
-    metric = str(teacher.manifest.get("metric", "accuracy"))
+
+def _train_student(
+    teacher: Ensemble,
+    config: TrainConfig,
+    store: ImageStore,
+    *,
+    labels: np.ndarray,
+    targets: np.ndarray,
+    weights_dir: Path | None,
+    device: torch.device,
+    seed: int,
+    reporter: Reporter,
+) -> Student:
+    """The student trained by the search's :class:`~autocls.train.trainer.Trainer` on all the
+    training images with the teacher's ``targets``, and its probabilities of those images."""
+    metric = teacher.manifest.scores.metric
     trainer = Trainer(
         config,
         len(teacher.class_names),
@@ -131,56 +206,100 @@ def distill(
             soft_targets=target_t,
         )
     config = trainer.config  # with a smaller batch if the device ran out of memory
-    student = _student(config, fold.state_dict, teacher, device)
-    student_probs, student_ms = _timed_predict(student, store.images)
-    # single-label: images where the student's class is the teacher's; multi-label: (image, label)
-    # decisions the student shares with the teacher (a whole set of labels rarely matches early on)
+    model = create_classifier(config, len(teacher.class_names), load_weights=False)
+    model.load_state_dict(fold.state_dict)
+    mean, std = pretrained_mean_std(model)
+    member = Member(MemberSpec(config, 1.0, mean, std, folds=1), [model_to_device(model, device).eval()])
+    probs, ms = _timed(
+        lambda: predict_members(
+            [member], store.images, device, classes=len(teacher.class_names), tta=(), multilabel=teacher.multilabel
+        ),
+        len(labels),
+    )
+    return Student(member, fold, probs, ms)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    agreement: float
+    teacher_accuracy: float
+    student_accuracy: float
+
+
+def _compare(teacher: Ensemble, labels: np.ndarray, teacher_probs: np.ndarray, student_probs: np.ndarray) -> Comparison:
+    """How often the student decides as the teacher does, and each one's accuracy (the exact label
+    set, for a multi-label model), on the training images: single-label, images where the student's
+    class is the teacher's; multi-label, (image, label) decisions the student shares with the
+    teacher (a whole set of labels rarely matches early on)."""
     teacher_decisions, student_decisions = teacher.decisions(teacher_probs), teacher.decisions(student_probs)
     agreement = float((teacher_decisions == student_decisions).mean()) if len(teacher_decisions) else 0.0
-
-    def accuracy(labels: np.ndarray, probs: np.ndarray) -> float:  # the exact label set, for a multi-label model
-        return _same_share(teacher.decisions(probs), labels)
-
-    student.manifest.update(
-        {
-            "folds": fold_summaries([fold]),
-            "history": [[asdict(r) for r in fold.history]],
-            "metric": metric,
-            "seed": seed,
-            "data": {
-                **teacher.manifest.get("data", {}),
-                **_data_fields(data, labels_csv),
-                "images": len(labels),
-                "fingerprint": images.fingerprint(),
-            },
-            "distilled_from": {
-                "model": str(teacher_dir.expanduser().resolve()),
-                "members": [{"trial": m.trial, "weight": m.weight, "folds": len(m.models)} for m in teacher.members],
-                "tta": list(teacher.tta),
-                "label_weight": label_weight,
-                "agreement_on_training_images": agreement,
-                "teacher_accuracy_on_training_images": accuracy(labels, teacher_probs),
-                "student_accuracy_on_training_images": accuracy(labels, student_probs),
-                "teacher_oof_score": teacher.manifest.get("oof_score"),
-                "teacher_ms_per_image": teacher_ms,  # batched prediction of the training images, this device
-                "student_ms_per_image": student_ms,
-            },
-        }
-    )
-    # the teacher's out-of-fold table goes with the student: the report's data diagnostics
-    oof = teacher_dir / OOF_FILE
-    extra = {OOF_FILE: oof.read_text(encoding="utf-8", errors="surrogateescape")} if oof.is_file() else None
-    directory = student.save(out, extra=extra, overwrite=overwrite)
-    return DistillResult(
-        student,
-        directory,
+    return Comparison(
         agreement,
-        accuracy(labels, teacher_probs),
-        accuracy(labels, student_probs),
-        teacher_ms,
-        student_ms,
-        time.perf_counter() - started,
+        _same_share(teacher_decisions, labels),
+        _same_share(student_decisions, labels),
     )
+
+
+def _distillation(
+    teacher_dir: Path,
+    teacher: Ensemble,
+    comparison: Comparison,
+    *,
+    label_weight: float,
+    teacher_ms: float,
+    student: Student,
+) -> Distillation:
+    """What the student's manifest records of its teacher and of how the two compare."""
+    return Distillation(
+        model=str(teacher_dir.expanduser().resolve()),
+        members=tuple(TeacherMember(m.trial, m.weight, len(m.models)) for m in teacher.members),
+        tta=teacher.tta,
+        label_weight=label_weight,
+        agreement_on_training_images=comparison.agreement,
+        teacher_accuracy_on_training_images=comparison.teacher_accuracy,
+        student_accuracy_on_training_images=comparison.student_accuracy,
+        teacher_oof_score=teacher.manifest.scores.oof_score,
+        teacher_ms_per_image=teacher_ms,
+        student_ms_per_image=student.ms_per_image,
+    )
+
+
+def _student_manifest(
+    teacher: Ensemble, student: Student, source: Distillation, *, data: TrainingData, seed: int
+) -> Manifest:
+    """The student's manifest, built once: one member of one model, no views or temperature, the
+    teacher's thresholds for a multi-label teacher (the student learnt its probabilities)."""
+    fold = student.fold
+    thresholds = teacher.manifest.thresholds
+    return Manifest(
+        class_names=tuple(teacher.class_names),
+        decode_size=teacher.decode_size,
+        members=(student.member.spec,),
+        thresholds=Thresholds(thresholds.values, thresholds.label_delimiter) if thresholds else None,
+        distilled_from=source,
+        scores=Scores(
+            metric=teacher.manifest.scores.metric,
+            folds=tuple(FoldSummary(**summary) for summary in fold_summaries([fold])),
+            history=(tuple(fold.history),),
+        ),
+        data=data,
+        provenance=Provenance(
+            study=teacher.manifest.provenance.study, seed=seed, fold_models=DISTILLED, versions=library_versions()
+        ),
+    )
+
+
+def _checked_student_config(
+    teacher: TrainConfig, backbone: str | None, epochs: int | None, weights_dir: Path | None
+) -> TrainConfig:
+    """:func:`student_config`, with a backbone timm knows and, where pretrained, its weights at hand."""
+    config = student_config(teacher, backbone, epochs)
+    if not timm.is_model(config.backbone.split(".")[0]):
+        raise AutoclsError(f"{config.backbone!r} is not a timm model name; see timm.list_models().")
+    reason = check_weights(config.backbone, weights_dir) if config.pretrained else None
+    if reason:
+        raise AutoclsError(f"no pretrained weights for the student {config.backbone}: {reason}")
+    return config
 
 
 def student_config(teacher: TrainConfig, backbone: str | None, epochs: int | None) -> TrainConfig:
@@ -209,11 +328,11 @@ def _same_share(a: np.ndarray, b: np.ndarray) -> float:
     return float((same if same.ndim == 1 else same.all(axis=1)).mean()) if len(same) else 0.0
 
 
-def _timed_predict(model: Ensemble, images: torch.Tensor) -> tuple[np.ndarray, float]:
-    """Calibrated probabilities and the milliseconds per image it took (batched, as predict runs)."""
+def _timed(predict: Callable[[], np.ndarray], images: int) -> tuple[np.ndarray, float]:
+    """``predict``'s probabilities and the milliseconds per image it took (batched, as predict runs)."""
     start = time.perf_counter()
-    probs = model.predict_images(images)
-    return probs, 1000 * (time.perf_counter() - start) / max(len(images), 1)
+    probs = predict()
+    return probs, 1000 * (time.perf_counter() - start) / max(images, 1)
 
 
 def _off_device(model: Ensemble) -> None:
@@ -225,11 +344,15 @@ def _off_device(model: Ensemble) -> None:
     release_device_memory(device)
 
 
-def _data_fields(data: str | Path | None, labels_csv: str | Path | None) -> dict[str, str | None]:
+def _student_data(teacher: DataSpec | None, data: str | Path | None, labels_csv: str | Path | None) -> DataSpec | None:
+    """Where the student's training data is: ``data`` when given (the teacher's label delimiter
+    kept), else the teacher's."""
     if data is None:
-        return {}
-    spec = DataSpec.of(data, labels_csv)
-    return {"source": spec.source, "labels_csv": spec.labels_csv, "file_column": None, "label_column": None}
+        return teacher
+    given = DataSpec.of(data, labels_csv)
+    if teacher is None:
+        return given
+    return replace(teacher, source=given.source, labels_csv=given.labels_csv, file_column=None, label_column=None)
 
 
 def _training_images(teacher: Ensemble, data: str | Path | None, labels_csv: str | Path | None) -> LabelledImages:
@@ -237,10 +360,9 @@ def _training_images(teacher: Ensemble, data: str | Path | None, labels_csv: str
     if data is not None:
         spec = DataSpec.of(data, labels_csv)
     else:
-        fields = {k: v for k, v in teacher.manifest.get("data", {}).items() if k in DataSpec.__dataclass_fields__}
-        if "source" not in fields:
+        spec = teacher.manifest.data.spec
+        if spec is None:
             raise AutoclsError("the teacher's manifest names no training data; give the DATA folder or CSV.")
-        spec = DataSpec(**fields)
         if not Path(spec.source).exists():
             raise AutoclsError(
                 f"the teacher's training data {spec.source} is not there (moved, or another machine); "
@@ -251,35 +373,3 @@ def _training_images(teacher: Ensemble, data: str | Path | None, labels_csv: str
     if unknown:
         raise AutoclsError(f"{spec.source}: classes {unknown} are not among the teacher's {teacher.class_names}.")
     return images
-
-
-def _student(
-    config: TrainConfig, state: dict[str, torch.Tensor] | None, teacher: Ensemble, device: torch.device
-) -> Ensemble:
-    """The trained student as a one-member, one-model :class:`Ensemble` with its manifest."""
-    model = create_classifier(config, len(teacher.class_names), load_weights=False)
-    model.load_state_dict(state)
-    cfg = model.pretrained_cfg
-    mean, std = tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", IMAGENET_DEFAULT_STD))
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "study": teacher.manifest.get("study"),
-        "trial": None,
-        "config": config.to_dict(),
-        "class_names": list(teacher.class_names),
-        "preprocessing": {
-            **teacher.manifest["preprocessing"],
-            "resolution": config.resolution,
-            "mean": list(mean),
-            "std": list(std),
-        },
-        "members": [
-            {"trial": None, "weight": 1.0, "config": config.to_dict(), "mean": list(mean), "std": list(std), "folds": 1}
-        ],
-        "tta": [],
-        "fold_models": "distilled",
-        "versions": library_versions(),
-    }
-    if teacher.multilabel:  # the student learnt the teacher's probabilities: it keeps its thresholds
-        manifest |= {k: teacher.manifest[k] for k in ("multilabel", "thresholds", "label_delimiter")}
-    return Ensemble([Member(config, [model], 1.0, mean, std, None)], manifest, device)

@@ -7,36 +7,46 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import optuna
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from autocls.data.discover import DataSpec
-from autocls.data.multilabel import choose_thresholds, decide, probabilities
+from autocls.data.multilabel import choose_thresholds, decide
 from autocls.final.selection import Score, blend, select_ensemble
 from autocls.model.calibration import Calibration, calibrate, fit_temperature, scale
-from autocls.model.ensemble import FORMAT_VERSION, OOF_FILE, Ensemble, Member, check_model_destination
+from autocls.model.ensemble import OOF_FILE, Ensemble, Member, check_model_destination
+from autocls.model.manifest import (
+    DeploymentRecord,
+    FoldSummary,
+    Manifest,
+    MemberSpec,
+    Provenance,
+    Scores,
+    SelectionRecord,
+    Thresholds,
+    TrainingData,
+)
 from autocls.model.views import TTA_VIEWS, describe_steps
 from autocls.runtime.control import resolve_device
-from autocls.runtime.errors import AutoclsError
+from autocls.runtime.errors import AutoclsError, SettingError
 from autocls.storage.records import TrialRecord, fold_summaries
 from autocls.storage.trials import TrialStore
-from autocls.study.cost import CostModel
-from autocls.study.limits import ModelCost, fold_models_cost
+from autocls.storage.workdir import Workdir
+from autocls.study.limits import DeploymentCost, fold_models_cost
 from autocls.study.progress import Reporter
 from autocls.study.setup import StudySetup, library_versions
 from autocls.study.studydata import PreparedData, locate_data
+from autocls.study.trainingtime import TrainingTimeModel
 from autocls.train.backbones import create_classifier
 from autocls.train.config import TrainConfig
 from autocls.train.cv import CVResult, cross_validate, folds_hash
-from autocls.train.feeding import Preprocess, autocast, model_norm, model_to_device
-from autocls.train.metrics import get_metric
+from autocls.train.feeding import Preprocess, model_norm, model_to_device, predict_in_batches, pretrained_mean_std
+from autocls.train.metrics import Metric, get_metric, log_loss, log_losses
 
 logger = logging.getLogger(__name__)
 # Test-time views kept at most by default: all those of the catalogue (each is one more forward
@@ -90,19 +100,90 @@ def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTr
     return trial
 
 
+@dataclass
+class RefitContext:
+    """What every stage of a refit reads: the study, its setup and prepared data, where models run,
+    where progress goes, the store of kept fold models, the run folder (its decode cache and
+    measured speeds), and the most test-time views asked for."""
+
+    study: optuna.Study
+    setup: StudySetup
+    data: PreparedData
+    device: torch.device
+    reporter: Reporter
+    store: TrialStore | None
+    workdir: Workdir | None
+    max_views: int
+
+    @property
+    def metric(self) -> Metric:
+        return get_metric(self.setup.metric)
+
+    @property
+    def sign(self) -> float:
+        """Selection and the choice of views maximise ``sign * metric``."""
+        return 1.0 if self.metric.greater_is_better else -1.0
+
+    def score(self, labels: np.ndarray, probs: np.ndarray) -> float:
+        """The study's metric, higher is better."""
+        return self.sign * self.metric(labels, probs)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.data.images.multilabel
+
+    def cost_model(self) -> TrainingTimeModel:
+        return TrainingTimeModel(self.device, self.workdir.speeds if self.workdir else None)
+
+
+@dataclass
+class Selected:
+    """The selection stage's outcome: the members with their weights, the images every candidate
+    predicts out of fold (``covered``) and their labels, the blend's out-of-fold probabilities, what
+    selection maximised (``criterion``) and the deployment-limits check for member sets."""
+
+    candidates: list[Candidate]
+    members: list[tuple[Candidate, float]]
+    covered: np.ndarray
+    labels: np.ndarray
+    oof: np.ndarray
+    criterion: str
+    criterion_selected: float
+    criterion_best_trial: float
+    score_selected: float
+    score_best_trial: float
+    within: Callable[..., bool]
+    chosen: frozenset[int]  # the members' indices among the candidates
+
+    @property
+    def lead(self) -> Candidate:
+        """The member of most weight (the first of them on a tie), as the manifest's lead member."""
+        return max(self.members, key=lambda m: m[1])[0]
+
+
+@dataclass
+class Views:
+    """The test-time views kept, the out-of-fold probabilities with them, and the study's metric
+    (higher is better) after each step of their choice."""
+
+    tta: list[str]
+    oof: np.ndarray
+    scores: dict[str, float]
+
+
 def refit(
     study: optuna.Study,
     out: str | Path,
+    *,
     trial_number: int | None = None,
     device: torch.device | None = None,
     reporter: Reporter | None = None,
     store: TrialStore | None = None,
     retrain: bool = False,
-    cache_dir: Path | None = None,
+    workdir: Workdir | None = None,
     overwrite: bool = False,
     best: bool = False,
     max_views: int = MAX_VIEWS,
-    *,
     data_source: DataSpec | None = None,
 ) -> RefitResult:
     """Save the model the search recommends to ``out`` (replacing a model there only with ``overwrite``).
@@ -121,146 +202,168 @@ def refit(
     ``data_source`` is where the study's images are on this machine, when not where the search
     recorded them (another machine's mount, a moved folder): they are known by content, so fold
     models trained elsewhere are reused all the same.
+
+    The stages: candidates (:func:`_candidates`) -> selection (:func:`_select`) -> test-time views
+    (:func:`_views`) -> calibration or label thresholds (:func:`_calibrate_or_threshold`) ->
+    manifest (:func:`_manifest`) -> save (:func:`_save`), each given the one :class:`RefitContext`.
     """
     if isinstance(max_views, bool) or not isinstance(max_views, int) or not 0 <= max_views <= len(TTA_VIEWS):
-        raise AutoclsError(
-            f"The 'views' setting must be an integer from 0 to {len(TTA_VIEWS)} (test-time views at most). "
-            f"Got {max_views!r} instead."
-        )
-    reporter = reporter or Reporter(quiet=True)
+        raise SettingError("views", f"an integer from 0 to {len(TTA_VIEWS)} (test-time views at most)", max_views)
     check_model_destination(Path(out), overwrite)  # before any training, not after it
-    device = device or resolve_device("auto")
     setup = StudySetup.from_study(study)
     data = PreparedData.load(
-        setup, setup.search_space.max_resolution, cache_dir, source=locate_data(study, setup, data_source)
+        setup,
+        setup.search_space.max_resolution,
+        workdir.cache if workdir else None,
+        source=locate_data(study, setup, data_source),
     )
-    metric = get_metric(setup.metric)
-    sign = 1.0 if metric.greater_is_better else -1.0  # selection and TTA maximise sign * metric
+    context = RefitContext(
+        study,
+        setup,
+        data,
+        device or resolve_device("auto"),
+        reporter or Reporter(quiet=True),
+        store,
+        workdir,
+        max_views,
+    )
+    candidates = _candidates(context, trial_number=trial_number, best=best, retrain=retrain)
+    selected = _select(context, candidates)
+    views = _views(context, selected)
+    calibration, thresholds, oof = _calibrate_or_threshold(context, selected.labels, views.oof)
+    manifest = _manifest(context, selected, views, calibration=calibration, thresholds=thresholds, oof=oof)
+    classes = len(data.images.class_names)
+    members = [Member(spec, c.models(classes)) for spec, (c, _) in zip(manifest.members, selected.members, strict=True)]
+    ensemble = Ensemble(members, manifest, context.device)
+    directory = _save(context, ensemble, selected, oof, out=out, overwrite=overwrite)
+    return RefitResult(ensemble, selected.lead.cv, directory, context.metric(selected.labels, oof))
 
-    def score(y: np.ndarray, p: np.ndarray) -> float:
-        return sign * metric(y, p)
 
-    chosen = pick_trial(study, trial_number)
+def _candidates(context: RefitContext, *, trial_number: int | None, best: bool, retrain: bool) -> list[Candidate]:
+    """The chosen trial's fold models (the best trial's by default) first, then, unless one trial
+    was asked for, the study's other kept trials."""
+    chosen = pick_trial(context.study, trial_number)
     # the other kept trials read first: training the chosen one again can outlast the grace period
     # after which a search still running deletes a trial that fell out of the best
     others = []
-    if trial_number is None and not best and not retrain and store is not None:
-        others = _kept_candidates(study, data, store, setup, chosen.number, reporter)
-    best_trial = _candidate(chosen, setup, data, device, reporter, store, retrain)
-    candidates = [best_trial, *others]
+    if trial_number is None and not best and not retrain and context.store is not None:
+        others = _kept_candidates(context, exclude=chosen.number)
+    return [_candidate(context, chosen, retrain=retrain), *others]
+
+
+def _select(context: RefitContext, candidates: list[Candidate]) -> Selected:
+    """Members and weights chosen greedily on the candidates' out-of-fold predictions
+    (:func:`autocls.final.selection.select_ensemble`), within the study's deployment limits."""
+    setup, reporter = context.setup, context.reporter
     # the images every candidate predicts out of fold: all of them, unless the search trained fewer
     # than all folds (a short budget), where only its validation folds are predicted
     covered = np.logical_and.reduce([~np.isnan(c.cv.oof_probs[:, 0]) for c in candidates])
-    labels = data.images.labels[covered]
-    within = _within_limits(candidates, setup, device, cache_dir)
+    labels = context.data.images.labels[covered]
+    within = _within_limits(context, candidates)
     oofs = [c.cv.oof_probs[covered] for c in candidates]
-    criterion, maximised = selection_criterion(setup.metric, data.images.multilabel, labels, score)
+    criterion, maximised = selection_criterion(setup.metric, context.multilabel, labels, context.score)
     selection = select_ensemble(oofs, labels, maximised, allowed=within)
     chosen = "ensemble" if len(selection.weights) > 1 else "best trial"
     if len(selection.weights) == 1:  # no blend beats one trial: the best trial, as --best gives
         selection = replace(selection, weights={0 if within(frozenset({0})) else selection.best_single: 1.0})
-    natural = -1.0 if criterion == "log_loss" else sign  # the criterion in its own units (a loss is positive)
+    natural = -1.0 if criterion == "log_loss" else context.sign  # the criterion in its own units (a loss is positive)
     delivered = blend(oofs, selection.weights)
-    record = {  # beside the best trial alone (candidate 0): what --best would deliver
-        "criterion": criterion,
-        "oof_criterion_selected": natural * maximised(labels, delivered),
-        "oof_criterion_best_trial": natural * maximised(labels, oofs[0]),
-        "oof_score_selected": metric(labels, delivered),
-        "oof_score_best_trial": metric(labels, oofs[0]),
-    }
+    metric = context.metric
+    result = Selected(  # beside the best trial alone (candidate 0): what --best would deliver
+        candidates=candidates,
+        members=[(candidates[i], weight) for i, weight in selection.weights.items()],
+        covered=covered,
+        labels=labels,
+        oof=delivered,
+        criterion=criterion,
+        criterion_selected=natural * maximised(labels, delivered),
+        criterion_best_trial=natural * maximised(labels, oofs[0]),
+        score_selected=metric(labels, delivered),
+        score_best_trial=metric(labels, oofs[0]),
+        within=within,
+        chosen=frozenset(selection.weights),
+    )
     if len(candidates) > 1:
         reporter.print(
             f"ensemble selection over {len(candidates)} kept trials on out-of-fold {criterion}: {setup.metric} "
-            f"{record['oof_score_selected']:.4f} with {len(selection.weights)} members, best trial alone "
-            f"{record['oof_score_best_trial']:.4f}: the {chosen} is saved"
+            f"{result.score_selected:.4f} with {len(selection.weights)} members, best trial alone "
+            f"{result.score_best_trial:.4f}: the {chosen} is saved"
         )
-    members = [(candidates[i], weight) for i, weight in selection.weights.items()]
-    oof = delivered
-    chosen_members = frozenset(selection.weights)
+    return result
+
+
+def _views(context: RefitContext, selected: Selected) -> Views:
+    """The test-time views that raise the blend's out-of-fold score (:func:`_choose_tta`), within
+    the views asked for and the deployment limits."""
+    score, setup, reporter = context.score, context.setup, context.reporter
+    chosen_members = selected.chosen
     # Views are judged on the study's metric, not on selection's log loss: when rotations and zooms
     # were offered too, on log loss (even after temperature scaling) refit kept all four of them on
     # two 30-minute Fashion-MNIST studies while their out-of-fold accuracy fell after the flip
     # (0.8760 -> 0.8740, 0.8895 -> 0.8880), and held-out accuracy was 0.20 points below the flip
     # alone on both. Scored as the model will predict: after temperature scaling (single-label),
     # which moves a loss-like metric, not accuracy.
-    judged = score if data.images.multilabel else lambda y, p: score(y, scale(p, fit_temperature(p, y)))
+    judged = score if context.multilabel else lambda y, p: score(y, scale(p, fit_temperature(p, y)))
     tta, oof, tta_scores = _choose_tta(
-        members,
-        data,
-        device,
-        judged,
-        score,
-        oof,
-        covered,
-        lambda views: views <= 1 + max_views and within(chosen_members, views=views),
+        selected.members,
+        context.data,
+        context.device,
+        criterion=judged,
+        score=score,
+        plain=selected.oof,
+        covered=selected.covered,
+        allowed=lambda views: views <= 1 + context.max_views and selected.within(chosen_members, views=views),
     )
-    if max_views == 0:
+    if context.max_views == 0:
         reporter.print("no test-time views: --views 0")
-    elif not within(chosen_members, views=2):
+    elif not selected.within(chosen_members, views=2):
         reporter.print(
             f"no test-time views: one would double the time an image takes, over the limit ({setup.limits.describe()})"
         )
     else:
-        steps = describe_steps({views: sign * value for views, value in tta_scores.items()})
+        steps = describe_steps({views: context.sign * value for views, value in tta_scores.items()})
         reporter.print(f"test-time views, out-of-fold {setup.metric} after each: {steps}")
-    if data.images.multilabel:
-        average = "micro" if setup.metric == "micro_f1" else "macro"
-        calibration, labelling = None, _thresholds(labels, oof, data.images.class_names, average, reporter)
-    else:
-        calibration, labelling = calibrate(oof, labels), {}  # on the blend as it will predict: members, views
-        oof = scale(oof, calibration.temperature)
-        reporter.print(
-            f"calibration: temperature {calibration.temperature:.3f}, out-of-fold expected calibration error "
-            f"{calibration.ece_before:.4f} -> {calibration.ece_after:.4f}"
+    return Views(tta, oof, tta_scores)
+
+
+def _calibrate_or_threshold(
+    context: RefitContext, labels: np.ndarray, oof: np.ndarray
+) -> tuple[Calibration | None, Thresholds | None, np.ndarray]:
+    """A single-label model's temperature, fitted on the blend as it will predict (members, views),
+    and the out-of-fold probabilities it scales; a multi-label model's label thresholds."""
+    if context.multilabel:
+        average = "micro" if context.setup.metric == "micro_f1" else "macro"
+        return (
+            None,
+            _thresholds(labels, oof, names=context.data.images.class_names, average=average, reporter=context.reporter),
+            oof,
         )
-    considered = [c.trial.number for c in candidates]
-    ensemble = _ensemble(
-        members,
-        tta,
-        study,
-        setup,
-        data,
-        device,
-        record,
-        sign,
-        oof,
-        labels,
-        tta_scores,
-        considered,
-        calibration,
-        labelling,
+    calibration = calibrate(oof, labels)
+    context.reporter.print(
+        f"calibration: temperature {calibration.temperature:.3f}, out-of-fold expected calibration error "
+        f"{calibration.ece_before:.4f} -> {calibration.ece_after:.4f}"
     )
-    if setup.limits:  # what the saved model costs, beside the limits it keeps
-        cost = CostModel(device, cache_dir / "speeds.json" if cache_dir else None)
-        views = 1 + len(tta)
-        total = sum((fold_models_cost(cost, c.config, len(c.cv.folds), views) for c, _ in members), ModelCost())
-        ensemble.manifest["limits"] = {
-            "max_latency_ms": setup.max_latency_ms,
-            "max_params": setup.max_params,
-            "latency_ms": round(total.latency_ms, 3),
-            "parameters": total.parameters,
-            "device": device.type,
-        }
-    frame = ensemble.to_frame([str(p) for p, kept in zip(data.images.paths, covered, strict=True) if kept], oof)
-    frame.insert(1, "true_label", data.images.subset(np.flatnonzero(covered)).label_names())
-    frame.insert(3 if data.images.multilabel else 4, "loss", _losses(oof, labels))
-    directory = ensemble.save(out, extra={OOF_FILE: frame.to_csv(index=False)}, overwrite=overwrite)
-    heaviest = max(members, key=lambda m: m[1])[0]
-    return RefitResult(ensemble, heaviest.cv, directory, metric(labels, oof))
+    return calibration, None, scale(oof, calibration.temperature)
 
 
-def _losses(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Each image's loss: cross-entropy of its class, or the mean binary cross-entropy of its labels."""
-    if labels.ndim == 2:
-        clipped = np.clip(probs, 1e-7, 1 - 1e-7)
-        return -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)).mean(axis=1)
-    return -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0))
+def _save(
+    context: RefitContext, ensemble: Ensemble, selected: Selected, oof: np.ndarray, *, out: str | Path, overwrite: bool
+) -> Path:
+    """The ensemble written to ``out`` with its out-of-fold table (each covered image's true label,
+    prediction, loss and probabilities)."""
+    images = context.data.images
+    frame = ensemble.to_frame([str(p) for p, kept in zip(images.paths, selected.covered, strict=True) if kept], oof)
+    frame.insert(1, "true_label", images.subset(np.flatnonzero(selected.covered)).label_names())
+    frame.insert(3 if images.multilabel else 4, "loss", log_losses(selected.labels, oof))
+    return ensemble.save(out, extra={OOF_FILE: frame.to_csv(index=False)}, overwrite=overwrite)
 
 
-def _thresholds(labels: np.ndarray, oof: np.ndarray, names: tuple[str, ...], average: str, reporter: Reporter) -> dict:
-    """A multi-label model's manifest entries: per-label thresholds of best F1 (``average``: macro,
-    or micro when the study optimises it) on the out-of-fold probabilities, and the F1 they give
-    there (a multi-label model is not temperature-scaled)."""
+def _thresholds(
+    labels: np.ndarray, oof: np.ndarray, *, names: tuple[str, ...], average: str, reporter: Reporter
+) -> Thresholds:
+    """A multi-label model's per-label thresholds of best F1 (``average``: macro, or micro when the
+    study optimises it) on the out-of-fold probabilities, and the F1 they give there (a multi-label
+    model is not temperature-scaled)."""
     from sklearn.metrics import f1_score
 
     thresholds = choose_thresholds(labels, oof, average)
@@ -269,29 +372,27 @@ def _thresholds(labels: np.ndarray, oof: np.ndarray, names: tuple[str, ...], ave
     micro = float(f1_score(labels, predicted, average="micro", zero_division=0))
     shown = ", ".join(f"{name} {t:.2f}" for name, t in zip(names, thresholds))
     reporter.print(f"label thresholds chosen on out-of-fold {average} F1: {shown}; out-of-fold macro F1 {macro:.4f}")
-    return {
-        "multilabel": True,
-        "label_delimiter": ";",
-        "thresholds": [round(float(t), 6) for t in thresholds],
-        "thresholds_maximise": f"{average} F1",
-        "oof_f1_at_thresholds": {"macro": macro, "micro": micro},
-    }
+    return Thresholds(
+        values=tuple(round(float(t), 6) for t in thresholds),
+        label_delimiter=";",
+        maximise=f"{average} F1",
+        oof_macro_f1=macro,
+        oof_micro_f1=micro,
+    )
 
 
-def _within_limits(
-    candidates: list[Candidate], setup: StudySetup, device: torch.device, cache_dir: Path | None
-) -> Callable[..., bool]:
+def _within_limits(context: RefitContext, candidates: list[Candidate]) -> Callable[..., bool]:
     """Whether a set of candidates (indices), run on ``views`` views of each image, keeps the
     study's deployment limits; always true without limits. The best trial alone must keep them."""
-    limits = setup.limits
+    limits = context.setup.limits
     if not limits:
         return lambda members, views=1: True
-    cost = CostModel(device, cache_dir / "speeds.json" if cache_dir else None)
+    cost = context.cost_model()
     costs = [fold_models_cost(cost, c.config, len(c.cv.folds)) for c in candidates]
 
     def within(members: frozenset[int], views: int = 1) -> bool:
-        total = sum((costs[i] for i in members), ModelCost())
-        return limits.exceeded(ModelCost(total.latency_ms * views, total.parameters)) is None
+        total = sum((costs[i] for i in members), DeploymentCost())
+        return limits.exceeded(DeploymentCost(total.latency_ms * views, total.parameters)) is None
 
     reason = limits.exceeded(costs[0])
     if reason:
@@ -303,16 +404,9 @@ def _within_limits(
     return within
 
 
-def _candidate(
-    trial: optuna.trial.FrozenTrial,
-    setup: StudySetup,
-    data: PreparedData,
-    device: torch.device,
-    reporter: Reporter,
-    store: TrialStore | None,
-    retrain: bool,
-) -> Candidate:
+def _candidate(context: RefitContext, trial: optuna.trial.FrozenTrial, *, retrain: bool) -> Candidate:
     """``trial``'s fold models: those the search kept when they fit the data as it is, else retrained."""
+    setup, data, store, reporter = context.setup, context.data, context.store, context.reporter
     record = TrialRecord.read(trial)
     config = record.train_config
     seed = record.seed if record.seed is not None else setup.seed
@@ -338,16 +432,17 @@ def _candidate(
             f"{record.fold_models}; deleted once it fell out of the study's best trials, or another store)"
         )
     reporter.print(f"refit trial {trial.number}: training {setup.folds} fold models")
-    return Candidate(trial, config, _retrain(config, data, setup, device, seed, reporter, trial.number), False)
+    return Candidate(trial, config, _retrain(context, config, seed=seed, number=trial.number), False)
 
 
-def _kept_candidates(
-    study: optuna.Study, data: PreparedData, store: TrialStore, setup: StudySetup, exclude: int, reporter: Reporter
-) -> list[Candidate]:
+def _kept_candidates(context: RefitContext, *, exclude: int) -> list[Candidate]:
     """The study's other kept trials (its best ``keep_trials``, whichever machine ran them) whose fold
     models are in the store, on the same data and folds. All are read now, before any training or
     prediction: a worker still searching deletes a trial only a grace period after it fell out of
     the best (:mod:`autocls.storage.trials`)."""
+    study, data, setup, reporter = context.study, context.data, context.setup, context.reporter
+    store = context.store
+    assert store is not None  # the caller's condition
     hashed = folds_hash(data.splits)
     trials = {t.number: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
     found = []
@@ -374,6 +469,7 @@ def _choose_tta(
     members: list[tuple[Candidate, float]],
     data: PreparedData,
     device: torch.device,
+    *,
     criterion: Score,
     score: Score,
     plain: np.ndarray,
@@ -427,14 +523,17 @@ def _view_oof(candidate: Candidate, view: str, data: PreparedData, device: torch
     oof = np.zeros_like(candidate.cv.oof_probs)
     for fold, model in zip(candidate.cv.folds, candidate.models(num_classes), strict=True):
         model = model_to_device(model, device).eval()
-        preprocess = Preprocess(*model_norm(model, device), device)
-        indices = torch.as_tensor(fold.val_indices)
-        probs = []
-        for start in range(0, len(indices), EVAL_BATCH):
-            x = TTA_VIEWS[view](preprocess(images[indices[start : start + EVAL_BATCH]]))
-            with autocast(device):
-                probs.append(probabilities(model(x), data.images.multilabel).cpu())
-        oof[fold.val_indices] = torch.cat(probs).numpy()
+        probs = predict_in_batches(
+            [model],
+            images,
+            Preprocess(*model_norm(model, device), device),
+            device,
+            multilabel=data.images.multilabel,
+            batch=EVAL_BATCH,
+            rows=torch.as_tensor(fold.val_indices),
+            views=lambda x: [TTA_VIEWS[view](x)],
+        )
+        oof[fold.val_indices] = probs.numpy()
     return oof
 
 
@@ -456,109 +555,112 @@ def selection_criterion(metric: str, multilabel: bool, labels: np.ndarray, score
     if metric in ("balanced_accuracy", "macro_f1"):  # every class counts alike, as in the metric
         weights = 1.0 / np.bincount(labels)[labels]
 
-    # not sklearn's log_loss (the test checks they agree): greedy selection calls this hundreds of
-    # times, and log_loss validates and one-hot encodes the labels on every call
-    def negative_log_loss(y: np.ndarray, p: np.ndarray) -> float:  # each image's log-probability of its class
-        return float(np.average(np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1.0)), weights=weights))
-
-    return "log_loss", negative_log_loss
+    return "log_loss", lambda y, p: -log_loss(y, p, weights)
 
 
-def _ensemble(
-    members: list[tuple[Candidate, float]],
-    tta: list[str],
-    study: optuna.Study,
-    setup: StudySetup,
-    data: PreparedData,
-    device: torch.device,
-    selected: dict[str, Any],
-    sign: float,
-    oof: np.ndarray,
-    labels: np.ndarray,
-    tta_scores: dict[str, float],
-    considered: list[int],
+def _manifest(
+    context: RefitContext,
+    selected: Selected,
+    views: Views,
+    *,
     calibration: Calibration | None,
-    labelling: dict,
-) -> Ensemble:
-    """The members' fold models and the manifest that describes them (long: the manifest is one
-    literal, so that what a model folder records can be read in one place)."""
-    num_classes = len(data.images.class_names)
-    built = []
-    for candidate, weight in members:
-        models = candidate.models(num_classes)
-        cfg = models[0].pretrained_cfg
-        mean, std = tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", IMAGENET_DEFAULT_STD))
-        built.append(Member(candidate.config, models, weight, mean, std, candidate.trial.number))
-    heaviest = max(members, key=lambda m: m[1])[0]
-    lead = built[[c for c, _ in members].index(heaviest)]
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "study": study.study_name,
-        "trial": heaviest.trial.number,
-        "config": heaviest.config.to_dict(),
-        "class_names": list(data.images.class_names),
-        "preprocessing": {
-            "decode_size": data.store.base_size,
-            "resolution": heaviest.config.resolution,
-            "resize": "shorter side to decode_size, centre crop, then bilinear (antialiased) to resolution",
-            "mean": list(lead.mean),
-            "std": list(lead.std),
-        },
-        "members": [
-            {
-                "trial": candidate.trial.number,
-                "weight": weight,
-                "config": candidate.config.to_dict(),
-                "mean": list(member.mean),
-                "std": list(member.std),
-                "folds": len(member.models),
-                "cv_score": candidate.trial.value,
-                "oof_score": candidate.cv.oof_score(),
-                "fold_models": "reused from the search" if candidate.reused else "retrained",
-            }
-            for (candidate, weight), member in zip(members, built, strict=True)
-        ],
-        "tta": tta,
-        "selection": {
-            "candidates": considered,
-            **selected,
-            "oof_score_tta": {view: sign * value for view, value in tta_scores.items()},
-        },
-        "calibration": calibration.to_dict() if calibration else {},
-        "folds": fold_summaries(heaviest.cv.folds),
-        "metric": setup.metric,
-        "cv_score": heaviest.cv.mean_score,
-        "oof_score": get_metric(setup.metric)(labels, oof),
-        "oof_accuracy": get_metric("accuracy")(labels, oof),
-        "oof_images": len(labels),  # fewer than the data's when the search trained fewer than all folds
-        "search_cv_score": heaviest.trial.value,
-        "fold_models": "reused from the search" if heaviest.reused else "retrained",
-        "seed": TrialRecord.read(heaviest.trial).seed,
-        "data": {**asdict(setup.data), "images": len(data.images), "fingerprint": data.fingerprint},
-        "history": [[asdict(record) for record in fold.history] for fold in heaviest.cv.folds],
-        "versions": library_versions(),
-        **labelling,
-    }
-    return Ensemble(built, manifest, device)
+    thresholds: Thresholds | None,
+    oof: np.ndarray,
+) -> Manifest:
+    """The saved model's manifest, built once: its members, views, calibration or thresholds,
+    deployment cost, selection, scores and provenance. The lead member (of most weight) gives the
+    top-level configuration, fold scores and history."""
+    setup, data, labels = context.setup, context.data, selected.labels
+    classes = len(data.images.class_names)
+    lead = selected.lead
+    members = []
+    for candidate, weight in selected.members:
+        mean, std = pretrained_mean_std(candidate.models(classes)[0])
+        members.append(
+            MemberSpec(
+                config=candidate.config,
+                weight=weight,
+                mean=mean,
+                std=std,
+                folds=len(candidate.cv.folds),
+                trial=candidate.trial.number,
+                cv_score=candidate.trial.value,
+                oof_score=candidate.cv.oof_score(),
+                fold_models=_fold_models(candidate),
+            )
+        )
+    selection = SelectionRecord(
+        candidates=tuple(c.trial.number for c in selected.candidates),
+        criterion=selected.criterion,
+        oof_criterion_selected=selected.criterion_selected,
+        oof_criterion_best_trial=selected.criterion_best_trial,
+        oof_score_selected=selected.score_selected,
+        oof_score_best_trial=selected.score_best_trial,
+        oof_score_tta={view: context.sign * value for view, value in views.scores.items()},
+    )
+    return Manifest(
+        class_names=tuple(data.images.class_names),
+        decode_size=data.store.base_size,
+        members=tuple(members),
+        tta=tuple(views.tta),
+        calibration=calibration,
+        thresholds=thresholds,
+        limits=_deployment_cost(context, selected.members, views=1 + len(views.tta)),
+        selection=selection,
+        scores=Scores(
+            metric=setup.metric,
+            cv_score=lead.cv.mean_score,
+            search_cv_score=lead.trial.value,
+            oof_score=context.metric(labels, oof),
+            oof_accuracy=get_metric("accuracy")(labels, oof),
+            oof_images=len(labels),  # fewer than the data's when the search trained fewer than all folds
+            folds=tuple(FoldSummary(**summary) for summary in fold_summaries(lead.cv.folds)),
+            history=tuple(tuple(fold.history) for fold in lead.cv.folds),
+        ),
+        data=TrainingData(spec=setup.data, images=len(data.images), fingerprint=data.fingerprint),
+        provenance=Provenance(
+            study=context.study.study_name,
+            trial=lead.trial.number,
+            seed=TrialRecord.read(lead.trial).seed,
+            fold_models=_fold_models(lead),
+            versions=library_versions(),
+        ),
+    )
 
 
-def _retrain(
-    config: TrainConfig,
-    data: PreparedData,
-    setup: StudySetup,
-    device: torch.device,
-    seed: int,
-    reporter: Reporter,
-    number: int,
-) -> CVResult:
-    with reporter.live(f"refit trial {number}"):
+def _fold_models(candidate: Candidate) -> str:
+    return "reused from the search" if candidate.reused else "retrained"
+
+
+def _deployment_cost(
+    context: RefitContext, members: list[tuple[Candidate, float]], *, views: int
+) -> DeploymentRecord | None:
+    """What the saved model costs, beside the limits it keeps; ``None`` for a study without limits."""
+    setup = context.setup
+    if not setup.limits:
+        return None
+    cost = context.cost_model()
+    total = sum((fold_models_cost(cost, c.config, len(c.cv.folds), views) for c, _ in members), DeploymentCost())
+    return DeploymentRecord(
+        max_latency_ms=setup.max_latency_ms,
+        max_params=setup.max_params,
+        latency_ms=round(total.latency_ms, 3),
+        parameters=total.parameters,
+        device=context.device.type,
+    )
+
+
+def _retrain(context: RefitContext, config: TrainConfig, *, seed: int, number: int) -> CVResult:
+    """Every fold model of trial ``number`` trained again with its configuration and seed."""
+    data, setup = context.data, context.setup
+    with context.reporter.live(f"refit trial {number}"):
         return cross_validate(
             config,
             data.fold_data(),
-            device,
+            context.device,
             weights_dir=setup.weights_dir,
             seed=seed,
-            observer=reporter,
+            observer=context.reporter,
             keep_models=True,
             metric=setup.metric,
         )

@@ -51,6 +51,7 @@ def select_ensemble(
     labels: np.ndarray,
     score: Score,
     rounds: int = DEFAULT_ROUNDS,
+    *,
     allowed: Callable[[frozenset[int]], bool] | None = None,
 ) -> Selection:
     """Greedy ensemble selection with replacement over candidates' OOF probabilities.

@@ -22,7 +22,7 @@ import torch
 
 ECE_BINS = 15
 TEMPERATURE_BOUNDS = (0.05, 20.0)
-_TINY = 1e-12
+_TINY = 1e-12  # the floor under a probability whose log temperature scaling divides (a logit, not a loss)
 
 
 def scale(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -40,11 +40,6 @@ def scale_tensor(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     if temperature == 1.0:
         return probs
     return (probs.clamp_min(_TINY).log() / temperature).softmax(dim=1)
-
-
-def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
-    picked = probs[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.clip(picked, _TINY, 1.0))))
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -93,25 +88,29 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     none does better than the probabilities as they are."""
     from scipy.optimize import minimize_scalar  # refit's alone: loading a model does not import scipy
 
+    from autocls.train.metrics import log_loss  # nor scikit-learn, which the metrics module imports
+
     low, high = (math.log(b) for b in TEMPERATURE_BOUNDS)
     found = minimize_scalar(
-        lambda log_t: negative_log_likelihood(scale(probs, math.exp(log_t)), labels),
+        lambda log_t: log_loss(labels, scale(probs, math.exp(log_t))),
         bounds=(low, high),
         method="bounded",
     )
     temperature = float(math.exp(found.x))
-    before = negative_log_likelihood(probs, labels)
-    return temperature if negative_log_likelihood(scale(probs, temperature), labels) < before else 1.0
+    before = log_loss(labels, probs)
+    return temperature if log_loss(labels, scale(probs, temperature)) < before else 1.0
 
 
 def calibrate(probs: np.ndarray, labels: np.ndarray) -> Calibration:
     """Fit a temperature on ``probs`` (out-of-fold) and measure NLL and ECE before and after."""
+    from autocls.train.metrics import log_loss  # refit's alone, as in fit_temperature
+
     temperature = fit_temperature(probs, labels)
     after = scale(probs, temperature)
     return Calibration(
         temperature=temperature,
-        nll_before=negative_log_likelihood(probs, labels),
-        nll_after=negative_log_likelihood(after, labels),
+        nll_before=log_loss(labels, probs),
+        nll_after=log_loss(labels, after),
         ece_before=expected_calibration_error(probs, labels),
         ece_after=expected_calibration_error(after, labels),
     )

@@ -1,25 +1,22 @@
 """A saved model: the k-fold ensemble, one model per fold, their softmax outputs averaged.
 
 Loading and predicting import nothing of the search (no Optuna, no study): only the configuration,
-the backbones, image decoding and :mod:`autocls.train.feeding`. :mod:`autocls.refit` writes models.
+the backbones, image decoding and :mod:`autocls.train.feeding`. :mod:`autocls.final.refit` writes models.
 
 A saved ensemble is a directory holding ``fold<i>.safetensors`` per fold model and ``manifest.json``
-(configuration, class names, preprocessing, fold scores, library versions). Nothing is pickled. The
+(:class:`~autocls.model.manifest.Manifest`: members, views, calibration, provenance). Nothing is pickled. The
 directory is written under a temporary name and renamed when complete, so a failed refit never
 leaves a half-written model or replaces a good one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,22 +27,21 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from autocls.data.discover import IMAGE_ERRORS
-from autocls.data.images import fit_square, load_square, resize_batch
-from autocls.data.multilabel import decide, label_sets, probabilities
+from autocls.data.images import check_image_input, fit_square, load_square, resize_batch
+from autocls.data.multilabel import decide, label_sets
 from autocls.model.calibration import scale
-from autocls.model.views import TTA_VIEWS, with_views
+from autocls.model.manifest import MANIFEST, Manifest, MemberSpec, fold_files
+from autocls.model.views import with_views
 from autocls.runtime.control import resolve_device
 from autocls.runtime.errors import AutoclsError
 from autocls.train.backbones import create_classifier
 from autocls.train.config import TrainConfig
-from autocls.train.feeding import Preprocess, autocast, model_to_device, norm_tensors
+from autocls.train.feeding import Preprocess, model_to_device, norm_tensors, predict_in_batches
 
 logger = logging.getLogger(__name__)
 
 ImageInput = str | Path | Image.Image | torch.Tensor
-MANIFEST = "manifest.json"
 OOF_FILE = "oof_predictions.csv"  # each training image predicted by the fold model that held it out
-FORMAT_VERSION = 2  # 2: members (several trials) and test-time views; 1 (one trial) still loads
 PREDICT_BATCH = 128
 
 
@@ -70,25 +66,6 @@ def check_model_destination(directory: Path, overwrite: bool, overwrite_option: 
         )
 
 
-def member_specs(manifest: dict[str, Any]) -> list[tuple[TrainConfig, float, tuple, tuple, int | None, int]]:
-    """(config, weight, mean, std, trial, folds) per member; a format-1 manifest is one member."""
-    if "members" not in manifest:
-        pre = manifest["preprocessing"]
-        config = TrainConfig.from_dict(manifest["config"])
-        return [(config, 1.0, tuple(pre["mean"]), tuple(pre["std"]), manifest.get("trial"), len(manifest["folds"]))]
-    return [
-        (
-            TrainConfig.from_dict(m["config"]),
-            float(m["weight"]),
-            tuple(m["mean"]),
-            tuple(m["std"]),
-            m.get("trial"),
-            int(m["folds"]),
-        )
-        for m in manifest["members"]
-    ]
-
-
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     """A fold model's tensors; a missing, truncated or edited file, or one holding NaN or infinite
     values, is an error that names the file."""
@@ -106,19 +83,64 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 @dataclass
 class Member:
-    """One trial's fold models, whose softmax outputs are averaged, and the member's weight."""
+    """One member of the manifest (``spec``: its configuration, weight, normalisation) and its fold
+    models, whose softmax outputs are averaged."""
 
-    config: TrainConfig
+    spec: MemberSpec
     models: list[nn.Module]
-    weight: float
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    trial: int | None = None
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.spec.config
+
+    @property
+    def weight(self) -> float:
+        return self.spec.weight
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.spec.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.spec.std
+
+    @property
+    def trial(self) -> int | None:
+        return self.spec.trial
 
     def files(self, index: int) -> list[str]:
-        """Member 0 keeps the single-trial names (``fold<i>.safetensors``), so older readers load it."""
-        prefix = "" if index == 0 else f"member{index}_"
-        return [f"{prefix}fold{i}.safetensors" for i in range(len(self.models))]
+        """The fold models' file names when this is member ``index`` (see :meth:`MemberSpec.files`)."""
+        return fold_files(index, len(self.models))
+
+
+def predict_members(
+    members: list[Member],
+    images: torch.Tensor,
+    device: torch.device,
+    *,
+    classes: int,
+    tta: tuple[str, ...],
+    multilabel: bool,
+) -> np.ndarray:
+    """The members' weighted, uncalibrated ``(N, classes)`` probabilities of an ``(N, 3, H, W)`` uint8
+    batch: each member's fold models (on ``device``, in eval mode) on the images resized to its
+    resolution, normalised its way, and on their test-time views ``tta``, averaged."""
+    total = np.zeros((len(images), classes), np.float32)
+    for member in members if len(images) else ():
+        probs = predict_in_batches(
+            member.models,
+            resize_batch(images, member.config.resolution),
+            Preprocess(*norm_tensors(member.mean, member.std, device), device),
+            device,
+            multilabel=multilabel,
+            batch=PREDICT_BATCH,
+            views=lambda x: with_views(x, tta),
+        )
+        if not torch.isfinite(probs).all():
+            raise AutoclsError("the model's predictions are not finite numbers; its weights are damaged: refit it.")
+        total += member.weight * probs.numpy()
+    return total
 
 
 class Ensemble:
@@ -129,39 +151,26 @@ class Ensemble:
     ``tta`` lists the test-time views averaged with the image itself (:data:`autocls.model.views.TTA_VIEWS`:
     ``"hflip"``), chosen on out-of-fold predictions at refit.
 
-    A multi-label model (manifest ``"multilabel": true``) outputs one sigmoid probability per label
-    and predicts each label whose probability reaches its threshold (manifest ``"thresholds"``,
-    chosen on out-of-fold probabilities at refit).
+    A multi-label model (one whose manifest has thresholds) outputs one sigmoid probability per
+    label and predicts each label whose probability reaches its threshold (chosen on out-of-fold
+    probabilities at refit).
     """
 
-    def __init__(self, members: list[Member], manifest: dict[str, Any], device: torch.device | None = None) -> None:
+    def __init__(self, members: list[Member], manifest: Manifest, device: torch.device | None = None) -> None:
         self.device = device or torch.device("cpu")
         for member in members:
             member.models = [model_to_device(m, self.device).eval() for m in member.models]
         self.members = members
         self.manifest = manifest
         self.directory: Path | None = None  # the folder it was loaded from or saved to, if any
-        self.class_names: list[str] = list(manifest["class_names"])
-        self.decode_size = int(manifest["preprocessing"]["decode_size"])
-        self.tta: tuple[str, ...] = tuple(manifest.get("tta", ()))
+        self.class_names: list[str] = list(manifest.class_names)
+        self.decode_size = manifest.decode_size
+        self.tta: tuple[str, ...] = manifest.tta
         # fitted on out-of-fold predictions at refit (autocls.model.calibration); models saved before have none
-        self.temperature = float(manifest.get("calibration", {}).get("temperature", 1.0))
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise AutoclsError(
-                f"the manifest's calibration temperature must be a positive number; got {self.temperature}."
-            )
-        self.multilabel = bool(manifest.get("multilabel", False))
-        self.thresholds = np.asarray(manifest.get("thresholds", [0.5] * len(self.class_names)), dtype=np.float64)
-        if self.thresholds.shape != (len(self.class_names),) or not np.all(
-            (self.thresholds >= 0) & (self.thresholds <= 1)
-        ):
-            raise AutoclsError(
-                f"the manifest's thresholds must be {len(self.class_names)} numbers in [0, 1], one per label; "
-                f"got {manifest.get('thresholds')}."
-            )
-        unknown = set(self.tta) - set(TTA_VIEWS)
-        if unknown:
-            raise AutoclsError(f"unknown test-time views {sorted(unknown)} in the manifest; known: {list(TTA_VIEWS)}.")
+        self.temperature = manifest.temperature
+        self.multilabel = manifest.multilabel
+        thresholds = manifest.thresholds.values if manifest.thresholds else [0.5] * len(self.class_names)
+        self.thresholds = np.asarray(thresholds, dtype=np.float64)
 
     @property
     def config(self) -> TrainConfig:
@@ -192,7 +201,7 @@ class Ensemble:
                 for model, name in zip(member.models, member.files(index), strict=True):
                     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
                     save_file(state, staging / name, metadata={"format": "pt"})
-            (staging / MANIFEST).write_text(json.dumps(self.manifest, indent=2), encoding="utf-8")
+            self.manifest.write(staging / MANIFEST)
             for name, text in (extra or {}).items():
                 (staging / name).write_text(text, encoding="utf-8", errors="surrogateescape")
             if directory.exists():
@@ -216,19 +225,12 @@ class Ensemble:
         manifest_path = directory / MANIFEST
         if not manifest_path.is_file():
             raise AutoclsError(f"{directory}: not an autocls model folder (no {MANIFEST}); run autocls refit first.")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            classes = len(manifest["class_names"])
-            specs = member_specs(manifest)
-        except (ValueError, KeyError, TypeError) as err:
-            raise AutoclsError(
-                f"{manifest_path}: not a readable autocls manifest ({err.__class__.__name__}: {err}); "
-                "run autocls refit again to write the model."
-            ) from None
+        manifest = Manifest.read(manifest_path)
+        classes = len(manifest.class_names)
         members = []
-        for index, (config, weight, mean, std, trial, folds) in enumerate(specs):
-            member = Member(config, [], weight, mean, std, trial)
-            member.models = [create_classifier(config, classes, load_weights=False) for _ in range(folds)]
+        for index, spec in enumerate(manifest.members):
+            models = [create_classifier(spec.config, classes, load_weights=False) for _ in range(spec.folds)]
+            member = Member(spec, models)
             for model, name in zip(member.models, member.files(index), strict=True):
                 path = directory / name
                 try:
@@ -243,28 +245,19 @@ class Ensemble:
         return ensemble
 
     # -- prediction --------------------------------------------------------------------------
-    def _check_finite(self, probs: torch.Tensor) -> None:
-        if not torch.isfinite(probs).all():
-            raise AutoclsError("the model's predictions are not finite numbers; its weights are damaged: refit it.")
-
     @torch.inference_mode()
     def predict_images(self, images: torch.Tensor, calibrated: bool = True) -> np.ndarray:
         """Class probabilities for an ``(N, 3, H, W)`` uint8 batch decoded at ``decode_size``,
         temperature-scaled as refit calibrated them unless ``calibrated`` is false (label
         probabilities, each in [0, 1], for a multi-label model)."""
-        total = np.zeros((len(images), len(self.class_names)), np.float32)
-        for member in self.members:
-            resized = resize_batch(images, member.config.resolution)
-            preprocess = Preprocess(*norm_tensors(member.mean, member.std, self.device), self.device)
-            for start in range(0, len(resized), PREDICT_BATCH):
-                x = preprocess(resized[start : start + PREDICT_BATCH])
-                views = with_views(x, self.tta)
-                with autocast(self.device):
-                    probs = torch.stack(
-                        [probabilities(m(v), self.multilabel) for v in views for m in member.models]
-                    ).mean(0)
-                self._check_finite(probs)
-                total[start : start + len(probs)] += member.weight * probs.cpu().numpy()
+        total = predict_members(
+            self.members,
+            images,
+            self.device,
+            classes=len(self.class_names),
+            tta=self.tta,
+            multilabel=self.multilabel,
+        )
         return scale(total, self.temperature) if calibrated else total
 
     def predict_proba(self, inputs: Sequence[ImageInput]) -> np.ndarray:
@@ -304,6 +297,7 @@ class Ensemble:
     def _decode(self, inputs: Sequence[ImageInput]) -> torch.Tensor:
         arrays = []
         for item in inputs:
+            check_image_input(item)
             if isinstance(item, torch.Tensor):
                 pixels = item.detach().cpu()
                 if pixels.is_floating_point():
@@ -322,7 +316,8 @@ class Ensemble:
                 try:
                     arrays.append(load_square(item, self.decode_size))
                 except IMAGE_ERRORS as err:
-                    raise AutoclsError(f"{item}: not a readable image ({err.__class__.__name__}: {err}).") from None
+                    reason = err.strerror if isinstance(err, OSError) and err.strerror else err or "a damaged file"
+                    raise AutoclsError(f"{item}: not a readable image ({reason}); pass a file Pillow opens.") from None
         if not arrays:
             return torch.zeros((0, 3, self.decode_size, self.decode_size), dtype=torch.uint8)
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()

@@ -24,8 +24,9 @@ from torch import nn
 from autocls.data.multilabel import probabilities
 from autocls.model.calibration import scale_tensor
 from autocls.model.ensemble import Ensemble, Member
+from autocls.model.manifest import MANIFEST
 from autocls.model.views import with_views
-from autocls.runtime.errors import AutoclsError
+from autocls.runtime.errors import AutoclsError, SettingError
 from autocls.train.feeding import norm_tensors, normalise
 
 FORMATS = ("torchscript", "onnx")
@@ -76,7 +77,7 @@ class EnsembleGraph(nn.Module):
 def export(model_dir: str | Path, out: str | Path, fmt: str = "torchscript") -> Path:
     """Write the ensemble in ``model_dir`` as a TorchScript or ONNX file; returns its path."""
     if fmt not in FORMATS:
-        raise AutoclsError(f"The 'format' setting must be one of {list(FORMATS)}. Got {fmt!r}.")
+        raise SettingError("format", f"one of {list(FORMATS)}", fmt)
     ensemble = Ensemble.load(model_dir, "cpu")
     graph = EnsembleGraph(ensemble).eval()
     examples = tuple(torch.zeros((2, 3, r, r), dtype=torch.uint8) for r in ensemble.resolutions)
@@ -87,7 +88,7 @@ def export(model_dir: str | Path, out: str | Path, fmt: str = "torchscript") -> 
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, and still loads everywhere
             traced = torch.jit.trace(graph, examples)
-            torch.jit.save(traced, str(out), _extra_files={"manifest.json": json.dumps(ensemble.manifest)})
+            torch.jit.save(traced, str(out), _extra_files={MANIFEST: json.dumps(ensemble.manifest.to_json())})
         return out
     try:
         import onnx  # noqa: F401

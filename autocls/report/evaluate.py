@@ -59,6 +59,7 @@ def evaluate(
     data: str | Path,
     labels_csv: str | None = None,
     device: str = "auto",
+    *,
     label_delimiter: str | None = None,
 ) -> Evaluation | MultilabelEvaluation:
     """Predict every labelled image under ``data`` and compare with its label (its labels, for a
@@ -68,14 +69,14 @@ def evaluate(
     """
     ensemble = model if isinstance(model, Ensemble) else Ensemble.load(model, device)
     if ensemble.multilabel:
-        label_delimiter = label_delimiter or ensemble.manifest.get("label_delimiter", DELIMITER)
+        label_delimiter = label_delimiter or ensemble.manifest.label_delimiter or DELIMITER
     labelled = discover(data, labels_csv, label_delimiter=label_delimiter, min_classes=1)  # one class is fine
     unknown = sorted(set(labelled.class_names) - set(ensemble.class_names))
     if unknown:
         raise AutoclsError(f"{data}: classes {unknown} are not among the model's {ensemble.class_names}.")
     if labelled.multilabel and not ensemble.multilabel:
         raise AutoclsError(f"{data}: images have several labels, but the model predicts one class per image.")
-    duplicates = duplicates_of_training(ensemble.manifest, labelled.paths)
+    duplicates = duplicates_of_training(ensemble.manifest.data.spec, labelled.paths)
     if duplicates:
         evaluated, trained = duplicates[0]
         logger.warning(
@@ -91,7 +92,7 @@ def evaluate(
     warn_unreadable(failed)
     near = _near_duplicates_of_training(ensemble, images, [labelled.paths[i] for i in kept])
     if ensemble.multilabel:
-        return _evaluate_multilabel(ensemble, labelled, kept, images, len(duplicates), near)
+        return _evaluate_multilabel(ensemble, labelled, kept, images, duplicates=len(duplicates), near=near)
     truth = labels_in_order(labelled.subset(kept), ensemble.class_names, multilabel=False)
     raw = ensemble.predict_images(images, calibrated=False)
     probs = scale(raw, ensemble.temperature)
@@ -112,7 +113,7 @@ def evaluate(
 
 
 def _evaluate_multilabel(
-    ensemble: Ensemble, labelled: LabelledImages, kept: list[int], images: torch.Tensor, duplicates: int, near: int
+    ensemble: Ensemble, labelled: LabelledImages, kept: list[int], images: torch.Tensor, *, duplicates: int, near: int
 ) -> MultilabelEvaluation:
     """Score a multi-label model; single-label test data counts as one label per image."""
     truth = labels_in_order(labelled.subset(kept), ensemble.class_names, multilabel=True)

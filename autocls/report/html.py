@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
-import json
+from dataclasses import asdict
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +28,8 @@ from PIL import Image
 from autocls.data.images import load_square
 from autocls.data.multilabel import parse_label_sets
 from autocls.model.calibration import reliability, scale
-from autocls.model.ensemble import MANIFEST, OOF_FILE
+from autocls.model.ensemble import OOF_FILE
+from autocls.model.manifest import MANIFEST, Manifest
 from autocls.model.views import describe_steps
 from autocls.report import plots
 from autocls.report.neardup import SIMILARITY, near_duplicates, training_features
@@ -176,48 +177,47 @@ def _portfolio_probes(study: optuna.Study) -> str:
     )
 
 
-def _members(manifest: dict) -> str:
+def _members(manifest: Manifest) -> str:
     """Which trials the model averages, with what weight, and what selection and TTA scored on OOF."""
-    members = manifest.get("members")
-    if not members or "distilled_from" in manifest:
+    if manifest.format_version < 2 or manifest.distilled_from:  # one trial (format 1), or a student
         return ""
     rows = pd.DataFrame(
         [
             {
-                "trial": m["trial"],
-                "weight": round(m["weight"], 3),
-                "backbone": m["config"]["backbone"],
-                "resolution": m["config"]["resolution"],
-                "cv score": round(m["cv_score"], 4) if m.get("cv_score") is not None else "",
-                "oof score": round(m["oof_score"], 4) if m.get("oof_score") is not None else "",
+                "trial": m.trial,
+                "weight": round(m.weight, 3),
+                "backbone": m.config.backbone,
+                "resolution": m.config.resolution,
+                "cv score": round(m.cv_score, 4) if m.cv_score is not None else "",
+                "oof score": round(m.oof_score, 4) if m.oof_score is not None else "",
             }
-            for m in members
+            for m in manifest.members
         ]
     ).set_index("trial")
-    selection = manifest.get("selection", {})
-    tta = manifest.get("tta") or ["none"]
-    criterion = selection.get("criterion")
+    metric = manifest.scores.metric
+    tta = list(manifest.tta) or ["none"]
+    selection = manifest.selection
+    if selection is None:  # written before refit recorded its selection
+        return "<h2>Members</h2>" + _table(rows) + f"<p>test-time views: {escape(', '.join(tta))}.</p>"
+    criterion = selection.criterion
     on = (
         f" (members and weights chosen on out-of-fold {escape(criterion)}: "
-        f"{selection.get('oof_criterion_selected', float('nan')):.4f} against "
-        f"{selection.get('oof_criterion_best_trial', float('nan')):.4f})"
-        if criterion and criterion != manifest.get("metric")
+        f"{selection.oof_criterion_selected:.4f} against {selection.oof_criterion_best_trial:.4f})"
+        if criterion != metric
         else ""
     )
     note = (
-        f"<p>chosen on out-of-fold predictions among trials {selection.get('candidates')}: selected ensemble "
-        f"{selection.get('oof_score_selected', float('nan')):.4f}, best trial alone "
-        f"{selection.get('oof_score_best_trial', float('nan')):.4f}{on}; test-time views: {escape(', '.join(tta))} "
-        f"(out-of-fold {escape(str(manifest.get('metric', 'score')))} after each: "
-        f"{escape(describe_steps(selection.get('oof_score_tta', {})))}).</p>"
+        f"<p>chosen on out-of-fold predictions among trials {list(selection.candidates)}: selected ensemble "
+        f"{selection.oof_score_selected:.4f}, best trial alone "
+        f"{selection.oof_score_best_trial:.4f}{on}; test-time views: {escape(', '.join(tta))} "
+        f"(out-of-fold {escape(metric)} after each: {escape(describe_steps(selection.oof_score_tta))}).</p>"
     )
     return "<h2>Members</h2>" + _table(rows) + note
 
 
-def _near_duplicates_across_classes(model_dir: Path, top: int = 8) -> str:
+def _near_duplicates_across_classes(model_dir: Path, decode_size: int, top: int = 8) -> str:
     """Pairs of training images under different labels that are copies of each other (resized or
     re-encoded: see :mod:`autocls.report.neardup`): one of the two labels is likely wrong."""
-    decode_size = int(json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))["preprocessing"]["decode_size"])
     train = training_features(model_dir, decode_size)
     oof = train.table
     pairs = near_duplicates(train.directions, oof["true_label"].to_numpy(), top=top)
@@ -239,54 +239,54 @@ def _near_duplicates_across_classes(model_dir: Path, top: int = 8) -> str:
     )
 
 
-def _distilled(manifest: dict) -> str:
+def _distilled(manifest: Manifest) -> str:
     """What a distilled student was trained from; its out-of-fold tables below are the teacher's."""
-    source = manifest.get("distilled_from")
+    source = manifest.distilled_from
     if not source:
         return ""
     return (
-        f"<p>trained on the soft targets of {escape(str(source['model']))} (members "
-        f"{escape(str([m['trial'] for m in source['members']]))}, label weight {source['label_weight']}); on the "
-        f"training images it agrees with the teacher on {source['agreement_on_training_images']:.1%} and takes "
-        f"{source['student_ms_per_image']:.2f} ms per image against the teacher's "
-        f"{source['teacher_ms_per_image']:.2f}. "
+        f"<p>trained on the soft targets of {escape(source.model)} (members "
+        f"{escape(str([m.trial for m in source.members]))}, label weight {source.label_weight}); on the "
+        f"training images it agrees with the teacher on {source.agreement_on_training_images:.1%} and takes "
+        f"{source.student_ms_per_image:.2f} ms per image against the teacher's "
+        f"{source.teacher_ms_per_image:.2f}. "
         "A student has no out-of-fold predictions of its own: the confusion matrix, per-class table, calibration "
         "and likely mislabelled images below are the teacher's out-of-fold predictions (properties of the data "
         "as the teacher saw it); score the student on held-out images with autocls evaluate.</p>"
     )
 
 
-def _calibration(oof: pd.DataFrame, names: list[str], manifest: dict) -> str:
+def _calibration(oof: pd.DataFrame, names: list[str], manifest: Manifest) -> str:
     """Reliability of the out-of-fold confidences with and without the temperature refit fitted."""
-    fitted = manifest.get("calibration")
+    fitted = manifest.calibration
     if not fitted:
         return ""
     probs = oof[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float64)
     labels = oof["true_label"].map({n: i for i, n in enumerate(names)}).to_numpy()
-    temperature = float(fitted["temperature"])
+    temperature = fitted.temperature
     raw = scale(probs, 1.0 / temperature)  # the saved out-of-fold probabilities are the calibrated ones
     curves = {
-        f"before (ECE {fitted['ece_before']:.3f})": reliability(raw, labels),
-        f"after (ECE {fitted['ece_after']:.3f})": reliability(probs, labels),
+        f"before (ECE {fitted.ece_before:.3f})": reliability(raw, labels),
+        f"after (ECE {fitted.ece_after:.3f})": reliability(probs, labels),
     }
     return (
         "<h2>Calibration</h2>"
         f"<p>temperature {temperature:.3f}, fitted on the out-of-fold predictions; negative log-likelihood "
-        f"{fitted['nll_before']:.4f} -> {fitted['nll_after']:.4f}.</p>"
+        f"{fitted.nll_before:.4f} -> {fitted.nll_after:.4f}.</p>"
         + plots.reliability_diagram(curves, "out-of-fold reliability")
     )
 
 
-def _multilabel_sections(oof: pd.DataFrame, names: list[str], manifest: dict, labels: np.ndarray) -> list[str]:
-    """A multi-label model's out-of-fold scores at its thresholds: the per-label table, how often
+def _multilabel_sections(oof: pd.DataFrame, names: list[str], thresholds: np.ndarray, labels: np.ndarray) -> list[str]:
+    """A multi-label model's out-of-fold scores at its ``thresholds``: the per-label table, how often
     labels occur together, and which labels are predicted on images that do not have them."""
     probs = oof[[f"prob_{n}" for n in names]].to_numpy(dtype=np.float64)
-    tables = multilabel_tables(labels, probs, np.asarray(manifest["thresholds"]), names)
+    tables = multilabel_tables(labels, probs, thresholds, names)
     confusions = tables["confusions"].head(10)
     blocks = []
     for row in confusions.head(4).itertuples(index=False):
         true, extra = names.index(row[0]), names.index(row[1])
-        hit = oof[(labels[:, true] == 1) & (labels[:, extra] == 0) & (probs[:, extra] >= manifest["thresholds"][extra])]
+        hit = oof[(labels[:, true] == 1) & (labels[:, extra] == 0) & (probs[:, extra] >= thresholds[extra])]
         thumbs = "".join(f"<figure>{thumbnail(p)}</figure>" for p in hit.nlargest(4, f"prob_{row[1]}")["path"])
         blocks.append(f"<h3>{escape(row[1])} predicted on {escape(row[0])} images: {row[2]}</h3>")
         blocks.append(f'<div class="grid">{thumbs}</div>')
@@ -306,12 +306,12 @@ def _multilabel_sections(oof: pd.DataFrame, names: list[str], manifest: dict, la
     ]
 
 
-def _member_figures(manifest: dict, study: optuna.Study, store: ArtifactStore) -> str:
+def _member_figures(manifest: Manifest, study: optuna.Study, store: ArtifactStore) -> str:
     """The SVG figures the search uploaded for each member trial (learning curves, confusion matrix)."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     blocks = []
-    for member in manifest.get("members") or [{"trial": manifest.get("trial")}]:
-        trial = trials.get(member["trial"])
+    for member in manifest.members:
+        trial = trials.get(member.trial) if member.trial is not None else None
         if trial is None:
             continue
         figures = []
@@ -334,27 +334,27 @@ def build_report(
     model_dir = Path(model_dir)
     if not (model_dir / MANIFEST).is_file() or not (model_dir / OOF_FILE).is_file():
         raise AutoclsError(f"{model_dir}: not a model folder written by autocls refit (no {MANIFEST}/{OOF_FILE}).")
-    manifest = json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))
+    manifest = Manifest.read(model_dir / MANIFEST)
     oof = pd.read_csv(
         model_dir / OOF_FILE,
         dtype={"label": str, "true_label": str},
         keep_default_na=False,  # a multi-label image with no label has an empty cell, not a missing one
         encoding_errors="surrogateescape",
     )
-    config = TrainConfig.from_dict(manifest["config"])
-    names = [str(n) for n in manifest["class_names"]]
-    multilabel = bool(manifest.get("multilabel"))
-    curves = learning_curves(manifest.get("history", []), manifest.get("metric", "score"))
-    title = f"autocls report: {config.backbone} ensemble of {len(manifest['folds'])} folds"
-    if "distilled_from" in manifest:
+    config = manifest.lead.config
+    names = list(manifest.class_names)
+    multilabel = manifest.multilabel
+    scores, origin = manifest.scores, manifest.provenance
+    curves = learning_curves([[asdict(e) for e in fold] for fold in scores.history], scores.metric)
+    title = f"autocls report: {config.backbone} ensemble of {len(scores.folds)} folds"
+    if manifest.distilled_from:
         title = f"autocls report: {config.backbone} student distilled from an ensemble"
     if multilabel:
         truth = parse_label_sets(list(oof["true_label"]), names)
         counts = pd.Series(truth.sum(axis=0), index=names)
-        score = (
-            f"out-of-fold {escape(str(manifest.get('metric')))} <b>{manifest.get('oof_score', float('nan')):.4f}</b>"
-        )
-        evaluation = _multilabel_sections(oof, names, manifest, truth)
+        oof_score = scores.oof_score if scores.oof_score is not None else float("nan")
+        score = f"out-of-fold {escape(scores.metric)} <b>{oof_score:.4f}</b>"
+        evaluation = _multilabel_sections(oof, names, np.asarray(manifest.thresholds.values), truth)
     else:
         truth = None
         index = {n: i for i, n in enumerate(names)}
@@ -375,8 +375,8 @@ def build_report(
     body = [
         f"<h1>{escape(title)}</h1>",
         _distilled(manifest),
-        f"<p>study {escape(str(manifest.get('study')))}, trial {manifest.get('trial')}; {score}, {len(oof)} images; "
-        f"fold models {manifest.get('fold_models', '')}.</p>",
+        f"<p>study {escape(str(origin.study))}, trial {origin.trial}; {score}, {len(oof)} images; "
+        f"fold models {origin.fold_models or ''}.</p>",
         _members(manifest),
         "<h2>Label distribution</h2>" if multilabel else "<h2>Class distribution</h2>",
         plots.bar_chart(
@@ -387,14 +387,14 @@ def build_report(
         "<h2>Augmented training samples</h2>",
         f"<p>augmentation {escape(config.augmentation)}, random erasing {config.random_erasing} "
         "(MixUp/CutMix mix whole batches and are not shown)</p>",
-        _augmented_grid(oof, config, int(manifest["preprocessing"]["decode_size"])),
+        _augmented_grid(oof, config, manifest.decode_size),
         "<h2>Learning curves</h2>",
         f'<div class="figs">{"".join(curves.values())}</div>',
         *evaluation,
         "<h2>Images most likely mislabelled (confident learning)</h2>",
         _likely_mislabelled(oof, names, truth=truth),
         "<h2>Near-duplicate images in different classes</h2>",
-        _near_duplicates_across_classes(model_dir),
+        _near_duplicates_across_classes(model_dir, manifest.decode_size),
     ]
     if study is not None:
         body.append(_study_sections(study))

@@ -22,7 +22,6 @@ without the cache.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,8 @@ import torch.nn.functional as F
 
 from autocls.data.images import decode_images
 from autocls.data.leakage import training_data
-from autocls.model.ensemble import MANIFEST, OOF_FILE
+from autocls.model.ensemble import OOF_FILE
+from autocls.model.manifest import MANIFEST, Manifest
 from autocls.runtime.atomic import write_atomically
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def near_duplicates(
     labels: np.ndarray | None = None,
     threshold: float = SIMILARITY,
     top: int = 20,
+    *,
     block_elements: int = BLOCK_ELEMENTS,
 ) -> Pairs:
     """Pairs of rows of ``features`` (unit vectors) with cosine similarity at least ``threshold``,
@@ -165,7 +166,7 @@ def training_table(model_dir: Path) -> pd.DataFrame:
     """``path`` and ``true_label`` of every training image: the data the manifest names, as it is
     now; where that cannot be listed here (moved, another machine), the images of the model
     folder's out-of-fold table (all of them, unless the search trained fewer than all folds)."""
-    data = training_data(json.loads((model_dir / MANIFEST).read_text(encoding="utf-8")))
+    data = training_data(Manifest.read(model_dir / MANIFEST).data.spec)
     if data is None:
         if not (model_dir / OOF_FILE).is_file():  # nothing says what the model was trained on
             return pd.DataFrame({"path": pd.Series(dtype=str), "true_label": pd.Series(dtype=str)})

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import torch
 
-from autocls.runtime.errors import AutoclsError
+from autocls.runtime.errors import AutoclsError, SettingError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -20,7 +20,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
-        raise AutoclsError(f"The 'device' setting must be auto, cpu, cuda or cuda:N. Got {name!r}.")
+        raise SettingError("device", "auto, cpu, cuda or cuda:N", name)
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise AutoclsError(f"The 'device' setting asks for {name}, but torch sees no CUDA GPU; use cpu or auto.")
     if name.startswith("cuda:") and int(name[5:]) >= (count := torch.cuda.device_count()):

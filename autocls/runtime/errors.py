@@ -7,13 +7,35 @@ never a traceback (:func:`run_guarded`).
 
 from __future__ import annotations
 
+import errno
 import sys
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 
 class AutoclsError(Exception):
     """An error caused by the user's input, with a message that says what to fix."""
+
+
+class SettingError(AutoclsError):
+    """A setting's value outside what it accepts, in the one message style of every setting, from the
+    command line, a search space or the Python API (scikit-learn's): "The 'lr' parameter of bad.toml
+    [fixed] must be a number > 0. Got -3 instead." ``expected`` is what the setting accepts
+    (:meth:`autocls.train.config.Constraint.describe` for the settings in its table); ``where`` (a
+    file and table, a class) is added by whoever knows it (:meth:`at`)."""
+
+    def __init__(self, name: str, expected: str, value: Any, where: str | None = None) -> None:
+        self.name, self.expected, self.value, self.where = name, expected, value, where
+        place = f" of {where}" if where else ""
+        super().__init__(f"The {name!r} parameter{place} must be {expected}. Got {value!r} instead.")
+
+    def at(self, where: str) -> SettingError:
+        return SettingError(self.name, self.expected, self.value, where)
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:  # to a --workers parent: its own arguments
+        return SettingError, (self.name, self.expected, self.value, self.where)
 
 
 class WeightsNotFoundError(AutoclsError):
@@ -37,7 +59,10 @@ def run_guarded(
     interrupted: str = "interrupted; finished trials are saved, run the same command to continue.",
 ) -> int:
     """Run a command; every error it raises becomes one line on stderr and an exit code:
-    2 for bad input, 1 for a failure at run time, 130 for Ctrl-C."""
+    2 for bad input, 1 for a failure at run time, 130 for Ctrl-C. An ``OSError`` about a file the
+    user chose (a read-only folder, a file where a folder must be, a full disk) names the file and
+    what to do; only an error no input should cause reaches the last resort ("unexpected error",
+    with its class for a bug report)."""
     try:
         with warnings.catch_warnings():
             # Optuna's ExperimentalWarning (heartbeats, TPE's group option, artifacts), matched by its
@@ -55,15 +80,53 @@ def run_guarded(
     except StorageUnavailableError as err:  # the database stayed away past the retry bound
         print(f"autocls: error: {err}", file=sys.stderr)
         return 1
-    except PermissionError as err:  # a read-only work folder or --out
-        print(
-            f"autocls: error: cannot write {err.filename or 'a file'}: permission denied; "
-            "choose a folder you can write (--workdir, --out).",
-            file=sys.stderr,
-        )
-        return 2
+    except OSError as err:
+        problem = _FILE_PROBLEMS.get(err.errno) if err.errno is not None else None
+        if problem is None:  # not a file the user named or can fix: the last resort below
+            return _unexpected(err, debug)
+        print(f"autocls: error: {problem.line(err.filename)}", file=sys.stderr)
+        return problem.code
     except Exception as err:
-        if debug:
-            raise
-        print(f"autocls: unexpected error: {err.__class__.__name__}: {err} (rerun with --debug)", file=sys.stderr)
-        return 1
+        return _unexpected(err, debug)
+
+
+@dataclass(frozen=True)
+class _FileProblem:
+    """What went wrong with a file the user chose, what to do about it, and the exit code."""
+
+    what: str  # with {file}
+    remedy: str
+    code: int = 2  # the user's input (a folder given with --workdir or --out); 1: a failure at run time
+
+    def line(self, filename: object) -> str:
+        return f"{self.what.format(file=filename or 'a file')}; {self.remedy}."
+
+
+_WRITABLE = "choose a folder you can write (--workdir, --out)"
+# by errno: a read-only folder, a file where a folder must be, a full disk
+_FILE_PROBLEMS = {
+    errno.EACCES: _FileProblem("cannot write {file}: permission denied", _WRITABLE),
+    errno.EPERM: _FileProblem("cannot write {file}: operation not permitted", _WRITABLE),
+    errno.EROFS: _FileProblem("cannot write {file}: the file system is read-only", _WRITABLE),
+    errno.EEXIST: _FileProblem(
+        "cannot create the folder {file}: a file of that name is in the way",
+        "move the file or choose another folder (--workdir, --out)",
+    ),
+    errno.ENOTDIR: _FileProblem(
+        "cannot use {file}: a part of that path is a file, not a folder", "choose another path (--workdir, --out)"
+    ),
+    errno.ENOSPC: _FileProblem(
+        "cannot write {file}: no space left on the device", "free some space or choose another folder", code=1
+    ),
+}
+
+
+def _unexpected(err: Exception, debug: bool) -> int:
+    """The last resort: an error no user input should cause (a bug), with its class for the report."""
+    if debug:
+        raise err
+    print(
+        f"autocls: unexpected error: {err.__class__.__name__}: {err} (rerun with --debug, and report it)",
+        file=sys.stderr,
+    )
+    return 1

@@ -39,12 +39,12 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from autocls.runtime.atomic import write_atomically
 from autocls.runtime.environment import ARTIFACTS_ENV
 from autocls.runtime.errors import AutoclsError
+from autocls.storage.workdir import Workdir
 
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
 
 ARTIFACTS_ATTR = "artifacts"  # the study user attribute: an ArtifactsRecord
-ARTIFACT_DIR = "artifacts"  # the default store: this folder of the workdir
 MARKER = "study.json"
 S3_TIMEOUTS = {"connect_timeout": 10, "read_timeout": 120}  # an unreachable endpoint fails in seconds, not minutes
 
@@ -269,11 +269,11 @@ class StudyArtifacts:
         return self.location.url
 
 
-def default_location(workdir: Path) -> Location:
-    return Location.parse(str(workdir / ARTIFACT_DIR))
+def default_location(workdir: Workdir) -> Location:
+    return Location.parse(str(workdir.artifacts))
 
 
-def study_artifacts(study: optuna.Study, url: str | None, workdir: Path, *, record: bool = False) -> StudyArtifacts:
+def study_artifacts(study: optuna.Study, url: str | None, workdir: Workdir, *, record: bool = False) -> StudyArtifacts:
     """The store of ``study`` for this command: ``url`` (the flag or the environment), else the one
     recorded on the study, else the workdir's folder. With ``record`` (a search), a ``url`` the study
     has not recorded yet becomes its store: its marker is written, then the study records it. A
@@ -313,7 +313,7 @@ def _holds_marker(store: ArtifactStore, key: str) -> bool:
 
 
 def dashboard_store(
-    storage: optuna.storages.BaseStorage, url: str | None, workdir: Path
+    storage: optuna.storages.BaseStorage, url: str | None, workdir: Workdir
 ) -> tuple[ArtifactStore, list[str]]:
     """What ``autocls dashboard`` serves, and the URLs it reads: ``url``, else the stores the storage's
     studies recorded, with the workdir's folder where a study recorded none (or there is no study)."""

@@ -101,16 +101,6 @@ PG_CONNECT_ARGS = {"connect_timeout": 10, "keepalives_idle": 30, "keepalives_int
 CLAIM_ATTR = "autocls:claim"  # system attribute: the call that created a trial or took it to run
 
 
-def default_path(workdir: Path) -> Path:
-    """The file of the default storage (SQLite) of searches run in ``workdir``."""
-    return workdir / "autocls.db"
-
-
-def default_url(workdir: Path) -> str:
-    workdir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{default_path(workdir).resolve()}"
-
-
 def is_journal(url: str) -> bool:
     return url.startswith(JOURNAL_PREFIX) or url.endswith(".journal")
 
@@ -479,5 +469,36 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         extra = " (pip install 'autocls[postgres]')" if kind.startswith("postgres") else ""
         raise AutoclsError(f"storage {redact(url)} needs a database driver{extra}: {err}") from None
     except Exception as err:
-        hint = " (is it a SQLite database? move the file away or use another --workdir)" if kind == "sqlite" else ""
-        raise AutoclsError(f"cannot open storage {redact(url)}: {err.__class__.__name__}{hint}") from None
+        problem = _sqlite_problem(url) if kind == "sqlite" else None
+        if problem is None:
+            reason = _describe(err, _password(url)).partition(": ")[2] or "the database refused the connection"
+            problem = f"{reason}; check the URL, and that the database is running and reachable from here"
+        raise AutoclsError(f"cannot open storage {redact(url)}: {problem}.") from None
+
+
+SQLITE_HEADER = b"SQLite format 3\0"  # the first 16 bytes of every SQLite database file
+
+
+def _sqlite_problem(url: str) -> str | None:
+    """Why SQLite could not open the file of ``url``, told from the file system, with what to do;
+    ``None`` when the file system shows no reason (the driver's message is then reported)."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return None
+    path = Path(database).expanduser()
+    folder = path.parent
+    if not folder.exists():
+        return f"the folder {folder} does not exist; create it, or give another --workdir or --storage"
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder; give another --workdir or --storage"
+    if path.is_dir():
+        return f"{path} is a folder, not a database file; give another --workdir or --storage"
+    if path.is_file() and path.stat().st_size > 0:
+        with path.open("rb") as file:
+            if file.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                return f"{path} is not a SQLite database; move the file away, or give another --workdir or --storage"
+    if not os.access(folder, os.W_OK):  # SQLite writes the database, and a journal beside it
+        return f"cannot write in {folder} (read-only, or not yours); choose a folder you can write (--workdir)"
+    return None

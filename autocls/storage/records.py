@@ -2,9 +2,9 @@
 
 Optuna keeps a trial's parameters and value; autocls adds, as user attributes, the configuration
 the parameters made, the per-epoch history of every fold, fold scores, why a trial failed or was
-skipped, and the cost model's estimate. :class:`TrialRecorder` writes them while the trial runs
+skipped, and the training-time model's estimate. :class:`TrialRecorder` writes them while the trial runs
 (the dashboard shows them live); :class:`TrialRecord` reads a finished or running trial back. The
-progress table, the cost model, the kept fold models, refit and the stop rules all read through
+progress table, the training-time model, the kept fold models, refit and the stop rules all read through
 :class:`TrialRecord`, so an attribute cannot be renamed in one place and silently missed in another.
 """
 
@@ -25,7 +25,7 @@ CONFIG, SEED = "config", "seed"
 HISTORY, FOLDS = "history", "folds"
 FROZEN_STAGES, OOF_SCORE = "frozen_stages", "oof_score"
 DATA_FINGERPRINT, FOLDS_HASH, VERSIONS = "data_fingerprint", "folds_hash", "versions"
-ESTIMATE = "estimated_epoch_seconds"  # the cost model's per-epoch estimate when the trial started
+ESTIMATE = "estimated_epoch_seconds"  # the training-time model's per-epoch estimate when the trial started
 MODEL_COST = "model_cost"  # {"latency_ms", "parameters"} of the trial's fold models together, under limits
 SKIPPED = "skipped"  # why a configuration was not trained (too long for the time left, or over a limit)
 LIMIT_SKIP = "limit: "  # starts the skipped reason of a configuration over the deployment limits
@@ -153,8 +153,10 @@ class TrialRecorder:
         self._set(**{SCHEMA: SCHEMA_VERSION, WORKER: worker})
 
     def configured(
-        self, config: TrainConfig, seed: int, data_fingerprint: str, folds_hash: str, versions: dict[str, str]
+        self, config: TrainConfig, *, seed: int, data_fingerprint: str, folds_hash: str, versions: dict[str, str]
     ) -> None:
+        """The configuration a trial's parameters made, its seed, and what reproduces it: the data's
+        content fingerprint, the folds' hash and the library versions."""
         self._set(
             **{
                 CONFIG: config.to_dict(),

@@ -53,14 +53,9 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from autocls.runtime.errors import AutoclsError
-from autocls.storage.artifacts import (
-    ARTIFACT_DIR,
-    AtomicFileSystemArtifactStore,
-    StudyArtifacts,
-    read_bytes,
-    write_bytes,
-)
+from autocls.storage.artifacts import AtomicFileSystemArtifactStore, StudyArtifacts, read_bytes, write_bytes
 from autocls.storage.records import FOLD_MODELS, TrialRecord, TrialRecorder
+from autocls.storage.workdir import Workdir
 from autocls.train.cv import CVResult
 from autocls.train.history import EpochRecord, FoldResult
 
@@ -72,7 +67,6 @@ KEEP_ATTR = "keep_trials"  # the study user attribute: how many best trials keep
 GRACE_ENV = "AUTOCLS_KEEP_GRACE"
 DEFAULT_GRACE_SECONDS = 600.0  # far longer than a refit takes to read 5 trials' fold models
 INDEX = "folds.safetensors"
-LEGACY_DIR = "trials"  # WORKDIR/STUDY/trials: where the fold models were kept before artifact stores
 
 
 @dataclass(frozen=True)
@@ -269,7 +263,7 @@ def study_keep(study: optuna.Study, default: int = DEFAULT_KEEP) -> int:
 def study_trial_store(
     study: optuna.Study,
     artifacts: StudyArtifacts,
-    workdir: Path,
+    workdir: Workdir,
     *,
     keep: int | None = None,
     record: bool = False,
@@ -282,10 +276,10 @@ def study_trial_store(
         if study.user_attrs.get(KEEP_ATTR) != wanted:
             study.set_user_attr(KEEP_ATTR, wanted)
     places = [Place(artifacts.store, f"{artifacts.key}/trials/", artifacts.url)]
-    local = workdir / ARTIFACT_DIR
+    local = workdir.artifacts
     if not artifacts.default and (local / artifacts.key).is_dir():
         places.append(Place(AtomicFileSystemArtifactStore(local), f"{artifacts.key}/trials/", str(local)))
-    legacy = workdir / study.study_name / LEGACY_DIR
+    legacy = workdir.legacy_trials(study.study_name)
     if legacy.is_dir():
         places.append(Place(AtomicFileSystemArtifactStore(legacy), "", str(legacy), legacy=True))
     return TrialStore(places, study_keep(study, keep or DEFAULT_KEEP), grace_seconds=grace_seconds)

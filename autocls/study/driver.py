@@ -20,9 +20,10 @@ hold it (estimated from finished trials and from the trial's own first fold), an
 is stopped after the epoch that crosses the deadline, so the command ends within one epoch of it.
 A trial stopped so is recorded FAIL with the reason; the next run retries it. A configuration
 that cannot finish in the time left is skipped and its largest smaller version that can is queued
-(:meth:`autocls.study.objective.Objective._skip_if_too_long`). A budget too short for the first recipe's
+(:meth:`autocls.study.budget.TimePlan.too_long`). A budget too short for the first recipe's
 k-fold CV makes every trial train only the first folds that fit
-(:func:`autocls.study.portfolio.folds_to_train`, recorded as ``search_folds`` on the study).
+(:func:`autocls.study.budget.folds_to_train`, recorded as ``search_folds`` on the study). Every such
+decision is the time plan's (:mod:`autocls.study.budget`).
 """
 
 from __future__ import annotations
@@ -33,21 +34,23 @@ from collections.abc import Callable
 import optuna
 import torch
 
-from autocls.data.discover import check_folds
+from autocls.data.discover import LabelledImages, check_folds
 from autocls.data.imagecache import DecodeClock
 from autocls.storage.artifacts import Location, open_store, study_artifacts
-from autocls.storage.rdb import default_path, default_url, open_storage
+from autocls.storage.rdb import open_storage
 from autocls.storage.records import TIME_SKIP_KIND, TrialRecord
-from autocls.storage.trials import study_trial_store
-from autocls.study.budget import Budget
-from autocls.study.cost import CostModel
+from autocls.storage.trials import TrialStore, study_trial_store
+from autocls.storage.workdir import Workdir
+from autocls.study.budget import Budget, TimePlan
 from autocls.study.halving import halve_portfolio
 from autocls.study.objective import FINISHED, Objective
 from autocls.study.progress import Reporter
+from autocls.study.pruning import make_pruner
 from autocls.study.recovery import recover_dead_local_trials
-from autocls.study.samplers import make_pruner, make_sampler
-from autocls.study.setup import CACHE_DIR, DEFAULT_FOLDS, SearchRequest, StudySetup, create_or_continue
-from autocls.study.studydata import DATA_INDEX_FILE, PreparedData, check_same_data, record_data
+from autocls.study.samplers import make_sampler
+from autocls.study.setup import DEFAULT_FOLDS, SearchRequest, StudySetup, create_or_continue
+from autocls.study.studydata import PreparedData, check_same_data, record_data
+from autocls.study.trainingtime import TrainingTimeModel
 
 logger = logging.getLogger(__name__)
 
@@ -132,21 +135,12 @@ def run_search(
     """
     reporter = reporter or Reporter(quiet=True)
     budget = Budget(request.timeout)
-    discovered = None
-    if request.storage is None and not default_path(request.workdir).exists():
-        # A new study in a new SQLite file: the data first, so that a source the search cannot use is
-        # one line and leaves no file behind (opening the storage creates it, and one left without a
-        # study would make the next refit ask which study to take).
-        discovered = request.data.discover()
-        check_folds(discovered, request.folds or DEFAULT_FOLDS)
-    if request.artifacts and (location := Location.parse(request.artifacts)).is_s3:
-        open_store(location)  # an unreachable bucket is one line before anything is written
-    storage = open_storage(request.storage or default_url(request.workdir))
-    cost = CostModel(device, request.workdir / CACHE_DIR / "speeds.json")
-    study, setup = create_or_continue(storage, request.study_name or request.data.name, request, cost, discovered)
+    workdir = Workdir(request.workdir)
+    timing = TrainingTimeModel(device, workdir.speeds)
+    study, setup, discovered = _open_study(request, workdir, timing)
     # the study's store, before the data is decoded: a store that is not the study's is one line at once
-    artifacts = study_artifacts(study, request.artifacts, request.workdir, record=True)
-    store = study_trial_store(study, artifacts, request.workdir, keep=request.keep_trials, record=True)
+    artifacts = study_artifacts(study, request.artifacts, workdir, record=True)
+    store = study_trial_store(study, artifacts, workdir, keep=request.keep_trials, record=True)
     # Seeded by the study's seed and its trial count: reproducible, and a continued study does not
     # replay the random start-up proposals of its first run.
     study.sampler = make_sampler(setup.seed + len(study.trials) + 7919 * (worker or 0), request.sampler)
@@ -158,11 +152,10 @@ def run_search(
     if worker is None:
         recover_dead_local_trials(study)
     clock = DecodeClock(budget.deadline, _decode_estimate(budget, reporter, len(discovered)))
-    cache = request.workdir / CACHE_DIR
     data = PreparedData.load(
-        setup, setup.search_space.max_resolution, cache, discovered, source=request.data, clock=clock
+        setup, setup.search_space.max_resolution, workdir.cache, discovered, source=request.data, clock=clock
     )
-    index_file = request.workdir / study.study_name / DATA_INDEX_FILE
+    index_file = workdir.data_index(study.study_name)
     check_same_data(study, discovered, data, index_file)
     record_data(study, data, index_file)
 
@@ -175,21 +168,61 @@ def run_search(
         f"{_validation(setup)} of {setup.metric} on {len(data.images)} images, "
         f"{len(data.images.class_names)} classes, device {device.type}"
     )
-    objective = Objective(setup, data, device, reporter, budget, store, artifacts.store, cost)
+    plan = TimePlan(
+        budget,
+        timing,
+        images=len(data.images),
+        folds=setup.folds,
+        trained_folds=setup.trained_folds,
+        fixed=setup.search_space.fixed,
+    )
+    objective = Objective(
+        setup, data, device=device, reporter=reporter, plan=plan, store=store, artifacts=artifacts.store
+    )
     with reporter.live(f"study {study.study_name}"):
         if not worker:  # one process probes the portfolio; other --workers start on the sampler's trials
-            halve_portfolio(study, setup, data, device, budget, cost, reporter)
-        study.optimize(
-            objective,
-            n_trials=None,  # the stop rules below end it: trials, the one deadline, skips, failures
-            catch=(Exception,),  # recorded FAIL with fail_reason; KeyboardInterrupt still stops
-            callbacks=[
-                optuna.study.MaxTrialsCallback(request.trials, states=FINISHED),
-                _StopConditions(budget, reporter),
-                lambda study, _trial: store.retain_best(study),
-                lambda study, _trial: objective.queue_last_member(study),
-            ],
-        )
+            halve_portfolio(study, setup, data, device=device, plan=plan, reporter=reporter)
+        _optimize(study, objective, store, trials=request.trials, reporter=reporter)
+    _summary(study, setup, store, reporter)
+    return study
+
+
+def _open_study(
+    request: SearchRequest, workdir: Workdir, timing: TrainingTimeModel
+) -> tuple[optuna.Study, StudySetup, LabelledImages | None]:
+    """The study, created or continued, with its setup; and the data, when a new storage file made
+    it worth discovering first (``None`` otherwise)."""
+    discovered = None
+    if request.storage is None and not workdir.database.exists():
+        # A new study in a new SQLite file: the data first, so that a source the search cannot use is
+        # one line and leaves no file behind (opening the storage creates it, and one left without a
+        # study would make the next refit ask which study to take).
+        discovered = request.data.discover()
+        check_folds(discovered, request.folds or DEFAULT_FOLDS)
+    if request.artifacts and (location := Location.parse(request.artifacts)).is_s3:
+        open_store(location)  # an unreachable bucket is one line before anything is written
+    storage = open_storage(request.storage or workdir.storage_url())
+    name = request.study_name or request.data.name
+    study, setup = create_or_continue(storage, name, request, timing=timing, discovered=discovered)
+    return study, setup, discovered
+
+
+def _optimize(study: optuna.Study, objective: Objective, store: TrialStore, *, trials: int, reporter: Reporter) -> None:
+    """Run trials until ``trials`` have finished or a stop rule ends the run."""
+    study.optimize(
+        objective,
+        n_trials=None,  # the stop rules below end it: trials, the one deadline, skips, failures
+        catch=(Exception,),  # recorded FAIL with fail_reason; KeyboardInterrupt still stops
+        callbacks=[
+            optuna.study.MaxTrialsCallback(trials, states=FINISHED),
+            _StopConditions(objective.plan.budget, reporter),
+            lambda study, _trial: store.retain_best(study),
+            lambda study, _trial: objective.queue_last_member(study),
+        ],
+    )
+
+
+def _summary(study: optuna.Study, setup: StudySetup, store: TrialStore, reporter: Reporter) -> None:
     reporter.best_trials_table(study, setup.metric)
     kept = len(store.retain_best(study))
     size = store.disk_bytes()
@@ -197,4 +230,3 @@ def run_search(
         f"fold models of the study's best {kept} trials kept for refit's ensemble selection"
         f"{f': {size / 2**20:.0f} MiB' if size is not None else ''} in {store.shown} (--keep-trials to change)"
     )
-    return study

@@ -2,7 +2,7 @@
 
 The delivered model is an ensemble: every fold model of every member runs on each image, once per
 test-time view. Its latency is the sum of those forward passes (batch 1, measured on the device the
-search runs on, :meth:`autocls.study.cost.CostModel.latency_ms`), its size the sum of their parameters.
+search runs on, :meth:`autocls.study.trainingtime.TrainingTimeModel.latency_ms`), its size the sum of their parameters.
 A limit is kept in three places:
 
 * before the first trial, backbones whose fold models exceed it even at the space's lowest
@@ -14,27 +14,26 @@ A limit is kept in three places:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from autocls.runtime.errors import AutoclsError
-from autocls.study.cost import CostModel
-from autocls.train.config import TrainConfig
+from autocls.study.trainingtime import TrainingTimeModel
+from autocls.train.config import TrainConfig, check_setting
 
 
 @dataclass(frozen=True)
-class ModelCost:
-    """What a delivered model costs per image: milliseconds and parameters."""
+class DeploymentCost:
+    """What a delivered model costs where it is deployed: milliseconds per image and parameters
+    (not what it cost to train: that is :class:`~autocls.study.trainingtime.TrainingTimeModel`'s)."""
 
     latency_ms: float = 0.0
     parameters: int = 0
 
-    def __add__(self, other: ModelCost) -> ModelCost:
-        return ModelCost(self.latency_ms + other.latency_ms, self.parameters + other.parameters)
+    def __add__(self, other: DeploymentCost) -> DeploymentCost:
+        return DeploymentCost(self.latency_ms + other.latency_ms, self.parameters + other.parameters)
 
-    def times(self, passes: int, copies: int) -> ModelCost:
+    def times(self, passes: int, copies: int) -> DeploymentCost:
         """``passes`` forward passes per image through ``copies`` distinct models."""
-        return ModelCost(self.latency_ms * passes, self.parameters * copies)
+        return DeploymentCost(self.latency_ms * passes, self.parameters * copies)
 
 
 @dataclass(frozen=True)
@@ -45,17 +44,14 @@ class Limits:
     max_params: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_latency_ms is not None and not (math.isfinite(self.max_latency_ms) and self.max_latency_ms > 0):
-            raise AutoclsError(
-                f"The 'max_latency_ms' setting must be a positive number of milliseconds. Got {self.max_latency_ms!r}."
-            )
-        if self.max_params is not None and not (isinstance(self.max_params, int) and self.max_params > 0):
-            raise AutoclsError(f"The 'max_params' setting must be a positive integer. Got {self.max_params!r}.")
+        for name in ("max_latency_ms", "max_params"):
+            if getattr(self, name) is not None:
+                check_setting(name, getattr(self, name))
 
     def __bool__(self) -> bool:
         return self.max_latency_ms is not None or self.max_params is not None
 
-    def exceeded(self, cost: ModelCost) -> str | None:
+    def exceeded(self, cost: DeploymentCost) -> str | None:
         """Why ``cost`` breaks a limit, or ``None`` when it keeps them all."""
         if self.max_latency_ms is not None and cost.latency_ms > self.max_latency_ms:
             return f"{cost.latency_ms:.1f} ms an image, over the limit of {self.max_latency_ms:g} ms"
@@ -72,7 +68,10 @@ class Limits:
         return " and ".join(parts)
 
 
-def fold_models_cost(cost: CostModel, config: TrainConfig, folds: int, views: int = 1) -> ModelCost:
-    """The cost of ``folds`` fold models of ``config``, each run on ``views`` views of an image."""
-    one = ModelCost(cost.latency_ms(config), cost.parameters(config)) if cost is not None else ModelCost()
+def fold_models_cost(timing: TrainingTimeModel, config: TrainConfig, folds: int, views: int = 1) -> DeploymentCost:
+    """The deployment cost of ``folds`` fold models of ``config``, each run on ``views`` views of an
+    image, from the latency and size ``timing`` measured."""
+    one = (
+        DeploymentCost(timing.latency_ms(config), timing.parameters(config)) if timing is not None else DeploymentCost()
+    )
     return one.times(folds * views, folds)

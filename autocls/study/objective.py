@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from itertools import product
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
@@ -18,22 +16,18 @@ from autocls.storage.records import (
     LIMIT_SKIP,
     MEMBER_OF,
     WEIGHTS_SKIP,
-    TrialRecord,
     TrialRecorder,
     epoch_summary,
-    member_attrs,
     shrunk_attrs,
 )
 from autocls.storage.trials import TrialStore
-from autocls.study.budget import Budget, BudgetExhausted, TrialSkipped
-from autocls.study.cost import CostModel
+from autocls.study.budget import Budget, BudgetExhausted, TimePlan, TrialSkipped
 from autocls.study.limits import fold_models_cost
 from autocls.study.progress import Reporter
 from autocls.study.pruning import FOLD_STEP
 from autocls.study.publish import publish_trial
 from autocls.study.recovery import queue_again, this_worker
 from autocls.study.setup import StudySetup, library_versions
-from autocls.study.space import SearchSpace
 from autocls.study.studydata import PreparedData
 from autocls.train.callbacks import TrainingObserver
 from autocls.train.config import TrainConfig
@@ -45,14 +39,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-# A fold shortened to end by the deadline trains at least this many epochs: a one-epoch schedule is
-# mostly warm-up (one-cycle's rising phase; the spaces' one warm-up epoch for cosine and step), its
-# model no member worth its time.
-MIN_SHORTENED_EPOCHS = 2
-# The best configuration queued again for the budget's last minutes is sized to this share of the
-# time left: the cost model's estimate can be short by a few percent, and a member stopped before
-# its last fold is lost.
-MEMBER_TIME_SHARE = 0.9
 
 
 class TrialObserver(TrainingObserver):
@@ -73,30 +59,21 @@ class TrialObserver(TrainingObserver):
 
     def fold_epochs(self, fold: int, folds: int, epochs: int) -> int:
         """``epochs`` when the folds left (``fold`` and the ones after it, of ``folds``) fit the time
-        left at the pace of the folds done so far; else the time left split evenly among them, at
-        least :data:`MIN_SHORTENED_EPOCHS` each (below that the budget is exhausted).
-
-        A trial that trained most of its folds is worth finishing short: its out-of-fold predictions
-        then cover every image and it can join the ensemble, where a trial stopped before its last
-        fold is lost. On 2 CPU cores the second recipe of a 30-minute study once ran 1.7x slower than
-        measured and was stopped with 78 s left and its last fold needing 234 s: the search delivered
-        the first recipe alone (held-out 0.8860, against 0.8900 for both in a run at normal speed).
-        The shortfall is spread over the folds left, as a few epochs less cost each fold model less
-        accuracy than many epochs less cost one.
-        """
+        left at the pace of the folds done so far; else fewer, to end by the deadline
+        (:meth:`autocls.study.budget.Budget.shortened_epochs`), recorded and told."""
         self._grace = 0.0
-        if not self.folds:  # the first fold: the trial was admitted on the cost model's estimate
+        if not self.folds:  # the first fold: the trial was admitted on the training-time model's estimate
             return epochs
         per_epoch = sum(f.seconds for f in self.folds) / max(1, sum(len(f.history) for f in self.folds))
         setup = float(np.mean(self._setup_seconds)) if self._setup_seconds else 0.0
         remaining = folds - fold
         what = f"fold {fold + 1}" + (f" with the {remaining - 1} after it" if remaining > 1 else "")
-        self.budget.check(remaining * (setup + per_epoch * min(epochs, MIN_SHORTENED_EPOCHS)), what)
-        left = self.budget.left()
-        if remaining * (setup + per_epoch * epochs) <= left:  # also without a deadline (left is infinite)
+        shortened = self.budget.shortened_epochs(
+            epochs=epochs, folds_left=remaining, epoch_seconds=per_epoch, setup_seconds=setup, what=what
+        )
+        if shortened is None:
             return epochs
-        # the check above holds the minimum (the clock moved on since by microseconds only)
-        fits = max(MIN_SHORTENED_EPOCHS, int((left / remaining - setup) // per_epoch))
+        fits, left = shortened
         note = f"{fits} of {epochs} epochs to end by the deadline ({left:.0f}s left, {per_epoch:.0f}s an epoch)"
         self.shortened[fold] = note
         self.recorder.shortened({str(f + 1): why for f, why in self.shortened.items()})
@@ -148,14 +125,16 @@ class Objective:
         self,
         setup: StudySetup,
         data: PreparedData,
+        *,
         device: torch.device,
         reporter: Reporter,
-        budget: Budget,
+        plan: TimePlan,
         store: TrialStore | None = None,
         artifacts: ArtifactStore | None = None,
-        cost: CostModel | None = None,
     ) -> None:
-        self.cost = cost
+        """``plan`` is the run's time plan (its training-time model also measures the deployment
+        limits); ``store`` keeps the best trials' fold models, ``artifacts`` takes their figures."""
+        self.plan = plan
         self.store = store
         self.artifacts = artifacts
         self.setup = setup
@@ -163,7 +142,6 @@ class Objective:
         self.data = data
         self.device = device
         self.reporter = reporter
-        self.budget = budget
         self.folds_hash = folds_hash(data.splits)
         self.data_fingerprint = data.fingerprint  # by content: the same on every machine
         self._member_queued = False
@@ -207,7 +185,7 @@ class Objective:
         if self.artifacts is not None:
             try:
                 names = list(self.data.images.class_names)
-                publish_trial(trial, self.artifacts, config, result, history, names)
+                publish_trial(trial, self.artifacts, config=config, cv=result, history=history, class_names=names)
             except Exception as err:  # figures are a convenience: never fail a finished trial for them
                 logger.warning("trial %d: could not upload its figures (%s)", trial.number, err)
         return result.mean_score
@@ -216,10 +194,16 @@ class Objective:
         config = self.space.sample(trial)
         seed = derive_seed(self.setup.seed, trial.number)  # folds derive theirs from it: no two collide
         recorder = TrialRecorder(trial)
-        recorder.configured(config, seed, self.data_fingerprint, self.folds_hash, library_versions())
+        recorder.configured(
+            config,
+            seed=seed,
+            data_fingerprint=self.data_fingerprint,
+            folds_hash=self.folds_hash,
+            versions=library_versions(),
+        )
         self._skip_if_over_limits(recorder, config)
         self._skip_if_too_long(trial, recorder, config)
-        observer = TrialObserver(trial, self.reporter, self.budget)
+        observer = TrialObserver(trial, self.reporter, self.plan.budget)
         self.reporter.set_title(f"trial {trial.number}")
         try:
             result = cross_validate(
@@ -254,9 +238,9 @@ class Objective:
     def _skip_if_over_limits(self, recorder: TrialRecorder, config: TrainConfig) -> None:
         """Skip (before any training) a configuration whose fold models break the deployment limits."""
         limits = self.setup.limits
-        if not limits or self.cost is None:
+        if not limits or self.plan.timing is None:
             return
-        cost = fold_models_cost(self.cost, config, self.setup.trained_folds)
+        cost = fold_models_cost(self.plan.timing, config, self.setup.trained_folds)
         recorder.model_cost(cost.latency_ms, cost.parameters)
         reason = limits.exceeded(cost)
         if reason:
@@ -267,100 +251,34 @@ class Objective:
         """Skip (before any training) a configuration that cannot finish in the time left, and queue
         the largest smaller version of it (lower resolution, fewer epochs) that can: the last minutes
         of a budget still train a member for the ensemble rather than a row of skips."""
-        if self.cost is None or self.budget.deadline is None:
+        if not self.plan.estimates:
             return
-        self.cost.learn_from(trial.study.get_trials(deepcopy=False, states=FINISHED))
-        images, folds = len(self.data.images), self.setup.folds
-        recorder.estimated(self.cost.epoch_seconds(config, images - images // folds, images // folds))
-        needed = self._seconds(config)
-        left = self.budget.left()
-        if needed <= left:
+        assert self.plan.timing is not None
+        self.plan.timing.learn_from(trial.study.get_trials(deepcopy=False, states=FINISHED))
+        recorder.estimated(self.plan.epoch_seconds(config))
+        too_long = self.plan.too_long(self.space, trial.params, config)
+        if too_long is None:
             return
-        reason = f"needs about {needed:.0f}s, {left:.0f}s left"
-        smaller = smaller_that_fits(self.space, trial.params, config, self._seconds, left)
+        reason = f"needs about {too_long.needed:.0f}s, {too_long.left:.0f}s left"
+        smaller = too_long.smaller
         if smaller:
             trial.study.enqueue_trial({**trial.params, **smaller}, user_attrs=shrunk_attrs(trial))
             reason += "; queued smaller: " + ", ".join(f"{name}={value}" for name, value in smaller.items())
         recorder.skipped(reason)
         raise TrialSkipped(f"skipped: {reason}")
 
-    def _seconds(self, config: TrainConfig) -> float:
-        assert self.cost is not None
-        return self.cost.trial_seconds(config, len(self.data.images), self.setup.folds, self.setup.trained_folds)
-
     def queue_last_member(self, study: optuna.Study) -> None:
         """Study callback: once per run, when the time left no longer holds the best trial at its
         own size and no queued trial waits, queue the best trial's configuration again at the
-        largest resolution and epochs that fit (see :func:`last_member`)."""
-        if self.cost is None or self.budget.deadline is None or self._member_queued:
+        largest resolution and epochs that fit (see :func:`autocls.study.budget.last_member`)."""
+        if not self.plan.estimates or self._member_queued:
             return
-        queued = last_member(study, self.space, self._seconds, self.budget.left())
+        queued = self.plan.last_member(study, self.space)
         if queued is not None:
             self._member_queued = True
             best, size = queued
             described = ", ".join(f"{name}={value}" for name, value in size.items())
             self.reporter.print(
                 f"queued trial {best.number}'s configuration again at {described} for the "
-                f"{self.budget.left():.0f}s left: a member for the ensemble"
+                f"{self.plan.budget.left():.0f}s left: a member for the ensemble"
             )
-
-
-def smaller_that_fits(
-    space: SearchSpace,
-    params: dict[str, Any],
-    config: TrainConfig,
-    seconds_of: Callable[[TrainConfig], float],
-    seconds: float,
-) -> dict[str, int]:
-    """The most expensive resolution and epochs, each at most ``config``'s and among the space's
-    choices, whose estimate (``seconds_of``) fits ``seconds``; empty if none does or ``params`` (a
-    trial's) did not sample them."""
-    choices = {
-        dim.name: sorted(c for c in dim.choices if c <= getattr(config, dim.name))
-        for dim in space.dimensions
-        if dim.name in ("resolution", "epochs") and dim.choices is not None and dim.name in params
-    }
-    if not choices:
-        return {}
-    sizes = [dict(zip(choices, values, strict=True)) for values in product(*choices.values())]
-    costs = {
-        i: seconds_of(TrainConfig.from_dict({**config.to_dict(), **size}))
-        for i, size in enumerate(sizes)
-        if any(size[name] != getattr(config, name) for name in size)
-    }
-    fitting = [i for i, cost in costs.items() if cost <= seconds]
-    return sizes[max(fitting, key=costs.__getitem__)] if fitting else {}
-
-
-def last_member(
-    study: optuna.Study, space: SearchSpace, seconds_of: Callable[[TrainConfig], float], left: float
-) -> tuple[optuna.trial.FrozenTrial, dict[str, int]] | None:
-    """Queue the best completed trial's configuration again, at the largest resolution and epochs
-    whose estimate fits :data:`MEMBER_TIME_SHARE` of the ``left`` seconds, when the best no longer
-    fits at its own size and no queued trial waits (warm-start recipes and smaller versions of
-    skipped trials come first). Returns the best trial and the size queued, or ``None``.
-
-    The queued trial has a new number, so a new seed; it shares the study's folds, so its
-    out-of-fold predictions join ensemble selection, and it is never pruned. The sampler's
-    proposals for the same minutes measured nothing: a 30-minute Fashion-MNIST study (2 CPU
-    cores) ended with 9 pruned and 18 skipped trials after its two recipes, none of them a member.
-    A second, smaller model of the best configuration is a member whose worth does not depend on
-    the sampler's luck in its last proposals.
-    """
-    if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-        return None
-    try:
-        best = study.best_trial
-    except ValueError:  # no completed trial yet
-        return None
-    recorded = TrialRecord.read(best).config
-    if recorded is None:
-        return None
-    config = TrainConfig.from_dict(recorded)
-    if seconds_of(config) <= left:
-        return None  # the sampler's trials can still be as large as the best: they go on
-    size = smaller_that_fits(space, best.params, config, seconds_of, MEMBER_TIME_SHARE * left)
-    if not size:
-        return None
-    study.enqueue_trial({**best.params, **size}, user_attrs=member_attrs(best))
-    return best, size

@@ -4,21 +4,19 @@ Each family has the recipe its practitioners use for fine-tuning (timm's and the
 with a one-cycle schedule for EfficientNet/MobileNet, Nesterov SGD with cosine for ResNet/DenseNet,
 AdamW with a small learning rate, warmup and layer-wise decay for ConvNeXt/ViT/Swin. The family's
 cheapest backbone in the space is used, with more frozen stages when there are few images per
-class. Without a time budget it trains at the resolution closest to the images' own size; with
-one, at the largest resolution and then the most epochs whose estimated trial time fits the
-recipe's share of the budget (pretrained CNNs gain from upsampling small images, as far as time
-allows). Only values the space can take are enqueued; the rest is left to the sampler.
+class, at the resolution closest to the images' own size. Only values the space can take are
+enqueued; the rest is left to the sampler.
 
-The budget also sets how many of the k folds each trial trains (:func:`folds_to_train`): all of
-them when the first recipe's k-fold CV fits its share, else fewer, down to a hold-out split.
+How large each recipe trains in a time budget (the largest resolution, then the most epochs, that
+fit its share: pretrained CNNs gain from upsampling small images, as far as time allows), and how
+many of the k folds each trial trains, is the time plan's (:mod:`autocls.study.budget`). Which
+recipes go on after their probes is decided here (:func:`survivors`, :mod:`autocls.study.halving`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import product
 from typing import Any
 
 from autocls.study.space import SearchSpace
@@ -82,72 +80,6 @@ class DataStats:
     image_side: int
 
 
-# Share of the time budget each recipe may take, in order: the first (EfficientNet-style) recipe
-# is the one most likely to win, so it gets the time to train well; the sampler keeps the rest.
-# The first share grows as the budget shrinks (see first_share).
-BUDGET_SHARES = (0.4, 0.25, 0.15)
-MIN_RECIPE_EPOCHS = 6  # a recipe trains at least this long before it trains at a larger resolution
-# Budgets (seconds) between which the first recipe's share falls from SHORT_SHARE to BUDGET_SHARES[0]
-SHORT_BUDGET, LONG_BUDGET = 600.0, 1800.0
-SHORT_SHARE = 0.75
-
-
-def first_share(budget: float) -> float:
-    """The first recipe's share of a ``budget`` in seconds: 0.75 up to 10 minutes, 0.4 from 30,
-    linear between.
-
-    In a short budget the sampler has room for a few cheap trials at most, and at 10 minutes on 2,000
-    Fashion-MNIST images none of them came near the first recipe (its 5-fold CV 0.8400; the one
-    sampled trial that ran was stopped by the deadline after 3 of 5 folds, its 228 s lost): the
-    time buys more accuracy as a longer first recipe. In a long budget the sampler's trials become
-    ensemble members and the recipe keeps 40%.
-    """
-    if budget <= SHORT_BUDGET:
-        return SHORT_SHARE
-    reach = min(1.0, (budget - SHORT_BUDGET) / (LONG_BUDGET - SHORT_BUDGET))
-    return SHORT_SHARE + (BUDGET_SHARES[0] - SHORT_SHARE) * reach
-
-
-def folds_to_train(
-    space: SearchSpace,
-    stats: DataStats,
-    folds: int,
-    fold_seconds: Callable[[dict[str, Any]], float] | None = None,
-    budget: float | None = None,
-) -> int:
-    """How many of the ``folds`` each trial trains: all of them, unless the first recipe at its
-    cheapest long-enough size (:data:`MIN_RECIPE_EPOCHS` epochs, or the most the space allows, at
-    the largest resolution about as cheap as the lowest: see :func:`_cheapest_long_enough`) cannot
-    train them all in its share of the ``budget``; then as many as fit, down to one (a hold-out
-    split of 1/``folds`` of the images).
-
-    ``fold_seconds`` estimates one fold of a parameter set. Fewer folds keep the search's trials
-    comparable (every trial trains the same folds, so the pruner and ensemble selection still
-    compare like with like) while a short budget still trains a real recipe: a 5-fold CV of
-    EfficientNet-Lite0 at 48 px x 4 epochs on 2,000 images takes about 270 s on 2 CPU cores, more
-    than a 5-minute search has for it.
-    """
-    recipes = portfolio(space, stats)
-    if not recipes or fold_seconds is None or not budget:
-        return folds
-    per_fold = _cheapest_long_enough(space, recipes[0], fold_seconds)
-    fits = int(budget * first_share(budget) // max(per_fold, 1e-9))
-    return max(1, min(folds, fits))
-
-
-# Probe when all probes together are estimated to take at most this share of the time budget: on
-# 2 CPU cores the two Lite recipes' probes (48 px, 4 epochs, one fold of 2,000 images) take about
-# 150 s, so a 30-minute search probes and a 10-minute one (where they would take a quarter) does not.
-PROBE_SHARE = 0.1
-
-
-def should_probe(
-    recipes: list[dict[str, Any]], probe_seconds: Callable[[dict[str, Any]], float], budget: float
-) -> bool:
-    """Probe when there is a choice (two recipes or more) and the probes fit :data:`PROBE_SHARE` of ``budget``."""
-    return len(recipes) >= 2 and sum(probe_seconds(r) for r in recipes) <= PROBE_SHARE * budget
-
-
 def survivors(scores: list[float], maximise: bool, images: int) -> list[int]:
     """Indices of the recipes that go on, best first: the better half (rounded up) of those whose probe
     gave a score, and any other within noise of the best (:func:`ties`).
@@ -190,49 +122,6 @@ def ties(scores: list[float], maximise: bool, images: int) -> list[int]:
     return [i for i in order if abs(scores[i] - best) <= noise]
 
 
-# A resolution whose fold costs at most this much more than the lowest's counts as no dearer.
-NEARLY_FREE = 1.25
-
-
-def _cheapest_long_enough(
-    space: SearchSpace, params: dict[str, Any], fold_seconds: Callable[[dict[str, Any]], float]
-) -> float:
-    """Seconds of one fold of ``params`` at :data:`MIN_RECIPE_EPOCHS` epochs (or the most the space
-    allows) and the largest resolution whose fold costs at most :data:`NEARLY_FREE` times the lowest's.
-
-    On a CPU small inputs are bound by per-layer overhead, not pixels: Lite0 trains at 136 images/s
-    at 48 px and 126 at 64 px on 2 cores. Measured at 2,000 Fashion-MNIST images, 2 folds at 64 px
-    x 6 epochs (5-minute budget, held-out 0.8760) beat 5 folds at 48 px x 6 (10-minute budget,
-    0.8635): the resolution that costs almost nothing more is worth more than the extra folds.
-    """
-    searched = {dim.name: dim for dim in space.dimensions if dim.choices is not None}
-    size = dict(params)
-    if "epochs" in searched:
-        epochs = sorted(searched["epochs"].choices)
-        size["epochs"] = next((e for e in epochs if e >= MIN_RECIPE_EPOCHS), epochs[-1])
-    if "resolution" not in searched:
-        return fold_seconds(size)
-    costs = [fold_seconds({**size, "resolution": r}) for r in sorted(searched["resolution"].choices)]
-    return max(c for c in costs if c <= NEARLY_FREE * costs[0])
-
-
-def portfolio(
-    space: SearchSpace,
-    stats: DataStats,
-    trial_seconds: Callable[[dict[str, Any]], float] | None = None,
-    budget: float | None = None,
-) -> list[dict[str, Any]]:
-    """Parameter sets to enqueue, cheapest family first; empty if the space searches no backbone.
-
-    ``trial_seconds`` estimates a parameter set's trial time; with it and a ``budget`` in seconds
-    each recipe is sized to its share of the budget (see :data:`BUDGET_SHARES`).
-    """
-    found = recipes(space, stats)
-    if trial_seconds is None or not budget:
-        return found
-    return size_to_shares(space, found, trial_seconds, budget)
-
-
 def recipes(space: SearchSpace, stats: DataStats) -> list[dict[str, Any]]:
     """Each family's recipe on its cheapest backbone in the space, fitted to the space, not yet sized."""
     backbones = [str(b) for b in space.values_of("backbone")]
@@ -257,69 +146,10 @@ def recipes(space: SearchSpace, stats: DataStats) -> list[dict[str, Any]]:
     return [c for c in configs if c]
 
 
-# Recipes the probes could not tell from the best (the best included) share this part of the time
-# equally; the sampler keeps the rest.
-MAX_TIED_SHARE = 0.85
-
-
-def size_to_shares(
-    space: SearchSpace,
-    ordered: list[dict[str, Any]],
-    trial_seconds: Callable[[dict[str, Any]], float],
-    budget: float,
-    available: float | None = None,
-    tied: int = 1,
-) -> list[dict[str, Any]]:
-    """``ordered`` recipes sized, in order, to :func:`first_share` of ``budget`` and then
-    :data:`BUDGET_SHARES` (of ``available`` seconds when given: the time left after probes).
-
-    The first ``tied`` recipes (the best probe and those the probes could not tell from it) each get
-    an equal part of :data:`MAX_TIED_SHARE` of the time: equally promising recipes
-    are worth equal time, and two members of equal strength make a better ensemble than a strong
-    one and a weak one. On 2,000 Fashion-MNIST images in 30 minutes (2 CPU cores), the tied second
-    recipe sized to 25% trained 4 epochs for CV 0.8345 / 0.8545 against the first's 0.8670 / 0.8855
-    at 6-8 epochs, and ensemble selection on log loss gave it weights of 0.15-0.23.
-    """
-    available = budget if available is None else available
-    tied = max(1, min(tied, len(ordered)))
-    best = MAX_TIED_SHARE / tied if tied > 1 else first_share(budget)
-    shares = [best] * tied + list(BUDGET_SHARES[1:])
-    return [
-        _size_to_budget(space, params, trial_seconds, available * shares[min(i, len(shares) - 1)])
-        for i, params in enumerate(ordered)
-    ]
-
-
 def probe_params(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:
     """``params`` at the lowest fidelity the space offers: its lowest resolution and fewest epochs."""
     searched = {dim.name: dim for dim in space.dimensions if dim.choices is not None}
     return {**params, **{name: min(searched[name].choices) for name in ("resolution", "epochs") if name in searched}}
-
-
-def _size_to_budget(
-    space: SearchSpace, params: dict[str, Any], trial_seconds: Callable[[dict[str, Any]], float], seconds: float
-) -> dict[str, Any]:
-    """``params`` at the largest searched resolution, then epochs, whose estimate fits ``seconds``,
-    among sizes of at least :data:`MIN_RECIPE_EPOCHS` epochs first; at the cheapest size when none
-    fits (the study then skips it if it cannot finish at all).
-
-    Resolution yields to epochs below that floor: on 2,000 Fashion-MNIST images in 30 minutes the
-    first recipe sized to 96 px x 4 epochs scored CV 0.8535 (held-out 0.8700 as the delivered
-    blend), at 64 px x 8 epochs CV 0.8600 (held-out 0.8815); a one-cycle schedule of 4 epochs is
-    too short to use the larger input.
-    """
-    searched = {dim.name: dim for dim in space.dimensions if dim.choices is not None}
-    options = {
-        name: sorted(searched[name].choices, reverse=True) if name in searched else [params.get(name)]
-        for name in ("resolution", "epochs")
-    }
-    candidates = [
-        {**params, **{k: v for k, v in zip(options, values, strict=True) if v is not None}}
-        for values in product(*options.values())
-    ]
-    long_enough = [c for c in candidates if c.get("epochs", MIN_RECIPE_EPOCHS) >= MIN_RECIPE_EPOCHS]
-    short = [c for c in candidates if c not in long_enough]
-    return next((c for c in long_enough + short if trial_seconds(c) <= seconds), candidates[-1])
 
 
 def _fit_to_space(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:

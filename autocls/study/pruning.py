@@ -59,3 +59,8 @@ class FoldAwarePruner(BasePruner):
         # the score a trial must reach to stay among the best keep_fraction at this step
         bar = np.quantile(others, 1.0 - self.keep_fraction if maximize else self.keep_fraction)
         return bool(value < bar if maximize else value > bar)
+
+
+def make_pruner(enabled: bool = True) -> optuna.pruners.BasePruner:
+    """The search's pruner: :class:`FoldAwarePruner`, or none (``--no-pruning``)."""
+    return FoldAwarePruner() if enabled else optuna.pruners.NopPruner()

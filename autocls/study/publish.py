@@ -63,6 +63,7 @@ def trial_note(trial_number: int, config: TrainConfig, cv: CVResult, frozen_stag
 def publish_trial(
     trial: optuna.Trial,
     store: ArtifactStore,
+    *,
     config: TrainConfig,
     cv: CVResult,
     history: list[list[dict[str, float]]],

@@ -1,13 +1,12 @@
-"""The sampler that proposes configurations and the pruner that stops losing trials."""
+"""The sampler that proposes configurations; the pruner that stops losing trials is in :mod:`autocls.study.pruning`."""
 
 from __future__ import annotations
 
 import optuna
 
-from autocls.study.pruning import FoldAwarePruner
-
 
 def make_sampler(seed: int, kind: str = "tpe") -> optuna.samplers.BaseSampler:
+    """The search's sampler, by name (``tpe`` or ``random``), seeded."""
     # Multivariate TPE models the dimensions jointly; group=True splits the conditional space
     # (momentum only under SGD, warmup only under cosine) into the sub-spaces that co-occur, so a
     # conditional dimension is modelled only with the trials that had it. constant_liar keeps
@@ -15,7 +14,3 @@ def make_sampler(seed: int, kind: str = "tpe") -> optuna.samplers.BaseSampler:
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
-
-
-def make_pruner(enabled: bool = True) -> optuna.pruners.BasePruner:
-    return FoldAwarePruner() if enabled else optuna.pruners.NopPruner()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,27 +17,28 @@ import torch
 
 from autocls import __version__
 from autocls.data.discover import DataSpec, LabelledImages, check_folds, typical_side
-from autocls.runtime.errors import AutoclsError
+from autocls.runtime.errors import AutoclsError, SettingError
 from autocls.storage.artifacts import Location
 from autocls.storage.rdb import open_storage, redact
 from autocls.storage.records import PORTFOLIO, PORTFOLIO_PLAN
-from autocls.study.cost import CostModel
+from autocls.storage.workdir import DEFAULT_WORKDIR
+from autocls.study.budget import folds_to_train, recipe_seconds, should_probe, size_to_shares
 from autocls.study.limits import Limits, fold_models_cost
-from autocls.study.portfolio import DataStats, folds_to_train, probe_params, recipes, should_probe, size_to_shares
-from autocls.study.samplers import make_pruner, make_sampler
+from autocls.study.portfolio import DataStats, probe_params, recipes
+from autocls.study.pruning import make_pruner
+from autocls.study.samplers import make_sampler
 from autocls.study.space import SearchSpace, load_space, space_from_dict
+from autocls.study.trainingtime import TrainingTimeModel
 from autocls.train.backbones import check_weights
-from autocls.train.config import TrainConfig
+from autocls.train.config import TrainConfig, check_setting
 from autocls.train.metrics import default_metric, get_metric
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WORKDIR = Path("autocls-runs")
 DEFAULT_FOLDS = 5
 DEFAULT_SPACE = "default"
 CPU_SPACE = "fast"
 STUDY_ATTR = "autocls"  # the study user attribute that holds how the study was set up
-CACHE_DIR = "cache"  # decoded-image arrays, in the workdir
 SUCCESSOR_ATTR = "successor"  # study user attribute: the new study named when this one's data changed
 INHERITED = 3  # best configurations of the study a new one succeeds, queued first
 
@@ -146,7 +146,7 @@ def narrow_to_available_weights(space: SearchSpace, weights_dir: Path | None, qu
     return space_from_dict(data, name=space.name)
 
 
-def narrow_to_limits(space: SearchSpace, limits: Limits, cost: CostModel, folds: int) -> SearchSpace:
+def narrow_to_limits(space: SearchSpace, limits: Limits, timing: TrainingTimeModel, folds: int) -> SearchSpace:
     """Drop backbones whose ``folds`` fold models break ``limits`` even at the space's lowest
     resolution (measured here, batch 1), saying so once; none left is an error."""
     backbones = [str(b) for b in space.values_of("backbone")]
@@ -155,7 +155,7 @@ def narrow_to_limits(space: SearchSpace, limits: Limits, cost: CostModel, folds:
     for backbone in backbones:
         config = TrainConfig.from_dict({**space.fixed, "backbone": backbone, "resolution": lowest})
         try:
-            reason = limits.exceeded(fold_models_cost(cost, config, folds))
+            reason = limits.exceeded(fold_models_cost(timing, config, folds))
         except Exception as err:  # a model that cannot be built here fails its trials with the reason
             logger.debug("could not measure %s at %d px: %s", backbone, lowest, err)
             continue
@@ -225,16 +225,12 @@ class SearchRequest:
     def __post_init__(self) -> None:
         """Every setting checked before anything is written: a refused value must not be stored."""
         problems = []
-        if not (isinstance(self.trials, int) and self.trials >= 1):
-            problems.append(f"trials must be a positive number of finished trials; got {self.trials!r}")
-        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
-            problems.append(f"timeout must be a positive number of seconds; got {self.timeout!r}")
-        if self.folds is not None and not (isinstance(self.folds, int) and self.folds >= 2):
-            problems.append(f"folds must be an integer of at least 2; got {self.folds!r}")
-        if self.keep_trials is not None and not (isinstance(self.keep_trials, int) and self.keep_trials >= 1):
-            problems.append(f"keep_trials must be a positive number of trials; got {self.keep_trials!r}")
-        if self.seed is not None and not (isinstance(self.seed, int) and self.seed >= 0):
-            problems.append(f"seed must be a non-negative integer; got {self.seed!r}")
+        for name in ("trials", "timeout", "folds", "keep_trials", "seed"):  # None: the default (not for trials)
+            if getattr(self, name) is not None or name == "trials":
+                try:
+                    check_setting(name, getattr(self, name))
+                except SettingError as err:
+                    problems.append(str(err).rstrip("."))
         try:
             Limits(self.max_latency_ms, self.max_params)
         except AutoclsError as err:
@@ -306,12 +302,14 @@ def create_or_continue(
     storage: Storage,
     study_name: str,
     request: SearchRequest,
-    cost: CostModel | None = None,
+    *,
+    timing: TrainingTimeModel | None = None,
     discovered: LabelledImages | None = None,
 ) -> tuple[optuna.Study, StudySetup]:
     """Continue ``study_name`` with its stored setup, or create it: metric, space and warm start.
 
-    With a ``cost`` model and a ``request.timeout``, the warm-start recipes are sized to the budget.
+    With a training-time model (``timing``) and a ``request.timeout``, the warm-start recipes are
+    sized to the budget, and a budget too short for all folds trains fewer (:mod:`autocls.study.budget`).
     ``discovered`` is ``request.data`` already discovered by the caller (read again when not given).
     """
     if study_name in study_names(storage):
@@ -338,15 +336,12 @@ def create_or_continue(
     # read before the study exists: a failure here must not leave a study without its warm start
     stats = DataStats(len(data), len(data.class_names), typical_side(data.paths))
     fold_seconds = None
-    if cost is not None and request.timeout and request.warm_start:
-
-        def fold_seconds(params: dict[str, Any]) -> float:
-            return cost.trial_seconds(TrainConfig.from_dict({**space.fixed, **params}), len(data), folds, trained=1)
-
-    trained = folds_to_train(space, stats, folds, fold_seconds, request.timeout)
+    if timing is not None and request.timeout and request.warm_start:
+        fold_seconds = recipe_seconds(timing, fixed=space.fixed, images=len(data), folds=folds, trained=1)
+    trained = folds_to_train(space, stats, folds, fold_seconds=fold_seconds, budget=request.timeout)
     limits = Limits(request.max_latency_ms, request.max_params)
     if limits:
-        space = narrow_to_limits(space, limits, cost or CostModel(torch.device("cpu")), trained)
+        space = narrow_to_limits(space, limits, timing or TrainingTimeModel(torch.device("cpu")), trained)
     setup = StudySetup(
         data=request.data,
         space=space.to_dict(),
@@ -368,15 +363,16 @@ def create_or_continue(
     study.set_user_attr(STUDY_ATTR, setup.to_attr())
     study.set_metric_names([metric])
     if not study.trials:
-        _inherit(study, space, fold_seconds, trained, request.timeout)
+        _inherit(study, space, fold_seconds=fold_seconds, trained=trained, timeout=request.timeout)
     if not study.trials and request.warm_start:
-        _warm_start(study, space, stats, fold_seconds, trained, request.timeout)
+        _warm_start(study, space, stats, fold_seconds=fold_seconds, trained=trained, timeout=request.timeout)
     return study, setup
 
 
 def _inherit(
     study: optuna.Study,
     space: SearchSpace,
+    *,
     fold_seconds: Callable[[dict[str, Any]], float] | None,
     trained: int,
     timeout: float | None,
@@ -416,12 +412,13 @@ def _warm_start(
     study: optuna.Study,
     space: SearchSpace,
     stats: DataStats,
+    *,
     fold_seconds: Callable[[dict[str, Any]], float] | None,
     trained: int,
     timeout: float | None,
 ) -> None:
     """Enqueue the portfolio's recipes sized to the budget; or, when the budget is long enough to
-    probe them first (:func:`autocls.study.portfolio.should_probe`), leave them as the study's plan for
+    probe them first (:func:`autocls.study.budget.should_probe`), leave them as the study's plan for
     :func:`autocls.study.halving.halve_portfolio`, which enqueues the survivors."""
     found = recipes(space, stats)
     if fold_seconds is None or not timeout:

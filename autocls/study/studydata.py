@@ -115,7 +115,6 @@ def relocated(spec: DataSpec, source: str | Path, labels_csv: str | Path | None 
 DATA_ATTR = "dataset"  # study user attribute: images, classes and the fingerprint of the files searched
 CONTENT_KEY = "content_fingerprint"  # in DATA_ATTR: :attr:`PreparedData.fingerprint`
 OLD_KEY = "files_fingerprint"  # in DATA_ATTR, from before data was known by content: paths, sizes, times
-DATA_INDEX_FILE = "files.json"  # beside the study's fold models: each file's path, size, hash and class
 
 
 class DataChangedError(AutoclsError):

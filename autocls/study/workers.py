@@ -21,14 +21,15 @@ from autocls.runtime.errors import AutoclsError, run_guarded
 from autocls.runtime.logs import setup_logging
 from autocls.runtime.threads import available_cpus, configure_threads
 from autocls.storage.artifacts import study_artifacts
-from autocls.storage.rdb import allows_several_processes, default_url, open_storage
+from autocls.storage.rdb import allows_several_processes, open_storage
 from autocls.storage.trials import study_trial_store
-from autocls.study.cost import CostModel
+from autocls.storage.workdir import Workdir
 from autocls.study.driver import run_search
 from autocls.study.progress import Reporter
 from autocls.study.recovery import recover_dead_local_trials
-from autocls.study.setup import CACHE_DIR, SearchRequest, create_or_continue
-from autocls.study.studydata import DATA_INDEX_FILE, PreparedData, check_same_data, record_data
+from autocls.study.setup import SearchRequest, create_or_continue
+from autocls.study.studydata import PreparedData, check_same_data, record_data
+from autocls.study.trainingtime import TrainingTimeModel
 
 REQUEST_ENV = "AUTOCLS_SEARCH_REQUEST"  # a --workers child's settings: the parent's SearchRequest as JSON
 DEVICE_ENV = "AUTOCLS_DEVICE"  # the device a --workers child trains on, as the parent assigned it
@@ -49,11 +50,12 @@ def run_workers(request: SearchRequest, workers: int, quiet: bool = False) -> in
     memory while waiting out the whole search. This process never touches a GPU; the set-up measures
     on a worker's GPU with a worker's share of the cores, so the workers reuse what it measured.
     """
-    url = request.storage or default_url(request.workdir)
+    workdir = Workdir(request.workdir)
+    url = request.storage or workdir.storage_url()
     if not allows_several_processes(url):
         raise AutoclsError(
             f"--workers {workers} needs a storage several processes can share, not SQLite: "
-            f"--storage journal:{request.workdir / 'autocls.journal'} (this machine) or postgresql://... (any machine)."
+            f"--storage journal:{workdir.journal} (this machine) or postgresql://... (any machine)."
         )
     resolve_device(request.device)  # a device that is not there is one line here, before any process starts
     name = request.study_name or request.data.name
@@ -61,7 +63,7 @@ def run_workers(request: SearchRequest, workers: int, quiet: bool = False) -> in
     base = {**os.environ, REQUEST_ENV: child.to_json()}
     # counts the GPUs without creating a CUDA context
     gpus = torch.cuda.device_count() if request.device != "cpu" and torch.cuda.is_available() else 0
-    envs = worker_envs(workers, available_cpus(), gpus, base, request.device)
+    envs = worker_envs(workers, cores=available_cpus(), gpus=gpus, base=base, device=request.device)
     set_up = [sys.executable, "-m", "autocls.study.workers", SET_UP, *(["--quiet"] if quiet else [])]
     code = subprocess.run(set_up, env=envs[0]).returncode
     if code != 0:
@@ -77,7 +79,7 @@ def run_workers(request: SearchRequest, workers: int, quiet: bool = False) -> in
 
 
 def worker_envs(
-    workers: int, cores: int, gpus: int, base: dict[str, str], device: str = "auto"
+    workers: int, *, cores: int, gpus: int, base: dict[str, str], device: str = "auto"
 ) -> list[dict[str, str]]:
     """Each worker's environment: its share of the cores, its sampler seed, and its device.
 
@@ -119,17 +121,17 @@ def set_up_study(request: SearchRequest) -> None:
     """Create or continue the study (measuring on this process's device), check that the data is
     the study's, and recover this host's dead trials: once, before the workers start, which would
     race for the same trials."""
-    cost = CostModel(resolve_device(request.device), request.workdir / CACHE_DIR / "speeds.json")
-    study, setup = create_or_continue(open_storage(request.storage), request.study_name, request, cost)
+    workdir = Workdir(request.workdir)
+    timing = TrainingTimeModel(resolve_device(request.device), workdir.speeds)
+    study, setup = create_or_continue(open_storage(request.storage), request.study_name, request, timing=timing)
     # the store and the number of kept trials recorded once, here, before the workers read them
-    artifacts = study_artifacts(study, request.artifacts, request.workdir, record=True)
-    study_trial_store(study, artifacts, request.workdir, keep=request.keep_trials, record=True)
+    artifacts = study_artifacts(study, request.artifacts, workdir, record=True)
+    study_trial_store(study, artifacts, workdir, keep=request.keep_trials, record=True)
     # decoded here, once, into the cache the workers then map; a changed dataset is one line here,
     # not one per worker
     discovered = request.data.discover()
-    cache = request.workdir / CACHE_DIR
-    data = PreparedData.load(setup, setup.search_space.max_resolution, cache, discovered, source=request.data)
-    index_file = request.workdir / study.study_name / DATA_INDEX_FILE
+    data = PreparedData.load(setup, setup.search_space.max_resolution, workdir.cache, discovered, source=request.data)
+    index_file = workdir.data_index(study.study_name)
     check_same_data(study, discovered, data, index_file)
     record_data(study, data, index_file)
     recover_dead_local_trials(study)

@@ -1,7 +1,10 @@
 """The resolved configuration of one training run: what a search trial samples and refit re-runs.
 
 Every setting is checked against one table, :data:`CONSTRAINTS` (type, range or choices), which a
-search space's values are checked against as well. The choices of ``optimizer``, ``scheduler`` and
+search space's values are checked against as well; the settings of a run (trials, folds, timeout,
+...) have theirs in :data:`RUN_CONSTRAINTS`, which the command line's flags and the Python API's
+arguments are checked against. Every refusal reads the same
+(:class:`~autocls.runtime.errors.SettingError`). The choices of ``optimizer``, ``scheduler`` and
 ``augmentation`` are listed here and implemented by the registries of :mod:`autocls.train.optim` and
 :mod:`autocls.train.augment`, keyed by the same names (a test keeps them the same): this module
 imports no torch, so the command line and ``autocls space show`` read it at once.
@@ -14,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from autocls.runtime.errors import AutoclsError
+from autocls.runtime.errors import AutoclsError, SettingError
 
 IMBALANCE = ("none", "class_weight", "sampler")
 # the names a search space and the CLI's tables use, implemented by the registries named above
@@ -26,7 +29,8 @@ _TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", float:
 
 @dataclass(frozen=True)
 class Constraint:
-    """What one setting accepts: a type, and choices or a range (``open_low``: low itself is excluded)."""
+    """What one setting accepts: a type, and choices or a range (``open_low``: low itself is excluded);
+    ``unit`` names what a number counts ("seconds")."""
 
     kind: type
     choices: tuple[Any, ...] | None = None
@@ -34,6 +38,7 @@ class Constraint:
     high: float | None = None
     open_low: bool = False
     open_high: bool = False
+    unit: str = ""
 
     def accepts(self, value: Any) -> bool:
         # bool is an int to Python, but "epochs = true" is a mistake; an int is a fine float
@@ -51,7 +56,7 @@ class Constraint:
     def describe(self) -> str:
         if self.choices is not None:
             return f"one of {list(self.choices)}"
-        kind = _TYPE_NAMES[self.kind]
+        kind = _TYPE_NAMES[self.kind] + (f" of {self.unit}" if self.unit else "")
         if self.low is None and self.high is None:
             return kind
         if self.high is None:
@@ -92,22 +97,30 @@ CONSTRAINTS: dict[str, Constraint] = {
 }
 
 
-class SettingError(AutoclsError):
-    """A setting outside :data:`CONSTRAINTS`; ``where`` (a file, a table) is added by whoever knows it."""
+# the settings of a run rather than of one training: the CLI's flags and the API's arguments
+RUN_CONSTRAINTS: dict[str, Constraint] = {
+    "trials": Constraint(int, low=1),
+    "folds": Constraint(int, low=2),
+    "keep_trials": Constraint(int, low=1),
+    "seed": Constraint(int, low=0),
+    "timeout": Constraint(float, low=0.0, open_low=True, unit="seconds"),
+    "workers": Constraint(int, low=1),
+    "max_latency_ms": Constraint(float, low=0.0, open_low=True, unit="milliseconds"),
+    "max_params": Constraint(int, low=1),
+    "label_weight": _fraction(),
+}
 
-    def __init__(self, name: str, value: Any, where: str | None = None) -> None:
-        self.name, self.value = name, value
-        place = f" in {where}" if where else ""
-        super().__init__(f"The {name!r} setting{place} must be {CONSTRAINTS[name].describe()}. Got {value!r}.")
 
-    def at(self, where: str) -> SettingError:
-        return SettingError(self.name, self.value, where)
+def constraint(name: str) -> Constraint:
+    """What setting ``name`` accepts: a training setting, or a setting of the run."""
+    return CONSTRAINTS[name] if name in CONSTRAINTS else RUN_CONSTRAINTS[name]
 
 
-def check_setting(name: str, value: Any) -> None:
-    """Raise :class:`SettingError` unless ``value`` is acceptable for setting ``name``."""
-    if not CONSTRAINTS[name].accepts(value):
-        raise SettingError(name, value)
+def check_setting(name: str, value: Any, where: str | None = None) -> None:
+    """Raise :class:`~autocls.runtime.errors.SettingError` unless ``value`` is acceptable for setting
+    ``name`` (:func:`constraint`)."""
+    if not constraint(name).accepts(value):
+        raise SettingError(name, constraint(name).describe(), value, where)
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,13 @@ everywhere, and so does everything on a CPU (bf16 measured slower there).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from autocls.data.multilabel import probabilities
 from autocls.runtime.devicememory import same_device
 
 
@@ -89,10 +90,16 @@ def norm_tensors(mean: tuple[float, ...], std: tuple[float, ...], device: torch.
     return tuple(torch.tensor(values, device=device).view(1, 3, 1, 1) for values in (mean, std))
 
 
-def model_norm(model: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mean and std a timm model was pretrained with, as ``(1, 3, 1, 1)`` tensors on ``device``."""
+def pretrained_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean and std a timm model was pretrained with (its ``pretrained_cfg``;
+    ImageNet's where the configuration names none): what its inputs are normalised with."""
     cfg = model.pretrained_cfg
-    return norm_tensors(cfg.get("mean", IMAGENET_DEFAULT_MEAN), cfg.get("std", IMAGENET_DEFAULT_STD), device)
+    return tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", IMAGENET_DEFAULT_STD))
+
+
+def model_norm(model: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pretrained_mean_std` as ``(1, 3, 1, 1)`` tensors on ``device``."""
+    return norm_tensors(*pretrained_mean_std(model), device)
 
 
 class Preprocess:
@@ -165,3 +172,31 @@ def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
     """A gradient scaler, enabled where training runs in fp16 (whose small gradients underflow to 0
     unless the loss is scaled up first); elsewhere it passes the loss and the step through as they are."""
     return torch.amp.GradScaler(device.type, enabled=training_dtype(device) == torch.float16)
+
+
+@torch.inference_mode()
+def predict_in_batches(
+    models: Sequence[nn.Module],
+    images: torch.Tensor,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+    *,
+    multilabel: bool,
+    batch: int,
+    rows: torch.Tensor | None = None,
+    views: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
+) -> torch.Tensor:
+    """Probabilities of ``images``' ``rows`` (all by default), ``batch`` images at a time: softmax
+    (one sigmoid per label where ``multilabel``) of every model in ``models`` (already on ``device``,
+    in eval mode) on every view of each prepared batch (``views``: the batch and its test-time
+    views; the batch alone by default), averaged; on the host. The one batched inference of
+    evaluation, refit's test-time views and prediction; fp32 everywhere (see :func:`autocast`).
+    ``rows`` must not be empty."""
+    rows = torch.arange(len(images)) if rows is None else rows
+    out = []
+    for chunk in BatchFeeder(images, device, batch)(rows):
+        x = prepare(chunk)
+        with autocast(device):
+            probs = [probabilities(model(v), multilabel) for v in (views(x) if views else [x]) for model in models]
+        out.append(torch.stack(probs).mean(0).cpu())
+    return torch.cat(out)

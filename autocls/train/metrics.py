@@ -12,11 +12,14 @@ from sklearn.metrics import (
     balanced_accuracy_score,
     f1_score,
     hamming_loss,
-    log_loss,
 )
 
-from autocls.runtime.errors import AutoclsError
+from autocls.runtime.errors import SettingError
 
+# Probabilities are clipped to [LOG_EPSILON, 1 - LOG_EPSILON] before their logarithm: an image the
+# model gives a zero probability costs -log(1e-7) = 16.1, not infinity (the value autocls has
+# always used for log loss, selection and the per-image losses of the out-of-fold table).
+LOG_EPSILON = 1e-7
 IMBALANCE_RATIO = 5.0  # largest/smallest class at which balanced accuracy is chosen by default
 
 
@@ -43,6 +46,23 @@ def _predicted(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return (p >= 0.5).astype(np.uint8) if y.ndim == 2 else p.argmax(1)
 
 
+def log_losses(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Each image's log loss: minus the log of its class's probability (``labels``: class indices),
+    or the mean binary cross-entropy of its labels (``labels``: an images x labels 0/1 matrix),
+    probabilities clipped at :data:`LOG_EPSILON`."""
+    if labels.ndim == 2:
+        clipped = np.clip(probs, LOG_EPSILON, 1 - LOG_EPSILON)
+        return -(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)).mean(axis=1)
+    return -np.log(np.clip(probs[np.arange(len(labels)), labels], LOG_EPSILON, 1.0))
+
+
+def log_loss(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """The mean (``weights``-weighted) of :func:`log_losses`. Not scikit-learn's: refit's ensemble
+    selection calls it hundreds of times, and scikit-learn validates and one-hot encodes the labels
+    on every call (the tests check the two agree)."""
+    return float(np.average(log_losses(labels, probs), weights=weights))
+
+
 def _mean_average_precision(y: np.ndarray, p: np.ndarray) -> float:
     """Macro average precision over the labels that have a positive image (AP is undefined without)."""
     present = y.sum(axis=0) > 0
@@ -55,9 +75,7 @@ METRICS = {
     "accuracy": Metric("accuracy", lambda y, p: accuracy_score(y, _predicted(y, p))),
     "balanced_accuracy": Metric("balanced_accuracy", lambda y, p: balanced_accuracy_score(y, p.argmax(1))),
     "macro_f1": Metric("macro_f1", lambda y, p: f1_score(y, _predicted(y, p), average="macro", zero_division=0)),
-    "log_loss": Metric(
-        "log_loss", lambda y, p: log_loss(y, np.clip(p, 1e-7, 1.0), labels=np.arange(p.shape[1])), False
-    ),
+    "log_loss": Metric("log_loss", log_loss, False),
     # multi-label only: labels are an images x labels 0/1 matrix, probabilities one sigmoid per label
     "mAP": Metric("mAP", _mean_average_precision),
     "micro_f1": Metric("micro_f1", lambda y, p: f1_score(y, _predicted(y, p), average="micro", zero_division=0)),
@@ -72,7 +90,7 @@ def get_metric(name: str, multilabel: bool | None = None) -> Metric:
     allowed = {None: list(METRICS), False: list(SINGLE_LABEL_METRICS), True: list(MULTILABEL_METRICS)}[multilabel]
     if name not in allowed:
         what = " for multi-label data" if multilabel else " for single-label data" if multilabel is False else ""
-        raise AutoclsError(f"The 'metric' setting must be one of {allowed}{what}. Got {name!r}.")
+        raise SettingError("metric", f"one of {allowed}{what}", name)
     return METRICS[name]
 
 

@@ -1,6 +1,6 @@
 """The one trainer: trains a fold model for a :class:`TrainConfig`, shared by search and refit.
 
-:meth:`Trainer.fit` reads as one page: build the fold's parts (:mod:`autocls.train.build`), then for
+:meth:`Trainer.fit` reads as one page: build the fold's parts (:mod:`autocls.train.foldparts`), then for
 each epoch shuffle, take a step per batch, evaluate, and let the small objects of
 :mod:`autocls.train.callbacks` decide what to keep and when to stop. Observers hear about every epoch
 and fold, so the study driver can report to Optuna's pruner and the console can show progress,
@@ -22,16 +22,15 @@ from timm.data.mixup import Mixup, mixup_target
 from torch import nn
 
 from autocls.data.images import ImageStore
-from autocls.data.multilabel import probabilities
 from autocls.runtime.control import check_stop, derive_seed, seed_everything
 from autocls.runtime.errors import NonFiniteLossError
 from autocls.runtime.threads import adjust_threads
 from autocls.train.augment import create_augmentation
-from autocls.train.build import FoldParts, batch_plan, build_fold
 from autocls.train.callbacks import EarlyStopping, KeptWeights, TrainingObserver, monitor_split
 from autocls.train.config import TrainConfig
 from autocls.train.features import cached_inputs, features_to_device
-from autocls.train.feeding import BatchFeeder, autocast, grad_scaler
+from autocls.train.feeding import BatchFeeder, autocast, grad_scaler, predict_in_batches
+from autocls.train.foldparts import FoldParts, batch_plan, build_fold
 from autocls.train.history import EpochRecord, FoldResult
 from autocls.train.losses import binary_cross_entropy, sam_ascent_step, soft_cross_entropy
 from autocls.train.metrics import get_metric
@@ -335,14 +334,9 @@ class Trainer:
         by default), gathered a batch at a time: a memory-mapped store's validation fold (a fifth
         of the images) was copied whole into memory before."""
         model.eval()
-        probs = []
-        rows = torch.arange(len(inputs)) if rows is None else rows
-        for batch in BatchFeeder(inputs, self.device, self.eval_batch)(rows):
-            x = prepare(batch)
-            with autocast(self.device):  # fp32: see autocast
-                logits = model(x)
-            probs.append(probabilities(logits, self.multilabel).cpu())
-        p = torch.cat(probs)
+        p = predict_in_batches(
+            [model], inputs, prepare, self.device, multilabel=self.multilabel, batch=self.eval_batch, rows=rows
+        )
         if labels is None:
             return math.nan, p.numpy()
         if self.multilabel:

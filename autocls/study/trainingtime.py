@@ -1,14 +1,15 @@
-"""Trial cost: how long a configuration takes to cross-validate on this machine, before it runs.
+"""The training-time model: how long a configuration takes to cross-validate on this machine, before it runs.
 
 A trial's time is its training and evaluation passes: per fold and epoch, the training images
 through forward+backward and the validation images through forward. The training speed of a
 (backbone, resolution, freezing, batch) is measured here with a few steps on random tensors
-(seconds for a small CNN, and once: it is kept in the workdir per CPU thread count, or per GPU
-model), and
-the estimate is corrected by how long finished trials really took against their estimates (data
-path, augmentation, early stopping). The study driver uses it to skip what cannot finish in the
-time left and to size the warm-start recipes to the budget. The same cache keeps each model's
-per-image latency and parameter count, for the deployment limits (:mod:`autocls.study.limits`).
+(seconds for a small CNN, and once: it is kept in the workdir's ``cache/speeds.json``, per CPU
+thread count, or per GPU model), and the estimate is corrected by how long finished trials really
+took against their estimates (data path, augmentation, early stopping). The time plan
+(:mod:`autocls.study.budget`) uses it to skip what cannot finish in the time left and to size the
+warm-start recipes to the budget. The same file keeps each model's per-image latency and parameter
+count, measured here too, for the deployment limits (:mod:`autocls.study.limits`, whose
+:class:`~autocls.study.limits.DeploymentCost` is what a delivered model costs per image, not in training).
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ PRIOR_CORRECTION = 1.2
 
 
 @dataclass
-class CostModel:
-    """Estimates of training speed and trial time; measured speeds are kept in ``cache_file``."""
+class TrainingTimeModel:
+    """Estimates of training speed and trial time (and the measured latency and size of a model);
+    measurements are kept in ``cache_file`` (:attr:`autocls.storage.workdir.Workdir.speeds`)."""
 
     device: torch.device
     cache_file: Path | None = None
