@@ -109,16 +109,18 @@ def test_training_evaluation_and_both_probes_take_their_precision_from_one_place
     from autocls.train import feeding as preprocess
 
     seen: list[tuple[str, bool]] = []
+    real_autocast = preprocess.autocast
 
     def spy(module):
         def autocast(device, *, training=False):
             seen.append((module, training))
-            return preprocess.autocast(device, training=training)
+            return real_autocast(device, training=training)
 
         return autocast
 
     monkeypatch.setattr(cost_module, "autocast", spy("cost"))
     monkeypatch.setattr(trainer_module, "autocast", spy("trainer"))
+    monkeypatch.setattr(preprocess, "autocast", spy("trainer"))  # evaluation: feeding.predict_in_batches
     monkeypatch.setattr(cost_module, "PROBE_SECONDS", 0.0)
     monkeypatch.setattr(cost_module, "LATENCY_SECONDS", 0.0)
     cost = cost_module.TrainingTimeModel(CPU)
