@@ -12,6 +12,7 @@ import ast
 import re
 import sys
 import tomllib
+from functools import cache
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
@@ -55,9 +56,14 @@ def third_party_imports(package: Path) -> dict[str, set[str]]:
     return found
 
 
+@cache
+def _providers() -> dict[str, list[str]]:
+    return packages_distributions()  # reads every installed distribution's file list: once
+
+
 def _distribution(module: str) -> str:
     """The installed distribution that provides the import name ``module`` (``PIL``: pillow)."""
-    providers = packages_distributions().get(module)
+    providers = _providers().get(module)
     assert providers, f"{module} is imported by autocls but no installed distribution provides it"
     return _normalise(providers[0])
 
