@@ -194,6 +194,7 @@ class ImageClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(
         self,
+        *,  # keywords only, as scikit-learn's estimators take their parameters
         space: str = "fast",
         trials: int = 10,
         folds: int = 5,
