@@ -24,8 +24,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from autocls.data.discover import DataSpec
 from autocls.data.multilabel import DELIMITER
-from autocls.final.refit import MAX_VIEWS
 from autocls.final.refit import refit as _refit
+from autocls.final.testtime import MAX_VIEWS
 from autocls.model.ensemble import Ensemble
 from autocls.runtime.control import resolve_device, stop_on_ctrl_c
 from autocls.runtime.errors import AutoclsError

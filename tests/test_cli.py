@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from autocls.cli.main import build_parser, main
-from autocls.final.refit import MAX_VIEWS
+from autocls.final.testtime import MAX_VIEWS
 from autocls.model.calibration import expected_calibration_error
 from autocls.model.ensemble import Ensemble
 from autocls.model.predict import predict

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autocls.final import refit as refitter
+from autocls.final import testtime
 from autocls.final.selection import blend, select_ensemble
 from autocls.model.views import TTA_VIEWS
 from autocls.train.metrics import get_metric
@@ -72,20 +72,20 @@ def test_never_worse_than_the_best_trial_on_oof(labels: np.ndarray, seed: int, m
 
 
 class _Data:
-    """What ``_choose_tta`` reads of prepared data: the labels."""
+    """What ``choose_tta`` reads of prepared data: the labels."""
 
     class images:
         labels: np.ndarray
 
 
 def _choose(labels: np.ndarray, plain: np.ndarray, views: dict[str, np.ndarray], monkeypatch, criterion=None, **kw):
-    """``_choose_tta`` of one member, with ``views`` as the catalogue and their out-of-fold predictions;
+    """``choose_tta`` of one member, with ``views`` as the catalogue and their out-of-fold predictions;
     chosen on ``criterion`` (accuracy by default), scored in accuracy."""
-    monkeypatch.setattr(refitter, "TTA_VIEWS", dict.fromkeys(views))
-    monkeypatch.setattr(refitter, "_view_oof", lambda candidate, view, data, device: views[view])
+    monkeypatch.setattr(testtime, "TTA_VIEWS", dict.fromkeys(views))
+    monkeypatch.setattr(testtime, "_view_oof", lambda candidate, view, data, device: views[view])
     _Data.images.labels = labels
     covered = np.ones(len(labels), dtype=bool)
-    return refitter._choose_tta(
+    return testtime.choose_tta(
         [(None, 1.0)], _Data, None, criterion=criterion or ACCURACY, score=ACCURACY, plain=plain, covered=covered, **kw
     )
 

@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument(
         "--views",
         type=int,
-        default=1,  # autocls.final.refit.MAX_VIEWS (not imported here: --help stays fast)
+        default=1,  # autocls.final.testtime.MAX_VIEWS (not imported here: --help stays fast)
         metavar="N",
         help="keep at most N test-time views (the horizontal flip) where they raise the out-of-fold score; "
         "each costs a forward pass per fold model when predicting; 0: none (default 1)",

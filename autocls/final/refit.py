@@ -1,4 +1,5 @@
-"""Refit: the chosen trial's fold models (kept by the search, or trained again) saved as an :class:`Ensemble`.
+"""Refit: the chosen trial's fold models (kept by the search, or trained again) saved as an :class:`Ensemble`,
+in named stages (candidates, selection, test-time views, calibration or thresholds, manifest, save).
 
 The only part of the model stage that reads a study; loading and predicting need none of it.
 """
@@ -13,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from torch import nn
 
 from autocls.data.discover import DataSpec
 from autocls.data.multilabel import choose_thresholds, decide
+from autocls.final.candidates import gather_candidates
+from autocls.final.context import Candidate, RefitContext, Selected, Views
 from autocls.final.selection import Score, blend, select_ensemble
-from autocls.model.calibration import Calibration, calibrate, fit_temperature, scale
+from autocls.final.testtime import MAX_VIEWS, choose_views
+from autocls.model.calibration import Calibration, calibrate, scale
 from autocls.model.ensemble import OOF_FILE, Ensemble, Member, check_model_destination
 from autocls.model.manifest import (
     DeploymentRecord,
@@ -31,7 +34,7 @@ from autocls.model.manifest import (
     Thresholds,
     TrainingData,
 )
-from autocls.model.views import TTA_VIEWS, describe_steps
+from autocls.model.views import TTA_VIEWS
 from autocls.runtime.control import resolve_device
 from autocls.runtime.errors import AutoclsError, SettingError
 from autocls.storage.records import TrialRecord, fold_summaries
@@ -41,18 +44,11 @@ from autocls.study.limits import DeploymentCost, fold_models_cost
 from autocls.study.progress import Reporter
 from autocls.study.setup import StudySetup, library_versions
 from autocls.study.studydata import PreparedData, locate_data
-from autocls.study.trainingtime import TrainingTimeModel
-from autocls.train.backbones import create_classifier
-from autocls.train.config import TrainConfig
-from autocls.train.cv import CVResult, cross_validate, folds_hash
-from autocls.train.feeding import Preprocess, model_norm, model_to_device, predict_in_batches, pretrained_mean_std
-from autocls.train.metrics import Metric, get_metric, log_loss, log_losses
+from autocls.train.cv import CVResult
+from autocls.train.feeding import pretrained_mean_std
+from autocls.train.metrics import get_metric, log_loss, log_losses
 
 logger = logging.getLogger(__name__)
-# Test-time views kept at most by default: all those of the catalogue (each is one more forward
-# pass of every fold model at prediction time; `refit --views` lowers it).
-MAX_VIEWS = len(TTA_VIEWS)
-EVAL_BATCH = 256
 
 
 @dataclass
@@ -61,114 +57,6 @@ class RefitResult:
     cv: CVResult  # the member of most weight (the only one for a single trial)
     directory: Path
     oof_score: float  # of the saved model: its members and test-time views, on out-of-fold predictions
-
-
-@dataclass
-class Candidate:
-    """A trial's fold models and out-of-fold predictions, ready to be a member."""
-
-    trial: optuna.trial.FrozenTrial
-    config: TrainConfig
-    cv: CVResult
-    reused: bool
-    _models: list[nn.Module] | None = None
-
-    def models(self, num_classes: int) -> list[nn.Module]:
-        """The fold models, built from their weights once (TTA scoring and the saved model share them)."""
-        if self._models is None:
-            self._models = []
-            for fold in self.cv.folds:
-                model = create_classifier(self.config, num_classes, load_weights=False)
-                model.load_state_dict(fold.state_dict)
-                self._models.append(model)
-        return self._models
-
-
-def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
-    """Trial ``number``, or the best completed trial."""
-    if number is None:
-        try:
-            return study.best_trial
-        except ValueError:
-            raise AutoclsError(f"study {study.study_name!r} has no completed trial yet; run autocls search.") from None
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    if number not in trials:
-        raise AutoclsError(f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1}).")
-    trial = trials[number]
-    if TrialRecord.read(trial).config is None:
-        raise AutoclsError(f"trial {number} has no recorded configuration (state {trial.state.name}).")
-    return trial
-
-
-@dataclass
-class RefitContext:
-    """What every stage of a refit reads: the study, its setup and prepared data, where models run,
-    where progress goes, the store of kept fold models, the run folder (its decode cache and
-    measured speeds), and the most test-time views asked for."""
-
-    study: optuna.Study
-    setup: StudySetup
-    data: PreparedData
-    device: torch.device
-    reporter: Reporter
-    store: TrialStore | None
-    workdir: Workdir | None
-    max_views: int
-
-    @property
-    def metric(self) -> Metric:
-        return get_metric(self.setup.metric)
-
-    @property
-    def sign(self) -> float:
-        """Selection and the choice of views maximise ``sign * metric``."""
-        return 1.0 if self.metric.greater_is_better else -1.0
-
-    def score(self, labels: np.ndarray, probs: np.ndarray) -> float:
-        """The study's metric, higher is better."""
-        return self.sign * self.metric(labels, probs)
-
-    @property
-    def multilabel(self) -> bool:
-        return self.data.images.multilabel
-
-    def cost_model(self) -> TrainingTimeModel:
-        return TrainingTimeModel(self.device, self.workdir.speeds if self.workdir else None)
-
-
-@dataclass
-class Selected:
-    """The selection stage's outcome: the members with their weights, the images every candidate
-    predicts out of fold (``covered``) and their labels, the blend's out-of-fold probabilities, what
-    selection maximised (``criterion``) and the deployment-limits check for member sets."""
-
-    candidates: list[Candidate]
-    members: list[tuple[Candidate, float]]
-    covered: np.ndarray
-    labels: np.ndarray
-    oof: np.ndarray
-    criterion: str
-    criterion_selected: float
-    criterion_best_trial: float
-    score_selected: float
-    score_best_trial: float
-    within: Callable[..., bool]
-    chosen: frozenset[int]  # the members' indices among the candidates
-
-    @property
-    def lead(self) -> Candidate:
-        """The member of most weight (the first of them on a tie), as the manifest's lead member."""
-        return max(self.members, key=lambda m: m[1])[0]
-
-
-@dataclass
-class Views:
-    """The test-time views kept, the out-of-fold probabilities with them, and the study's metric
-    (higher is better) after each step of their choice."""
-
-    tta: list[str]
-    oof: np.ndarray
-    scores: dict[str, float]
 
 
 def refit(
@@ -197,15 +85,16 @@ def refit(
     recorded data fingerprint and folds hash): then every fold model is trained again with the
     trial's configuration, folds and seed, on the data as it is now. Test-time views (the
     horizontal flip: :mod:`autocls.model.views`) are kept only where they raise the out-of-fold score
-    (:func:`_choose_tta`), at most ``max_views`` of them (0: none).
+    (:func:`choose_tta`), at most ``max_views`` of them (0: none).
 
     ``data_source`` is where the study's images are on this machine, when not where the search
     recorded them (another machine's mount, a moved folder): they are known by content, so fold
     models trained elsewhere are reused all the same.
 
-    The stages: candidates (:func:`_candidates`) -> selection (:func:`_select`) -> test-time views
-    (:func:`_views`) -> calibration or label thresholds (:func:`_calibrate_or_threshold`) ->
-    manifest (:func:`_manifest`) -> save (:func:`_save`), each given the one :class:`RefitContext`.
+    The stages: candidates (:func:`autocls.final.candidates.gather_candidates`) -> selection
+    (:func:`_select`) -> test-time views (:func:`autocls.final.testtime.choose_views`) -> calibration
+    or label thresholds (:func:`_calibrate_or_threshold`) -> manifest (:func:`_manifest`) -> save
+    (:func:`_save`), each given the one :class:`~autocls.final.context.RefitContext`.
     """
     if isinstance(max_views, bool) or not isinstance(max_views, int) or not 0 <= max_views <= len(TTA_VIEWS):
         raise SettingError("views", f"an integer from 0 to {len(TTA_VIEWS)} (test-time views at most)", max_views)
@@ -227,9 +116,9 @@ def refit(
         workdir,
         max_views,
     )
-    candidates = _candidates(context, trial_number=trial_number, best=best, retrain=retrain)
+    candidates = gather_candidates(context, trial_number=trial_number, best=best, retrain=retrain)
     selected = _select(context, candidates)
-    views = _views(context, selected)
+    views = choose_views(context, selected)
     calibration, thresholds, oof = _calibrate_or_threshold(context, selected.labels, views.oof)
     manifest = _manifest(context, selected, views, calibration=calibration, thresholds=thresholds, oof=oof)
     classes = len(data.images.class_names)
@@ -237,18 +126,6 @@ def refit(
     ensemble = Ensemble(members, manifest, context.device)
     directory = _save(context, ensemble, selected, oof, out=out, overwrite=overwrite)
     return RefitResult(ensemble, selected.lead.cv, directory, context.metric(selected.labels, oof))
-
-
-def _candidates(context: RefitContext, *, trial_number: int | None, best: bool, retrain: bool) -> list[Candidate]:
-    """The chosen trial's fold models (the best trial's by default) first, then, unless one trial
-    was asked for, the study's other kept trials."""
-    chosen = pick_trial(context.study, trial_number)
-    # the other kept trials read first: training the chosen one again can outlast the grace period
-    # after which a search still running deletes a trial that fell out of the best
-    others = []
-    if trial_number is None and not best and not retrain and context.store is not None:
-        others = _kept_candidates(context, exclude=chosen.number)
-    return [_candidate(context, chosen, retrain=retrain), *others]
 
 
 def _select(context: RefitContext, candidates: list[Candidate]) -> Selected:
@@ -290,40 +167,6 @@ def _select(context: RefitContext, candidates: list[Candidate]) -> Selected:
             f"{result.score_best_trial:.4f}: the {chosen} is saved"
         )
     return result
-
-
-def _views(context: RefitContext, selected: Selected) -> Views:
-    """The test-time views that raise the blend's out-of-fold score (:func:`_choose_tta`), within
-    the views asked for and the deployment limits."""
-    score, setup, reporter = context.score, context.setup, context.reporter
-    chosen_members = selected.chosen
-    # Views are judged on the study's metric, not on selection's log loss: when rotations and zooms
-    # were offered too, on log loss (even after temperature scaling) refit kept all four of them on
-    # two 30-minute Fashion-MNIST studies while their out-of-fold accuracy fell after the flip
-    # (0.8760 -> 0.8740, 0.8895 -> 0.8880), and held-out accuracy was 0.20 points below the flip
-    # alone on both. Scored as the model will predict: after temperature scaling (single-label),
-    # which moves a loss-like metric, not accuracy.
-    judged = score if context.multilabel else lambda y, p: score(y, scale(p, fit_temperature(p, y)))
-    tta, oof, tta_scores = _choose_tta(
-        selected.members,
-        context.data,
-        context.device,
-        criterion=judged,
-        score=score,
-        plain=selected.oof,
-        covered=selected.covered,
-        allowed=lambda views: views <= 1 + context.max_views and selected.within(chosen_members, views=views),
-    )
-    if context.max_views == 0:
-        reporter.print("no test-time views: --views 0")
-    elif not selected.within(chosen_members, views=2):
-        reporter.print(
-            f"no test-time views: one would double the time an image takes, over the limit ({setup.limits.describe()})"
-        )
-    else:
-        steps = describe_steps({views: context.sign * value for views, value in tta_scores.items()})
-        reporter.print(f"test-time views, out-of-fold {setup.metric} after each: {steps}")
-    return Views(tta, oof, tta_scores)
 
 
 def _calibrate_or_threshold(
@@ -402,139 +245,6 @@ def _within_limits(context: RefitContext, candidates: list[Candidate]) -> Callab
             "refit without --retrain (the search's fold models kept it), or choose another --trial."
         )
     return within
-
-
-def _candidate(context: RefitContext, trial: optuna.trial.FrozenTrial, *, retrain: bool) -> Candidate:
-    """``trial``'s fold models: those the search kept when they fit the data as it is, else retrained."""
-    setup, data, store, reporter = context.setup, context.data, context.store, context.reporter
-    record = TrialRecord.read(trial)
-    config = record.train_config
-    seed = record.seed if record.seed is not None else setup.seed
-    same_data = data.is_recorded_as(record.data_fingerprint) and record.folds_hash == folds_hash(data.splits)
-    num_classes = len(data.images.class_names)
-    cv = None
-    if not retrain and store is not None and same_data:
-        cv = store.load(trial, data.images.labels, num_classes, setup.metric)
-    if cv is not None:
-        reused = f"reusing the {len(cv.folds)} fold models kept by the search"
-        if len(cv.folds) < setup.folds:
-            reused += f" (it trained {len(cv.folds)} of {setup.folds} folds; --retrain trains all {setup.folds})"
-        reporter.print(f"refit trial {trial.number}: {reused}")
-        return Candidate(trial, config, cv, True)
-    if not retrain and store is not None and not same_data and store.has(trial.number):
-        reporter.print(
-            f"refit trial {trial.number}: the data changed since the search ({len(data.images)} images now); "
-            "its kept fold models and scores belong to the old data, so they are retrained on the current data"
-        )
-    elif not retrain and store is not None and record.fold_models:
-        reporter.print(
-            f"refit trial {trial.number}: its fold models are not in {store.shown} (the search kept them in "
-            f"{record.fold_models}; deleted once it fell out of the study's best trials, or another store)"
-        )
-    reporter.print(f"refit trial {trial.number}: training {setup.folds} fold models")
-    return Candidate(trial, config, _retrain(context, config, seed=seed, number=trial.number), False)
-
-
-def _kept_candidates(context: RefitContext, *, exclude: int) -> list[Candidate]:
-    """The study's other kept trials (its best ``keep_trials``, whichever machine ran them) whose fold
-    models are in the store, on the same data and folds. All are read now, before any training or
-    prediction: a worker still searching deletes a trial only a grace period after it fell out of
-    the best (:mod:`autocls.storage.trials`)."""
-    study, data, setup, reporter = context.study, context.data, context.setup, context.reporter
-    store = context.store
-    assert store is not None  # the caller's condition
-    hashed = folds_hash(data.splits)
-    trials = {t.number: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
-    found = []
-    for number in store.kept(study):
-        trial = trials.get(number)
-        if number == exclude or trial is None:
-            continue
-        record = TrialRecord.read(trial)
-        if record.config is None or not data.is_recorded_as(record.data_fingerprint) or record.folds_hash != hashed:
-            continue
-        cv = store.load(trial, data.images.labels, len(data.images.class_names), setup.metric)
-        if cv is None:
-            if record.fold_models:
-                reporter.print(
-                    f"trial {number}: its fold models are not in {store.shown} (kept in {record.fold_models}); "
-                    "left out of ensemble selection"
-                )
-            continue
-        found.append(Candidate(trial, record.train_config, cv, True))
-    return found
-
-
-def _choose_tta(
-    members: list[tuple[Candidate, float]],
-    data: PreparedData,
-    device: torch.device,
-    *,
-    criterion: Score,
-    score: Score,
-    plain: np.ndarray,
-    covered: np.ndarray,
-    allowed: Callable[[int], bool] = lambda views: views <= 1 + MAX_VIEWS,
-) -> tuple[list[str], np.ndarray, dict[str, float]]:
-    """Test-time views that raise the out-of-fold ``criterion`` (higher is better), chosen greedily.
-
-    Each fold model also predicts its own validation images in every view of
-    :data:`autocls.model.views.TTA_VIEWS`; the view whose average with the image and the views kept so far
-    raises the criterion most is kept (a tie goes to the view listed first), until none raises it
-    or ``allowed`` (given the number of views with the image itself: the deployment limits and the
-    most views asked for, :data:`MAX_VIEWS` by default) says no. ``plain`` is the ``covered``
-    images' out-of-fold probabilities without views. Returns the views, the out-of-fold
-    probabilities with them, and ``score`` (the study's metric, higher is better) of each step:
-    ``"none"``, then the views kept so far joined by ``+``.
-
-    Refit passes the study's metric after temperature scaling: a view must change decisions for
-    the better to be worth a forward pass per fold model in every prediction (see the measurement
-    where refit calls it).
-    """
-    labels = data.images.labels[covered]
-    scores = {"none": float(score(labels, plain))}
-    if not allowed(2):
-        return [], plain, scores
-    seen = {
-        name: sum(weight * _view_oof(c, name, data, device)[covered] for c, weight in members) for name in TTA_VIEWS
-    }
-    kept: list[str] = []
-    total, best = plain.astype(np.float64), criterion(labels, plain)
-    while allowed(len(kept) + 2):
-        averages = {name: (total + oof) / (len(kept) + 2) for name, oof in seen.items() if name not in kept}
-        if not averages:
-            break
-        values = {name: criterion(labels, average) for name, average in averages.items()}
-        name = max(values, key=values.__getitem__)
-        if values[name] <= best:
-            break
-        kept.append(name)
-        total, best = total + seen[name], values[name]
-        scores["+".join(kept)] = float(score(labels, averages[name]))
-    return kept, (total / (len(kept) + 1)).astype(plain.dtype), scores
-
-
-@torch.inference_mode()
-def _view_oof(candidate: Candidate, view: str, data: PreparedData, device: torch.device) -> np.ndarray:
-    """``candidate``'s out-of-fold probabilities on ``view`` of each image (each fold model on its own
-    validation images)."""
-    num_classes = len(data.images.class_names)
-    images = data.store.at(candidate.config.resolution)
-    oof = np.zeros_like(candidate.cv.oof_probs)
-    for fold, model in zip(candidate.cv.folds, candidate.models(num_classes), strict=True):
-        model = model_to_device(model, device).eval()
-        probs = predict_in_batches(
-            [model],
-            images,
-            Preprocess(*model_norm(model, device), device),
-            device,
-            multilabel=data.images.multilabel,
-            batch=EVAL_BATCH,
-            rows=torch.as_tensor(fold.val_indices),
-            views=lambda x: [TTA_VIEWS[view](x)],
-        )
-        oof[fold.val_indices] = probs.numpy()
-    return oof
 
 
 def selection_criterion(metric: str, multilabel: bool, labels: np.ndarray, score: Score) -> tuple[str, Score]:
@@ -648,19 +358,3 @@ def _deployment_cost(
         parameters=total.parameters,
         device=context.device.type,
     )
-
-
-def _retrain(context: RefitContext, config: TrainConfig, *, seed: int, number: int) -> CVResult:
-    """Every fold model of trial ``number`` trained again with its configuration and seed."""
-    data, setup = context.data, context.setup
-    with context.reporter.live(f"refit trial {number}"):
-        return cross_validate(
-            config,
-            data.fold_data(),
-            context.device,
-            weights_dir=setup.weights_dir,
-            seed=seed,
-            observer=context.reporter,
-            keep_models=True,
-            metric=setup.metric,
-        )

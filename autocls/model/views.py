@@ -1,7 +1,7 @@
 """Test-time views: cheap transforms of a normalised ``(N, 3, R, R)`` batch whose predictions can be
 averaged with the batch's own.
 
-Refit keeps a view only where it raises the out-of-fold score (:func:`autocls.final.refit._choose_tta`);
+Refit keeps a view only where it raises the out-of-fold score (:func:`autocls.final.testtime.choose_tta`);
 a saved model's manifest lists the views it kept, and prediction and the exported graph apply the
 same functions.
 
