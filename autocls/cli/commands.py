@@ -91,7 +91,7 @@ def _search_request(args: argparse.Namespace):
     )
 
 
-def run_search(args: argparse.Namespace) -> int:
+def search_command(args: argparse.Namespace) -> int:
     import torch
 
     from autocls.runtime.control import resolve_device, stop_on_ctrl_c
@@ -122,7 +122,7 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_refit(args: argparse.Namespace) -> int:
+def refit_command(args: argparse.Namespace) -> int:
     from autocls.final.refit import refit
     from autocls.model.ensemble import check_model_destination
     from autocls.runtime.control import resolve_device
@@ -186,7 +186,7 @@ def run_refit(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_distill(args: argparse.Namespace) -> int:
+def distill_command(args: argparse.Namespace) -> int:
     from autocls.final.distill import distill
     from autocls.runtime.threads import configure_threads
     from autocls.study.progress import Reporter
@@ -217,7 +217,7 @@ def run_distill(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_predict(args: argparse.Namespace) -> int:
+def predict_command(args: argparse.Namespace) -> int:
     from autocls.model.predict import predict
     from autocls.runtime.threads import configure_threads
 
@@ -236,7 +236,7 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
+def evaluate_command(args: argparse.Namespace) -> int:
     from autocls.report.evaluate import MultilabelEvaluation, evaluate, print_evaluation, write_evaluation
     from autocls.runtime.threads import configure_threads
 
@@ -252,7 +252,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_report(args: argparse.Namespace) -> int:
+def report_command(args: argparse.Namespace) -> int:
     from autocls.model.manifest import MANIFEST, Manifest
     from autocls.report.html import write_report
     from autocls.storage.artifacts import study_artifacts
@@ -275,7 +275,7 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_export(args: argparse.Namespace) -> int:
+def export_command(args: argparse.Namespace) -> int:
     from autocls.model.export import export
 
     check_output(args.out, models=[args.model], overwrite=args.overwrite)
@@ -284,7 +284,7 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_dashboard(args: argparse.Namespace) -> int:
+def dashboard_command(args: argparse.Namespace) -> int:
     import socket
 
     from optuna_dashboard import run_server
@@ -310,7 +310,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_space(args: argparse.Namespace) -> int:
+def space_command(args: argparse.Namespace) -> int:
     from autocls.study.space import load_space
 
     space = load_space(args.name, check_backbones=False)  # the table needs no torch; a search checks the names
@@ -327,13 +327,13 @@ def run_space(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {
-    "search": run_search,
-    "refit": run_refit,
-    "distill": run_distill,
-    "predict": run_predict,
-    "evaluate": run_evaluate,
-    "report": run_report,
-    "export": run_export,
-    "dashboard": run_dashboard,
-    "space": run_space,
+    "search": search_command,
+    "refit": refit_command,
+    "distill": distill_command,
+    "predict": predict_command,
+    "evaluate": evaluate_command,
+    "report": report_command,
+    "export": export_command,
+    "dashboard": dashboard_command,
+    "space": space_command,
 }
