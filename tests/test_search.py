@@ -289,10 +289,10 @@ def test_a_trial_that_runs_out_of_memory_finishes_at_a_smaller_batch(
 ) -> None:
     real_step = Trainer._train_step
 
-    def step(self, model, optimizer, x, labels, class_weights):  # a device that holds 4 images a batch
+    def step(self, model, optimizer, x, labels, *, class_weights):  # a device that holds 4 images a batch
         if len(x) > 4:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_step(self, model, optimizer, x, labels, class_weights)
+        return real_step(self, model, optimizer, x, labels, class_weights=class_weights)
 
     monkeypatch.setattr(Trainer, "_train_step", step)
     monkeypatch.setattr("autocls.train.cv.MIN_BATCH", 4)
