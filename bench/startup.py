@@ -4,7 +4,7 @@ command loads.
     python bench/startup.py [--model DIR] [--source TREE] [--repeats 5]
 
 Each command runs ``--repeats`` times in a new interpreter (``python -m autocls.cli``, as the
-``autocls`` script does); the table gives the median and the fastest wall time, and the heavy
+``autocls`` script does), the sources taking turns; the table gives the median and the fastest wall time, and the heavy
 libraries and autocls stages the process had imported when it ended. ``--source`` runs another
 checkout's autocls (an older commit, for a before/after figure) on the same model and image.
 Without ``--model`` a tiny model is searched and refit first (a few seconds), in a temporary folder.
@@ -116,17 +116,21 @@ def main() -> None:
         table = Table(title=f"fresh-process wall time, median of {args.repeats} (min), and what each command loaded")
         for column in ("source", "command", "median s", "min s", "loaded"):
             table.add_column(column)
-        for source in sources:
-            for name, command in commands.items():
-                runs = [run_once(command, source.resolve(), scratch) for _ in range(args.repeats)]
-                seconds = [s for s, _ in runs]
-                table.add_row(
-                    str(source),
-                    name,
-                    f"{statistics.median(seconds):.2f}",
-                    f"{min(seconds):.2f}",
-                    loaded(runs[-1][1]["modules"]),
-                )
+        # the sources take turns, run by run, so that the machine's drift falls on each alike
+        runs: dict[tuple[Path, str], list[tuple[float, dict]]] = {}
+        for _ in range(args.repeats):
+            for source in sources:
+                for name, command in commands.items():
+                    runs.setdefault((source, name), []).append(run_once(command, source.resolve(), scratch))
+        for (source, name), timed in runs.items():
+            seconds = [s for s, _ in timed]
+            table.add_row(
+                str(source),
+                name,
+                f"{statistics.median(seconds):.2f}",
+                f"{min(seconds):.2f}",
+                loaded(timed[-1][1]["modules"]),
+            )
         Console().print(table)
 
 

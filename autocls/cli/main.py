@@ -16,7 +16,6 @@ from typing import Any
 from autocls import __version__
 from autocls.runtime.environment import ARTIFACTS_ENV, STORAGE_ENV
 from autocls.runtime.errors import SettingError, run_guarded
-from autocls.runtime.logs import setup_logging
 from autocls.train.config import check_setting, constraint
 
 # the commands that open a study (and so import Optuna, whose log lines are turned down to errors);
@@ -252,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from autocls.cli import commands
+    from autocls.runtime.logs import setup_logging  # rich: not needed for --help and --version
 
     setup_logging(quiet=getattr(args, "quiet", False), optuna_errors_only=args.command in STUDY_COMMANDS)
     if getattr(args, "deterministic", False):
