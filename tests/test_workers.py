@@ -37,9 +37,15 @@ def cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.P
     )
 
 
-def wait_for(condition, seconds: float = 120.0) -> None:
+def wait_for(condition, seconds: float = 120.0, process: subprocess.Popen | None = None) -> None:
+    """Poll ``condition`` (a storage query: nothing to wait on); on a timeout, what ``process`` (a
+    search) said is in the failure, and a search that has exited fails at once, with its output."""
     deadline = time.monotonic() + seconds
     while not condition():
+        if process is not None and (process.poll() is not None or time.monotonic() >= deadline):
+            process.kill()
+            out, err = process.communicate()
+            pytest.fail(f"the search exited ({process.returncode}) or stalled; it said:\n{out[-2000:]}\n{err[-4000:]}")
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.2)
 
@@ -122,7 +128,7 @@ def test_two_workers_wait_out_a_postgres_restart_and_lose_nothing(
     process = cli(*args, env={"AUTOCLS_HEARTBEAT": "1"})
     # both workers inside a trial (past opening the storage: one that cannot open it stops at once,
     # a wrong URL being likelier then than an outage), one of them training
-    wait_for(lambda: len(worker_pids(storage, running=True)) == 2 and running_has_history(storage))
+    wait_for(lambda: len(worker_pids(storage, running=True)) == 2 and running_has_history(storage), process=process)
     running = [n for n, state in enumerate(states(storage)) if state == "RUNNING"]
     subprocess.run(f"{POSTGRES_RESTART} 5", shell=True, check=True, timeout=120)
     _, err = process.communicate(timeout=600)
