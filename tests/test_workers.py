@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,21 +59,36 @@ def states(storage: str, name: str = "data") -> list[str]:
         return []
 
 
+@pytest.fixture(autouse=True)
+def _close_connections_left_to_the_collector() -> Iterator[None]:
+    # storages opened in this process (main() in-process, the polls below) hold database
+    # connections until the garbage collector frees them: a full run exhausted PostgreSQL's 100
+    yield
+    gc.collect()
+
+
+def study_trials(storage: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials of study ``data``; none before the database or the study exists. The storage's
+    connections are closed at once: the tests poll every 0.2 s."""
+    opened = None
+    try:
+        opened = open_storage(storage)
+        return optuna.load_study(study_name="data", storage=opened).trials
+    except (KeyError, AutoclsError):  # the database or the study is not created yet
+        return []
+    finally:
+        if (engine := getattr(opened, "engine", None)) is not None:
+            engine.dispose()
+
+
 def running_has_history(storage: str) -> bool:
     """A trial is running and has finished an epoch: it is inside training."""
-    try:
-        trials = optuna.load_study(study_name="data", storage=open_storage(storage)).trials
-    except (KeyError, AutoclsError):  # the database or the study is not created yet
-        return False
-    return any(t.state.name == "RUNNING" and t.user_attrs.get("history") for t in trials)
+    return any(t.state.name == "RUNNING" and t.user_attrs.get("history") for t in study_trials(storage))
 
 
 def worker_pids(storage: str, running: bool = False) -> set[int]:
     """The processes that have started trials of the study (that run one now, with ``running``)."""
-    try:
-        trials = optuna.load_study(study_name="data", storage=open_storage(storage)).trials
-    except (KeyError, AutoclsError):  # the database or the study is not created yet
-        return set()
+    trials = study_trials(storage)
     if running:
         trials = [t for t in trials if t.state.name == "RUNNING"]
     return {t.user_attrs["worker"]["pid"] for t in trials if "worker" in t.user_attrs}
