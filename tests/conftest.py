@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import subprocess
@@ -22,6 +23,14 @@ from tests.helpers import TINY_SPACE, write_class_folders
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return write_class_folders(tmp_path / "data")
+
+
+@pytest.fixture
+def close_leftover_connections() -> Iterator[None]:
+    """Storages opened in the test process (``main()`` in-process, storage polls) hold database
+    connections until the garbage collector frees them; a full run exhausted PostgreSQL's 100."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture

@@ -18,15 +18,10 @@ import pytest
 from autocls.cli.main import main
 from autocls.storage.rdb import open_storage
 from tests.conftest import S3_SECRET
-from tests.test_workers import (  # noqa: F401  (the fixture closes connections here too)
-    POSTGRES_URL,
-    _close_connections_left_to_the_collector,
-    cli,
-    running_has_history,
-    wait_for,
-)
+from tests.test_workers import POSTGRES_URL, cli, running_has_history, wait_for
 
-pytestmark = pytest.mark.slow  # end-to-end: the CLI and subprocesses
+# end-to-end: the CLI and subprocesses
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("close_leftover_connections")]
 
 needs_postgres = pytest.mark.skipif(not POSTGRES_URL, reason="needs AUTOCLS_TEST_POSTGRES_URL (scripts/postgres.sh)")
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,8 @@ from autocls.runtime.errors import AutoclsError
 from autocls.storage.rdb import open_storage, redact
 from tests.helpers import edit_space
 
-pytestmark = pytest.mark.slow  # end-to-end: the CLI, subprocesses, a browser (-m 'not slow' skips them)
+# end-to-end: the CLI, subprocesses, a browser (-m 'not slow' skips them)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("close_leftover_connections")]
 
 POSTGRES_URL = os.environ.get("AUTOCLS_TEST_POSTGRES_URL")
 # a command that restarts that server, its data kept; given a number, it holds the server down that
@@ -57,14 +56,6 @@ def states(storage: str, name: str = "data") -> list[str]:
         return [t.state.name for t in optuna.load_study(study_name=name, storage=open_storage(storage)).trials]
     except (KeyError, AutoclsError):  # the database or the study is not created yet
         return []
-
-
-@pytest.fixture(autouse=True)
-def _close_connections_left_to_the_collector() -> Iterator[None]:
-    # storages opened in this process (main() in-process, the polls below) hold database
-    # connections until the garbage collector frees them: a full run exhausted PostgreSQL's 100
-    yield
-    gc.collect()
 
 
 def study_trials(storage: str) -> list[optuna.trial.FrozenTrial]:
